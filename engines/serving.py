@@ -1,0 +1,72 @@
+"""One request's life on an engine: stream deltas out, abort on client cancellation, always end
+with exactly one final message (a delta or an error)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol
+
+from engines.request import EngineDelta, EngineRequest
+
+log = logging.getLogger(__name__)
+
+CANCEL_POLL_S = 0.05
+
+
+class Engine(Protocol):
+    def generate(self, request: EngineRequest) -> AsyncIterator[EngineDelta]: ...
+
+    async def abort(self, request_id: str) -> None: ...
+
+
+Send = Callable[[EngineDelta, bool], None]
+SendError = Callable[[str], None]
+
+
+async def serve_request(
+    engine: Engine,
+    request: EngineRequest,
+    send: Send,
+    send_error: SendError,
+    is_cancelled: Callable[[], bool],
+) -> str:
+    """Returns how it ended: "finished", "cancelled" or "error"."""
+    producer = asyncio.ensure_future(_forward(engine, request, send))
+    watcher = asyncio.ensure_future(_wait_cancelled(is_cancelled))
+    try:
+        done, _ = await asyncio.wait({producer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if producer in done:
+            producer.result()
+            return "finished"
+        producer.cancel()
+        await asyncio.gather(producer, return_exceptions=True)
+        await engine.abort(request.request_id)
+        send(EngineDelta([], "abort", len(request.prompt_token_ids), 0), True)
+        return "cancelled"
+    except Exception as e:  # one request's failure never sinks the model
+        log.exception("request %s failed", request.request_id)
+        await asyncio.gather(engine.abort(request.request_id), return_exceptions=True)
+        send_error(f"engine error: {type(e).__name__}: {e}")
+        return "error"
+    finally:
+        watcher.cancel()
+
+
+async def _forward(engine: Engine, request: EngineRequest, send: Send) -> None:
+    last: EngineDelta | None = None
+    async for delta in engine.generate(request):
+        last = delta
+        if delta.finish_reason is not None:
+            send(delta, True)
+            return
+        if delta.token_ids:  # vLLM yields empty deltas now and then
+            send(delta, False)
+    # The engine ended the stream without a finish reason (e.g. aborted elsewhere).
+    send(EngineDelta([], "abort", len(request.prompt_token_ids), last.cached_tokens if last else 0), True)
+
+
+async def _wait_cancelled(is_cancelled: Callable[[], bool]) -> None:
+    while not is_cancelled():
+        await asyncio.sleep(CANCEL_POLL_S)

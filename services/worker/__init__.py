@@ -1,0 +1,1 @@
+"""The worker: one Triton server running an engine model, registered in Redis with a lease."""

@@ -1,0 +1,94 @@
+"""Launch the real `tritonserver` from the nvidia-pytriton wheel on a model repository.
+
+The three settings notes/triton-on-cpu.md found necessary are made here: the Python stub copied
+beside the backend, LD_LIBRARY_PATH at this interpreter's libpython (and the wheel's own libraries), and this venv first on PATH
+(the stub takes sys.prefix from the first python3 on PATH and ignores PYTHONPATH).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+from dataclasses import dataclass
+from importlib.util import find_spec
+from pathlib import Path
+
+from kvmesh.models import cache_dir
+
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class TritonPorts:
+    grpc: int
+    http: int
+    metrics: int
+
+
+def triton_home() -> Path:
+    spec = find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("nvidia-pytriton is not installed: run scripts/setup.sh")
+    return Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
+
+
+def wheel_libs() -> Path:
+    return triton_home().parent.parent / "nvidia_pytriton.libs"
+
+
+def backend_directory() -> Path:
+    """A private copy of the Python backend with this interpreter's stub beside it."""
+    home = triton_home()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    target = cache_dir() / "triton" / f"backends-{version}"
+    python_dir = target / "python"
+    stub = home / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not (python_dir / stub.name).exists():
+        python_dir.mkdir(parents=True, exist_ok=True)
+        for source in [*(home / "backends" / "python").glob("*.*"), stub]:
+            shutil.copy2(source, python_dir / source.name)
+    return target
+
+
+def _die_with_parent() -> None:
+    # A killed worker must not leave its Triton behind.
+    ctypes.CDLL("libc.so.6").prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def start(
+    model_repository: Path, host: str, ports: TritonPorts, env: dict[str, str], log_file: Path | None
+) -> subprocess.Popen:
+    argv = [
+        str(triton_home() / "bin" / "tritonserver"),
+        f"--model-repository={model_repository}",
+        f"--backend-directory={backend_directory()}",
+        "--model-control-mode=explicit",
+        f"--grpc-address={host}",
+        f"--grpc-port={ports.grpc}",
+        f"--http-address={host}",
+        f"--http-port={ports.http}",
+        "--allow-metrics=true",
+        f"--metrics-address={host}",
+        f"--metrics-port={ports.metrics}",
+        "--pinned-memory-pool-byte-size=0",
+        "--exit-timeout-secs=15",
+        "--log-verbose=0",
+    ]
+    venv_bin = str(Path(sys.executable).parent)
+    full_env = {
+        **os.environ,
+        "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
+        # The stub's RPATH points into the wheel; our private copy finds the wheel's libraries here.
+        "LD_LIBRARY_PATH": os.pathsep.join([sysconfig.get_config_var("LIBDIR") or "", str(wheel_libs())]),
+        "HF_HUB_OFFLINE": "1",
+        **env,
+    }
+    out = open(log_file, "ab") if log_file else None  # noqa: SIM115 - handed to the child
+    return subprocess.Popen(
+        argv, env=full_env, stdout=out, stderr=subprocess.STDOUT if out else None, preexec_fn=_die_with_parent
+    )
