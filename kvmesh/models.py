@@ -57,8 +57,7 @@ def resolve(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if not (path / "config.json").exists():
         raise FailedPrecondition(
-            f"model {name_or_path!r} is neither a catalog name ({', '.join(CATALOG)}) "
-            "nor a folder with config.json"
+            f"model {name_or_path!r} is neither a catalog name ({', '.join(CATALOG)}) nor a folder with config.json"
         )
     return path
 

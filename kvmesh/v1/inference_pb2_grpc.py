@@ -5,7 +5,7 @@ import warnings
 
 from kvmesh.v1 import inference_pb2 as kvmesh_dot_v1_dot_inference__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 

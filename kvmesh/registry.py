@@ -1,0 +1,130 @@
+"""The worker registry in Redis: each live worker holds a lease that it renews.
+
+Layout (one hash tag, so both keys sit in one Redis Cluster slot and MGET works there too):
+  kvmesh:{registry}:workers          ZSET  worker id → lease expiry (unix ms)
+  kvmesh:{registry}:worker:<id>      STRING serialized kvmesh.v1.WorkerRecord, expiring with the lease
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import redis.asyncio as redis
+from prometheus_client import Gauge
+
+from kvmesh.v1 import worker_pb2
+
+log = logging.getLogger(__name__)
+
+INDEX = "kvmesh:{registry}:workers"
+RECORD = "kvmesh:{registry}:worker:"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class LiveWorker:
+    record: worker_pb2.WorkerRecord
+    lease_expires_ms: int
+
+
+class Registry:
+    def __init__(self, client: redis.Redis):
+        self.redis = client
+
+    async def register(self, record: worker_pb2.WorkerRecord, lease_ms: int) -> None:
+        """Also the heartbeat: writing the record again renews the lease."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(RECORD + record.id, record.SerializeToString(), px=lease_ms)
+            pipe.zadd(INDEX, {record.id: now_ms() + lease_ms})
+            await pipe.execute()
+
+    async def deregister(self, worker_id: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(RECORD + worker_id)
+            pipe.zrem(INDEX, worker_id)
+            await pipe.execute()
+
+    async def live_workers(self) -> list[LiveWorker]:
+        now = now_ms()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zremrangebyscore(INDEX, "-inf", now)
+            pipe.zrange(INDEX, 0, -1, withscores=True)
+            _, members = await pipe.execute()
+        if not members:
+            return []
+        ids = [m.decode() if isinstance(m, bytes) else m for m, _ in members]
+        blobs = await self.redis.mget([RECORD + i for i in ids])
+        live = []
+        for (_, expiry), blob in zip(members, blobs, strict=True):
+            if blob is None:  # the record expired between the two calls
+                continue
+            live.append(LiveWorker(worker_pb2.WorkerRecord.FromString(blob), int(expiry)))
+        return live
+
+
+def connect(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2, health_check_interval=10)
+
+
+LIVE_WORKERS = Gauge("kvmesh_registry_live_workers", "Workers in the registry")
+REGISTRY_OK = Gauge("kvmesh_registry_reachable", "1 when the last registry read worked")
+
+
+class Watcher:
+    """The live worker set, re-read from the registry in the background.
+
+    If Redis is unreachable the last known set is kept (and said so in logs and metrics) until
+    it answers again: whoever reads it keeps going on what we knew.
+    """
+
+    def __init__(self, registry: Registry, refresh_s: float):
+        self.registry = registry
+        self.refresh_s = refresh_s
+        self.workers: dict[str, LiveWorker] = {}
+        self.reachable = True
+        self._task: asyncio.Task | None = None
+
+    async def refresh(self) -> None:
+        try:
+            live = {w.record.id: w for w in await self.registry.live_workers()}
+        except Exception as e:  # noqa: BLE001 - any Redis failure means "keep what we knew"
+            if self.reachable:  # log once per outage
+                log.warning("registry unreachable; routing on the %d workers last seen: %s", len(self.workers), e)
+            self.reachable = False
+            REGISTRY_OK.set(0)
+            return
+        if not self.reachable:
+            log.info("registry reachable again")
+        self.reachable = True
+        REGISTRY_OK.set(1)
+        for joined in live.keys() - self.workers.keys():
+            log.info(
+                "worker joined: %s (%s at %s)",
+                joined,
+                live[joined].record.model,
+                live[joined].record.triton_grpc_address,
+            )
+        for left in self.workers.keys() - live.keys():
+            log.info("worker left: %s", left)
+        self.workers = live
+        LIVE_WORKERS.set(len(live))
+
+    async def start(self) -> None:
+        await self.refresh()
+        self._task = asyncio.create_task(self._loop())
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_s)
+            await self.refresh()
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)

@@ -1,0 +1,1 @@
+"""The router: picks a worker for each request through a profile of filters → scorers → picker."""

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from kvmesh.settings import CommonSettings
+from services.router.framework.plugins import ProfileSpec, build
+
+DEFAULT_POLICIES = {
+    "least-loaded": ProfileSpec(scorers={"least_loaded": 1.0}, picker="max_score"),
+    "round-robin": ProfileSpec(picker="round_robin"),
+    "random": ProfileSpec(picker="random"),
+    "power-of-two": ProfileSpec(scorers={"least_loaded": 1.0}, picker="power_of_two"),
+}
+
+
+class RouterSettings(CommonSettings):
+    model_config = SettingsConfigDict(env_prefix="KVMESH_ROUTER_", cli_prog_name="kvmesh router")
+
+    port: int = Field(8090, ge=0, le=65535, description="gRPC port; 0 = a free port")
+    policy: str = Field("least-loaded", description="the default policy")
+    policies: dict[str, ProfileSpec] = Field(default_factory=lambda: dict(DEFAULT_POLICIES))
+    refresh_ms: int = Field(250, ge=10, description="how often the worker set is read from the registry")
+    request_lease_s: float = Field(900.0, gt=0, description="forget a routed request never released after this")
+
+    @model_validator(mode="after")
+    def _policies_build(self) -> RouterSettings:
+        if self.policy not in self.policies:
+            raise ValueError(f"policy {self.policy!r} is not one of {', '.join(self.policies)}")
+        for name, spec in self.policies.items():
+            build(name, spec)  # unknown plugin types fail here, at start
+        return self

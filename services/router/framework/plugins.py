@@ -1,0 +1,55 @@
+"""The one list of plugin types (type name → factory) and building profiles from config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from services.router.framework.profile import Profile
+from services.router.plugins.filters.capacity import CapacityFilter
+from services.router.plugins.filters.model import ModelFilter
+from services.router.plugins.filters.role import RoleFilter
+from services.router.plugins.pickers.max_score import MaxScorePicker
+from services.router.plugins.pickers.power_of_two import PowerOfTwoPicker
+from services.router.plugins.pickers.random_pick import RandomPicker
+from services.router.plugins.pickers.round_robin import RoundRobinPicker
+from services.router.plugins.scorers.least_loaded import LeastLoadedScorer
+
+FILTERS: dict[str, Callable[..., Any]] = {
+    "model": ModelFilter,
+    "role": RoleFilter,
+    "capacity": CapacityFilter,
+}
+SCORERS: dict[str, Callable[..., Any]] = {
+    "least_loaded": LeastLoadedScorer,
+}
+PICKERS: dict[str, Callable[..., Any]] = {
+    "max_score": MaxScorePicker,
+    "round_robin": RoundRobinPicker,
+    "random": RandomPicker,
+    "power_of_two": PowerOfTwoPicker,
+}
+
+
+class ProfileSpec(BaseModel):
+    filters: list[str] = Field(default_factory=lambda: ["model", "role", "capacity"])
+    scorers: dict[str, float] = Field(default_factory=dict)
+    picker: str = "max_score"
+    # Per-plugin parameters, by type name.
+    params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+def build(name: str, spec: ProfileSpec) -> Profile:
+    def make(table: dict[str, Callable[..., Any]], kind: str, type_name: str) -> Any:
+        if type_name not in table:
+            raise ValueError(f"policy {name!r}: unknown {kind} {type_name!r}; known: {', '.join(table)}")
+        return table[type_name](**spec.params.get(type_name, {}))
+
+    return Profile(
+        name=name,
+        filters=[make(FILTERS, "filter", f) for f in spec.filters],
+        scorers=[(make(SCORERS, "scorer", s), w) for s, w in spec.scorers.items()],
+        picker=make(PICKERS, "picker", spec.picker),
+    )

@@ -1,0 +1,55 @@
+"""A routing profile: ordered filters, weighted scorers, exactly one picker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from services.router.framework.types import Candidate, Filter, Picker, Request, Scorer
+
+
+@dataclass
+class Verdict:
+    """One candidate's fate, for Explain."""
+
+    candidate: Candidate
+    filtered_by: str = ""
+    scores: dict[str, float] = field(default_factory=dict)
+    total: float = 0.0
+
+
+@dataclass
+class Decision:
+    chosen: Candidate | None
+    verdicts: list[Verdict]
+    # The filter that emptied the candidate set, when nothing is left.
+    emptied_by: str = ""
+
+
+@dataclass
+class Profile:
+    name: str
+    filters: list[Filter]
+    scorers: list[tuple[Scorer, float]]
+    picker: Picker
+
+    def run(self, request: Request, candidates: list[Candidate], dry_run: bool = False) -> Decision:
+        verdicts = {c.id: Verdict(c) for c in candidates}
+        alive = list(candidates)
+        emptied_by = ""
+        for f in self.filters:
+            kept = [c for c in alive if f.keep(request, c)]
+            for c in alive:
+                if c not in kept:
+                    verdicts[c.id].filtered_by = f.name
+            if alive and not kept:
+                emptied_by = f.name
+            alive = kept
+        if not alive:
+            return Decision(None, list(verdicts.values()), emptied_by)
+        for scorer, weight in self.scorers:
+            for worker_id, value in scorer.score(request, alive).items():
+                verdict = verdicts[worker_id]
+                verdict.scores[scorer.name] = min(max(value, 0.0), 1.0)
+                verdict.total += weight * verdict.scores[scorer.name]
+        chosen = self.picker.pick([(c, verdicts[c.id].total) for c in alive], dry_run)
+        return Decision(chosen, list(verdicts.values()))

@@ -1,0 +1,57 @@
+"""What plugins see: the request, the candidates with their load, and the plugin protocols."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from kvmesh.v1 import worker_pb2
+
+
+@dataclass
+class Load:
+    in_flight: int = 0
+    # KV blocks of requests still in prefill / already decoding on the worker.
+    prefill_blocks: int = 0
+    decode_blocks: int = 0
+
+
+@dataclass
+class Candidate:
+    record: worker_pb2.WorkerRecord
+    load: Load = field(default_factory=Load)
+    # Prompt blocks the worker already holds (from the KV index).
+    overlap_blocks: int = 0
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+
+@dataclass(frozen=True)
+class Request:
+    model: str
+    request_id: str
+    num_tokens: int
+    block_hashes: tuple[int, ...] = ()
+    role: int = worker_pb2.ROLE_AGGREGATED
+
+
+class Filter(Protocol):
+    name: str
+
+    def keep(self, request: Request, candidate: Candidate) -> bool: ...
+
+
+class Scorer(Protocol):
+    """Scores in [0, 1], higher is better; the profile applies the weight."""
+
+    name: str
+
+    def score(self, request: Request, candidates: list[Candidate]) -> dict[str, float]: ...
+
+
+class Picker(Protocol):
+    name: str
+
+    def pick(self, scored: list[tuple[Candidate, float]], dry_run: bool) -> Candidate: ...

@@ -1,0 +1,120 @@
+"""Router RPCs: proto ↔ domain only; the decision itself is the profile's."""
+
+from __future__ import annotations
+
+import math
+
+from prometheus_client import Counter
+
+from kvmesh.errors import InvalidArgument, KvmeshError, ResourceExhausted, Unavailable
+from kvmesh.grpc_server import abort_with
+from kvmesh.registry import Watcher, now_ms
+from kvmesh.v1 import router_pb2, router_pb2_grpc, worker_pb2
+from services.router.framework.profile import Decision, Profile
+from services.router.framework.types import Candidate, Request
+from services.router.inflight import InFlight
+
+DECISIONS = Counter("kvmesh_router_decisions", "Routing decisions", ["policy", "worker"])
+NO_WORKER = Counter("kvmesh_router_no_worker", "Requests no worker could take", ["reason"])
+
+
+class RouterServicer(router_pb2_grpc.RouterServicer):
+    def __init__(self, workers: Watcher, inflight: InFlight, profiles: dict[str, Profile], default: str):
+        self.workers = workers
+        self.inflight = inflight
+        self.profiles = profiles
+        self.default = default
+
+    def _decide(self, message: router_pb2.RouteRequest, dry_run: bool) -> tuple[Profile, Request, Decision]:
+        if not message.model:
+            raise InvalidArgument("model: required", param="model")
+        if not dry_run and not message.request_id:
+            raise InvalidArgument("request_id: required (Release names it)", param="request_id")
+        name = message.policy or self.default
+        profile = self.profiles.get(name)
+        if profile is None:
+            raise InvalidArgument(f"policy: {name!r} is not one of {', '.join(self.profiles)}", param="policy")
+        request = Request(
+            model=message.model,
+            request_id=message.request_id,
+            num_tokens=message.num_tokens,
+            block_hashes=tuple(message.block_hashes),
+        )
+        self.inflight.expire(set(self.workers.workers))
+        candidates = [Candidate(w.record, self.inflight.load(w.record.id)) for w in self.workers.workers.values()]
+        return profile, request, profile.run(request, candidates, dry_run=dry_run)
+
+    async def Route(self, message, context):
+        try:
+            profile, request, decision = self._decide(message, dry_run=False)
+            chosen = decision.chosen
+            if chosen is None:
+                raise _no_worker(request, decision)
+        except KvmeshError as e:
+            await abort_with(context, e)
+            return
+        blocks = math.ceil(request.num_tokens / max(chosen.record.kv_block_size, 1))
+        uncached = max(blocks - chosen.overlap_blocks, 0)
+        self.inflight.add(request.request_id, chosen.id, uncached, blocks)
+        DECISIONS.labels(profile.name, chosen.id).inc()
+        return router_pb2.RouteResponse(worker=chosen.record, policy=profile.name, overlap_blocks=chosen.overlap_blocks)
+
+    async def Explain(self, message, context):
+        try:
+            profile, _, decision = self._decide(message.request, dry_run=True)
+        except KvmeshError as e:
+            await abort_with(context, e)
+            return
+        return router_pb2.ExplainResponse(
+            policy=profile.name,
+            chosen_worker_id=decision.chosen.id if decision.chosen else "",
+            candidates=[
+                router_pb2.Candidate(
+                    worker_id=v.candidate.id,
+                    filtered_by=v.filtered_by,
+                    overlap_blocks=v.candidate.overlap_blocks,
+                    prefill_blocks=v.candidate.load.prefill_blocks,
+                    decode_blocks=v.candidate.load.decode_blocks,
+                    in_flight=v.candidate.load.in_flight,
+                    score=v.total,
+                    scores=v.scores,
+                )
+                for v in decision.verdicts
+            ],
+        )
+
+    async def Workers(self, message, context):
+        now = now_ms()
+        out = []
+        for live in self.workers.workers.values():
+            if message.model and live.record.model != message.model:
+                continue
+            load = self.inflight.load(live.record.id)
+            out.append(
+                router_pb2.WorkerStatus(
+                    record=live.record,
+                    in_flight=load.in_flight,
+                    prefill_blocks=load.prefill_blocks,
+                    decode_blocks=load.decode_blocks,
+                    lease_remaining_ms=max(live.lease_expires_ms - now, 0),
+                )
+            )
+        return router_pb2.WorkersResponse(workers=sorted(out, key=lambda w: w.record.id))
+
+    async def MarkPrefilled(self, message, context):
+        self.inflight.mark_prefilled(message.request_id)
+        return router_pb2.MarkPrefilledResponse()
+
+    async def Release(self, message, context):
+        self.inflight.release(message.request_id)
+        return router_pb2.ReleaseResponse()
+
+
+def _no_worker(request: Request, decision: Decision) -> KvmeshError:
+    NO_WORKER.labels(decision.emptied_by or "none").inc()
+    if decision.emptied_by == "capacity":
+        return ResourceExhausted(f"every worker serving {request.model!r} is at capacity; retry later")
+    role = worker_pb2.Role.Name(request.role)
+    if not decision.verdicts:
+        return Unavailable("no live worker in the registry")
+    return Unavailable(f"no live worker serves model {request.model!r} with role {role}")

@@ -1,0 +1,141 @@
+"""Start Triton, load the engine model, register in Redis, heartbeat; deregister on the way out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import subprocess
+import time
+
+import tritonclient.grpc.aio as triton_aio
+
+from kvmesh import grpc_server, registry
+from kvmesh.net import free_port
+from kvmesh.settings import load
+from kvmesh.v1 import worker_pb2
+from services.worker import model_config, triton_server
+from services.worker.config import WorkerSettings
+
+log = logging.getLogger("kvmesh.worker")
+
+
+async def wait_live(client: triton_aio.InferenceServerClient, process: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if process.poll() is not None:
+            raise SystemExit(f"tritonserver exited with code {process.returncode} before it was live")
+        try:
+            if await client.is_server_live():
+                return
+        except Exception:  # noqa: BLE001 - not listening yet
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit("tritonserver did not become live in time")
+        await asyncio.sleep(0.1)
+
+
+async def load_engine(
+    client: triton_aio.InferenceServerClient,
+    process: subprocess.Popen,
+    name: str,
+    config_json: str,
+    timeout_s: float,
+) -> None:
+    """Load through the repository API, failing fast if Triton dies while loading."""
+    loading = asyncio.ensure_future(client.load_model(name, config=config_json, client_timeout=timeout_s))
+    while not loading.done():
+        if process.poll() is not None:
+            loading.cancel()
+            raise SystemExit(f"tritonserver exited with code {process.returncode} while loading {name}")
+        await asyncio.wait({loading}, timeout=0.5)
+    loading.result()
+
+
+async def run(settings: WorkerSettings) -> None:
+    ports = triton_server.TritonPorts(
+        grpc=settings.grpc_port or free_port(settings.host),
+        http=settings.http_port or free_port(settings.host),
+        metrics=settings.metrics_port or free_port(settings.host),
+    )
+    env = {"VLLM_CPU_OMP_THREADS_BIND": settings.cpus, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    process = triton_server.start(settings.model_repository, settings.host, ports, env, log_file=None)
+    address = f"{settings.host}:{ports.grpc}"
+    client = triton_aio.InferenceServerClient(address)
+    redis_client = registry.connect(settings.redis_url)
+    reg = registry.Registry(redis_client)
+    worker_id = settings.worker_id or f"w-{secrets.token_hex(3)}"
+    try:
+        await wait_live(client, process, timeout_s=60)
+        config = model_config.read(settings.model_repository / settings.triton_model)
+        overrides = settings.engine_overrides()
+        log.info("loading %s (%s) on Triton at %s", settings.triton_model, settings.model, address)
+        started = time.monotonic()
+        await load_engine(
+            client,
+            process,
+            settings.triton_model,
+            model_config.with_engine_args(config, overrides),
+            settings.load_timeout_s,
+        )
+        args = {**model_config.engine_args(config), **overrides}
+        record = worker_pb2.WorkerRecord(
+            id=worker_id,
+            model=settings.name_served,
+            role=worker_pb2.ROLE_AGGREGATED,
+            triton_grpc_address=address,
+            triton_model=settings.triton_model,
+            kv_block_size=int(args.get("block_size", 128)),
+            capacity=int(args.get("max_num_seqs", 16)),
+            max_model_len=int(args.get("max_model_len", 4096)),
+            started_unix_ms=registry.now_ms(),
+            labels={"engine": "vllm", "triton_metrics": f"{settings.host}:{ports.metrics}"},
+        )
+        await reg.register(record, settings.lease_ms)
+        log.info(
+            "worker %s ready in %.1fs: %s",
+            worker_id,
+            time.monotonic() - started,
+            json.dumps({"model": record.model, "triton": address, "block_size": record.kv_block_size}),
+        )
+        print(f"worker {worker_id} ready: model {record.model} on Triton {address}", flush=True)
+        heartbeat = asyncio.create_task(_heartbeat(reg, record, settings.lease_ms, process))
+        stop = asyncio.create_task(grpc_server.wait_for_signal())
+        done, _ = await asyncio.wait({heartbeat, stop}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (heartbeat, stop):
+            task.cancel()
+        if heartbeat in done and not heartbeat.cancelled() and heartbeat.exception():
+            raise heartbeat.exception()
+    finally:
+        try:
+            await reg.deregister(worker_id)
+        except Exception as e:  # noqa: BLE001 - Redis gone: the lease expires on its own
+            log.warning("could not deregister %s: %s", worker_id, e)
+        await client.close()
+        await redis_client.aclose()
+        _stop_triton(process)
+
+
+async def _heartbeat(reg: registry.Registry, record: worker_pb2.WorkerRecord, lease_ms: int, process) -> None:
+    while process.poll() is None:
+        try:
+            await reg.register(record, lease_ms)
+        except Exception as e:  # noqa: BLE001 - keep trying; the lease covers short outages
+            log.warning("heartbeat failed: %s", e)
+        await asyncio.sleep(lease_ms / 3000)
+    raise SystemExit(f"tritonserver exited with code {process.returncode}")
+
+
+def _stop_triton(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def main() -> None:
+    asyncio.run(run(load(WorkerSettings)))

@@ -1,0 +1,31 @@
+"""Read a Triton model's config.pbtxt with Triton's own schema and override its engine args."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2
+
+
+def read(model_dir: Path) -> model_config_pb2.ModelConfig:
+    config = model_config_pb2.ModelConfig()
+    text_format.Parse((model_dir / "config.pbtxt").read_text(), config)
+    if not config.name:
+        config.name = model_dir.name
+    return config
+
+
+def engine_args(config: model_config_pb2.ModelConfig) -> dict[str, Any]:
+    raw = config.parameters["engine_args"].string_value if "engine_args" in config.parameters else "{}"
+    return json.loads(raw)
+
+
+def with_engine_args(config: model_config_pb2.ModelConfig, overrides: dict[str, Any]) -> str:
+    """The JSON config Triton's load API takes, with engine_args merged over the file's."""
+    merged = model_config_pb2.ModelConfig()
+    merged.CopyFrom(config)
+    merged.parameters["engine_args"].string_value = json.dumps({**engine_args(config), **overrides})
+    return json_format.MessageToJson(merged, preserving_proto_field_name=True)
