@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from kvmesh import models
+from kvmesh.settings import CommonSettings
+
+
+class GatewaySettings(CommonSettings):
+    model_config = SettingsConfigDict(env_prefix="KVMESH_GATEWAY_", cli_prog_name="kvmesh gateway")
+
+    http_port: int = Field(8080, ge=0, le=65535, description="OpenAI-compatible HTTP; 0 = a free port")
+    grpc_port: int = Field(8081, ge=0, le=65535, description="kvmesh.v1 Inference/Models; 0 = a free port")
+    router_address: str = "127.0.0.1:8090"
+    models: list[str] = Field(
+        default_factory=lambda: [models.DEFAULT_MODEL],
+        description="catalog names or folders whose tokenizers this gateway serves",
+    )
+    default_max_tokens: int = Field(512, ge=1, description="when a chat request names no max_tokens")
+    refresh_ms: int = Field(500, ge=10)

@@ -1,0 +1,89 @@
+"""Streams a request from a worker's Triton (KServe v2 gRPC, decoupled model) with
+`tritonclient.grpc.aio`. Leaving the iteration early cancels the gRPC stream, which Triton turns
+into `request.is_cancelled()` in the model, which aborts the request in the engine."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import numpy as np
+import tritonclient.grpc.aio as triton_aio
+from tritonclient.utils import InferenceServerException
+
+from kvmesh.errors import KvmeshError, Unavailable
+from kvmesh.v1 import worker_pb2
+
+
+@dataclass
+class EngineChunk:
+    token_ids: list[int]
+    finish_reason: str | None
+    prompt_tokens: int
+    cached_tokens: int
+
+
+class EngineError(KvmeshError):
+    """The engine failed the request."""
+
+
+class TritonPool:
+    def __init__(self) -> None:
+        self._clients: dict[str, triton_aio.InferenceServerClient] = {}
+
+    def _client(self, address: str) -> triton_aio.InferenceServerClient:
+        client = self._clients.get(address)
+        if client is None:
+            client = self._clients[address] = triton_aio.InferenceServerClient(address)
+        return client
+
+    async def stream(
+        self,
+        worker: worker_pb2.WorkerRecord,
+        request_id: str,
+        prompt_ids: list[int],
+        sampling: dict,
+        trace_headers: dict[str, str],
+    ) -> AsyncIterator[EngineChunk]:
+        ids = triton_aio.InferInput("input_ids", [len(prompt_ids)], "INT32")
+        ids.set_data_from_numpy(np.asarray(prompt_ids, dtype=np.int32))
+        params = triton_aio.InferInput("sampling_params", [1], "BYTES")
+        params.set_data_from_numpy(np.asarray([json.dumps(sampling).encode()], dtype=np.object_))
+        request = {
+            "model_name": worker.triton_model,
+            "inputs": [ids, params],
+            "request_id": request_id,
+            "parameters": trace_headers or None,
+        }
+
+        async def one_request():
+            yield request
+
+        responses = self._client(worker.triton_grpc_address).stream_infer(one_request(), headers=trace_headers)
+        try:
+            async for result, error in responses:
+                if error is not None:
+                    raise EngineError(f"worker {worker.id}: {error.message()}")
+                chunk = EngineChunk(
+                    token_ids=result.as_numpy("output_ids").tolist(),
+                    finish_reason=result.as_numpy("finish_reason")[0].decode() or None,
+                    prompt_tokens=int(result.as_numpy("prompt_tokens")[0]),
+                    cached_tokens=int(result.as_numpy("cached_tokens")[0]),
+                )
+                yield chunk
+                if chunk.finish_reason:
+                    return
+            raise EngineError(f"worker {worker.id}: the stream ended without a final response")
+        except InferenceServerException as e:
+            raise Unavailable(f"worker {worker.id} at {worker.triton_grpc_address}: {e.message()}") from None
+        except Exception as e:
+            if type(e).__name__ == "AioRpcError":
+                raise Unavailable(f"worker {worker.id} at {worker.triton_grpc_address}: {e.details()}") from None
+            raise
+        finally:
+            responses.cancel()
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.close()

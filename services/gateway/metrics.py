@@ -1,0 +1,15 @@
+"""The gateway's Prometheus metrics."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
+
+REQUESTS = Counter("kvmesh_gateway_requests", "Requests by front and outcome", ["front", "status"])
+IN_FLIGHT = Gauge("kvmesh_gateway_in_flight", "Requests being generated")
+TTFT = Histogram("kvmesh_gateway_ttft_seconds", "Time to first token", buckets=LATENCY_BUCKETS)
+ITL = Histogram("kvmesh_gateway_itl_seconds", "Inter-token latency", buckets=ITL_BUCKETS)
+E2E = Histogram("kvmesh_gateway_e2e_seconds", "Request latency, start to last token", buckets=LATENCY_BUCKETS)
+PROMPT_TOKENS = Counter("kvmesh_gateway_prompt_tokens", "Prompt tokens")
+COMPLETION_TOKENS = Counter("kvmesh_gateway_completion_tokens", "Generated tokens")
+CACHED_TOKENS = Counter("kvmesh_gateway_cached_tokens", "Prompt tokens served from an engine's prefix cache")

@@ -1,0 +1,51 @@
+"""The OpenAI-compatible HTTP app: routes only; the work is in serving.py."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from services.gateway.openai import errors
+from services.gateway.openai.protocol import ChatCompletionRequest, CompletionRequest
+from services.gateway.openai.serving import OpenAIServing
+from services.gateway.served import ServedModels
+
+
+def create_app(served: ServedModels, serving: OpenAIServing) -> FastAPI:
+    app = FastAPI(title="kvmesh gateway", docs_url=None, redoc_url=None)
+    errors.install(app)
+    started = int(time.time())
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request, body: ChatCompletionRequest):
+        return await serving.chat(request, body)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request, body: CompletionRequest):
+        return await serving.completions(request, body)
+
+    @app.get("/v1/models")
+    async def list_models():
+        data = []
+        for name, records in served.live().items():
+            entry = {"id": name, "object": "model", "created": started, "owned_by": "kvmesh", "workers": len(records)}
+            if records:
+                entry["max_model_len"] = min(r.max_model_len for r in records)
+            data.append(entry)
+        return {"object": "list", "data": data}
+
+    @app.get("/health")
+    async def health():
+        live = served.live()
+        ready = all(live.values())
+        body = {"status": "ok" if ready else "no_workers", "workers": {k: len(v) for k, v in live.items()}}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @app.get("/metrics")
+    async def prometheus_metrics():
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

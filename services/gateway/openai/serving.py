@@ -1,0 +1,249 @@
+"""OpenAI chat completions and completions over the shared Generator: request → prompt ids and
+sampling, chunks → OpenAI JSON or SSE events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from kvmesh.errors import InvalidArgument
+from services.gateway import metrics
+from services.gateway.generation import Chunk, Generator, Usage, new_request_id
+from services.gateway.openai.errors import sse_error
+from services.gateway.openai.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+from services.gateway.sampling import Sampling, engine_sampling
+from services.gateway.served import ServedModel, ServedModels
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def usage_json(u: Usage) -> dict:
+    return {
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
+    }
+
+
+def _refuse(condition: bool, param: str, message: str) -> None:
+    if condition:
+        raise InvalidArgument(f"{param}: {message}", param=param)
+
+
+def _sampling(body: SamplingFields, max_tokens: int | None) -> Sampling:
+    return Sampling(
+        max_tokens=max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        top_k=body.top_k,
+        seed=body.seed,
+        stop=body.stop_list(),
+        stop_token_ids=body.stop_token_ids or [],
+        ignore_eos=body.ignore_eos,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+    )
+
+
+class OpenAIServing:
+    def __init__(self, served: ServedModels, generator: Generator, default_max_tokens: int):
+        self.served = served
+        self.generator = generator
+        self.default_max_tokens = default_max_tokens
+
+    async def chat(self, request: Request, body: ChatCompletionRequest):
+        model = self.served.get(body.model)
+        _refuse(body.n != 1, "n", "kvmesh generates one choice per request; use n=1")
+        _refuse(bool(body.logprobs) or body.top_logprobs is not None, "logprobs", "log probabilities are not supported")
+        _refuse(bool(body.tools), "tools", "tool calling is not supported")
+        _refuse(not body.messages, "messages", "at least one message is required")
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
+        prompt_ids = model.tokenizer.encode_chat(messages)
+        max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+        return await self._respond(request, body, model, prompt_ids, max_tokens, ChatFormat())
+
+    async def completions(self, request: Request, body: CompletionRequest):
+        model = self.served.get(body.model)
+        _refuse(body.n != 1 or (body.best_of or 1) != 1, "n", "kvmesh generates one choice per request")
+        _refuse(body.logprobs is not None, "logprobs", "log probabilities are not supported")
+        _refuse(body.echo, "echo", "echo is not supported")
+        _refuse(body.suffix is not None, "suffix", "suffix is not supported")
+        prompt = body.prompt
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+            _refuse(len(prompt) != 1, "prompt", "one prompt per request")
+            prompt = prompt[0]
+        if isinstance(prompt, str):
+            prompt_ids = model.tokenizer.encode(prompt)
+        else:
+            _refuse(
+                any(t < 0 or t >= model.tokenizer.vocab_size for t in prompt),
+                "prompt",
+                f"token ids must be in [0, {model.tokenizer.vocab_size})",
+            )
+            prompt_ids = list(prompt)
+        max_tokens = body.max_tokens if body.max_tokens is not None else 16  # OpenAI's default here
+        return await self._respond(request, body, model, prompt_ids, max_tokens, CompletionFormat())
+
+    async def _respond(self, request, body, model: ServedModel, prompt_ids, max_tokens, fmt: _Format):
+        limit = self.served.max_model_len(model.name)
+        engine = engine_sampling(_sampling(body, max_tokens), len(prompt_ids), limit, self.default_max_tokens)
+        request_id = fmt.id_prefix + new_request_id()
+        chunks = self.generator.generate(model, prompt_ids, engine, request_id)
+        created = int(time.time())
+        if body.stream:
+            # Routing failures must still be an HTTP error: wait for the first chunk before answering 200.
+            first = await anext(chunks)
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            events = _sse(
+                first,
+                chunks,
+                lambda c, f: fmt.chunk(request_id, created, model.name, c, f),
+                include_usage,
+                lambda u: fmt.usage_chunk(request_id, created, model.name, u),
+            )
+            return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+        result = await _until_disconnect(request, _collect(chunks))
+        metrics.REQUESTS.labels("http", "200").inc()
+        return JSONResponse(fmt.whole(request_id, created, model.name, *result))
+
+
+async def _collect(chunks: AsyncIterator[Chunk]) -> tuple[str, str, Usage]:
+    parts: list[str] = []
+    async for chunk in chunks:
+        parts.append(chunk.text)
+        if chunk.finish_reason:
+            return "".join(parts), chunk.finish_reason, chunk.usage
+    raise RuntimeError("generation ended without a finish reason")
+
+
+async def _until_disconnect(request: Request, work):
+    """Run `work`, cancelling it (and so the engine request) if the client goes away."""
+    task = asyncio.ensure_future(work)
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            raise asyncio.CancelledError("client disconnected")
+        return task.result()
+    finally:
+        watcher.cancel()
+
+
+async def _sse(
+    first: Chunk,
+    rest: AsyncIterator[Chunk],
+    render: Callable[[Chunk, bool], dict],
+    include_usage: bool,
+    render_usage: Callable[[Usage], dict],
+) -> AsyncIterator[str]:
+    is_first = True
+    chunk = first
+    try:
+        while True:
+            yield f"data: {json.dumps(render(chunk, is_first))}\n\n"
+            is_first = False
+            if chunk.finish_reason:
+                if include_usage:
+                    yield f"data: {json.dumps(render_usage(chunk.usage))}\n\n"
+                break
+            chunk = await anext(rest)
+        metrics.REQUESTS.labels("http", "200").inc()
+    except Exception as e:  # noqa: BLE001 - after the 200 an error can only travel as an event
+        metrics.REQUESTS.labels("http", "stream_error").inc()
+        yield sse_error(e)
+    finally:
+        await rest.aclose()
+    yield "data: [DONE]\n\n"
+
+
+class _Format:
+    id_prefix = ""
+
+
+class ChatFormat(_Format):
+    id_prefix = "chatcmpl-"
+
+    def chunk(self, rid: str, created: int, model: str, c: Chunk, first: bool) -> dict:
+        delta: dict = {"content": c.text}
+        if first:
+            delta["role"] = "assistant"
+        return {
+            "id": rid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": c.finish_reason}],
+        }
+
+    def usage_chunk(self, rid: str, created: int, model: str, u: Usage) -> dict:
+        return {
+            "id": rid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [],
+            "usage": usage_json(u),
+        }
+
+    def whole(self, rid: str, created: int, model: str, text: str, finish: str, u: Usage) -> dict:
+        return {
+            "id": rid,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "logprobs": None,
+                    "finish_reason": finish,
+                }
+            ],
+            "usage": usage_json(u),
+        }
+
+
+class CompletionFormat(_Format):
+    id_prefix = "cmpl-"
+
+    def chunk(self, rid: str, created: int, model: str, c: Chunk, first: bool) -> dict:
+        return {
+            "id": rid,
+            "object": "text_completion",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason}],
+        }
+
+    def usage_chunk(self, rid: str, created: int, model: str, u: Usage) -> dict:
+        return {
+            "id": rid,
+            "object": "text_completion",
+            "created": created,
+            "model": model,
+            "choices": [],
+            "usage": usage_json(u),
+        }
+
+    def whole(self, rid: str, created: int, model: str, text: str, finish: str, u: Usage) -> dict:
+        return {
+            "id": rid,
+            "object": "text_completion",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+            "usage": usage_json(u),
+        }

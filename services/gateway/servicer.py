@@ -1,0 +1,138 @@
+"""gRPC kvmesh.v1 Inference and Models: proto ↔ domain only."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from kvmesh.errors import InvalidArgument, KvmeshError
+from kvmesh.grpc_server import abort_with
+from kvmesh.v1 import inference_pb2, inference_pb2_grpc, models_pb2, models_pb2_grpc
+from services.gateway import metrics
+from services.gateway.generation import Chunk, Generator, new_request_id
+from services.gateway.sampling import Sampling, engine_sampling
+from services.gateway.served import ServedModel, ServedModels
+
+FINISH = {
+    "stop": inference_pb2.FINISH_REASON_STOP,
+    "length": inference_pb2.FINISH_REASON_LENGTH,
+    "abort": inference_pb2.FINISH_REASON_ABORT,
+}
+CHAT_ROLES = ("system", "user", "assistant")
+
+
+def _unwrap(message, name: str):
+    return getattr(message, name).value if message.HasField(name) else None
+
+
+def sampling_from_proto(p: inference_pb2.SamplingParams) -> Sampling:
+    wrapped = ("max_tokens", "temperature", "top_p", "top_k", "seed", "presence_penalty", "frequency_penalty")
+    return Sampling(
+        **{name: _unwrap(p, name) for name in wrapped},
+        stop=list(p.stop),
+        stop_token_ids=list(p.stop_token_ids),
+        ignore_eos=p.ignore_eos,
+    )
+
+
+def _usage(chunk: Chunk) -> inference_pb2.Usage | None:
+    if chunk.usage is None:
+        return None
+    u = chunk.usage
+    return inference_pb2.Usage(
+        prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens, cached_tokens=u.cached_tokens
+    )
+
+
+class InferenceServicer(inference_pb2_grpc.InferenceServicer):
+    def __init__(self, served: ServedModels, generator: Generator, default_max_tokens: int):
+        self.served = served
+        self.generator = generator
+        self.default_max_tokens = default_max_tokens
+
+    async def _run(self, model: ServedModel, prompt_ids: list[int], sampling: Sampling, request_id: str, context):
+        """Validate, then stream chunks; errors become gRPC statuses."""
+        try:
+            limit = self.served.max_model_len(model.name)
+            engine = engine_sampling(sampling, len(prompt_ids), limit, self.default_max_tokens)
+            async for chunk in self.generator.generate(model, prompt_ids, engine, request_id):
+                yield chunk
+            metrics.REQUESTS.labels("grpc", "OK").inc()
+        except KvmeshError as e:
+            metrics.REQUESTS.labels("grpc", e.grpc_code.name).inc()
+            await abort_with(context, e)
+
+    async def Generate(self, request, context) -> AsyncIterator[inference_pb2.GenerateResponse]:
+        request_id = request.request_id or new_request_id()
+        try:
+            model = self.served.get(request.model)
+            which = request.WhichOneof("prompt")
+            if which == "text":
+                prompt_ids = model.tokenizer.encode(request.text)
+            elif which == "token_ids":
+                prompt_ids = list(request.token_ids.ids)
+                if any(t >= model.tokenizer.vocab_size for t in prompt_ids):
+                    raise InvalidArgument(f"token_ids must be below the vocabulary size {model.tokenizer.vocab_size}")
+            else:
+                raise InvalidArgument("prompt: set text or token_ids", param="prompt")
+        except KvmeshError as e:
+            metrics.REQUESTS.labels("grpc", e.grpc_code.name).inc()
+            await abort_with(context, e)
+            return
+        async for chunk in self._run(model, prompt_ids, sampling_from_proto(request.sampling), request_id, context):
+            yield inference_pb2.GenerateResponse(
+                request_id=request_id,
+                token_ids=chunk.token_ids,
+                text=chunk.text,
+                finish_reason=FINISH.get(chunk.finish_reason or "", 0),
+                usage=_usage(chunk),
+                worker_id=chunk.worker_id,
+            )
+
+    async def Chat(self, request, context) -> AsyncIterator[inference_pb2.ChatResponse]:
+        request_id = request.request_id or new_request_id()
+        try:
+            model = self.served.get(request.model)
+            if not request.messages:
+                raise InvalidArgument("messages: at least one message is required", param="messages")
+            for i, m in enumerate(request.messages):
+                if m.role not in CHAT_ROLES:
+                    raise InvalidArgument(
+                        f"messages[{i}].role: {m.role!r} is not one of {', '.join(CHAT_ROLES)}", param="messages"
+                    )
+            prompt_ids = model.tokenizer.encode_chat([{"role": m.role, "content": m.content} for m in request.messages])
+        except KvmeshError as e:
+            metrics.REQUESTS.labels("grpc", e.grpc_code.name).inc()
+            await abort_with(context, e)
+            return
+        first = True
+        async for chunk in self._run(model, prompt_ids, sampling_from_proto(request.sampling), request_id, context):
+            yield inference_pb2.ChatResponse(
+                request_id=request_id,
+                role="assistant" if first else "",
+                token_ids=chunk.token_ids,
+                text=chunk.text,
+                finish_reason=FINISH.get(chunk.finish_reason or "", 0),
+                usage=_usage(chunk),
+                worker_id=chunk.worker_id,
+            )
+            first = False
+
+
+class ModelsServicer(models_pb2_grpc.ModelsServicer):
+    def __init__(self, served: ServedModels):
+        self.served = served
+
+    async def List(self, request, context):
+        out = []
+        for name, records in self.served.live().items():
+            if not records:
+                continue
+            out.append(
+                models_pb2.ModelInfo(
+                    id=name,
+                    max_model_len=min(r.max_model_len for r in records),
+                    kv_block_size=records[0].kv_block_size,
+                    workers=len(records),
+                )
+            )
+        return models_pb2.ModelsListResponse(models=out)
