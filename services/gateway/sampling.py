@@ -32,7 +32,10 @@ def _check_range(name: str, value: float | None, low: float, high: float, low_op
         raise InvalidArgument(f"{name} must be in {bracket}{low}, {high}], got {value}", param=name)
 
 
-def engine_sampling(s: Sampling, prompt_tokens: int, max_model_len: int, default_max_tokens: int) -> dict:
+def engine_sampling(
+    s: Sampling, prompt_tokens: int, max_model_len: int, default_max_tokens: int, model_defaults: dict | None = None
+) -> dict:
+    """`model_defaults` (the model's generation_config) fill what the request leaves unset."""
     if prompt_tokens == 0:
         raise InvalidArgument("the prompt is empty", param="prompt")
     room = max_model_len - prompt_tokens
@@ -71,4 +74,6 @@ def engine_sampling(s: Sampling, prompt_tokens: int, max_model_len: int, default
         out["stop_token_ids"] = s.stop_token_ids
     if s.ignore_eos:
         out["ignore_eos"] = True
+    for name, value in (model_defaults or {}).items():
+        out.setdefault(name, value)
     return out

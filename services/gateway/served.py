@@ -15,6 +15,8 @@ from services.gateway.tokenization import ModelTokenizer
 class ServedModel:
     name: str
     tokenizer: ModelTokenizer
+    # Sampling defaults from the model's generation_config.json.
+    defaults: dict[str, float]
 
 
 class ServedModels:
@@ -23,7 +25,9 @@ class ServedModels:
         self.models: dict[str, ServedModel] = {}
         for spec in specs:
             name = Path(spec).name
-            self.models[name] = ServedModel(name, ModelTokenizer.load(name, str(models.resolve(spec))))
+            folder = models.resolve(spec)
+            tokenizer = ModelTokenizer.load(name, str(folder))
+            self.models[name] = ServedModel(name, tokenizer, models.generation_defaults(folder))
 
     def get(self, name: str | None) -> ServedModel:
         if not name:

@@ -53,7 +53,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         """Validate, then stream chunks; errors become gRPC statuses."""
         try:
             limit = self.served.max_model_len(model.name)
-            engine = engine_sampling(sampling, len(prompt_ids), limit, self.default_max_tokens)
+            engine = engine_sampling(sampling, len(prompt_ids), limit, self.default_max_tokens, model.defaults)
             async for chunk in self.generator.generate(model, prompt_ids, engine, request_id):
                 yield chunk
             metrics.REQUESTS.labels("grpc", "OK").inc()

@@ -92,7 +92,9 @@ class OpenAIServing:
 
     async def _respond(self, request, body, model: ServedModel, prompt_ids, max_tokens, fmt: _Format):
         limit = self.served.max_model_len(model.name)
-        engine = engine_sampling(_sampling(body, max_tokens), len(prompt_ids), limit, self.default_max_tokens)
+        engine = engine_sampling(
+            _sampling(body, max_tokens), len(prompt_ids), limit, self.default_max_tokens, model.defaults
+        )
         request_id = fmt.id_prefix + new_request_id()
         chunks = self.generator.generate(model, prompt_ids, engine, request_id)
         created = int(time.time())
