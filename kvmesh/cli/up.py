@@ -1,7 +1,145 @@
-"""`kvmesh up` and `kvmesh status` (filled in below)."""
+"""`kvmesh up`: Redis, router, one worker and the gateway on this machine; `kvmesh status`."""
 
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import grpc
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from kvmesh import models
+from kvmesh.cli.supervisor import Supervisor, http_ok, tail
+from kvmesh.redis_server import RedisServer
+from kvmesh.v1 import router_pb2, router_pb2_grpc, worker_pb2
+
+console = Console()
+
+
+def up(
+    model: str = typer.Option(models.DEFAULT_MODEL, help="catalog name or Hugging Face folder"),
+    host: str = typer.Option("127.0.0.1", help="address every service listens on"),
+    http_port: int = typer.Option(8080, help="OpenAI-compatible HTTP"),
+    grpc_port: int = typer.Option(8081, help="kvmesh.v1 gRPC (Inference, Models)"),
+    router_port: int = typer.Option(8090),
+    redis_port: int = typer.Option(6390, help="for the Redis kvmesh starts (ignored when REDIS_URL is set)"),
+    policy: str = typer.Option("least-loaded", help="routing policy"),
+    engine_args: str = typer.Option("{}", help="JSON vLLM engine-argument overrides"),
+    log_dir: Path = typer.Option(None, help="default: <cache>/run/<time>"),
+    ready_timeout_s: float = typer.Option(900.0),
+) -> None:
+    """Start the whole mesh and serve until Ctrl-C."""
+    log_dir = log_dir or models.cache_dir() / "run" / time.strftime("%Y%m%d-%H%M%S")
+    redis = None
+    redis_url = os.environ.get("REDIS_URL")
+    if not redis_url:
+        with console.status(f"starting redis-server on {host}:{redis_port}…"):
+            redis = RedisServer(redis_port, host).start()
+        redis_url = redis.url
+    supervisor = Supervisor(log_dir, env={"REDIS_URL": redis_url})
+    # Our children stop on our terms; SIGTERM is handled like Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        if model in models.CATALOG:
+            with console.status(f"preparing {model}…"):
+                models.prepare(model)
+        common = ["--host", host]
+        supervisor.start("router", "services.router", [*common, "--port", str(router_port), "--policy", policy])
+        supervisor.start("worker", "services.worker", [*common, "--model", model, "--engine-args", engine_args])
+        supervisor.start(
+            "gateway",
+            "services.gateway",
+            [
+                *common,
+                "--http-port",
+                str(http_port),
+                "--grpc-port",
+                str(grpc_port),
+                "--router-address",
+                f"{host}:{router_port}",
+                "--models",
+                json.dumps([model]),
+            ],
+        )
+        _wait_ready(supervisor, f"http://{host}:{http_port}/health", ready_timeout_s)
+        _print_endpoints(host, http_port, grpc_port, router_port, redis_url, Path(model).name, log_dir)
+        while (dead := supervisor.dead()) is None:
+            time.sleep(0.5)
+        console.print(f"[red]{dead.name} exited with code {dead.process.returncode}[/]; last lines:\n{tail(dead.log)}")
+        raise typer.Exit(1)
+    except KeyboardInterrupt:
+        console.print("stopping…")
+    finally:
+        supervisor.stop()
+        if redis:
+            redis.stop()
+        leftovers = [p.name for p in Path("/dev/shm").glob("triton_python_backend_shm_region_*")]
+        if leftovers:
+            console.print(f"[yellow]left in /dev/shm by some Triton: {', '.join(leftovers)}[/]")
+        console.print("stopped.")
+
+
+def _wait_ready(supervisor: Supervisor, health_url: str, timeout_s: float) -> None:
+    start = time.monotonic()
+    with console.status("") as status:
+        while not http_ok(health_url):
+            if (dead := supervisor.dead()) is not None:
+                console.print(f"[red]{dead.name} exited with code {dead.process.returncode}[/]:\n{tail(dead.log)}")
+                raise typer.Exit(1)
+            elapsed = time.monotonic() - start
+            if elapsed > timeout_s:
+                console.print(f"[red]not ready after {timeout_s:.0f}s[/]; logs in {supervisor.log_dir}")
+                raise typer.Exit(1)
+            status.update(f"loading the model into Triton + vLLM (first start ~1 min)… {elapsed:.0f}s")
+            time.sleep(0.5)
+    console.print(f"[green]ready[/] in {time.monotonic() - start:.0f}s")
+
+
+def _print_endpoints(host, http_port, grpc_port, router_port, redis_url, model, log_dir) -> None:
+    console.print(f"  OpenAI HTTP  http://{host}:{http_port}/v1   (health /health, metrics /metrics)")
+    console.print(f"  gRPC         {host}:{grpc_port}   kvmesh.v1.Inference, kvmesh.v1.Models")
+    console.print(f"  router       {host}:{router_port}   kvmesh.v1.Router")
+    console.print(f"  redis        {redis_url}")
+    console.print(f"  logs         {log_dir}")
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "What is the capital of France?"}]})
+    console.print("Try:", style="bold")
+    console.print(
+        f"curl -s http://{host}:{http_port}/v1/chat/completions -H 'Content-Type: application/json' -d '{body}'",
+        soft_wrap=True,
+        highlight=False,
+    )
+    console.print("Ctrl-C stops everything.")
+
+
+def status(router: str = typer.Option("127.0.0.1:8090", help="the router's address")) -> None:
+    """Live workers and their load, as the router sees them."""
+    try:
+        with grpc.insecure_channel(router) as channel:
+            reply = router_pb2_grpc.RouterStub(channel).Workers(router_pb2.WorkersRequest(), timeout=3)
+    except grpc.RpcError as e:
+        console.print(f"[red]router at {router}: {e.details()}[/]")
+        raise typer.Exit(1) from None
+    table = Table("worker", "model", "role", "triton", "in flight", "capacity", "prefill/decode blocks", "lease")
+    for w in reply.workers:
+        r = w.record
+        table.add_row(
+            r.id,
+            r.model,
+            worker_pb2.Role.Name(r.role).removeprefix("ROLE_").lower(),
+            r.triton_grpc_address,
+            str(w.in_flight),
+            str(r.capacity),
+            f"{w.prefill_blocks}/{w.decode_blocks}",
+            f"{w.lease_remaining_ms / 1000:.1f}s",
+        )
+    console.print(table if reply.workers else "no live workers")
 
 
 def add_commands(app: typer.Typer) -> None:
-    pass
+    app.command()(up)
+    app.command()(status)
