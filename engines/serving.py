@@ -44,6 +44,7 @@ async def serve_request(
         await asyncio.gather(producer, return_exceptions=True)
         await engine.abort(request.request_id)
         send(EngineDelta([], "abort", len(request.prompt_token_ids), 0), True)
+        log.info("request %s: cancelled by the client, aborted in the engine", request.request_id)
         return "cancelled"
     except Exception as e:  # one request's failure never sinks the model
         log.exception("request %s failed", request.request_id)

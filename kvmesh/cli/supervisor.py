@@ -16,8 +16,11 @@ import httpx
 @dataclass
 class Child:
     name: str
+    module: str
+    args: list[str]
     process: subprocess.Popen
     log: Path
+    restarts: int = 0
 
 
 @dataclass
@@ -29,17 +32,24 @@ class Supervisor:
     def start(self, name: str, module: str, args: list[str]) -> Child:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / f"{name}.log"
+        child = Child(name, module, args, self._spawn(module, args, log), log)
+        self.children.append(child)
+        return child
+
+    def restart(self, child: Child) -> None:
+        _reap_group(child.process, timeout_s=30.0)  # what the dead one left behind stops first
+        child.process = self._spawn(child.module, child.args, child.log)
+        child.restarts += 1
+
+    def _spawn(self, module: str, args: list[str], log: Path) -> subprocess.Popen:
         with open(log, "ab") as out:
-            process = subprocess.Popen(
+            return subprocess.Popen(
                 [sys.executable, "-m", module, *args],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **self.env},
                 start_new_session=True,  # Ctrl-C reaches us; we stop the children in order
             )
-        child = Child(name, process, log)
-        self.children.append(child)
-        return child
 
     def dead(self) -> Child | None:
         return next((c for c in self.children if c.process.poll() is not None), None)
@@ -57,15 +67,26 @@ class Supervisor:
                 child.process.wait(max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
                 pass
-            _signal_group(child.process, signal.SIGKILL)  # whatever the group left behind
+            _reap_group(child.process, timeout_s=max(deadline - time.monotonic(), 0.1))
         self.children.clear()
 
 
-def _signal_group(process: subprocess.Popen, sig: int) -> None:
+def _signal_group(process: subprocess.Popen, sig: int) -> bool:
+    """False when nothing is left in the process's group."""
     try:
         os.killpg(process.pid, sig)
+        return True
     except ProcessLookupError:
-        pass
+        return False
+
+
+def _reap_group(process: subprocess.Popen, timeout_s: float) -> None:
+    """Give the group's remaining processes (a Triton and its stubs shutting down, which clean
+    their /dev/shm) until the timeout, then SIGKILL what is left."""
+    deadline = time.monotonic() + timeout_s
+    while _signal_group(process, 0) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    _signal_group(process, signal.SIGKILL)
 
 
 def tail(path: Path, lines: int = 25) -> str:

@@ -19,6 +19,7 @@ from kvmesh.redis_server import RedisServer
 from kvmesh.v1 import router_pb2, router_pb2_grpc, worker_pb2
 
 console = Console()
+MAX_RESTARTS = 3
 
 
 def up(
@@ -68,10 +69,7 @@ def up(
         )
         _wait_ready(supervisor, f"http://{host}:{http_port}/health", ready_timeout_s)
         _print_endpoints(host, http_port, grpc_port, router_port, redis_url, Path(model).name, log_dir)
-        while (dead := supervisor.dead()) is None:
-            time.sleep(0.5)
-        console.print(f"[red]{dead.name} exited with code {dead.process.returncode}[/]; last lines:\n{tail(dead.log)}")
-        raise typer.Exit(1)
+        _supervise(supervisor)
     except KeyboardInterrupt:
         console.print("stopping…")
     finally:
@@ -82,6 +80,21 @@ def up(
         if leftovers:
             console.print(f"[yellow]left in /dev/shm by some Triton: {', '.join(leftovers)}[/]")
         console.print("stopped.")
+
+
+def _supervise(supervisor: Supervisor) -> None:
+    """Restart a process that dies (a few times), so that one crash does not take the mesh down."""
+    while True:
+        time.sleep(0.5)
+        dead = supervisor.dead()
+        if dead is None:
+            continue
+        code = dead.process.returncode
+        if dead.restarts >= MAX_RESTARTS:
+            console.print(f"[red]{dead.name} exited with code {code} again[/]; last lines:\n{tail(dead.log)}")
+            raise typer.Exit(1)
+        console.print(f"[yellow]{dead.name} exited with code {code}; restarting it[/] (logs: {dead.log})")
+        supervisor.restart(dead)
 
 
 def _wait_ready(supervisor: Supervisor, health_url: str, timeout_s: float) -> None:

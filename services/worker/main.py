@@ -54,6 +54,8 @@ async def load_engine(
 
 
 async def run(settings: WorkerSettings) -> None:
+    # Installed first: a stop during the (long) model load still shuts Triton down in order.
+    stop = asyncio.create_task(grpc_server.wait_for_signal())
     ports = triton_server.TritonPorts(
         grpc=settings.grpc_port or free_port(settings.host),
         http=settings.http_port or free_port(settings.host),
@@ -72,13 +74,21 @@ async def run(settings: WorkerSettings) -> None:
         overrides = settings.engine_overrides()
         log.info("loading %s (%s) on Triton at %s", settings.triton_model, settings.model, address)
         started = time.monotonic()
-        await load_engine(
-            client,
-            process,
-            settings.triton_model,
-            model_config.with_engine_args(config, overrides),
-            settings.load_timeout_s,
+        loading = asyncio.ensure_future(
+            load_engine(
+                client,
+                process,
+                settings.triton_model,
+                model_config.with_engine_args(config, overrides),
+                settings.load_timeout_s,
+            )
         )
+        await asyncio.wait({loading, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if stop.done():
+            loading.cancel()
+            log.info("stopped while loading")
+            return
+        loading.result()
         args = {**model_config.engine_args(config), **overrides}
         record = worker_pb2.WorkerRecord(
             id=worker_id,
@@ -101,13 +111,12 @@ async def run(settings: WorkerSettings) -> None:
         )
         print(f"worker {worker_id} ready: model {record.model} on Triton {address}", flush=True)
         heartbeat = asyncio.create_task(_heartbeat(reg, record, settings.lease_ms, process))
-        stop = asyncio.create_task(grpc_server.wait_for_signal())
         done, _ = await asyncio.wait({heartbeat, stop}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (heartbeat, stop):
-            task.cancel()
+        heartbeat.cancel()
         if heartbeat in done and not heartbeat.cancelled() and heartbeat.exception():
             raise heartbeat.exception()
     finally:
+        stop.cancel()
         try:
             await reg.deregister(worker_id)
         except Exception as e:  # noqa: BLE001 - Redis gone: the lease expires on its own

@@ -7,6 +7,7 @@ import locale
 locale.setlocale(locale.LC_CTYPE, "C.UTF-8")
 
 import json  # noqa: E402
+import logging  # noqa: E402
 import uuid  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -21,6 +22,7 @@ FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 class TritonPythonModel:
     def initialize(self, args):
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         config = json.loads(args["model_config"])
         engine_args = json.loads(config["parameters"]["engine_args"]["string_value"])
         self.engine = VllmEngine(engine_args)

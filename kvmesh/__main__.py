@@ -1,0 +1,3 @@
+from kvmesh.cli.app import main
+
+main()

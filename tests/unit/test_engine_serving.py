@@ -1,0 +1,66 @@
+"""serve_request with a fake engine: the final message always goes out, cancellation aborts."""
+
+import asyncio
+
+from engines.request import EngineDelta, EngineRequest, SamplingSpec
+from engines.serving import serve_request
+
+
+class FakeEngine:
+    def __init__(self, deltas, delay=0.0, fail_after=None):
+        self.deltas, self.delay, self.fail_after = deltas, delay, fail_after
+        self.aborted: list[str] = []
+
+    async def generate(self, request):
+        for i, d in enumerate(self.deltas):
+            if self.fail_after is not None and i == self.fail_after:
+                raise RuntimeError("boom")
+            await asyncio.sleep(self.delay)
+            yield d
+
+    async def abort(self, request_id):
+        self.aborted.append(request_id)
+
+
+REQ = EngineRequest("r1", [1, 2], SamplingSpec())
+
+
+def d(ids, finish=None):
+    return EngineDelta(ids, finish, 2, 0)
+
+
+async def run(engine, cancelled=lambda: False):
+    sent, errors = [], []
+    outcome = await serve_request(
+        engine, REQ, lambda delta, final: sent.append((delta, final)), errors.append, cancelled
+    )
+    return outcome, sent, errors
+
+
+async def test_streams_and_ends_with_one_final():
+    outcome, sent, errors = await run(FakeEngine([d([5]), d([]), d([6, 7]), d([8], "stop")]))
+    assert outcome == "finished" and not errors
+    assert [(x.token_ids, final) for x, final in sent] == [([5], False), ([6, 7], False), ([8], True)]
+
+
+async def test_stream_that_ends_without_finish_still_sends_a_final():
+    outcome, sent, _ = await run(FakeEngine([d([5])]))
+    assert sent[-1][1] is True and sent[-1][0].finish_reason == "abort"
+
+
+async def test_client_cancellation_aborts_in_the_engine():
+    engine = FakeEngine([d([i]) for i in range(1000)], delay=0.01)
+    flag = {"cancelled": False}
+    asyncio.get_running_loop().call_later(0.1, lambda: flag.update(cancelled=True))
+    outcome, sent, _ = await run(engine, lambda: flag["cancelled"])
+    assert outcome == "cancelled"
+    assert engine.aborted == ["r1"]
+    assert sent[-1] == (EngineDelta([], "abort", 2, 0), True)
+    assert len(sent) < 100
+
+
+async def test_engine_failure_is_one_error_and_an_abort():
+    engine = FakeEngine([d([1]), d([2])], fail_after=1)
+    outcome, sent, errors = await run(engine)
+    assert outcome == "error" and engine.aborted == ["r1"]
+    assert len(errors) == 1 and "boom" in errors[0]

@@ -1,0 +1,63 @@
+import asyncio
+
+import pytest
+
+from kvmesh import registry
+from kvmesh.v1 import worker_pb2
+
+
+def record(worker_id: str, model: str = "m") -> worker_pb2.WorkerRecord:
+    return worker_pb2.WorkerRecord(id=worker_id, model=model, triton_grpc_address="127.0.0.1:1", capacity=4)
+
+
+@pytest.fixture
+async def reg(redis_url):
+    client = registry.connect(redis_url)
+    yield registry.Registry(client)
+    await client.aclose()
+
+
+async def test_register_list_deregister(reg):
+    await reg.register(record("a"), lease_ms=5000)
+    await reg.register(record("b", model="other"), lease_ms=5000)
+    live = {w.record.id: w for w in await reg.live_workers()}
+    assert set(live) == {"a", "b"}
+    assert live["b"].record.model == "other"
+    assert live["a"].lease_expires_ms > registry.now_ms()
+    await reg.deregister("a")
+    assert [w.record.id for w in await reg.live_workers()] == ["b"]
+
+
+async def test_expired_lease_disappears_and_heartbeat_keeps_alive(reg):
+    await reg.register(record("short"), lease_ms=300)
+    await reg.register(record("kept"), lease_ms=300)
+    for _ in range(4):
+        await asyncio.sleep(0.15)
+        await reg.register(record("kept"), lease_ms=300)  # the heartbeat
+    assert [w.record.id for w in await reg.live_workers()] == ["kept"]
+
+
+async def test_watcher_sees_joins_and_leaves_and_survives_redis_loss(reg, redis_server):
+    watcher = registry.Watcher(reg, refresh_s=0.05)
+    await watcher.start()
+    try:
+        await reg.register(record("a"), lease_ms=5000)
+        await _until(lambda: "a" in watcher.workers)
+        await reg.deregister("a")
+        await _until(lambda: "a" not in watcher.workers)
+        await reg.register(record("b"), lease_ms=5000)
+        await _until(lambda: "b" in watcher.workers)
+        # Redis unreachable: the last known set is kept.
+        watcher.registry = registry.Registry(registry.connect("redis://127.0.0.1:1/0"))
+        await _until(lambda: not watcher.reachable)
+        assert set(watcher.workers) == {"b"}
+    finally:
+        await watcher.stop()
+
+
+async def _until(condition, timeout_s: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not condition():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)

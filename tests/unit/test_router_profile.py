@@ -1,0 +1,75 @@
+"""Router plugins and profiles, table-driven."""
+
+from collections import Counter
+
+import pytest
+
+from kvmesh.v1 import worker_pb2
+from services.router.config import DEFAULT_POLICIES
+from services.router.framework.plugins import ProfileSpec, build
+from services.router.framework.types import Candidate, Load, Request
+
+
+def cand(worker_id, in_flight=0, capacity=4, model="m", role=worker_pb2.ROLE_AGGREGATED):
+    rec = worker_pb2.WorkerRecord(id=worker_id, model=model, role=role, capacity=capacity, kv_block_size=16)
+    return Candidate(rec, Load(in_flight=in_flight))
+
+
+REQ = Request(model="m", request_id="r", num_tokens=40)
+
+
+@pytest.mark.parametrize(
+    "candidates, expected, emptied_by",
+    [
+        ([cand("a", 3), cand("b", 1), cand("c", 2)], "b", ""),
+        ([cand("a", 1, capacity=2), cand("b", 2, capacity=8)], "b", ""),  # relative to capacity
+        ([cand("a", model="other"), cand("b", 5)], "b", ""),
+        ([cand("a", role=worker_pb2.ROLE_PREFILL), cand("b", 3)], "b", ""),
+        ([cand("a", model="other")], None, "model"),
+        ([cand("a", 32, capacity=4)], None, "capacity"),  # 4 × queue factor 8
+        ([], None, ""),
+    ],
+)
+def test_least_loaded(candidates, expected, emptied_by):
+    decision = build("least-loaded", DEFAULT_POLICIES["least-loaded"]).run(REQ, candidates)
+    assert (decision.chosen.id if decision.chosen else None) == expected
+    assert decision.emptied_by == emptied_by
+
+
+def test_explain_verdicts_name_the_filter_and_scores():
+    decision = build("least-loaded", DEFAULT_POLICIES["least-loaded"]).run(
+        REQ, [cand("a", model="x"), cand("b", 1)], dry_run=True
+    )
+    verdicts = {v.candidate.id: v for v in decision.verdicts}
+    assert verdicts["a"].filtered_by == "model"
+    assert verdicts["b"].scores == {"least_loaded": 0.75}
+    assert verdicts["b"].total == pytest.approx(0.75)
+
+
+def test_round_robin_cycles_and_dry_run_does_not_advance():
+    profile = build("round-robin", DEFAULT_POLICIES["round-robin"])
+    cands = [cand("b"), cand("a"), cand("c")]
+    assert profile.run(REQ, cands, dry_run=True).chosen.id == "a"
+    assert [profile.run(REQ, cands).chosen.id for _ in range(4)] == ["a", "b", "c", "a"]
+
+
+def test_ties_are_broken_at_random():
+    profile = build("least-loaded", DEFAULT_POLICIES["least-loaded"])
+    picks = Counter(profile.run(REQ, [cand("a"), cand("b")]).chosen.id for _ in range(200))
+    assert picks["a"] > 40 and picks["b"] > 40
+
+
+def test_power_of_two_never_picks_the_worst_of_three():
+    profile = build("power-of-two", DEFAULT_POLICIES["power-of-two"])
+    cands = [cand("idle", 0), cand("mid", 2), cand("busy", 3)]
+    assert "busy" not in {profile.run(REQ, cands).chosen.id for _ in range(100)}
+
+
+def test_random_reaches_everyone():
+    profile = build("random", DEFAULT_POLICIES["random"])
+    assert {profile.run(REQ, [cand("a"), cand("b"), cand("c")]).chosen.id for _ in range(100)} == {"a", "b", "c"}
+
+
+def test_unknown_plugin_is_refused_by_name():
+    with pytest.raises(ValueError, match="unknown scorer 'nope'"):
+        build("bad", ProfileSpec(scorers={"nope": 1.0}))
