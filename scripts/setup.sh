@@ -14,6 +14,9 @@ apt_install() {
 }
 apt_install redis-server
 
+echo "== npm: buf"
+npm ci --no-audit --no-fund --loglevel=error
+
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 PIP=".venv/bin/pip --disable-pip-version-check -q"
