@@ -15,7 +15,7 @@ apt_install() {
 apt_install redis-server
 
 echo "== npm: buf"
-npm ci --no-audit --no-fund --loglevel=error
+npm install --no-audit --no-fund --loglevel=error
 
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
