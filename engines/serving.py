@@ -8,9 +8,13 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
+from opentelemetry import trace
+
 from engines.request import EngineDelta, EngineRequest
+from kvmesh import telemetry
 
 log = logging.getLogger(__name__)
+TRACER = trace.get_tracer("kvmesh.engine")
 
 CANCEL_POLL_S = 0.05
 
@@ -33,6 +37,15 @@ async def serve_request(
     is_cancelled: Callable[[], bool],
 ) -> str:
     """Returns how it ended: "finished", "cancelled" or "error"."""
+    parent = telemetry.extract(request.trace_headers)
+    with TRACER.start_as_current_span("engine.request", context=parent) as span:
+        span.set_attribute("kvmesh.request_id", request.request_id)
+        outcome = await _serve(engine, request, send, send_error, is_cancelled)
+        span.set_attribute("kvmesh.outcome", outcome)
+        return outcome
+
+
+async def _serve(engine: Engine, request: EngineRequest, send: Send, send_error: SendError, is_cancelled) -> str:
     producer = asyncio.ensure_future(_forward(engine, request, send))
     watcher = asyncio.ensure_future(_wait_cancelled(is_cancelled))
     try:

@@ -50,11 +50,16 @@ def start_metrics_server(host: str, port: int) -> int:
     return server.server_port
 
 
-def carrier() -> dict[str, str]:
-    """The current trace context as W3C headers (empty when nothing is traced)."""
+def carrier(ctx: otel_context.Context | None = None) -> dict[str, str]:
+    """A trace context (default: the current one) as W3C headers; empty when nothing is traced."""
     headers: dict[str, str] = {}
-    propagate.inject(headers)
+    propagate.inject(headers, context=ctx)
     return headers
+
+
+def extract(headers) -> otel_context.Context:
+    """The caller's trace context from W3C headers (HTTP headers, gRPC metadata, request parameters)."""
+    return propagate.extract(headers)
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
@@ -68,7 +73,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method = details.method
-        parent = propagate.extract({k: v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)})
+        parent = extract({k: v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)})
 
         if handler.unary_unary:
             inner = handler.unary_unary
@@ -128,8 +133,8 @@ class ClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStre
 
 def _with_trace(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
     headers = carrier()
-    if not headers:
-        return details
+    if not headers or any(key == "traceparent" for key, _ in (details.metadata or ())):
+        return details  # nothing to carry, or the caller set the context explicitly
     metadata = grpc.aio.Metadata(*(details.metadata or ()))
     for key, value in headers.items():
         metadata.add(key, value)

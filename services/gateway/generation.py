@@ -9,6 +9,9 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
 from kvmesh import telemetry
 from kvmesh.errors import Unavailable
 from services.gateway import metrics
@@ -35,6 +38,9 @@ class Chunk:
     worker_id: str = ""
 
 
+TRACER = trace.get_tracer("kvmesh.gateway")
+
+
 def new_request_id() -> str:
     return uuid.uuid4().hex
 
@@ -45,16 +51,33 @@ class Generator:
         self.engines = engines
 
     async def generate(
-        self, model: ServedModel, prompt_ids: list[int], sampling: dict, request_id: str
+        self,
+        model: ServedModel,
+        prompt_ids: list[int],
+        sampling: dict,
+        request_id: str,
+        parent: otel_context.Context | None = None,
     ) -> AsyncIterator[Chunk]:
+        """`parent`: the caller's trace context (default: the current one)."""
         start = time.perf_counter()
-        decision = await self.router.route(model.name, request_id, len(prompt_ids))
+        # One span for the request's whole life. It is passed explicitly, not made current: the
+        # chunks may be consumed from more than one task.
+        span = TRACER.start_span(
+            "kvmesh.generate", context=parent, attributes={"kvmesh.request_id": request_id, "kvmesh.model": model.name}
+        )
+        trace_headers = telemetry.carrier(trace.set_span_in_context(span))
+        try:
+            decision = await self.router.route(model.name, request_id, len(prompt_ids), trace_headers)
+        except Exception:
+            span.end()
+            raise
         worker = decision.worker
+        span.set_attribute("kvmesh.worker", worker.id)
         text = TextStream(model.tokenizer.backend, sampling.get("stop", ()))
         produced = 0
         last_token_at = None
         metrics.IN_FLIGHT.inc()
-        stream = self.engines.stream(worker, request_id, prompt_ids, sampling, telemetry.carrier())
+        stream = self.engines.stream(worker, request_id, prompt_ids, sampling, trace_headers)
         try:
             async for chunk in stream:
                 now = time.perf_counter()
@@ -88,3 +111,4 @@ class Generator:
             await stream.aclose()
             metrics.IN_FLIGHT.dec()
             self.router.release(request_id)
+            span.end()

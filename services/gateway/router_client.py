@@ -22,11 +22,14 @@ class RouterClient:
         self.stub = router_pb2_grpc.RouterStub(self.channel)
         self._background: set[asyncio.Task] = set()
 
-    async def route(self, model: str, request_id: str, num_tokens: int) -> router_pb2.RouteResponse:
+    async def route(
+        self, model: str, request_id: str, num_tokens: int, trace_headers: dict[str, str]
+    ) -> router_pb2.RouteResponse:
         try:
             return await self.stub.Route(
                 router_pb2.RouteRequest(model=model, request_id=request_id, num_tokens=num_tokens),
                 timeout=ROUTE_TIMEOUT_S,
+                metadata=tuple(trace_headers.items()),
             )
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None

@@ -16,7 +16,7 @@ from services.router.servicer import RouterServicer
 
 async def run(settings: RouterSettings) -> None:
     telemetry.setup_tracing("router")
-    telemetry.start_metrics_server(settings.host, settings.metrics_port)
+    metrics_port = telemetry.start_metrics_server(settings.host, settings.metrics_port)
     workers = Watcher(registry.Registry(registry.connect(settings.redis_url)), settings.refresh_ms / 1000)
     await workers.start()
     profiles = {name: build(name, spec) for name, spec in settings.policies.items()}
@@ -24,7 +24,7 @@ async def run(settings: RouterSettings) -> None:
     served = await grpc_server.serve(
         "router", settings.host, settings.port, lambda s: router_pb2_grpc.add_RouterServicer_to_server(servicer, s)
     )
-    print(f"router ready on {settings.host}:{served.port}", flush=True)
+    print(f"router ready on {settings.host}:{served.port} (metrics on :{metrics_port}/metrics)", flush=True)
     await grpc_server.wait_for_signal()
     await grpc_server.drain(served, grace_s=2.0, before_stop=workers.stop)
 

@@ -12,7 +12,7 @@ LEASE_S = 5.0
 
 
 def test_killed_worker_disappears_within_its_lease(mesh):
-    worker = mesh.child("worker")
+    worker = mesh.service_process("worker")
     with grpc.insecure_channel(mesh.router) as ch:
         stub = router_pb2_grpc.RouterStub(ch)
         (before,) = stub.Workers(router_pb2.WorkersRequest()).workers

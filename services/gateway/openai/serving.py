@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from kvmesh import telemetry
 from kvmesh.errors import InvalidArgument
 from services.gateway import metrics
 from services.gateway.generation import Chunk, Generator, Usage, new_request_id
@@ -96,7 +97,8 @@ class OpenAIServing:
             _sampling(body, max_tokens), len(prompt_ids), limit, self.default_max_tokens, model.defaults
         )
         request_id = fmt.id_prefix + new_request_id()
-        chunks = self.generator.generate(model, prompt_ids, engine, request_id)
+        parent = telemetry.extract(request.headers)  # a caller's traceparent, if any
+        chunks = self.generator.generate(model, prompt_ids, engine, request_id, parent)
         created = int(time.time())
         if body.stream:
             # Routing failures must still be an HTTP error: wait for the first chunk before answering 200.

@@ -16,6 +16,7 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 from engines import request as engine_request  # noqa: E402
 from engines.serving import serve_request  # noqa: E402
 from engines.vllm_engine import VllmEngine  # noqa: E402
+from kvmesh import telemetry  # noqa: E402
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
@@ -23,6 +24,7 @@ FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 class TritonPythonModel:
     def initialize(self, args):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        telemetry.setup_tracing("engine")
         config = json.loads(args["model_config"])
         engine_args = json.loads(config["parameters"]["engine_args"]["string_value"])
         self.engine = VllmEngine(engine_args)

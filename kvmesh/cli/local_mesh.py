@@ -1,0 +1,80 @@
+"""`kvmesh up` as a child process on free loopback ports: what the integration tests and the
+benchmarks start, exactly as a user would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from kvmesh.cli.supervisor import http_ok
+from kvmesh.models import DEFAULT_MODEL
+from kvmesh.net import free_port
+
+
+@dataclass
+class LocalMesh:
+    process: subprocess.Popen
+    http: str
+    grpc: str
+    router: str
+    redis_url: str
+    log_dir: Path
+    model: str = DEFAULT_MODEL
+
+    @classmethod
+    def start(
+        cls,
+        log_dir: Path,
+        extra_args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+        ready_timeout_s: float = 600,
+    ) -> LocalMesh:
+        ports = {name: free_port() for name in ("http", "grpc", "router", "redis")}
+        log_dir.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "kvmesh", "up", "--log-dir", str(log_dir), *extra_args]
+        for name, port in ports.items():
+            argv += [f"--{name}-port", str(port)]
+        child_env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"} | (env or {})  # its own Redis
+        with open(log_dir / "up.log", "wb") as out:
+            process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=child_env)
+        mesh = cls(
+            process=process,
+            http=f"http://127.0.0.1:{ports['http']}",
+            grpc=f"127.0.0.1:{ports['grpc']}",
+            router=f"127.0.0.1:{ports['router']}",
+            redis_url=f"redis://127.0.0.1:{ports['redis']}/0",
+            log_dir=log_dir,
+        )
+        deadline = time.monotonic() + ready_timeout_s
+        while not http_ok(f"{mesh.http}/health"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"kvmesh up did not get ready:\n{mesh.log('up')}")
+            time.sleep(0.5)
+        return mesh
+
+    def service_process(self, service: str) -> psutil.Process:
+        """The running process of one service (`worker`, `router`, `gateway`)."""
+        for p in psutil.Process(self.process.pid).children(recursive=True):
+            if f"services.{service}" in " ".join(p.cmdline()):
+                return p
+        raise LookupError(service)
+
+    def log(self, name: str) -> str:
+        return (self.log_dir / f"{name}.log").read_text(errors="replace")
+
+    def stop(self, timeout_s: float = 90) -> int:
+        """Ctrl-C, as a user would; returns kvmesh up's exit code."""
+        self.process.send_signal(signal.SIGINT)
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
