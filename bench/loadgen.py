@@ -27,6 +27,12 @@ class LevelResult:
     wall_s: float
     timings: list[RequestTiming] = field(default_factory=list)
 
+    def merge(self, other: LevelResult) -> None:
+        """Pool another run of the same level (throughput over the summed wall time)."""
+        self.requests += other.requests
+        self.wall_s += other.wall_s
+        self.timings += other.timings
+
     @property
     def tokens_per_s(self) -> float:
         return sum(t.completion_tokens for t in self.timings) / self.wall_s

@@ -16,7 +16,8 @@ from kvmesh import telemetry
 log = logging.getLogger(__name__)
 TRACER = trace.get_tracer("kvmesh.engine")
 
-CANCEL_POLL_S = 0.05
+# request.is_cancelled() is an IPC round trip to Triton: poll it a few times a second, not per token.
+CANCEL_POLL_S = 0.25
 
 
 class Engine(Protocol):
@@ -82,5 +83,6 @@ async def _forward(engine: Engine, request: EngineRequest, send: Send) -> None:
 
 
 async def _wait_cancelled(is_cancelled: Callable[[], bool]) -> None:
-    while not is_cancelled():
+    # Off the loop: the question is an IPC round trip to Triton.
+    while not await asyncio.to_thread(is_cancelled):
         await asyncio.sleep(CANCEL_POLL_S)

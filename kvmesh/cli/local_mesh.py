@@ -15,7 +15,7 @@ import psutil
 
 from kvmesh.cli.supervisor import http_ok
 from kvmesh.models import DEFAULT_MODEL
-from kvmesh.net import free_port
+from kvmesh.net import free_ports
 
 
 @dataclass
@@ -36,7 +36,7 @@ class LocalMesh:
         env: dict[str, str] | None = None,
         ready_timeout_s: float = 600,
     ) -> LocalMesh:
-        ports = {name: free_port() for name in ("http", "grpc", "router", "redis")}
+        ports = dict(zip(("http", "grpc", "router", "redis"), free_ports(4), strict=True))
         log_dir.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "kvmesh", "up", "--log-dir", str(log_dir), *extra_args]
         for name, port in ports.items():

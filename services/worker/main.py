@@ -12,7 +12,7 @@ import time
 import tritonclient.grpc.aio as triton_aio
 
 from kvmesh import grpc_server, registry
-from kvmesh.net import free_port
+from kvmesh.net import free_ports
 from kvmesh.settings import load
 from kvmesh.v1 import worker_pb2
 from services.worker import model_config, triton_server
@@ -56,10 +56,11 @@ async def load_engine(
 async def run(settings: WorkerSettings) -> None:
     # Installed first: a stop during the (long) model load still shuts Triton down in order.
     stop = asyncio.create_task(grpc_server.wait_for_signal())
+    spare = iter(free_ports(3, settings.host))
     ports = triton_server.TritonPorts(
-        grpc=settings.grpc_port or free_port(settings.host),
-        http=settings.http_port or free_port(settings.host),
-        metrics=settings.metrics_port or free_port(settings.host),
+        grpc=settings.grpc_port or next(spare),
+        http=settings.http_port or next(spare),
+        metrics=settings.metrics_port or next(spare),
     )
     env = {"VLLM_CPU_OMP_THREADS_BIND": settings.cpus, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
     process = triton_server.start(settings.model_repository, settings.host, ports, env, log_file=None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import Request
@@ -173,81 +174,53 @@ async def _sse(
     yield "data: [DONE]\n\n"
 
 
-class _Format:
+class _Format(ABC):
+    """The JSON shapes of one endpoint; subclasses say what differs between chat and completions."""
+
     id_prefix = ""
+    chunk_object = ""
+    whole_object = ""
+
+    @abstractmethod
+    def chunk_choice(self, c: Chunk, first: bool) -> dict: ...
+
+    @abstractmethod
+    def whole_choice(self, text: str, finish: str) -> dict: ...
+
+    def chunk(self, rid: str, created: int, model: str, c: Chunk, first: bool) -> dict:
+        return _envelope(rid, self.chunk_object, created, model, [self.chunk_choice(c, first)])
+
+    def usage_chunk(self, rid: str, created: int, model: str, u: Usage) -> dict:
+        return _envelope(rid, self.chunk_object, created, model, [], usage=usage_json(u))
+
+    def whole(self, rid: str, created: int, model: str, text: str, finish: str, u: Usage) -> dict:
+        return _envelope(rid, self.whole_object, created, model, [self.whole_choice(text, finish)], usage=usage_json(u))
+
+
+def _envelope(rid: str, obj: str, created: int, model: str, choices: list[dict], **extra) -> dict:
+    return {"id": rid, "object": obj, "created": created, "model": model, "choices": choices, **extra}
 
 
 class ChatFormat(_Format):
     id_prefix = "chatcmpl-"
+    chunk_object = "chat.completion.chunk"
+    whole_object = "chat.completion"
 
-    def chunk(self, rid: str, created: int, model: str, c: Chunk, first: bool) -> dict:
-        delta: dict = {"content": c.text}
-        if first:
-            delta["role"] = "assistant"
-        return {
-            "id": rid,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": c.finish_reason}],
-        }
+    def chunk_choice(self, c: Chunk, first: bool) -> dict:
+        delta: dict = {"role": "assistant", "content": c.text} if first else {"content": c.text}
+        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": c.finish_reason}
 
-    def usage_chunk(self, rid: str, created: int, model: str, u: Usage) -> dict:
-        return {
-            "id": rid,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [],
-            "usage": usage_json(u),
-        }
-
-    def whole(self, rid: str, created: int, model: str, text: str, finish: str, u: Usage) -> dict:
-        return {
-            "id": rid,
-            "object": "chat.completion",
-            "created": created,
-            "model": model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "logprobs": None,
-                    "finish_reason": finish,
-                }
-            ],
-            "usage": usage_json(u),
-        }
+    def whole_choice(self, text: str, finish: str) -> dict:
+        message = {"role": "assistant", "content": text}
+        return {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
 
 
 class CompletionFormat(_Format):
     id_prefix = "cmpl-"
+    chunk_object = whole_object = "text_completion"
 
-    def chunk(self, rid: str, created: int, model: str, c: Chunk, first: bool) -> dict:
-        return {
-            "id": rid,
-            "object": "text_completion",
-            "created": created,
-            "model": model,
-            "choices": [{"index": 0, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason}],
-        }
+    def chunk_choice(self, c: Chunk, first: bool) -> dict:
+        return {"index": 0, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason}
 
-    def usage_chunk(self, rid: str, created: int, model: str, u: Usage) -> dict:
-        return {
-            "id": rid,
-            "object": "text_completion",
-            "created": created,
-            "model": model,
-            "choices": [],
-            "usage": usage_json(u),
-        }
-
-    def whole(self, rid: str, created: int, model: str, text: str, finish: str, u: Usage) -> dict:
-        return {
-            "id": rid,
-            "object": "text_completion",
-            "created": created,
-            "model": model,
-            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
-            "usage": usage_json(u),
-        }
+    def whole_choice(self, text: str, finish: str) -> dict:
+        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}

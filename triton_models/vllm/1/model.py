@@ -6,6 +6,7 @@ import locale
 # torch's inductor templates are UTF-8: set the locale before anything imports torch or vllm.
 locale.setlocale(locale.LC_CTYPE, "C.UTF-8")
 
+import functools  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import uuid  # noqa: E402
@@ -14,6 +15,7 @@ import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from engines import request as engine_request  # noqa: E402
+from engines.outbox import Outbox  # noqa: E402
 from engines.serving import serve_request  # noqa: E402
 from engines.vllm_engine import VllmEngine  # noqa: E402
 from kvmesh import telemetry  # noqa: E402
@@ -28,6 +30,7 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         engine_args = json.loads(config["parameters"]["engine_args"]["string_value"])
         self.engine = VllmEngine(engine_args)
+        self.outbox = Outbox()
 
     def execute(self, requests):
         for request in requests:
@@ -42,14 +45,19 @@ class TritonPythonModel:
                 serve_request(
                     self.engine,
                     parsed,
-                    send=lambda delta, final, s=sender: s.send(_response(delta), flags=FINAL if final else 0),
-                    send_error=lambda msg, s=sender: s.send(
-                        pb_utils.InferenceResponse(error=pb_utils.TritonError(msg)), flags=FINAL
-                    ),
+                    send=functools.partial(self._send, sender),
+                    send_error=functools.partial(self._send_error, sender),
                     is_cancelled=request.is_cancelled,
                 )
             )
         return None
+
+    def _send(self, sender, delta, final):
+        self.outbox.put(lambda: sender.send(_response(delta), flags=FINAL if final else 0))
+
+    def _send_error(self, sender, message):
+        error = pb_utils.TritonError(message)
+        self.outbox.put(lambda: sender.send(pb_utils.InferenceResponse(error=error), flags=FINAL))
 
     def _parse(self, request):
         ids = pb_utils.get_input_tensor_by_name(request, "input_ids")
@@ -65,6 +73,7 @@ class TritonPythonModel:
 
     def finalize(self):
         self.engine.shutdown()
+        self.outbox.close()
 
 
 def _response(delta):
