@@ -1,9 +1,11 @@
-"""A thread that makes the blocking calls to Triton (sending a response, asking whether a request
-was cancelled) so that the engine's event loop never waits on Triton's IPC.
+"""A thread that makes the blocking calls to Triton (sending a response) so that the engine's
+event loop never waits on Triton's IPC.
 
 Python-backend `send()` returns only when the server has taken the response; done on the loop
 that also drains vLLM's outputs, every token of every request would queue behind every other's
-IPC round trip. Calls run in order, so one request's responses stay in order.
+IPC round trip. Calls run in order. Each call's future lets a request wait for its own previous
+response before the next, and while it waits vLLM merges that request's new tokens into one
+delta: under load, fewer and larger responses instead of a growing queue.
 """
 
 from __future__ import annotations
@@ -12,25 +14,33 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 
 log = logging.getLogger(__name__)
 
 
 class Outbox:
     def __init__(self, name: str = "triton-outbox"):
-        self._calls: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._calls: queue.SimpleQueue[tuple[Future, Callable[[], None]] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def put(self, call: Callable[[], None]) -> None:
-        self._calls.put(call)
+    def put(self, call: Callable[[], None]) -> Future:
+        future: Future = Future()
+        self._calls.put((future, call))
+        return future
 
     def _run(self) -> None:
-        while (call := self._calls.get()) is not None:
+        while (item := self._calls.get()) is not None:
+            future, call = item
+            if not future.set_running_or_notify_cancel():
+                continue  # its request was cancelled meanwhile
             try:
                 call()
-            except Exception:  # one failed send must not stop the others
+                future.set_result(None)
+            except Exception as e:  # one failed send must not stop the others
                 log.exception("a call to Triton failed")
+                future.set_exception(e)
 
     def close(self, timeout_s: float = 10.0) -> None:
         self._calls.put(None)

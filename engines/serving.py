@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 from opentelemetry import trace
@@ -26,8 +26,9 @@ class Engine(Protocol):
     async def abort(self, request_id: str) -> None: ...
 
 
-Send = Callable[[EngineDelta, bool], None]
-SendError = Callable[[str], None]
+# Both resolve once Triton has the response: a request sends its next delta only then.
+Send = Callable[[EngineDelta, bool], Awaitable[None]]
+SendError = Callable[[str], Awaitable[None]]
 
 
 async def serve_request(
@@ -57,13 +58,13 @@ async def _serve(engine: Engine, request: EngineRequest, send: Send, send_error:
         producer.cancel()
         await asyncio.gather(producer, return_exceptions=True)
         await engine.abort(request.request_id)
-        send(EngineDelta([], "abort", len(request.prompt_token_ids), 0), True)
+        await send(EngineDelta([], "abort", len(request.prompt_token_ids), 0), True)
         log.info("request %s: cancelled by the client, aborted in the engine", request.request_id)
         return "cancelled"
     except Exception as e:  # one request's failure never sinks the model
         log.exception("request %s failed", request.request_id)
         await asyncio.gather(engine.abort(request.request_id), return_exceptions=True)
-        send_error(f"engine error: {type(e).__name__}: {e}")
+        await send_error(f"engine error: {type(e).__name__}: {e}")
         return "error"
     finally:
         watcher.cancel()
@@ -74,12 +75,12 @@ async def _forward(engine: Engine, request: EngineRequest, send: Send) -> None:
     async for delta in engine.generate(request):
         last = delta
         if delta.finish_reason is not None:
-            send(delta, True)
+            await send(delta, True)
             return
         if delta.token_ids:  # vLLM yields empty deltas now and then
-            send(delta, False)
+            await send(delta, False)
     # The engine ended the stream without a finish reason (e.g. aborted elsewhere).
-    send(EngineDelta([], "abort", len(request.prompt_token_ids), last.cached_tokens if last else 0), True)
+    await send(EngineDelta([], "abort", len(request.prompt_token_ids), last.cached_tokens if last else 0), True)
 
 
 async def _wait_cancelled(is_cancelled: Callable[[], bool]) -> None:

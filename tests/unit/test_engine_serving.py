@@ -31,9 +31,14 @@ def d(ids, finish=None):
 
 async def run(engine, cancelled=lambda: False):
     sent, errors = [], []
-    outcome = await serve_request(
-        engine, REQ, lambda delta, final: sent.append((delta, final)), errors.append, cancelled
-    )
+
+    async def send(delta, final):
+        sent.append((delta, final))
+
+    async def send_error(message):
+        errors.append(message)
+
+    outcome = await serve_request(engine, REQ, send, send_error, cancelled)
     return outcome, sent, errors
 
 
@@ -64,3 +69,22 @@ async def test_engine_failure_is_one_error_and_an_abort():
     outcome, sent, errors = await run(engine)
     assert outcome == "error" and engine.aborted == ["r1"]
     assert len(errors) == 1 and "boom" in errors[0]
+
+
+async def test_a_slow_send_lets_the_engine_merge_tokens():
+    """While a request's previous response is still being handed to Triton, its next send waits."""
+    in_flight, overlaps = 0, 0
+
+    async def slow_send(delta, final):
+        nonlocal in_flight, overlaps
+        in_flight += 1
+        overlaps += in_flight > 1
+        await asyncio.sleep(0.01)
+        in_flight -= 1
+
+    async def no_error(message):
+        raise AssertionError(message)
+
+    engine = FakeEngine([d([i]) for i in range(5)] + [d([9], "stop")])
+    assert await serve_request(engine, REQ, slow_send, no_error, lambda: False) == "finished"
+    assert overlaps == 0

@@ -6,6 +6,7 @@ import locale
 # torch's inductor templates are UTF-8: set the locale before anything imports torch or vllm.
 locale.setlocale(locale.LC_CTYPE, "C.UTF-8")
 
+import asyncio  # noqa: E402
 import functools  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
@@ -53,11 +54,13 @@ class TritonPythonModel:
         return None
 
     def _send(self, sender, delta, final):
-        self.outbox.put(lambda: sender.send(_response(delta), flags=FINAL if final else 0))
+        return asyncio.wrap_future(self.outbox.put(lambda: sender.send(_response(delta), flags=FINAL if final else 0)))
 
     def _send_error(self, sender, message):
         error = pb_utils.TritonError(message)
-        self.outbox.put(lambda: sender.send(pb_utils.InferenceResponse(error=error), flags=FINAL))
+        return asyncio.wrap_future(
+            self.outbox.put(lambda: sender.send(pb_utils.InferenceResponse(error=error), flags=FINAL))
+        )
 
     def _parse(self, request):
         ids = pb_utils.get_input_tensor_by_name(request, "input_ids")
