@@ -1,5 +1,5 @@
-"""A thread that makes the blocking calls to Triton (sending a response) so that the engine's
-event loop never waits on Triton's IPC.
+"""A thread that makes the blocking calls to Triton (sending a response, asking whether a request
+was cancelled) so that the engine's event loop never waits on Triton's IPC.
 
 Python-backend `send()` returns only when the server has taken the response; done on the loop
 that also drains vLLM's outputs, every token of every request would queue behind every other's
@@ -21,11 +21,11 @@ log = logging.getLogger(__name__)
 
 class Outbox:
     def __init__(self, name: str = "triton-outbox"):
-        self._calls: queue.SimpleQueue[tuple[Future, Callable[[], None]] | None] = queue.SimpleQueue()
+        self._calls: queue.SimpleQueue[tuple[Future, Callable[[], object]] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def put(self, call: Callable[[], None]) -> Future:
+    def put(self, call: Callable[[], object]) -> Future:
         future: Future = Future()
         self._calls.put((future, call))
         return future
@@ -36,8 +36,7 @@ class Outbox:
             if not future.set_running_or_notify_cancel():
                 continue  # its request was cancelled meanwhile
             try:
-                call()
-                future.set_result(None)
+                future.set_result(call())
             except Exception as e:  # one failed send must not stop the others
                 log.exception("a call to Triton failed")
                 future.set_exception(e)

@@ -29,6 +29,8 @@ class Engine(Protocol):
 # Both resolve once Triton has the response: a request sends its next delta only then.
 Send = Callable[[EngineDelta, bool], Awaitable[None]]
 SendError = Callable[[str], Awaitable[None]]
+# Asks Triton whether the client went away (False once the final response is out).
+IsCancelled = Callable[[], Awaitable[bool]]
 
 
 async def serve_request(
@@ -36,7 +38,7 @@ async def serve_request(
     request: EngineRequest,
     send: Send,
     send_error: SendError,
-    is_cancelled: Callable[[], bool],
+    is_cancelled: IsCancelled,
 ) -> str:
     """Returns how it ended: "finished", "cancelled" or "error"."""
     parent = telemetry.extract(request.trace_headers)
@@ -83,7 +85,6 @@ async def _forward(engine: Engine, request: EngineRequest, send: Send) -> None:
     await send(EngineDelta([], "abort", len(request.prompt_token_ids), last.cached_tokens if last else 0), True)
 
 
-async def _wait_cancelled(is_cancelled: Callable[[], bool]) -> None:
-    # Off the loop: the question is an IPC round trip to Triton.
-    while not await asyncio.to_thread(is_cancelled):
+async def _wait_cancelled(is_cancelled: IsCancelled) -> None:
+    while not await is_cancelled():
         await asyncio.sleep(CANCEL_POLL_S)

@@ -29,7 +29,11 @@ def d(ids, finish=None):
     return EngineDelta(ids, finish, 2, 0)
 
 
-async def run(engine, cancelled=lambda: False):
+async def never():
+    return False
+
+
+async def run(engine, cancelled=never):
     sent, errors = [], []
 
     async def send(delta, final):
@@ -57,7 +61,11 @@ async def test_client_cancellation_aborts_in_the_engine():
     engine = FakeEngine([d([i]) for i in range(1000)], delay=0.01)
     flag = {"cancelled": False}
     asyncio.get_running_loop().call_later(0.1, lambda: flag.update(cancelled=True))
-    outcome, sent, _ = await run(engine, lambda: flag["cancelled"])
+
+    async def cancelled():
+        return flag["cancelled"]
+
+    outcome, sent, _ = await run(engine, cancelled)
     assert outcome == "cancelled"
     assert engine.aborted == ["r1"]
     assert sent[-1] == (EngineDelta([], "abort", 2, 0), True)
@@ -86,5 +94,5 @@ async def test_a_slow_send_lets_the_engine_merge_tokens():
         raise AssertionError(message)
 
     engine = FakeEngine([d([i]) for i in range(5)] + [d([9], "stop")])
-    assert await serve_request(engine, REQ, slow_send, no_error, lambda: False) == "finished"
+    assert await serve_request(engine, REQ, slow_send, no_error, never) == "finished"
     assert overlaps == 0

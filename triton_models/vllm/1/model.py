@@ -7,7 +7,6 @@ import locale
 locale.setlocale(locale.LC_CTYPE, "C.UTF-8")
 
 import asyncio  # noqa: E402
-import functools  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import uuid  # noqa: E402
@@ -42,25 +41,9 @@ class TritonPythonModel:
                 error = pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG)
                 sender.send(pb_utils.InferenceResponse(error=error), flags=FINAL)
                 continue
-            self.engine.submit(
-                serve_request(
-                    self.engine,
-                    parsed,
-                    send=functools.partial(self._send, sender),
-                    send_error=functools.partial(self._send_error, sender),
-                    is_cancelled=request.is_cancelled,
-                )
-            )
+            io = _RequestIO(request, sender, self.outbox)
+            self.engine.submit(serve_request(self.engine, parsed, io.send, io.send_error, io.is_cancelled))
         return None
-
-    def _send(self, sender, delta, final):
-        return asyncio.wrap_future(self.outbox.put(lambda: sender.send(_response(delta), flags=FINAL if final else 0)))
-
-    def _send_error(self, sender, message):
-        error = pb_utils.TritonError(message)
-        return asyncio.wrap_future(
-            self.outbox.put(lambda: sender.send(pb_utils.InferenceResponse(error=error), flags=FINAL))
-        )
 
     def _parse(self, request):
         ids = pb_utils.get_input_tensor_by_name(request, "input_ids")
@@ -77,6 +60,33 @@ class TritonPythonModel:
     def finalize(self):
         self.engine.shutdown()
         self.outbox.close()
+
+
+class _RequestIO:
+    """One request's calls to Triton, all made on the outbox thread, in order. Once the final
+    response is out Triton frees the request, so nothing may touch it after that."""
+
+    def __init__(self, request, sender, outbox):
+        self.request, self.sender, self.outbox = request, sender, outbox
+        self.done = False
+
+    def _call(self, fn):
+        return asyncio.wrap_future(self.outbox.put(fn))
+
+    def _final(self, response):
+        self.sender.send(response, flags=FINAL)
+        self.done = True
+
+    def send(self, delta, final):
+        if final:
+            return self._call(lambda: self._final(_response(delta)))
+        return self._call(lambda: self.sender.send(_response(delta)))
+
+    def send_error(self, message):
+        return self._call(lambda: self._final(pb_utils.InferenceResponse(error=pb_utils.TritonError(message))))
+
+    def is_cancelled(self):
+        return self._call(lambda: not self.done and self.request.is_cancelled())
 
 
 def _response(delta):
