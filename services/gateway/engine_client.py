@@ -8,6 +8,7 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import grpc
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
 from tritonclient.utils import InferenceServerException
@@ -77,10 +78,8 @@ class TritonPool:
             raise EngineError(f"worker {worker.id}: the stream ended without a final response")
         except InferenceServerException as e:
             raise Unavailable(f"worker {worker.id} at {worker.triton_grpc_address}: {e.message()}") from None
-        except Exception as e:
-            if type(e).__name__ == "AioRpcError":
-                raise Unavailable(f"worker {worker.id} at {worker.triton_grpc_address}: {e.details()}") from None
-            raise
+        except grpc.aio.AioRpcError as e:
+            raise Unavailable(f"worker {worker.id} at {worker.triton_grpc_address}: {e.details()}") from None
         finally:
             responses.cancel()
 
