@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import InferenceServerException, deserialize_bytes_tensor
 
 from kvmesh.errors import KvmeshError, Unavailable
 from kvmesh.v1 import worker_pb2
@@ -66,12 +66,7 @@ class TritonPool:
             async for result, error in responses:
                 if error is not None:
                     raise EngineError(f"worker {worker.id}: {error.message()}")
-                chunk = EngineChunk(
-                    token_ids=result.as_numpy("output_ids").tolist(),
-                    finish_reason=result.as_numpy("finish_reason")[0].decode() or None,
-                    prompt_tokens=int(result.as_numpy("prompt_tokens")[0]),
-                    cached_tokens=int(result.as_numpy("cached_tokens")[0]),
-                )
+                chunk = _chunk(result.get_response())
                 yield chunk
                 if chunk.finish_reason:
                     return
@@ -86,3 +81,19 @@ class TritonPool:
     async def close(self) -> None:
         for client in self._clients.values():
             await client.close()
+
+
+def _chunk(response) -> EngineChunk:
+    """Reads the raw output tensors straight from the protobuf: this runs once per streamed
+    response, and InferResult's per-name lookups and numpy copies cost more than the decoding.
+    Only the final response carries the finish reason and the counts."""
+    raw = {output.name: content for output, content in zip(response.outputs, response.raw_output_contents, strict=True)}
+    token_ids = np.frombuffer(raw["output_ids"], dtype="<i4").tolist()
+    if "finish_reason" not in raw:
+        return EngineChunk(token_ids, None, 0, 0)
+    return EngineChunk(
+        token_ids=token_ids,
+        finish_reason=deserialize_bytes_tensor(raw["finish_reason"])[0].decode() or None,
+        prompt_tokens=int(np.frombuffer(raw["prompt_tokens"], dtype="<i4")[0]),
+        cached_tokens=int(np.frombuffer(raw["cached_tokens"], dtype="<i4")[0]),
+    )

@@ -90,11 +90,13 @@ class _RequestIO:
 
 
 def _response(delta):
-    return pb_utils.InferenceResponse(
-        output_tensors=[
-            pb_utils.Tensor("output_ids", np.asarray(delta.token_ids, dtype=np.int32)),
-            pb_utils.Tensor("finish_reason", np.asarray([delta.finish_reason or ""], dtype=np.object_)),
+    # Per-request counts only ride on the final response: each tensor costs the stub, Triton and
+    # the client time on every one of the many streamed responses.
+    tensors = [pb_utils.Tensor("output_ids", np.asarray(delta.token_ids, dtype=np.int32))]
+    if delta.finish_reason is not None:
+        tensors += [
+            pb_utils.Tensor("finish_reason", np.asarray([delta.finish_reason], dtype=np.object_)),
             pb_utils.Tensor("prompt_tokens", np.asarray([delta.prompt_tokens], dtype=np.int32)),
             pb_utils.Tensor("cached_tokens", np.asarray([delta.cached_tokens], dtype=np.int32)),
         ]
-    )
+    return pb_utils.InferenceResponse(output_tensors=tensors)
