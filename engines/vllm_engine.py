@@ -50,10 +50,14 @@ class VllmEngine:
         self.block_size: int = self.args["block_size"]
 
     async def _build(self):
+        from vllm.config import KVEventsConfig
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        return AsyncLLM.from_engine_args(AsyncEngineArgs(**self.args))
+        args = dict(self.args)
+        if isinstance(args.get("kv_events_config"), dict):  # JSON from the model config
+            args["kv_events_config"] = KVEventsConfig(**args["kv_events_config"])
+        return AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
 
     def submit(self, coro: Coroutine[Any, Any, Any]) -> Future:
         return asyncio.run_coroutine_threadsafe(coro, self._loop)

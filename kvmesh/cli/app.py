@@ -1,15 +1,16 @@
-"""The `kvmesh` command: one subcommand per service, plus `up`, `status` and `model`."""
+"""The `kvmesh` command: one subcommand per service, plus `up`, `status`, `model` and `hash`."""
 
 from __future__ import annotations
 
 import typer
 
-from kvmesh.cli import model, services, up
+from kvmesh.cli import block_hash, model, services, up
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="kvmesh: an LLM serving mesh over Triton.")
 app.add_typer(model.app, name="model")
 services.add_commands(app)
 up.add_commands(app)
+block_hash.add_commands(app)
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ class LocalMesh:
     http: str
     grpc: str
     router: str
+    kvindex: str
     redis_url: str
     log_dir: Path
     model: str = DEFAULT_MODEL
@@ -36,7 +37,7 @@ class LocalMesh:
         env: dict[str, str] | None = None,
         ready_timeout_s: float = 600,
     ) -> LocalMesh:
-        ports = dict(zip(("http", "grpc", "router", "redis"), free_ports(4), strict=True))
+        ports = dict(zip(("http", "grpc", "router", "kvindex", "redis"), free_ports(5), strict=True))
         log_dir.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "kvmesh", "up", "--log-dir", str(log_dir), *extra_args]
         for name, port in ports.items():
@@ -49,6 +50,7 @@ class LocalMesh:
             http=f"http://127.0.0.1:{ports['http']}",
             grpc=f"127.0.0.1:{ports['grpc']}",
             router=f"127.0.0.1:{ports['router']}",
+            kvindex=f"127.0.0.1:{ports['kvindex']}",
             redis_url=f"redis://127.0.0.1:{ports['redis']}/0",
             log_dir=log_dir,
         )
@@ -61,7 +63,7 @@ class LocalMesh:
         return mesh
 
     def service_process(self, service: str) -> psutil.Process:
-        """The running process of one service (`worker`, `router`, `gateway`)."""
+        """The running process of one service (`worker`, `router`, `kvindex`, `gateway`)."""
         for p in psutil.Process(self.process.pid).children(recursive=True):
             if f"services.{service}" in " ".join(p.cmdline()):
                 return p

@@ -15,6 +15,7 @@ SERVICES = {
     "gateway": "the front door: gRPC Inference/Models and OpenAI-compatible HTTP",
     "router": "picks the worker for each request",
     "worker": "one Triton server running an engine, registered in Redis",
+    "kvindex": "keeps the global KV block index in Redis from the engines' KV events",
 }
 
 

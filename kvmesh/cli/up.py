@@ -1,4 +1,4 @@
-"""`kvmesh up`: Redis, router, one worker and the gateway on this machine; `kvmesh status`."""
+"""`kvmesh up`: Redis, kvindex, router, one worker and the gateway on this machine; `kvmesh status`."""
 
 from __future__ import annotations
 
@@ -28,8 +28,9 @@ def up(
     http_port: int = typer.Option(8080, help="OpenAI-compatible HTTP"),
     grpc_port: int = typer.Option(8081, help="kvmesh.v1 gRPC (Inference, Models)"),
     router_port: int = typer.Option(8090),
+    kvindex_port: int = typer.Option(8091),
     redis_port: int = typer.Option(6390, help="for the Redis kvmesh starts (ignored when REDIS_URL is set)"),
-    policy: str = typer.Option("least-loaded", help="routing policy"),
+    policy: str = typer.Option("kv-aware", help="routing policy"),
     engine_args: str = typer.Option("{}", help="JSON vLLM engine-argument overrides"),
     log_dir: Path = typer.Option(None, help="default: <cache>/run/<time>"),
     ready_timeout_s: float = typer.Option(900.0),
@@ -50,6 +51,7 @@ def up(
             with console.status(f"preparing {model}…"):
                 models.prepare(model)
         common = ["--host", host]
+        supervisor.start("kvindex", "services.kvindex", [*common, "--port", str(kvindex_port)])
         supervisor.start("router", "services.router", [*common, "--port", str(router_port), "--policy", policy])
         supervisor.start("worker", "services.worker", [*common, "--model", model, "--engine-args", engine_args])
         supervisor.start(
@@ -68,7 +70,7 @@ def up(
             ],
         )
         _wait_ready(supervisor, f"http://{host}:{http_port}/health", ready_timeout_s)
-        _print_endpoints(host, http_port, grpc_port, router_port, redis_url, Path(model).name, log_dir)
+        _print_endpoints(host, http_port, grpc_port, router_port, kvindex_port, redis_url, Path(model).name, log_dir)
         _supervise(supervisor)
     except KeyboardInterrupt:
         console.print("stopping…")
@@ -113,10 +115,11 @@ def _wait_ready(supervisor: Supervisor, health_url: str, timeout_s: float) -> No
     console.print(f"[green]ready[/] in {time.monotonic() - start:.0f}s")
 
 
-def _print_endpoints(host, http_port, grpc_port, router_port, redis_url, model, log_dir) -> None:
+def _print_endpoints(host, http_port, grpc_port, router_port, kvindex_port, redis_url, model, log_dir) -> None:
     console.print(f"  OpenAI HTTP  http://{host}:{http_port}/v1   (health /health, metrics /metrics)")
     console.print(f"  gRPC         {host}:{grpc_port}   kvmesh.v1.Inference, kvmesh.v1.Models")
     console.print(f"  router       {host}:{router_port}   kvmesh.v1.Router")
+    console.print(f"  kvindex      {host}:{kvindex_port}   kvmesh.v1.KvIndex")
     console.print(f"  redis        {redis_url}")
     console.print(f"  logs         {log_dir}")
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": "What is the capital of France?"}]})

@@ -9,18 +9,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RouteRequest(_message.Message):
-    __slots__ = ("model", "request_id", "num_tokens", "block_hashes", "policy")
+    __slots__ = ("model", "request_id", "num_tokens", "block_hashes", "policy", "block_size")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
     BLOCK_HASHES_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
     model: str
     request_id: str
     num_tokens: int
     block_hashes: _containers.RepeatedScalarFieldContainer[int]
     policy: str
-    def __init__(self, model: _Optional[str] = ..., request_id: _Optional[str] = ..., num_tokens: _Optional[int] = ..., block_hashes: _Optional[_Iterable[int]] = ..., policy: _Optional[str] = ...) -> None: ...
+    block_size: int
+    def __init__(self, model: _Optional[str] = ..., request_id: _Optional[str] = ..., num_tokens: _Optional[int] = ..., block_hashes: _Optional[_Iterable[int]] = ..., policy: _Optional[str] = ..., block_size: _Optional[int] = ...) -> None: ...
 
 class RouteResponse(_message.Message):
     __slots__ = ("worker", "policy", "overlap_blocks")

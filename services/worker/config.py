@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,10 @@ class WorkerSettings(CommonSettings):
     lease_ms: int = Field(5000, ge=500, description="registry lease; a dead worker vanishes after it")
     load_timeout_s: float = Field(600.0, gt=0)
     worker_id: str = Field("", description="default: w-<random>")
+    kv_events: bool = Field(True, description="publish the engine's KV events (for kvindex)")
+    kv_events_dir: Path = Field(
+        Path(tempfile.gettempdir()), description="where the KV-event ZMQ sockets live (ipc://, this host only)"
+    )
 
     @field_validator("engine_args")
     @classmethod
@@ -36,8 +41,23 @@ class WorkerSettings(CommonSettings):
             raise ValueError("must be a JSON object")
         return value
 
-    def engine_overrides(self) -> dict[str, Any]:
-        return {"model": self.model, **json.loads(self.engine_args)}
+    def engine_overrides(self, worker_id: str) -> dict[str, Any]:
+        overrides: dict[str, Any] = {"model": self.model}
+        if self.kv_events:
+            endpoint, replay = self.kv_events_endpoints(worker_id)
+            overrides["kv_events_config"] = {
+                "enable_kv_cache_events": True,
+                "publisher": "zmq",
+                "endpoint": endpoint,
+                "replay_endpoint": replay,
+            }
+        return overrides | json.loads(self.engine_args)
+
+    def kv_events_endpoints(self, worker_id: str) -> tuple[str, str]:
+        """(publisher, replay). ipc sockets: vLLM binds only wildcard TCP addresses, and nothing
+        here may listen beyond loopback; a multi-host deployment sets tcp:// ones instead."""
+        base = self.kv_events_dir / f"kvmesh-{worker_id}-kv"
+        return f"ipc://{base}.sock", f"ipc://{base}-replay.sock"
 
     @property
     def name_served(self) -> str:

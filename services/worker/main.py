@@ -72,7 +72,7 @@ async def run(settings: WorkerSettings) -> None:
     try:
         await wait_live(client, process, timeout_s=60)
         config = model_config.read(settings.model_repository / settings.triton_model)
-        overrides = settings.engine_overrides()
+        overrides = settings.engine_overrides(worker_id)
         log.info("loading %s (%s) on Triton at %s", settings.triton_model, settings.model, address)
         started = time.monotonic()
         loading = asyncio.ensure_future(
@@ -100,6 +100,8 @@ async def run(settings: WorkerSettings) -> None:
             kv_block_size=int(args.get("block_size", 128)),
             capacity=int(args.get("max_num_seqs", 16)),
             max_model_len=int(args.get("max_model_len", 4096)),
+            kv_events_endpoint=_kv_events(args).get("endpoint", ""),
+            kv_events_replay_endpoint=_kv_events(args).get("replay_endpoint") or "",
             started_unix_ms=registry.now_ms(),
             labels={"engine": "vllm", "triton_metrics": f"{settings.host}:{ports.metrics}"},
         )
@@ -125,6 +127,11 @@ async def run(settings: WorkerSettings) -> None:
         await client.close()
         await redis_client.aclose()
         _stop_triton(process)
+
+
+def _kv_events(engine_args: dict) -> dict:
+    config = engine_args.get("kv_events_config") or {}
+    return config if config.get("enable_kv_cache_events") else {}
 
 
 async def _heartbeat(reg: registry.Registry, record: worker_pb2.WorkerRecord, lease_ms: int, process) -> None:

@@ -1,0 +1,71 @@
+#!lua name=kvmesh_index
+-- The global KV block index. Block key: kvi:{<root>}:<seq> → SET of worker ids holding the block,
+-- where <root> is the sequence hash of the prompt's first block (the hash tag: every block of one
+-- prefix lives in one Redis Cluster slot, so a match touches one shard). Reverse key per worker and
+-- root: kvi:{<root>}:w:<worker> → SET of <seq>, for purging a worker.
+
+-- KEYS: a request's block keys in prompt order. Returns {worker, depth, ...}: how many leading
+-- blocks each worker holds; a worker drops out at its first miss.
+local function match(keys, args)
+  if #keys == 0 then return {} end
+  local active = redis.call('SMEMBERS', keys[1])
+  local out = {}
+  for i = 2, #keys do
+    if #active == 0 then return out end
+    local hits = redis.call('SMISMEMBER', keys[i], unpack(active))
+    local still = {}
+    for j, worker in ipairs(active) do
+      if hits[j] == 1 then
+        still[#still + 1] = worker
+      else
+        out[#out + 1] = worker
+        out[#out + 1] = i - 1
+      end
+    end
+    active = still
+  end
+  for _, worker in ipairs(active) do
+    out[#out + 1] = worker
+    out[#out + 1] = #keys
+  end
+  return out
+end
+
+-- KEYS: pairs (block key, reverse key); ARGV[1]: worker id; ARGV[i+1]: '+' (stored) or '-'
+-- (removed) for the i-th pair, then the pair's seq hash. One call applies one event batch.
+-- Returns how many memberships changed.
+local function apply(keys, args)
+  local worker = args[1]
+  local changed = 0
+  for i = 1, #keys, 2 do
+    local op = args[i + 1]
+    local seq = args[i + 2]
+    if op == '+' then
+      changed = changed + redis.call('SADD', keys[i], worker)
+      redis.call('SADD', keys[i + 1], seq)
+    else
+      changed = changed + redis.call('SREM', keys[i], worker)
+      redis.call('SREM', keys[i + 1], seq)
+    end
+  end
+  return changed
+end
+
+-- KEYS: reverse keys of one worker (kvi:{<root>}:w:<worker>); ARGV[1]: worker id.
+-- Drops the worker from every block it holds; returns how many blocks it held.
+local function purge(keys, args)
+  local worker = args[1]
+  local removed = 0
+  for _, reverse in ipairs(keys) do
+    local prefix = string.sub(reverse, 1, string.find(reverse, '}:w:', 1, true) + 1)
+    for _, seq in ipairs(redis.call('SMEMBERS', reverse)) do
+      removed = removed + redis.call('SREM', prefix .. seq, worker)
+    end
+    redis.call('DEL', reverse)
+  end
+  return removed
+end
+
+redis.register_function{function_name = 'kvmesh_match', callback = match, flags = {'no-writes'}}
+redis.register_function('kvmesh_apply', apply)
+redis.register_function('kvmesh_purge', purge)

@@ -1,0 +1,97 @@
+"""Client of the global KV block index in Redis (layout and functions in block_index.lua).
+
+Every call is one Redis round trip: `match` one FCALL_RO per routing decision, `apply` one FCALL
+per KV-event batch. On Redis Cluster each block key's hash tag is its prefix's root (first block's
+sequence hash), so a match hits one slot; a batch spanning several roots would be split by root
+(one call per slot) — on a single Redis, as here, it goes in one call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+LIBRARY = resources.files("kvmesh").joinpath("block_index.lua").read_text()
+PREFIX = "kvi"
+
+
+def _hex(value: int) -> str:
+    return format(value, "016x")
+
+
+def block_key(root: int, seq: int) -> str:
+    return f"{PREFIX}:{{{_hex(root)}}}:{_hex(seq)}"
+
+
+def reverse_key(root: int, worker_id: str) -> str:
+    return f"{PREFIX}:{{{_hex(root)}}}:w:{worker_id}"
+
+
+@dataclass(frozen=True)
+class BlockChange:
+    stored: bool  # False: removed
+    root: int
+    seq: int
+
+
+class BlockIndex:
+    def __init__(self, client: aioredis.Redis):
+        self.redis = client
+
+    async def load_functions(self) -> None:
+        await self.redis.function_load(LIBRARY, replace=True)
+
+    async def _fcall(self, read_only: bool, name: str, keys: Sequence[str], args: Sequence[str | int]):
+        call = self.redis.fcall_ro if read_only else self.redis.fcall
+        try:
+            return await call(name, len(keys), *keys, *args)
+        except ResponseError as e:
+            if "function not found" not in str(e).lower():
+                raise
+            await self.load_functions()  # a restarted or flushed Redis lost the library
+            return await call(name, len(keys), *keys, *args)
+
+    async def match(self, seq_hashes: Sequence[int]) -> dict[str, int]:
+        """worker id → how many leading blocks of the request it holds (workers with none omitted)."""
+        if not seq_hashes:
+            return {}
+        root = seq_hashes[0]
+        flat = await self._fcall(True, "kvmesh_match", [block_key(root, s) for s in seq_hashes], [])
+        return {_text(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+    async def apply(self, worker_id: str, changes: Sequence[BlockChange]) -> int:
+        """Applies one event batch for a worker; returns how many memberships changed."""
+        if not changes:
+            return 0
+        keys: list[str] = []
+        args: list[str] = [worker_id]
+        for change in changes:
+            keys += [block_key(change.root, change.seq), reverse_key(change.root, worker_id)]
+            args += ["+" if change.stored else "-", _hex(change.seq)]
+        return int(await self._fcall(False, "kvmesh_apply", keys, args))
+
+    async def purge(self, worker_id: str, batch: int = 256) -> int:
+        """Drops every block of a worker; returns how many it held."""
+        pattern = f"{PREFIX}:{{*}}:w:{_glob_escape(worker_id)}"
+        removed = 0
+        keys: list[str] = []
+        async for key in self.redis.scan_iter(match=pattern, count=1000):
+            keys.append(_text(key))
+            if len(keys) >= batch:
+                removed += int(await self._fcall(False, "kvmesh_purge", keys, [worker_id]))
+                keys = []
+        if keys:
+            removed += int(await self._fcall(False, "kvmesh_purge", keys, [worker_id]))
+        return removed
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

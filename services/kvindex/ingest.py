@@ -1,0 +1,73 @@
+"""Keeps one Subscription per live worker that publishes KV events; purges workers that leave."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import zmq.asyncio
+
+from kvmesh.block_index import BlockIndex
+from kvmesh.registry import Watcher
+from services.kvindex.subscription import Subscription
+
+log = logging.getLogger(__name__)
+
+
+class Ingestor:
+    def __init__(self, workers: Watcher, index: BlockIndex, sync_s: float):
+        self.workers = workers
+        self.index = index
+        self.sync_s = sync_s
+        self.ctx = zmq.asyncio.Context()
+        self.subscriptions: dict[str, Subscription] = {}
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._loop_task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        await self.sync()
+        self._loop_task = asyncio.create_task(self._loop())
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.sync_s)
+            await self.sync()
+
+    async def sync(self) -> None:
+        if not self.workers.reachable:
+            return  # the registry's view is stale: neither start nor purge on it
+        live = {wid: w.record for wid, w in self.workers.workers.items() if w.record.kv_events_endpoint}
+        for worker_id in self.subscriptions.keys() - live.keys():
+            await self._drop(worker_id)
+        for worker_id, record in live.items():
+            task = self._tasks.get(worker_id)
+            if task is None or task.done():
+                if task is not None:
+                    _log_end(worker_id, task)
+                subscription = self.subscriptions[worker_id] = Subscription(self.ctx, record, self.index)
+                self._tasks[worker_id] = asyncio.create_task(subscription.run())
+                log.info("subscribed to %s's KV events at %s", worker_id, record.kv_events_endpoint)
+
+    async def _drop(self, worker_id: str) -> None:
+        task = self._tasks.pop(worker_id)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        del self.subscriptions[worker_id]
+        try:
+            removed = await self.index.purge(worker_id)
+            log.info("worker %s left: purged its %d blocks", worker_id, removed)
+        except Exception as e:  # noqa: BLE001 - Redis down: the next kvindex start purges it
+            log.warning("worker %s left; purge failed: %s", worker_id, e)
+
+    async def stop(self) -> None:
+        if self._loop_task:
+            self._loop_task.cancel()
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), *(t for t in [self._loop_task] if t), return_exceptions=True)
+        self.ctx.term()
+
+
+def _log_end(worker_id: str, task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("worker %s: KV-event subscription failed (%s); resubscribing", worker_id, task.exception())

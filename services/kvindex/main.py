@@ -1,0 +1,43 @@
+"""settings → dependencies → serve."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as aioredis
+
+from kvmesh import grpc_server, registry, telemetry
+from kvmesh.block_index import BlockIndex
+from kvmesh.registry import Watcher
+from kvmesh.settings import load
+from kvmesh.v1 import kvindex_pb2_grpc
+from services.kvindex.config import KvIndexSettings
+from services.kvindex.ingest import Ingestor
+from services.kvindex.servicer import KvIndexServicer
+
+
+async def run(settings: KvIndexSettings) -> None:
+    telemetry.setup_tracing("kvindex")
+    metrics_port = telemetry.start_metrics_server(settings.host, settings.metrics_port)
+    workers = Watcher(registry.Registry(registry.connect(settings.redis_url)), settings.refresh_ms / 1000)
+    await workers.start()
+    index = BlockIndex(aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5))
+    await index.load_functions()
+    ingestor = Ingestor(workers, index, settings.refresh_ms / 1000)
+    await ingestor.start()
+    servicer = KvIndexServicer(index, ingestor, settings.max_match_blocks)
+    served = await grpc_server.serve(
+        "kvindex", settings.host, settings.port, lambda s: kvindex_pb2_grpc.add_KvIndexServicer_to_server(servicer, s)
+    )
+    print(f"kvindex ready on {settings.host}:{served.port} (metrics on :{metrics_port}/metrics)", flush=True)
+    await grpc_server.wait_for_signal()
+
+    async def stop_background() -> None:
+        await ingestor.stop()
+        await workers.stop()
+
+    await grpc_server.drain(served, grace_s=2.0, before_stop=stop_background)
+
+
+def main() -> None:
+    asyncio.run(run(load(KvIndexSettings)))

@@ -1,0 +1,72 @@
+"""Engine block hashes → canonical ones, per worker.
+
+Engines name blocks with their own hashes; the index speaks the canonical chained hashes of
+kvmesh.hashing. A BlockStored event carries the new blocks' token ids and the engine hash of
+their parent, so the canonical chain continues from the parent's canonical hash; the per-worker
+map engine hash → (root, seq) also turns BlockRemoved into canonical keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kvmesh import hashing
+from kvmesh.block_index import BlockChange
+from services.kvindex.events import AllBlocksCleared, BlockRemoved, BlockStored, EngineHash, EventBatch
+
+
+@dataclass
+class Translation:
+    # True: forget everything the worker held before `changes`.
+    cleared: bool = False
+    changes: list[BlockChange] = field(default_factory=list)
+    # Blocks that could not be placed (parent never seen, e.g. after a gap) or removals of
+    # blocks never seen: dropped, so the index under-reports rather than lies.
+    dropped: int = 0
+
+
+class WorkerBlocks:
+    def __init__(self, identity: str):
+        self.identity = identity
+        self._canonical: dict[EngineHash, tuple[int, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._canonical)
+
+    def clear(self) -> None:
+        self._canonical.clear()
+
+    def translate(self, batch: EventBatch) -> Translation:
+        out = Translation()
+        for event in batch.events:
+            if isinstance(event, BlockStored):
+                self._stored(event, out)
+            elif isinstance(event, BlockRemoved):
+                for engine_hash in event.block_hashes:
+                    known = self._canonical.pop(engine_hash, None)
+                    if known is None:
+                        out.dropped += 1
+                    else:
+                        out.changes.append(BlockChange(False, *known))
+            elif isinstance(event, AllBlocksCleared):
+                self._canonical.clear()
+                out.cleared, out.changes = True, []
+        return out
+
+    def _stored(self, event: BlockStored, out: Translation) -> None:
+        parent = None
+        if event.parent_block_hash is not None:
+            parent = self._canonical.get(event.parent_block_hash)
+            if parent is None:
+                out.dropped += len(event.block_hashes)
+                return
+        blocks = hashing.block_hashes(
+            event.token_ids, event.block_size, self.identity, parent_seq=parent[1] if parent else None
+        )
+        if len(blocks) != len(event.block_hashes):
+            out.dropped += len(event.block_hashes)
+            return
+        root = parent[0] if parent else blocks[0].seq
+        for engine_hash, block in zip(event.block_hashes, blocks, strict=True):
+            self._canonical[engine_hash] = (root, block.seq)
+            out.changes.append(BlockChange(True, root, block.seq))

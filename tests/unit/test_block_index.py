@@ -1,0 +1,70 @@
+"""The Redis functions of the block index, against a real redis-server."""
+
+from __future__ import annotations
+
+import pytest
+import redis.asyncio as aioredis
+
+from kvmesh.block_index import BlockChange, BlockIndex, block_key
+from kvmesh.hashing import sequence_hashes
+
+
+@pytest.fixture
+async def index(redis_url):
+    client = aioredis.Redis.from_url(redis_url)
+    index = BlockIndex(client)
+    await index.load_functions()
+    yield index
+    await client.aclose()
+
+
+def stored(seqs: list[int]) -> list[BlockChange]:
+    return [BlockChange(True, seqs[0], s) for s in seqs]
+
+
+PROMPT = sequence_hashes(list(range(64)), block_size=8)  # 8 blocks
+
+
+async def test_match_gives_each_workers_prefix_depth(index):
+    await index.apply("a", stored(PROMPT[:5]))
+    await index.apply("b", stored(PROMPT))
+    await index.apply("c", stored(PROMPT[:2]) + [BlockChange(True, PROMPT[0], PROMPT[4])])  # a hole at 2
+    assert await index.match(PROMPT) == {"a": 5, "b": 8, "c": 2}
+
+
+async def test_a_worker_without_the_first_block_has_no_overlap(index):
+    await index.apply("a", stored(PROMPT)[1:])
+    assert await index.match(PROMPT) == {}
+    assert await index.match([]) == {}
+
+
+async def test_removal_and_purge(index):
+    await index.apply("a", stored(PROMPT))
+    await index.apply("b", stored(PROMPT[:3]))
+    assert await index.apply("a", [BlockChange(False, PROMPT[0], PROMPT[3])]) == 1
+    assert await index.match(PROMPT) == {"a": 3, "b": 3}
+    assert await index.purge("a") == 7
+    assert await index.match(PROMPT) == {"b": 3}
+    assert await index.purge("a") == 0
+    # Nothing of a is left behind, and emptied block keys are gone.
+    assert not await index.redis.keys("*:w:a")
+    assert not await index.redis.exists(block_key(PROMPT[0], PROMPT[5]))
+
+
+async def test_applying_twice_is_idempotent(index):
+    assert await index.apply("a", stored(PROMPT[:2])) == 2
+    assert await index.apply("a", stored(PROMPT[:2])) == 0
+    assert await index.match(PROMPT) == {"a": 2}
+
+
+async def test_functions_reload_after_redis_loses_them(index):
+    await index.apply("a", stored(PROMPT[:2]))
+    await index.redis.function_flush()
+    assert await index.match(PROMPT) == {"a": 2}
+
+
+async def test_worker_ids_with_glob_characters_purge_only_themselves(index):
+    await index.apply("w*", stored(PROMPT[:2]))
+    await index.apply("wx", stored(PROMPT[:2]))
+    assert await index.purge("w*") == 2
+    assert await index.match(PROMPT) == {"wx": 2}
