@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from importlib import resources
 
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+
+from kvmesh import redis_functions
 
 LIBRARY = resources.files("kvmesh").joinpath("block_index.lua").read_text()
 PREFIX = "kvi"
@@ -43,25 +44,17 @@ class BlockIndex:
         self.redis = client
 
     async def load_functions(self) -> None:
-        await self.redis.function_load(LIBRARY, replace=True)
+        await redis_functions.load(self.redis, [LIBRARY])
 
     async def _fcall(self, read_only: bool, name: str, keys: Sequence[str], args: Sequence[str | int]):
-        call = self.redis.fcall_ro if read_only else self.redis.fcall
-        try:
-            return await call(name, len(keys), *keys, *args)
-        except ResponseError as e:
-            if "function not found" not in str(e).lower():
-                raise
-            await self.load_functions()  # a restarted or flushed Redis lost the library
-            return await call(name, len(keys), *keys, *args)
+        fcall = self.redis.fcall_ro if read_only else self.redis.fcall
+        return await redis_functions.call(self.redis, [LIBRARY], lambda: fcall(name, len(keys), *keys, *args))
 
     async def match(self, seq_hashes: Sequence[int]) -> dict[str, int]:
         """worker id → how many leading blocks of the request it holds (workers with none omitted)."""
         if not seq_hashes:
             return {}
-        root = seq_hashes[0]
-        flat = await self._fcall(True, "kvmesh_match", [block_key(root, s) for s in seq_hashes], [])
-        return {_text(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+        return parse_match(await self._fcall(True, "kvmesh_match", match_keys(seq_hashes), []))
 
     async def apply(self, worker_id: str, changes: Sequence[BlockChange]) -> int:
         """Applies one event batch for a worker; returns how many memberships changed."""
@@ -87,6 +80,14 @@ class BlockIndex:
         if keys:
             removed += int(await self._fcall(False, "kvmesh_purge", keys, [worker_id]))
         return removed
+
+
+def match_keys(seq_hashes: Sequence[int]) -> list[str]:
+    return [block_key(seq_hashes[0], s) for s in seq_hashes]
+
+
+def parse_match(flat: list) -> dict[str, int]:
+    return {_text(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
 def _text(value: bytes | str) -> str:

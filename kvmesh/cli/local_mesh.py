@@ -62,15 +62,22 @@ class LocalMesh:
             time.sleep(0.5)
         return mesh
 
+    def service_processes(self, service: str) -> list[psutil.Process]:
+        """The running processes of one service (`worker`, `router`, `kvindex`, `gateway`)."""
+        children = psutil.Process(self.process.pid).children(recursive=True)
+        return [p for p in children if f"services.{service}" in " ".join(p.cmdline())]
+
     def service_process(self, service: str) -> psutil.Process:
-        """The running process of one service (`worker`, `router`, `kvindex`, `gateway`)."""
-        for p in psutil.Process(self.process.pid).children(recursive=True):
-            if f"services.{service}" in " ".join(p.cmdline()):
-                return p
-        raise LookupError(service)
+        processes = self.service_processes(service)
+        if not processes:
+            raise LookupError(service)
+        return processes[0]
 
     def log(self, name: str) -> str:
         return (self.log_dir / f"{name}.log").read_text(errors="replace")
+
+    def worker_logs(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("worker-*.log")))
 
     def stop(self, timeout_s: float = 90) -> int:
         """Ctrl-C, as a user would; returns kvmesh up's exit code."""

@@ -32,6 +32,7 @@ def up(
     redis_port: int = typer.Option(6390, help="for the Redis kvmesh starts (ignored when REDIS_URL is set)"),
     policy: str = typer.Option("kv-aware", help="routing policy"),
     engine_args: str = typer.Option("{}", help="JSON vLLM engine-argument overrides"),
+    workers: int = typer.Option(1, min=1, help="Triton workers; several are pinned to cores round-robin"),
     log_dir: Path = typer.Option(None, help="default: <cache>/run/<time>"),
     ready_timeout_s: float = typer.Option(900.0),
 ) -> None:
@@ -53,7 +54,9 @@ def up(
         common = ["--host", host]
         supervisor.start("kvindex", "services.kvindex", [*common, "--port", str(kvindex_port)])
         supervisor.start("router", "services.router", [*common, "--port", str(router_port), "--policy", policy])
-        supervisor.start("worker", "services.worker", [*common, "--model", model, "--engine-args", engine_args])
+        for i, cpus in enumerate(_worker_cpus(workers)):
+            worker_args = [*common, "--model", model, "--engine-args", engine_args, "--cpus", cpus]
+            supervisor.start(f"worker-{i}", "services.worker", worker_args)
         supervisor.start(
             "gateway",
             "services.gateway",
@@ -82,6 +85,16 @@ def up(
         if leftovers:
             console.print(f"[yellow]left in /dev/shm by some Triton: {', '.join(leftovers)}[/]")
         console.print("stopped.")
+
+
+def _worker_cpus(workers: int) -> list[str]:
+    """One worker gets every core; several share them out, one core each in turn (a vLLM engine
+    on cores it shares with another engine's OpenMP threads would stall both)."""
+    cores = sorted(os.sched_getaffinity(0))
+    if workers == 1:
+        contiguous = cores == list(range(cores[0], cores[-1] + 1))
+        return [f"{cores[0]}-{cores[-1]}" if contiguous else ",".join(map(str, cores))]
+    return [str(cores[i % len(cores)]) for i in range(workers)]
 
 
 def _supervise(supervisor: Supervisor) -> None:

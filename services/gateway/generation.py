@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from kvmesh import telemetry
+from kvmesh import hashing, telemetry
 from kvmesh.errors import Unavailable
 from services.gateway import metrics
 from services.gateway.detokenizer import TextStream
 from services.gateway.engine_client import TritonPool
 from services.gateway.router_client import RouterClient
-from services.gateway.served import ServedModel
+from services.gateway.served import ServedModel, ServedModels
 
 
 @dataclass
@@ -46,9 +46,10 @@ def new_request_id() -> str:
 
 
 class Generator:
-    def __init__(self, router: RouterClient, engines: TritonPool):
+    def __init__(self, router: RouterClient, engines: TritonPool, served: ServedModels):
         self.router = router
         self.engines = engines
+        self.served = served
 
     async def generate(
         self,
@@ -67,7 +68,11 @@ class Generator:
         )
         trace_headers = telemetry.carrier(trace.set_span_in_context(span))
         try:
-            decision = await self.router.route(model.name, request_id, len(prompt_ids), trace_headers)
+            block_size = self.served.block_size(model.name)
+            block_hashes = hashing.sequence_hashes(prompt_ids, block_size, model.name) if block_size else []
+            decision = await self.router.route(
+                model.name, request_id, len(prompt_ids), block_hashes, block_size, trace_headers
+            )
         except Exception:
             span.end()
             raise

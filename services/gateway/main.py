@@ -30,7 +30,7 @@ async def run(settings: GatewaySettings) -> None:
     served = ServedModels(settings.models, watcher)
     router = RouterClient(settings.router_address)
     engines = TritonPool()
-    generator = Generator(router, engines)
+    generator = Generator(router, engines, served)
 
     def register(server) -> None:
         inference_pb2_grpc.add_InferenceServicer_to_server(

@@ -23,11 +23,20 @@ class RouterClient:
         self._background: set[asyncio.Task] = set()
 
     async def route(
-        self, model: str, request_id: str, num_tokens: int, trace_headers: dict[str, str]
+        self,
+        model: str,
+        request_id: str,
+        num_tokens: int,
+        block_hashes: list[int],
+        block_size: int,
+        trace_headers: dict[str, str],
     ) -> router_pb2.RouteResponse:
+        request = router_pb2.RouteRequest(
+            model=model, request_id=request_id, num_tokens=num_tokens, block_hashes=block_hashes, block_size=block_size
+        )
         try:
             return await self.stub.Route(
-                router_pb2.RouteRequest(model=model, request_id=request_id, num_tokens=num_tokens),
+                request,
                 timeout=ROUTE_TIMEOUT_S,
                 metadata=tuple(trace_headers.items()),
             )

@@ -43,6 +43,12 @@ class ServedModels:
             raise Unavailable(f"no live worker serves model {name!r} right now")
         return min(lengths)
 
+    def block_size(self, name: str) -> int:
+        """The KV block size of the model's live workers (the most common, if they differ; 0 if
+        none): the gateway hashes prompts with it, and KV overlap counts only on workers using it."""
+        sizes = [w.record.kv_block_size for w in self.watcher.workers.values() if w.record.model == name]
+        return max(set(sizes), key=sizes.count) if sizes else 0
+
     def live(self) -> dict[str, list]:
         """Served model name → the live workers' records."""
         out: dict[str, list] = {name: [] for name in self.models}

@@ -99,7 +99,11 @@ class Subscription:
                 await self._apply(replayed_seq, batch)
             return
         log.warning(
-            "worker %s: KV events %d..%d lost (got %d); clearing its index entries", self.worker_id, expected, seq - 1, seq
+            "worker %s: KV events %d..%d lost (got %d); clearing its index entries",
+            self.worker_id,
+            expected,
+            seq - 1,
+            seq,
         )
         self.blocks.clear()
         await self.index.purge(self.worker_id)

@@ -7,6 +7,10 @@ from kvmesh.settings import CommonSettings
 from services.router.framework.plugins import ProfileSpec, build
 
 DEFAULT_POLICIES = {
+    # Dynamo's cost: prefill_weight · max(prefill + request − overlap, 0) + decode; lowest wins.
+    "kv-aware": ProfileSpec(
+        scorers={"prefill_load": 1.0, "decode_load": 1.0}, picker="softmax", params={"softmax": {"temperature": 0.0}}
+    ),
     "least-loaded": ProfileSpec(scorers={"least_loaded": 1.0}, picker="max_score"),
     "round-robin": ProfileSpec(picker="round_robin"),
     "random": ProfileSpec(picker="random"),
@@ -18,7 +22,7 @@ class RouterSettings(CommonSettings):
     model_config = SettingsConfigDict(env_prefix="KVMESH_ROUTER_", cli_prog_name="kvmesh router")
 
     port: int = Field(8090, ge=0, le=65535, description="gRPC port; 0 = a free port")
-    policy: str = Field("least-loaded", description="the default policy")
+    policy: str = Field("kv-aware", description="the default policy")
     policies: dict[str, ProfileSpec] = Field(default_factory=lambda: dict(DEFAULT_POLICIES))
     refresh_ms: int = Field(250, ge=10, description="how often the worker set is read from the registry")
     request_lease_s: float = Field(900.0, gt=0, description="forget a routed request never released after this")

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import asyncio
 
-from kvmesh import grpc_server, registry, telemetry
+import redis.asyncio as aioredis
+
+from kvmesh import block_index, grpc_server, redis_functions, registry, telemetry
 from kvmesh.registry import Watcher
 from kvmesh.settings import load
 from kvmesh.v1 import router_pb2_grpc
+from services.router import shared_load
+from services.router.accounting import Accounting
+from services.router.candidates import CandidateSource
 from services.router.config import RouterSettings
 from services.router.framework.plugins import build
 from services.router.inflight import InFlight
+from services.router.redis_health import RedisHealth
 from services.router.servicer import RouterServicer
 
 
@@ -20,7 +26,14 @@ async def run(settings: RouterSettings) -> None:
     workers = Watcher(registry.Registry(registry.connect(settings.redis_url)), settings.refresh_ms / 1000)
     await workers.start()
     profiles = {name: build(name, spec) for name, spec in settings.policies.items()}
-    servicer = RouterServicer(workers, InFlight(settings.request_lease_s), profiles, settings.policy)
+    client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=1)
+    try:
+        await redis_functions.load(client, [block_index.LIBRARY, shared_load.LIBRARY])
+    except Exception as e:  # noqa: BLE001 - they load on first use once Redis is back
+        print(f"router: Redis functions not loaded yet: {e}", flush=True)
+    shared = shared_load.SharedLoad(client, settings.request_lease_s)
+    accounting = Accounting(InFlight(settings.request_lease_s), shared, RedisHealth())
+    servicer = RouterServicer(CandidateSource(workers, client, accounting), accounting, profiles, settings.policy)
     served = await grpc_server.serve(
         "router", settings.host, settings.port, lambda s: router_pb2_grpc.add_RouterServicer_to_server(servicer, s)
     )

@@ -2,30 +2,32 @@
 
 from __future__ import annotations
 
-import math
-
 from prometheus_client import Counter
 
 from kvmesh.errors import InvalidArgument, KvmeshError, ResourceExhausted, Unavailable
 from kvmesh.grpc_server import abort_with
-from kvmesh.registry import Watcher, now_ms
+from kvmesh.registry import now_ms
 from kvmesh.v1 import router_pb2, router_pb2_grpc, worker_pb2
+from services.router.accounting import Accounting
+from services.router.candidates import CandidateSource
 from services.router.framework.profile import Decision, Profile
-from services.router.framework.types import Candidate, Request
-from services.router.inflight import InFlight
+from services.router.framework.types import Request
 
 DECISIONS = Counter("kvmesh_router_decisions", "Routing decisions", ["policy", "worker"])
 NO_WORKER = Counter("kvmesh_router_no_worker", "Requests no worker could take", ["reason"])
 
 
 class RouterServicer(router_pb2_grpc.RouterServicer):
-    def __init__(self, workers: Watcher, inflight: InFlight, profiles: dict[str, Profile], default: str):
-        self.workers = workers
-        self.inflight = inflight
+    def __init__(
+        self, candidates: CandidateSource, accounting: Accounting, profiles: dict[str, Profile], default: str
+    ):
+        self.candidates = candidates
+        self.workers = candidates.workers
+        self.accounting = accounting
         self.profiles = profiles
         self.default = default
 
-    def _decide(self, message: router_pb2.RouteRequest, dry_run: bool) -> tuple[Profile, Request, Decision]:
+    async def _decide(self, message: router_pb2.RouteRequest, dry_run: bool) -> tuple[Profile, Request, Decision]:
         if not message.model:
             raise InvalidArgument("model: required", param="model")
         if not dry_run and not message.request_id:
@@ -39,29 +41,30 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             request_id=message.request_id,
             num_tokens=message.num_tokens,
             block_hashes=tuple(message.block_hashes),
+            block_size=message.block_size,
         )
-        self.inflight.expire(set(self.workers.workers))
-        candidates = [Candidate(w.record, self.inflight.load(w.record.id)) for w in self.workers.workers.values()]
+        if request.block_hashes and not request.block_size:
+            raise InvalidArgument("block_size: required with block_hashes", param="block_size")
+        candidates = await self.candidates.gather(request)
         return profile, request, profile.run(request, candidates, dry_run=dry_run)
 
     async def Route(self, message, context):
         try:
-            profile, request, decision = self._decide(message, dry_run=False)
+            profile, request, decision = await self._decide(message, dry_run=False)
             chosen = decision.chosen
             if chosen is None:
                 raise _no_worker(request, decision)
         except KvmeshError as e:
             await abort_with(context, e)
             return
-        blocks = math.ceil(request.num_tokens / max(chosen.record.kv_block_size, 1))
-        uncached = max(blocks - chosen.overlap_blocks, 0)
-        self.inflight.add(request.request_id, chosen.id, uncached, blocks)
+        blocks = request.blocks_on(chosen)
+        await self.accounting.add(request.request_id, chosen.id, max(blocks - chosen.overlap_blocks, 0), blocks)
         DECISIONS.labels(profile.name, chosen.id).inc()
         return router_pb2.RouteResponse(worker=chosen.record, policy=profile.name, overlap_blocks=chosen.overlap_blocks)
 
     async def Explain(self, message, context):
         try:
-            profile, _, decision = self._decide(message.request, dry_run=True)
+            profile, _, decision = await self._decide(message.request, dry_run=True)
         except KvmeshError as e:
             await abort_with(context, e)
             return
@@ -86,10 +89,11 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     async def Workers(self, message, context):
         now = now_ms()
         out = []
-        for live in self.workers.workers.values():
+        for candidate in await self.candidates.gather(Request(model=message.model, request_id="", num_tokens=0)):
+            live = self.workers.workers[candidate.id]
             if message.model and live.record.model != message.model:
                 continue
-            load = self.inflight.load(live.record.id)
+            load = candidate.load
             out.append(
                 router_pb2.WorkerStatus(
                     record=live.record,
@@ -102,11 +106,11 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         return router_pb2.WorkersResponse(workers=sorted(out, key=lambda w: w.record.id))
 
     async def MarkPrefilled(self, message, context):
-        self.inflight.mark_prefilled(message.request_id)
+        await self.accounting.mark_prefilled(message.request_id)
         return router_pb2.MarkPrefilledResponse()
 
     async def Release(self, message, context):
-        self.inflight.release(message.request_id)
+        await self.accounting.release(message.request_id)
         return router_pb2.ReleaseResponse()
 
 

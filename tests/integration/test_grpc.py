@@ -5,6 +5,7 @@ import pytest
 from google.protobuf import wrappers_pb2
 
 from kvmesh.v1 import inference_pb2, inference_pb2_grpc, models_pb2, models_pb2_grpc
+from tests.integration.conftest import WORKERS
 
 
 @pytest.fixture(scope="module")
@@ -79,5 +80,5 @@ def test_bad_requests_get_clear_statuses_and_service_keeps_serving(channel, mesh
 
 def test_models_list(channel, mesh):
     reply = models_pb2_grpc.ModelsStub(channel).List(models_pb2.ModelsListRequest())
-    assert [(m.id, m.workers) for m in reply.models] == [(mesh.model, 1)]
+    assert [(m.id, m.workers) for m in reply.models] == [(mesh.model, WORKERS)]
     assert reply.models[0].kv_block_size == 128 and reply.models[0].max_model_len == 4096

@@ -2,26 +2,19 @@
 
 import asyncio
 import re
-import time
 
 import grpc
 import httpx
 import openai
 
 from kvmesh.v1 import router_pb2, router_pb2_grpc
+from tests.support.waiting import wait_for
 
 
 def in_flight(mesh) -> int:
     with grpc.insecure_channel(mesh.router) as ch:
         workers = router_pb2_grpc.RouterStub(ch).Workers(router_pb2.WorkersRequest()).workers
     return sum(w.in_flight for w in workers)
-
-
-def wait_for(condition, timeout_s=20.0, what="condition"):
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} not met within {timeout_s}s"
-        time.sleep(0.1)
 
 
 async def test_two_concurrent_requests_both_complete(mesh):
@@ -56,7 +49,7 @@ def test_client_disconnect_mid_stream_aborts_the_engine_request(mesh):
                 next(lines)
         # The response is closed here, long before 3000 tokens.
     wait_for(lambda: f"request chatcmpl-{request_id}: cancelled by the client, aborted in the engine"
-             in mesh.log("worker"), what="the engine abort")  # fmt: skip
+             in mesh.worker_logs(), what="the engine abort")  # fmt: skip
     wait_for(lambda: in_flight(mesh) == 0, what="the router releasing the request")
     # The engine is free: a short request is served at once.
     with httpx.Client(base_url=mesh.http, timeout=60) as http:
@@ -79,6 +72,6 @@ def test_grpc_cancel_aborts_too(mesh):
         )
         next(call)
         call.cancel()
-    wait_for(lambda: "request grpc-cancel-1: cancelled by the client, aborted in the engine" in mesh.log("worker"),
+    wait_for(lambda: "request grpc-cancel-1: cancelled by the client, aborted in the engine" in mesh.worker_logs(),
              what="the engine abort")  # fmt: skip
     wait_for(lambda: in_flight(mesh) == 0, what="the router releasing the request")

@@ -1,28 +1,56 @@
-"""A killed worker leaves the registry within its lease. Runs last (file order): it takes the
-session's only worker away (`kvmesh up` then starts a new one)."""
+"""Killed workers leave the registry within their lease and the index forgets their blocks; the
+mesh keeps serving on what is left. Runs last (file order): it kills the session's workers
+(`kvmesh up` then starts new ones)."""
 
+import re
 import time
 
 import grpc
 import httpx
 
-from kvmesh.v1 import router_pb2, router_pb2_grpc
+from kvmesh.v1 import kvindex_pb2, kvindex_pb2_grpc, router_pb2, router_pb2_grpc
+from tests.support.waiting import wait_for
 
 LEASE_S = 5.0
+BODY = {"messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 4}
 
 
-def test_killed_worker_disappears_within_its_lease(mesh):
-    worker = mesh.service_process("worker")
-    with grpc.insecure_channel(mesh.router) as ch:
-        stub = router_pb2_grpc.RouterStub(ch)
-        (before,) = stub.Workers(router_pb2.WorkersRequest()).workers
-        worker.kill()  # SIGKILL: no deregistration, only the lease can tell
+def kill_worker(mesh, index: int) -> str:
+    """SIGKILLs worker-<index> (no deregistration: only the lease can tell); returns its id."""
+    worker_id = re.search(r"worker (w-\w+) ready", mesh.log(f"worker-{index}")).group(1)
+    process = next(p for p in mesh.service_processes("worker") if f"--cpus {index}" in " ".join(p.cmdline()))
+    process.kill()
+    return worker_id
+
+
+def listed(stub) -> set[str]:
+    return {w.record.id for w in stub.Workers(router_pb2.WorkersRequest()).workers}
+
+
+def test_killed_workers_disappear_within_their_lease(mesh):
+    body = {"model": mesh.model, **BODY}
+    assert httpx.post(f"{mesh.http}/v1/chat/completions", json=body, timeout=60).status_code == 200
+    with grpc.insecure_channel(mesh.router) as ch, grpc.insecure_channel(mesh.kvindex) as kv:
+        stub, index = router_pb2_grpc.RouterStub(ch), kvindex_pb2_grpc.KvIndexStub(kv)
+        blocks = {w.worker_id: w.blocks for w in index.Stats(kvindex_pb2.StatsRequest()).workers}
+        first = kill_worker(mesh, 0)
         killed = time.monotonic()
-        while before.record.id in {w.record.id for w in stub.Workers(router_pb2.WorkersRequest()).workers}:
-            assert time.monotonic() - killed < LEASE_S + 1.0, "the dead worker is still listed"
-            time.sleep(0.05)
+        wait_for(lambda: first not in listed(stub), timeout_s=LEASE_S + 1.0, what="the dead worker to leave")
+        # Its blocks leave the index with it (Purge of an unknown worker removes nothing).
+        wait_for(
+            lambda: first not in {w.worker_id for w in index.Stats(kvindex_pb2.StatsRequest()).workers},
+            timeout_s=3.0,
+            what="kvindex to drop the dead worker",
+        )
+        if blocks.get(first):
+            assert index.Purge(kvindex_pb2.PurgeRequest(worker_id=first)).blocks_removed == 0
+        assert time.monotonic() - killed < LEASE_S + 4.0
+        # The other worker serves on.
+        r = httpx.post(f"{mesh.http}/v1/chat/completions", json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        kill_worker(mesh, 1)
+        wait_for(lambda: not listed(stub), timeout_s=LEASE_S + 1.0, what="both workers to leave")
     # The gateway's own view follows within its refresh interval: no worker → 503, not a hang.
-    body = {"model": mesh.model, "messages": [{"role": "user", "content": "hi"}]}
     deadline = time.monotonic() + 3.0
     while (r := httpx.post(f"{mesh.http}/v1/chat/completions", json=body, timeout=10)).status_code != 503:
         assert time.monotonic() < deadline, r.text

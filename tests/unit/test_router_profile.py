@@ -73,3 +73,52 @@ def test_random_reaches_everyone():
 def test_unknown_plugin_is_refused_by_name():
     with pytest.raises(ValueError, match="unknown scorer 'nope'"):
         build("bad", ProfileSpec(scorers={"nope": 1.0}))
+
+
+def kv_cand(worker_id, overlap=0, prefill=0, decode=0):
+    rec = worker_pb2.WorkerRecord(
+        id=worker_id, model="m", role=worker_pb2.ROLE_AGGREGATED, capacity=4, kv_block_size=16
+    )
+    return Candidate(rec, Load(prefill_blocks=prefill, decode_blocks=decode), overlap_blocks=overlap)
+
+
+KV_REQ = Request(model="m", request_id="r", num_tokens=160, block_hashes=tuple(range(10)), block_size=16)
+
+
+@pytest.mark.parametrize(
+    "candidates, expected, costs",
+    [
+        # cost = max(prefill + 10 − overlap, 0) + decode (Dynamo's, prefill weight 1)
+        ([kv_cand("a", overlap=8), kv_cand("b")], "a", {"a": 2, "b": 10}),
+        ([kv_cand("a", overlap=8, prefill=20), kv_cand("b")], "b", {"a": 22, "b": 10}),  # a is busy prefilling
+        ([kv_cand("a", overlap=10, decode=30), kv_cand("b", decode=5)], "b", {"a": 30, "b": 15}),
+        ([kv_cand("a", overlap=10, decode=9), kv_cand("b", decode=5)], "a", {"a": 9, "b": 15}),
+    ],
+)
+def test_kv_aware_cost(candidates, expected, costs):
+    decision = build("kv-aware", DEFAULT_POLICIES["kv-aware"]).run(KV_REQ, candidates)
+    assert decision.chosen.id == expected
+    assert {v.candidate.id: -v.total for v in decision.verdicts} == costs
+
+
+def test_prefill_weight_is_config():
+    spec = ProfileSpec(scorers={"prefill_load": 3.0, "decode_load": 1.0}, picker="max_score")
+    candidates = [kv_cand("a", overlap=10, decode=25), kv_cand("b", decode=0)]
+    # weight 1: a costs 25, b 10 → b; weight 3: a costs 25, b 30 → a
+    assert build("p", spec).run(KV_REQ, candidates).chosen.id == "a"
+
+
+def test_softmax_temperature_spreads_near_equal_workers():
+    spec = ProfileSpec(scorers={"prefill_load": 1.0}, picker="softmax", params={"softmax": {"temperature": 1.0}})
+    profile = build("soft", spec)
+    candidates = [kv_cand("a", overlap=1), kv_cand("b")]  # costs 9 and 10
+    picks = Counter(profile.run(KV_REQ, candidates).chosen.id for _ in range(2000))
+    # p(a) = e / (e + 1) ≈ 0.73
+    assert 0.68 < picks["a"] / 2000 < 0.78
+    greedy = build("g", ProfileSpec(scorers={"prefill_load": 1.0}, picker="softmax"))
+    assert {greedy.run(KV_REQ, candidates).chosen.id for _ in range(50)} == {"a"}
+
+
+def test_negative_temperature_is_refused():
+    with pytest.raises(ValueError, match="temperature"):
+        build("bad", ProfileSpec(picker="softmax", params={"softmax": {"temperature": -1}}))

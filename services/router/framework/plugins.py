@@ -15,7 +15,10 @@ from services.router.plugins.pickers.max_score import MaxScorePicker
 from services.router.plugins.pickers.power_of_two import PowerOfTwoPicker
 from services.router.plugins.pickers.random_pick import RandomPicker
 from services.router.plugins.pickers.round_robin import RoundRobinPicker
+from services.router.plugins.pickers.softmax import SoftmaxPicker
+from services.router.plugins.scorers.decode_load import DecodeLoadScorer
 from services.router.plugins.scorers.least_loaded import LeastLoadedScorer
+from services.router.plugins.scorers.prefill_load import PrefillLoadScorer
 
 FILTERS: dict[str, Callable[..., Any]] = {
     "model": ModelFilter,
@@ -24,12 +27,15 @@ FILTERS: dict[str, Callable[..., Any]] = {
 }
 SCORERS: dict[str, Callable[..., Any]] = {
     "least_loaded": LeastLoadedScorer,
+    "prefill_load": PrefillLoadScorer,
+    "decode_load": DecodeLoadScorer,
 }
 PICKERS: dict[str, Callable[..., Any]] = {
     "max_score": MaxScorePicker,
     "round_robin": RoundRobinPicker,
     "random": RandomPicker,
     "power_of_two": PowerOfTwoPicker,
+    "softmax": SoftmaxPicker,
 }
 
 

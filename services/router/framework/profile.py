@@ -49,7 +49,7 @@ class Profile:
         for scorer, weight in self.scorers:
             for worker_id, value in scorer.score(request, alive).items():
                 verdict = verdicts[worker_id]
-                verdict.scores[scorer.name] = min(max(value, 0.0), 1.0)
-                verdict.total += weight * verdict.scores[scorer.name]
+                verdict.scores[scorer.name] = value
+                verdict.total += weight * value
         chosen = self.picker.pick([(c, verdicts[c.id].total) for c in alive], dry_run)
         return Decision(chosen, list(verdicts.values()))

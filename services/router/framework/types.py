@@ -34,7 +34,14 @@ class Request:
     request_id: str
     num_tokens: int
     block_hashes: tuple[int, ...] = ()
+    # Tokens per block of `block_hashes` (0: none sent).
+    block_size: int = 0
     role: int = worker_pb2.ROLE_AGGREGATED
+
+    def blocks_on(self, candidate: Candidate) -> int:
+        """The prompt's size in the candidate's KV blocks (a partial last block counts)."""
+        size = candidate.record.kv_block_size or self.block_size or 1
+        return -(-self.num_tokens // size)
 
 
 class Filter(Protocol):
@@ -44,7 +51,8 @@ class Filter(Protocol):
 
 
 class Scorer(Protocol):
-    """Scores in [0, 1], higher is better; the profile applies the weight."""
+    """Higher is better; the profile multiplies by the scorer's weight and sums. Load scorers
+    return negative costs (in KV blocks) so that weighted sums are Dynamo's cost function."""
 
     name: str
 

@@ -1,0 +1,10 @@
+"""KV blocks of the requests decoding on a worker. Negative: less is better."""
+
+from services.router.framework.types import Candidate, Request
+
+
+class DecodeLoadScorer:
+    name = "decode_load"
+
+    def score(self, request: Request, candidates: list[Candidate]) -> dict[str, float]:
+        return {c.id: -float(c.load.decode_blocks) for c in candidates}

@@ -1,0 +1,166 @@
+"""kvindex's view of vLLM's KV events: decoding (bad messages dropped), engine → canonical hashes,
+and a subscription's gap handling against real ZMQ sockets."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+import pytest
+import redis.asyncio as aioredis
+import zmq
+import zmq.asyncio
+
+from kvmesh import hashing
+from kvmesh.block_index import BlockIndex
+from kvmesh.v1 import worker_pb2
+from services.kvindex.events import AllBlocksCleared, BadMessage, BlockRemoved, BlockStored, EventBatch, decode
+from services.kvindex.subscription import END_SEQ, Subscription
+from services.kvindex.translate import WorkerBlocks
+
+MODEL = "m"
+TOKENS = list(range(100, 132))  # 4 blocks of 8
+SEQ = hashing.sequence_hashes(TOKENS, 8, MODEL)
+
+
+def stored(engine_hashes, tokens, parent=None):
+    return BlockStored(block_hashes=engine_hashes, parent_block_hash=parent, token_ids=tokens, block_size=8)
+
+
+def message(seq: int, *events, ts: float = 0.0) -> list[bytes]:
+    """A message exactly as vLLM's ZmqEventPublisher sends it."""
+    return [b"kv", seq.to_bytes(8, "big"), msgspec.msgpack.encode(EventBatch(ts, list(events)))]
+
+
+def test_decodes_vllms_wire_format():
+    frames = [b"", (7).to_bytes(8, "big"), msgspec.msgpack.encode([1.5, [{"type": "AllBlocksCleared"}], None])]
+    seq, batch = decode(frames)
+    assert seq == 7 and batch.ts == 1.5 and batch.events == [AllBlocksCleared()]
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [b"only one frame"],
+        [b"", b"short", b""],
+        [b"", bytes(8), b"\xc1 not msgpack"],
+        [b"", bytes(8), msgspec.msgpack.encode([1.0, [{"type": "NoSuchEvent"}]])],
+        [b"", bytes(8), msgspec.msgpack.encode({"ts": 1.0})],
+    ],
+)
+def test_bad_messages_are_rejected_cleanly(frames):
+    with pytest.raises(BadMessage):
+        decode(frames)
+
+
+def test_stored_blocks_chain_from_their_parent_and_removals_map_back():
+    blocks = WorkerBlocks(MODEL)
+    first = blocks.translate(EventBatch(0, [stored([11, 12], TOKENS[:16])]))
+    assert [(c.stored, c.root, c.seq) for c in first.changes] == [(True, SEQ[0], SEQ[0]), (True, SEQ[0], SEQ[1])]
+    # bytes hashes (sha256 mode) work the same; the chain continues from the parent's canonical hash
+    rest = blocks.translate(EventBatch(0, [stored([b"c", b"d"], TOKENS[16:], parent=12)]))
+    assert [c.seq for c in rest.changes] == SEQ[2:]
+    removed = blocks.translate(EventBatch(0, [BlockRemoved(block_hashes=[b"d", 99])]))
+    assert [(c.stored, c.seq) for c in removed.changes] == [(False, SEQ[3])] and removed.dropped == 1
+    assert len(blocks) == 3
+
+
+def test_unknown_parent_or_odd_sizes_are_dropped_not_guessed():
+    blocks = WorkerBlocks(MODEL)
+    orphan = blocks.translate(EventBatch(0, [stored([5], TOKENS[8:16], parent=4)]))
+    short = blocks.translate(EventBatch(0, [stored([6, 7], TOKENS[:12])]))
+    assert orphan.changes == [] and orphan.dropped == 1
+    assert short.changes == [] and short.dropped == 2
+
+
+def test_all_blocks_cleared_forgets_what_came_before():
+    blocks = WorkerBlocks(MODEL)
+    out = blocks.translate(EventBatch(0, [stored([1], TOKENS[:8]), AllBlocksCleared(), stored([2], TOKENS[8:16])]))
+    assert out.cleared and out.changes[0].seq == hashing.sequence_hashes(TOKENS[8:16], 8, MODEL)[0]
+    assert len(blocks) == 1
+
+
+class FakeVllmPublisher:
+    """vLLM's publisher protocol on real sockets: PUB for batches, ROUTER replaying from a buffer."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, tmp_path, keep: int):
+        self.pub = ctx.socket(zmq.PUB)
+        self.pub.bind(f"ipc://{tmp_path}/pub.sock")
+        self.router = ctx.socket(zmq.ROUTER)
+        self.router.bind(f"ipc://{tmp_path}/replay.sock")
+        self.buffer: list[list[bytes]] = []
+        self.keep = keep
+        self.task = asyncio.ensure_future(self._replay())
+
+    async def _replay(self):
+        while True:
+            client, _, start = await self.router.recv_multipart()
+            for frames in self.buffer[-self.keep :]:
+                if int.from_bytes(frames[1], "big") >= int.from_bytes(start, "big"):
+                    await self.router.send_multipart([client, b"", *frames])
+            await self.router.send_multipart([client, b"", b"", END_SEQ, b""])
+
+    def record(self, frames):
+        self.buffer.append(frames)
+        return frames
+
+
+@pytest.fixture
+async def index(redis_url):
+    client = aioredis.Redis.from_url(redis_url)
+    index = BlockIndex(client)
+    yield index
+    await client.aclose()
+
+
+async def subscription_for(tmp_path, index, keep):
+    ctx = zmq.asyncio.Context()
+    publisher = FakeVllmPublisher(ctx, tmp_path, keep)
+    record = worker_pb2.WorkerRecord(
+        id="w",
+        model=MODEL,
+        kv_events_endpoint=f"ipc://{tmp_path}/pub.sock",
+        kv_events_replay_endpoint=f"ipc://{tmp_path}/replay.sock",
+    )
+    return ctx, publisher, Subscription(ctx, record, index)
+
+
+async def test_a_gap_is_filled_from_the_replay_buffer(tmp_path, index):
+    ctx, publisher, sub = await subscription_for(tmp_path, index, keep=10)
+    batches = [
+        publisher.record(message(0, stored([1], TOKENS[:8]))),
+        publisher.record(message(1, stored([2], TOKENS[8:16], parent=1))),  # lost on the way
+        publisher.record(message(2, stored([3], TOKENS[16:24], parent=2))),
+    ]
+    await sub.handle(batches[0])
+    await sub.handle(batches[2])
+    assert await index.match(SEQ) == {"w": 3}
+    assert (sub.stats.resyncs, sub.stats.last_seq) == (1, 2)
+    await sub.handle(batches[1])  # a late duplicate changes nothing
+    assert sub.stats.events == 3
+    publisher.task.cancel()
+    ctx.destroy(linger=0)
+
+
+async def test_an_unfillable_gap_clears_the_worker_rather_than_lie(tmp_path, index):
+    ctx, publisher, sub = await subscription_for(tmp_path, index, keep=1)
+    batches = [
+        publisher.record(message(0, stored([1], TOKENS[:8]))),
+        publisher.record(message(1, BlockRemoved(block_hashes=[1]))),  # lost, and gone from the buffer
+        publisher.record(message(2, stored([9], TOKENS[24:32], parent=8))),
+    ]
+    await sub.handle(batches[0])
+    await sub.handle(batches[2])
+    assert await index.match(SEQ) == {}  # block 0 was removed on the worker: not claimed
+    assert sub.stats.resyncs == 1 and len(sub.blocks) == 0
+    publisher.task.cancel()
+    ctx.destroy(linger=0)
+
+
+async def test_bad_message_is_counted_and_the_stream_goes_on(tmp_path, index):
+    ctx, publisher, sub = await subscription_for(tmp_path, index, keep=10)
+    await sub.handle([b"garbage"])
+    await sub.handle(message(0, stored([1], TOKENS[:8])))
+    assert sub.stats.bad_messages == 1 and await index.match(SEQ) == {"w": 1}
+    publisher.task.cancel()
+    ctx.destroy(linger=0)

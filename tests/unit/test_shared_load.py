@@ -1,0 +1,58 @@
+"""The router's shared in-flight load, against a real redis-server: the same phases as InFlight,
+visible to every replica."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio as aioredis
+
+from services.router.shared_load import SharedLoad
+
+
+@pytest.fixture
+async def client(redis_url):
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+def figures(load):
+    return (load.in_flight, load.prefill_blocks, load.decode_blocks)
+
+
+async def test_two_replicas_see_one_load(client):
+    a, b = SharedLoad(client, lease_s=60), SharedLoad(client, lease_s=60)
+    await a.add("r1", "w", prefill_blocks=3, total_blocks=4)
+    await b.add("r2", "w", prefill_blocks=2, total_blocks=2)
+    assert figures((await a.loads())["w"]) == (2, 5, 0)
+    assert await b.mark_prefilled("r1")  # the other replica's request
+    assert await a.mark_prefilled("r1")  # twice is harmless
+    assert figures((await b.loads())["w"]) == (2, 2, 4)
+    assert await a.release("r1") and await a.release("r2")
+    assert not await a.release("r1")
+    assert figures((await b.loads())["w"]) == (0, 0, 0)
+
+
+async def test_retried_id_replaces_its_entry(client):
+    load = SharedLoad(client, lease_s=60)
+    await load.add("r", "a", 1, 1)
+    await load.add("r", "b", 1, 1)
+    loads = await load.loads()
+    assert figures(loads["a"]) == (0, 0, 0) and figures(loads["b"]) == (1, 1, 0)
+
+
+async def test_expired_leases_are_freed_by_the_next_write(client):
+    short = SharedLoad(client, lease_s=0.01)
+    await short.add("gone", "w", 2, 2)
+    await asyncio.sleep(0.03)
+    await SharedLoad(client, lease_s=60).add("new", "w", 1, 1)
+    assert figures((await short.loads())["w"]) == (1, 1, 0)
+
+
+async def test_survives_redis_forgetting_its_functions(client):
+    load = SharedLoad(client, lease_s=60)
+    await load.add("r", "w", 1, 1)
+    await client.function_flush()
+    assert await load.release("r")
