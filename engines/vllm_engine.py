@@ -1,17 +1,12 @@
-"""vLLM's AsyncLLM on a private asyncio loop thread, in token-ids-in / token-ids-out form.
-
-Triton calls `execute` on its own thread; each request becomes a coroutine on this loop.
-"""
+"""vLLM's AsyncLLM on a private asyncio loop thread, in token-ids-in / token-ids-out form."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
-from collections.abc import AsyncIterator, Coroutine
-from concurrent.futures import Future
+from collections.abc import AsyncIterator
 from typing import Any
 
+from engines.loop_thread import LoopThread
 from engines.request import EngineDelta, EngineRequest
 from kvmesh import models
 
@@ -37,12 +32,10 @@ def engine_args(overrides: dict[str, Any]) -> dict[str, Any]:
     return args
 
 
-class VllmEngine:
+class VllmEngine(LoopThread):
     def __init__(self, args: dict[str, Any]):
+        super().__init__("vllm-loop")
         self.args = engine_args(args)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-loop", daemon=True)
-        self._thread.start()
         self._engine = self.submit(self._build()).result()
         config = self._engine.model_config
         self.max_model_len: int = config.max_model_len
@@ -58,9 +51,6 @@ class VllmEngine:
         if isinstance(args.get("kv_events_config"), dict):  # JSON from the model config
             args["kv_events_config"] = KVEventsConfig(**args["kv_events_config"])
         return AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
-
-    def submit(self, coro: Coroutine[Any, Any, Any]) -> Future:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineDelta]:
         from vllm import SamplingParams
@@ -104,5 +94,4 @@ class VllmEngine:
         try:
             self._engine.shutdown()
         finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
+            self.stop()

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 import zmq
 import zmq.asyncio
 
+from kvmesh import kv_events
 from kvmesh.block_index import BlockIndex
+from kvmesh.kv_events import BadMessage, EventBatch, decode
 from kvmesh.v1 import worker_pb2
-from services.kvindex.events import BadMessage, EventBatch, decode
 from services.kvindex.translate import WorkerBlocks
 
 log = logging.getLogger(__name__)
-END_SEQ = (-1).to_bytes(8, "big", signed=True)
 REPLAY_TIMEOUT_S = 2.0
 
 
@@ -120,7 +120,7 @@ class Subscription:
             await dealer.send_multipart([b"", start.to_bytes(8, "big")])
             while True:
                 frames = await asyncio.wait_for(dealer.recv_multipart(), REPLAY_TIMEOUT_S)
-                if len(frames) == 4 and frames[2] == END_SEQ:
+                if len(frames) == 4 and frames[2] == kv_events.END_SEQ:
                     break
                 replayed_seq, batch = decode(frames[1:])
                 if replayed_seq < stop:

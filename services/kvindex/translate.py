@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from kvmesh import hashing
 from kvmesh.block_index import BlockChange
-from services.kvindex.events import AllBlocksCleared, BlockRemoved, BlockStored, EngineHash, EventBatch
+from kvmesh.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, EngineHash, EventBatch
 
 
 @dataclass

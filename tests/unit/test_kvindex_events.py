@@ -11,11 +11,11 @@ import redis.asyncio as aioredis
 import zmq
 import zmq.asyncio
 
-from kvmesh import hashing
+from kvmesh import hashing, kv_events
 from kvmesh.block_index import BlockIndex
+from kvmesh.kv_events import AllBlocksCleared, BadMessage, BlockRemoved, BlockStored, EventBatch, decode, encode
 from kvmesh.v1 import worker_pb2
-from services.kvindex.events import AllBlocksCleared, BadMessage, BlockRemoved, BlockStored, EventBatch, decode
-from services.kvindex.subscription import END_SEQ, Subscription
+from services.kvindex.subscription import Subscription
 from services.kvindex.translate import WorkerBlocks
 
 MODEL = "m"
@@ -24,12 +24,41 @@ SEQ = hashing.sequence_hashes(TOKENS, 8, MODEL)
 
 
 def stored(engine_hashes, tokens, parent=None):
-    return BlockStored(block_hashes=engine_hashes, parent_block_hash=parent, token_ids=tokens, block_size=8)
+    return BlockStored(engine_hashes, parent, tokens, 8, lora_id=None, medium="GPU", lora_name=None)
 
 
 def message(seq: int, *events, ts: float = 0.0) -> list[bytes]:
     """A message exactly as vLLM's ZmqEventPublisher sends it."""
-    return [b"kv", seq.to_bytes(8, "big"), msgspec.msgpack.encode(EventBatch(ts, list(events)))]
+    return encode(b"kv", seq, EventBatch(ts, list(events)))
+
+
+def test_encodes_byte_for_byte_as_vllm():
+    vllm_events = pytest.importorskip("vllm.distributed.kv_events")
+    theirs = vllm_events.KVEventBatch(
+        ts=1.5,
+        events=[
+            vllm_events.BlockStored(
+                block_hashes=[1, 2],
+                parent_block_hash=7,
+                token_ids=list(range(8)),
+                block_size=4,
+                lora_id=None,
+                medium="GPU",
+                lora_name=None,
+            ),
+            vllm_events.BlockRemoved(block_hashes=[3], medium="GPU"),
+            vllm_events.AllBlocksCleared(),
+        ],
+    )
+    ours = EventBatch(
+        1.5,
+        [
+            BlockStored([1, 2], 7, list(range(8)), 4, lora_id=None, medium="GPU", lora_name=None),
+            BlockRemoved([3], medium="GPU"),
+            AllBlocksCleared(),
+        ],
+    )
+    assert encode(b"t", 5, ours)[2] == msgspec.msgpack.Encoder().encode(theirs)
 
 
 def test_decodes_vllms_wire_format():
@@ -60,7 +89,7 @@ def test_stored_blocks_chain_from_their_parent_and_removals_map_back():
     # bytes hashes (sha256 mode) work the same; the chain continues from the parent's canonical hash
     rest = blocks.translate(EventBatch(0, [stored([b"c", b"d"], TOKENS[16:], parent=12)]))
     assert [c.seq for c in rest.changes] == SEQ[2:]
-    removed = blocks.translate(EventBatch(0, [BlockRemoved(block_hashes=[b"d", 99])]))
+    removed = blocks.translate(EventBatch(0, [BlockRemoved([b"d", 99], medium="GPU")]))
     assert [(c.stored, c.seq) for c in removed.changes] == [(False, SEQ[3])] and removed.dropped == 1
     assert len(blocks) == 3
 
@@ -98,7 +127,7 @@ class FakeVllmPublisher:
             for frames in self.buffer[-self.keep :]:
                 if int.from_bytes(frames[1], "big") >= int.from_bytes(start, "big"):
                     await self.router.send_multipart([client, b"", *frames])
-            await self.router.send_multipart([client, b"", b"", END_SEQ, b""])
+            await self.router.send_multipart([client, b"", b"", kv_events.END_SEQ, b""])
 
     def record(self, frames):
         self.buffer.append(frames)
@@ -146,7 +175,7 @@ async def test_an_unfillable_gap_clears_the_worker_rather_than_lie(tmp_path, ind
     ctx, publisher, sub = await subscription_for(tmp_path, index, keep=1)
     batches = [
         publisher.record(message(0, stored([1], TOKENS[:8]))),
-        publisher.record(message(1, BlockRemoved(block_hashes=[1]))),  # lost, and gone from the buffer
+        publisher.record(message(1, BlockRemoved([1], medium="GPU"))),  # lost, and gone from the buffer
         publisher.record(message(2, stored([9], TOKENS[24:32], parent=8))),
     ]
     await sub.handle(batches[0])

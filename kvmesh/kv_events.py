@@ -1,8 +1,9 @@
-"""vLLM's KV-event wire format, decoded without importing vLLM.
+"""vLLM's KV-event wire format (vllm/distributed/kv_events.py), without importing vLLM: kvindex
+decodes it, the simulated engine encodes it, byte for byte as vLLM does (a test pins that).
 
 A ZMQ message is `[topic, seq (8-byte big-endian), msgpack(batch)]`; a batch is the array
-`[ts, [events], dp_rank]` and each event a map tagged by `type` (vllm/distributed/kv_events.py).
-Block hashes are ints (VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES, the default) or bytes.
+`[ts, [events]]` (+ dp_rank when set) and each event a map tagged by `type`. Block hashes are
+ints (VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES, the default) or bytes.
 """
 
 from __future__ import annotations
@@ -12,22 +13,26 @@ import msgspec
 EngineHash = int | bytes
 
 
-class BlockStored(msgspec.Struct, tag=True):
+class BlockStored(msgspec.Struct, tag=True, omit_defaults=True):
     block_hashes: list[EngineHash]
     parent_block_hash: EngineHash | None
     token_ids: list[int]
     block_size: int
-    lora_id: int | None = None
-    medium: str | None = None
-    lora_name: str | None = None
+    lora_id: int | None
+    medium: str | None
+    lora_name: str | None
+    # Sent only when set.
+    extra_keys: list | None = None
+    group_idx: int | None = None
 
 
-class BlockRemoved(msgspec.Struct, tag=True):
+class BlockRemoved(msgspec.Struct, tag=True, omit_defaults=True):
     block_hashes: list[EngineHash]
-    medium: str | None = None
+    medium: str | None
+    group_idx: int | None = None
 
 
-class AllBlocksCleared(msgspec.Struct, tag=True):
+class AllBlocksCleared(msgspec.Struct, tag=True, omit_defaults=True):
     pass
 
 
@@ -40,11 +45,20 @@ class EventBatch(msgspec.Struct, array_like=True):
     data_parallel_rank: int | None = None
 
 
+# A replay answer ends with [b"", END_SEQ, b""].
+END_SEQ = (-1).to_bytes(8, "big", signed=True)
+
+
 class BadMessage(ValueError):
     """A message that is not a KV-event batch; dropped, never fatal."""
 
 
 _decoder = msgspec.msgpack.Decoder(EventBatch)
+_encoder = msgspec.msgpack.Encoder()
+
+
+def encode(topic: bytes, seq: int, batch: EventBatch) -> list[bytes]:
+    return [topic, seq.to_bytes(8, "big"), _encoder.encode(batch)]
 
 
 def decode(frames: list[bytes]) -> tuple[int, EventBatch]:

@@ -1,0 +1,214 @@
+"""The simulated engine: vLLM's scheduling shape with a formula for time.
+
+Each step: running requests in decode get one token each; then waiting requests are admitted (KV
+blocks permitting) and prefilled in chunks within the step's token budget; the step lasts
+`Timing.step_ms`. Prefill skips the prompt's cached prefix; the first token comes at the end of
+prefill. Output tokens are a deterministic function of the prompt. KV events go out in vLLM's
+format (ZMQ), so kvindex cannot tell this engine from vLLM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import xxhash
+from pydantic import BaseModel, ConfigDict, Field
+
+from engines.kv_event_publisher import KvEventPublisher
+from engines.loop_thread import LoopThread
+from engines.request import EngineDelta, EngineRequest
+from engines.sim.block_manager import BlockManager, NoSpace, Sequence
+from engines.sim.timing import Timing
+
+FIRST_ORDINARY_TOKEN = 100  # below: special tokens (EOS & co) in the usual vocabularies
+
+
+class KvEventsConfig(BaseModel):
+    """The subset of vLLM's kv_events_config the simulator honours."""
+
+    model_config = ConfigDict(extra="ignore")
+    enable_kv_cache_events: bool = False
+    endpoint: str = ""
+    replay_endpoint: str | None = None
+    buffer_steps: int = 10_000
+    topic: str = ""
+
+
+class SimArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field("", description="name only; no weights are loaded")
+    block_size: int = Field(64, ge=1)
+    num_blocks: int = Field(4096, ge=1, description="KV cache size in blocks")
+    max_num_seqs: int = Field(64, ge=1)
+    max_num_batched_tokens: int = Field(8192, ge=1, description="token budget of one step")
+    max_model_len: int = Field(131072, ge=1)
+    vocab_size: int = Field(49152, gt=FIRST_ORDINARY_TOKEN)
+    timing: Timing = Field(default_factory=Timing)
+    kv_events_config: KvEventsConfig = Field(default_factory=KvEventsConfig)
+
+
+@dataclass
+class _Running:
+    request: EngineRequest
+    deltas: asyncio.Queue
+    seq: Sequence | None = None
+    computed: int = 0  # prompt tokens whose KV exists (cached or computed)
+    output: list[int] = field(default_factory=list)
+    salt: bytes = b""
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.request.prompt_token_ids)
+
+
+class SimEngine(LoopThread):
+    def __init__(self, args: dict[str, Any]):
+        super().__init__("sim-loop")
+        self.args = SimArgs.model_validate(args)
+        self.max_model_len = self.args.max_model_len
+        self.vocab_size = self.args.vocab_size
+        self.block_size = self.args.block_size
+        self.publisher: KvEventPublisher | None = None
+        events = self.args.kv_events_config
+        if events.enable_kv_cache_events:
+            self.publisher = self.submit(_async(KvEventPublisher, events.endpoint, events.replay_endpoint,
+                                                events.buffer_steps, events.topic)).result()  # fmt: skip
+        self.blocks = BlockManager(self.args.num_blocks, self.args.block_size, self._emit)
+        self.waiting: deque[_Running] = deque()
+        self.running: list[_Running] = []
+        self._by_id: dict[str, _Running] = {}
+        self._work = asyncio.Event()
+        self._scheduler = self.submit(_async(lambda: self.loop.create_task(self._schedule()))).result()
+
+    def _emit(self, events) -> None:
+        if self.publisher is not None:
+            self.publisher.publish(events)
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineDelta]:
+        if request.request_id in self._by_id:
+            raise ValueError(f"request id {request.request_id!r} is already running")
+        needed = -(-(len(request.prompt_token_ids) + request.sampling.max_tokens) // self.block_size)
+        if needed > self.args.num_blocks:
+            raise ValueError(f"prompt + max_tokens need {needed} KV blocks; the cache has {self.args.num_blocks}")
+        entry = _Running(request, asyncio.Queue(), salt=_salt(request.prompt_token_ids))
+        self._by_id[request.request_id] = entry
+        self.waiting.append(entry)
+        self._work.set()
+        while True:
+            first = await entry.deltas.get()
+            if first is None:
+                return  # aborted
+            merged = [first]
+            aborted = False
+            while not entry.deltas.empty():  # a slow reader gets the tokens merged, as from vLLM
+                item = entry.deltas.get_nowait()
+                if item is None:
+                    aborted = True
+                    break
+                merged.append(item)
+            delta = EngineDelta(
+                token_ids=[t for d in merged for t in d.token_ids],
+                finish_reason=merged[-1].finish_reason,
+                prompt_tokens=first.prompt_tokens,
+                cached_tokens=first.cached_tokens,
+            )
+            yield delta
+            if delta.finish_reason is not None or aborted:
+                return
+
+    async def abort(self, request_id: str) -> None:
+        entry = self._by_id.pop(request_id, None)
+        if entry is None:
+            return
+        if entry in self.waiting:
+            self.waiting.remove(entry)
+        if entry in self.running:
+            self.running.remove(entry)
+            self.blocks.release(entry.seq)
+        entry.deltas.put_nowait(None)
+
+    async def _schedule(self) -> None:
+        while True:
+            if not self.waiting and not self.running:
+                self._work.clear()
+                await self._work.wait()
+            self._admit()
+            budget = self.args.max_num_batched_tokens
+            decodes = [r for r in self.running if r.computed >= r.prompt_len]
+            budget -= len(decodes)
+            chunks: list[tuple[_Running, int]] = []
+            for r in self.running:
+                if r.computed < r.prompt_len and budget > 0:
+                    n = min(r.prompt_len - r.computed, budget)
+                    chunks.append((r, n))
+                    budget -= n
+            step_s = self.args.timing.step_ms(
+                [len(r.seq.tokens) for r in decodes], [(n, r.computed + n) for r, n in chunks]
+            ) / 1000  # fmt: skip
+            await asyncio.sleep(step_s)
+            for r, n in chunks:
+                if r.request.request_id not in self._by_id:  # aborted during the step
+                    continue
+                r.computed += n
+                if r.computed == r.prompt_len:
+                    self.blocks.fill(r.seq)
+                    self._next_token(r)
+            for r in decodes:
+                if r.request.request_id in self._by_id:  # not aborted during the step
+                    self._next_token(r)
+
+    def _admit(self) -> None:
+        while self.waiting and len(self.running) < self.args.max_num_seqs:
+            r = self.waiting[0]
+            try:
+                r.seq = self.blocks.admit(r.request.prompt_token_ids, r.request.sampling.max_tokens)
+            except NoSpace:
+                return  # until running requests free blocks (generate refused what never fits)
+            r.computed = r.seq.cached_tokens
+            self.waiting.popleft()
+            self.running.append(r)
+
+    def _next_token(self, r: _Running) -> None:
+        i = len(r.output)
+        span = self.vocab_size - FIRST_ORDINARY_TOKEN
+        token = FIRST_ORDINARY_TOKEN + xxhash.xxh3_64_intdigest(r.salt + i.to_bytes(4, "little")) % span
+        r.output.append(token)
+        r.seq.tokens.append(token)
+        self.blocks.fill(r.seq)
+        sampling = r.request.sampling
+        finish = None
+        if token in sampling.stop_token_ids:
+            finish = "stop"
+        elif len(r.output) >= sampling.max_tokens:
+            finish = "length"
+        if finish is not None:
+            self.running.remove(r)
+            self.blocks.release(r.seq)
+            self._by_id.pop(r.request.request_id, None)
+        r.deltas.put_nowait(EngineDelta([token], finish, r.prompt_len, r.seq.cached_tokens))
+
+    def shutdown(self) -> None:
+        self.submit(self._stop_scheduler()).result(timeout=5)
+        if self.publisher is not None:
+            self.publisher.close()
+        self.stop()
+
+
+    async def _stop_scheduler(self) -> None:
+        self._scheduler.cancel()
+        await asyncio.gather(self._scheduler, return_exceptions=True)
+
+
+async def _async(fn, *args):
+    return fn(*args)
+
+
+def _salt(prompt: list[int]) -> bytes:
+    """Output depends on the prompt (its last 64 tokens), like a greedy model's would."""
+    return np.asarray(prompt[-64:], dtype="<u4").tobytes()

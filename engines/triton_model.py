@@ -1,0 +1,109 @@
+"""What every kvmesh engine model does inside Triton's Python backend: parse requests, run each
+on the engine's loop, and make every Triton call (send, is_cancelled) on the Outbox thread.
+
+`model.py` files subclass EngineModel, name Triton's `pb_utils` module and build their engine;
+`pb_utils` exists only inside Triton's stub, so it is passed in, not imported here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from typing import Any
+
+import numpy as np
+
+from engines import request as engine_request
+from engines.outbox import Outbox
+from engines.serving import serve_request
+from kvmesh import telemetry
+
+
+class EngineModel:
+    pb_utils: Any  # triton_python_backend_utils, set by the subclass
+    telemetry_name = "engine"
+
+    def make_engine(self, engine_args: dict[str, Any]):
+        """An object with generate/abort (engines.serving.Engine), submit(coro), shutdown(),
+        max_model_len and vocab_size."""
+        raise NotImplementedError
+
+    def initialize(self, args):
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        telemetry.setup_tracing(self.telemetry_name)
+        config = json.loads(args["model_config"])
+        self.engine = self.make_engine(json.loads(config["parameters"]["engine_args"]["string_value"]))
+        self.outbox = Outbox()
+
+    def execute(self, requests):
+        final = self.pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        for request in requests:
+            sender = request.get_response_sender()
+            try:
+                parsed = self._parse(request)
+            except engine_request.BadRequest as e:
+                error = self.pb_utils.TritonError(str(e), self.pb_utils.TritonError.INVALID_ARG)
+                sender.send(self.pb_utils.InferenceResponse(error=error), flags=final)
+                continue
+            io = _RequestIO(self.pb_utils, request, sender, self.outbox)
+            self.engine.submit(serve_request(self.engine, parsed, io.send, io.send_error, io.is_cancelled))
+        return None
+
+    def _parse(self, request):
+        ids = self.pb_utils.get_input_tensor_by_name(request, "input_ids")
+        sampling = self.pb_utils.get_input_tensor_by_name(request, "sampling_params")
+        return engine_request.parse(
+            request.request_id() or uuid.uuid4().hex,
+            ids.as_numpy() if ids is not None else None,
+            sampling.as_numpy().reshape(-1)[0] if sampling is not None else None,
+            request.parameters(),
+            max_model_len=self.engine.max_model_len,
+            vocab_size=self.engine.vocab_size,
+        )
+
+    def finalize(self):
+        self.engine.shutdown()
+        self.outbox.close()
+
+
+class _RequestIO:
+    """One request's calls to Triton, all made on the outbox thread, in order. Once the final
+    response is out Triton frees the request, so nothing may touch it after that."""
+
+    def __init__(self, pb_utils, request, sender, outbox):
+        self.pb_utils, self.request, self.sender, self.outbox = pb_utils, request, sender, outbox
+        self.done = False
+
+    def _call(self, fn):
+        return asyncio.wrap_future(self.outbox.put(fn))
+
+    def _final(self, response):
+        self.sender.send(response, flags=self.pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        self.done = True
+
+    def send(self, delta, final):
+        if final:
+            return self._call(lambda: self._final(self._response(delta)))
+        return self._call(lambda: self.sender.send(self._response(delta)))
+
+    def send_error(self, message):
+        error = self.pb_utils.TritonError(message)
+        return self._call(lambda: self._final(self.pb_utils.InferenceResponse(error=error)))
+
+    def is_cancelled(self):
+        return self._call(lambda: not self.done and self.request.is_cancelled())
+
+    def _response(self, delta):
+        # Per-request counts only ride on the final response: each tensor costs the stub, Triton
+        # and the client time on every one of the many streamed responses.
+        tensor = self.pb_utils.Tensor
+        tensors = [tensor("output_ids", np.asarray(delta.token_ids, dtype=np.int32))]
+        if delta.finish_reason is not None:
+            tensors += [
+                tensor("finish_reason", np.asarray([delta.finish_reason], dtype=np.object_)),
+                tensor("prompt_tokens", np.asarray([delta.prompt_tokens], dtype=np.int32)),
+                tensor("cached_tokens", np.asarray([delta.cached_tokens], dtype=np.int32)),
+            ]
+        return self.pb_utils.InferenceResponse(output_tensors=tensors)
