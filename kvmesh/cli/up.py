@@ -31,7 +31,8 @@ def up(
     kvindex_port: int = typer.Option(8091),
     redis_port: int = typer.Option(6390, help="for the Redis kvmesh starts (ignored when REDIS_URL is set)"),
     policy: str = typer.Option("kv-aware", help="routing policy"),
-    engine_args: str = typer.Option("{}", help="JSON vLLM engine-argument overrides"),
+    engine: str = typer.Option("vllm", help="the Triton model the workers run: vllm, or sim (simulated engine)"),
+    engine_args: str = typer.Option("{}", help="JSON engine-argument overrides (vLLM's, or the simulator's)"),
     workers: int = typer.Option(1, min=1, help="Triton workers; several are pinned to cores round-robin"),
     log_dir: Path = typer.Option(None, help="default: <cache>/run/<time>"),
     ready_timeout_s: float = typer.Option(900.0),
@@ -55,7 +56,8 @@ def up(
         supervisor.start("kvindex", "services.kvindex", [*common, "--port", str(kvindex_port)])
         supervisor.start("router", "services.router", [*common, "--port", str(router_port), "--policy", policy])
         for i, cpus in enumerate(_worker_cpus(workers)):
-            worker_args = [*common, "--model", model, "--engine-args", engine_args, "--cpus", cpus]
+            worker_args = [*common, "--model", model, "--triton-model", engine, "--engine-args", engine_args]
+            worker_args += ["--cpus", cpus]
             supervisor.start(f"worker-{i}", "services.worker", worker_args)
         supervisor.start(
             "gateway",

@@ -104,7 +104,7 @@ async def run(settings: WorkerSettings) -> None:
             kv_events_endpoint=_kv_events(args).get("endpoint", ""),
             kv_events_replay_endpoint=_kv_events(args).get("replay_endpoint") or "",
             started_unix_ms=registry.now_ms(),
-            labels={"engine": "vllm", "triton_metrics": f"{settings.host}:{ports.metrics}"},
+            labels={"engine": settings.triton_model, "triton_metrics": f"{settings.host}:{ports.metrics}"},
         )
         await reg.register(record, settings.lease_ms)
         log.info(

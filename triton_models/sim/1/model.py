@@ -1,0 +1,14 @@
+"""Triton's entry point for kvmesh's simulated engine; the engine and the Triton I/O live in `engines/`."""
+
+import triton_python_backend_utils as pb_utils
+
+from engines.sim.engine import SimEngine
+from engines.triton_model import EngineModel
+
+
+class TritonPythonModel(EngineModel):
+    pb_utils = pb_utils
+    telemetry_name = "sim-engine"
+
+    def make_engine(self, engine_args):
+        return SimEngine(engine_args)
