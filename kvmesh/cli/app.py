@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import typer
 
-from kvmesh.cli import block_hash, model, services, up
+from kvmesh.cli import bench, block_hash, model, services, up
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="kvmesh: an LLM serving mesh over Triton.")
 app.add_typer(model.app, name="model")
+app.add_typer(bench.app, name="bench")
 services.add_commands(app)
 up.add_commands(app)
 block_hash.add_commands(app)

@@ -1,0 +1,1 @@
+"""`kvmesh bench replay`: real workload traces against a running mesh."""
