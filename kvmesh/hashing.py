@@ -1,14 +1,14 @@
 """Canonical KV block hashes: the contract between engines, kvindex, router and gateway.
 
-The scheme is NVIDIA Dynamo's, byte for byte (tests pin it with vectors):
-  local[i] = xxh3_64(tokens of block i as u32 little-endian, seed=1337)
+The scheme is NVIDIA Dynamo's (lib/kv-router protocols: compute_block_hash_for_seq and
+compute_seq_hash_for_block), byte for byte; tests pin it with vectors:
+  local[i] = xxh3_64(tokens of block i as u32 little-endian, seed=S)
   seq[0]   = local[0]
   seq[i]   = xxh3_64(le_u64(seq[i-1]) ‖ le_u64(local[i]), seed=1337)
 Only full blocks are hashed: a partial last block is never cached as such by the engines.
 
-A model/LoRA identity, when given, is folded into block 0 so that two models never share keys:
-  local[0] = xxh3_64(identity UTF-8 ‖ tokens of block 0, seed=1337)
-With no identity the hashes equal Dynamo's plain ones.
+S is 1337, or, with an identity (kvmesh: the served model name; Dynamo: a LoRA name),
+(1337 + xxh3_64(identity)) mod 2⁶⁴ — Dynamo's LoRA folding — so two models never share keys.
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ class BlockHash:
     seq: int
 
 
-def local_hash(tokens: Sequence[int], identity: bytes = b"") -> int:
-    return xxhash.xxh3_64_intdigest(identity + np.asarray(tokens, dtype="<u4").tobytes(), seed=SEED)
+def block_seed(identity: str = "") -> int:
+    if not identity:
+        return SEED
+    return (SEED + xxhash.xxh3_64_intdigest(identity.encode())) % 2**64
 
 
 def chain(parent_seq: int | None, local: int) -> int:
@@ -45,15 +47,15 @@ def block_hashes(
     tokens: Sequence[int], block_size: int, identity: str = "", parent_seq: int | None = None
 ) -> list[BlockHash]:
     """Hashes of the full blocks of `tokens`. `parent_seq` continues a chain whose earlier blocks
-    were hashed before (then no identity: it lives in block 0 only)."""
+    were hashed before."""
     if block_size <= 0:
         raise ValueError(f"block_size must be positive, got {block_size}")
-    data = np.asarray(tokens, dtype="<u4")
-    salt = identity.encode() if parent_seq is None else b""
+    data = np.asarray(tokens, dtype="<u4").tobytes()
+    seed = block_seed(identity)
+    step = 4 * block_size
     out: list[BlockHash] = []
-    for start in range(0, len(data) - block_size + 1, block_size):
-        local = xxhash.xxh3_64_intdigest(salt + data[start : start + block_size].tobytes(), seed=SEED)
-        salt = b""
+    for start in range(0, len(data) - step + 1, step):
+        local = xxhash.xxh3_64_intdigest(data[start : start + step], seed=seed)
         parent_seq = chain(parent_seq, local)
         out.append(BlockHash(local, parent_seq))
     return out
