@@ -50,14 +50,15 @@ def test_token_ids_are_u32():
         hashing.parse_tokens(["7", "x"])
 
 
+def kvmesh_hash(stdin: str) -> subprocess.CompletedProcess:
+    argv = [sys.executable, "-m", "kvmesh", "hash", "--block-size", "4"]
+    return subprocess.run(argv, input=stdin, capture_output=True, text=True)
+
+
 def test_kvmesh_hash_command_prints_index_local_and_sequence_hash():
-    out = subprocess.run(
-        [sys.executable, "-m", "kvmesh", "hash", "--block-size", "4"],
-        input="0 1 2 3\n4 5 6 7 8 9",
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert out.splitlines() == ["0 9143094415614847814 9143094415614847814", "1 12124091508212882195 9510318385840434533"]
-    bad = subprocess.run([sys.executable, "-m", "kvmesh", "hash", "--block-size", "4"], input="1 x", capture_output=True)
-    assert bad.returncode == 2 and b"not a token id" in bad.stderr
+    assert kvmesh_hash("0 1 2 3\n4 5 6 7 8 9").stdout.splitlines() == [
+        "0 9143094415614847814 9143094415614847814",
+        "1 12124091508212882195 9510318385840434533",
+    ]
+    bad = kvmesh_hash("1 x")
+    assert bad.returncode == 2 and "not a token id" in bad.stderr
