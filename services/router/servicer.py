@@ -58,7 +58,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             await abort_with(context, e)
             return
         blocks = request.blocks_on(chosen)
-        await self.accounting.add(request.request_id, chosen.id, max(blocks - chosen.overlap_blocks, 0), blocks)
+        self.accounting.add(request.request_id, chosen.id, max(blocks - chosen.overlap_blocks, 0), blocks)
         DECISIONS.labels(profile.name, chosen.id).inc()
         return router_pb2.RouteResponse(worker=chosen.record, policy=profile.name, overlap_blocks=chosen.overlap_blocks)
 
@@ -106,11 +106,11 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         return router_pb2.WorkersResponse(workers=sorted(out, key=lambda w: w.record.id))
 
     async def MarkPrefilled(self, message, context):
-        await self.accounting.mark_prefilled(message.request_id)
+        self.accounting.mark_prefilled(message.request_id)
         return router_pb2.MarkPrefilledResponse()
 
     async def Release(self, message, context):
-        await self.accounting.release(message.request_id)
+        self.accounting.release(message.request_id)
         return router_pb2.ReleaseResponse()
 
 

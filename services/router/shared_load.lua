@@ -4,6 +4,7 @@
 --   KEYS[2] kvload:{load}:requests  HASH  <request id> → "<worker> <prefill> <decode> <phase 0|1>"
 --   KEYS[3] kvload:{load}:deadlines ZSET  <request id> scored by lease deadline (ms)
 -- Every writing call first releases up to 64 requests past their lease (gateways that vanished).
+-- Decrements are written `0 - n`: Lua's -0 would reach HINCRBY as "-0", which it refuses.
 
 local function release_one(keys, rid)
   local entry = redis.call('HGET', keys[2], rid)
@@ -11,9 +12,9 @@ local function release_one(keys, rid)
   local worker, prefill, decode, phase = string.match(entry, '^(.*) (%d+) (%d+) (%d)$')
   redis.call('HINCRBY', keys[1], worker .. ':n', -1)
   if phase == '1' then
-    redis.call('HINCRBY', keys[1], worker .. ':d', -tonumber(decode))
+    redis.call('HINCRBY', keys[1], worker .. ':d', 0 - tonumber(decode))
   else
-    redis.call('HINCRBY', keys[1], worker .. ':p', -tonumber(prefill))
+    redis.call('HINCRBY', keys[1], worker .. ':p', 0 - tonumber(prefill))
   end
   redis.call('HDEL', keys[2], rid)
   redis.call('ZREM', keys[3], rid)
@@ -44,7 +45,7 @@ local function prefilled(keys, args)
   if not entry then return 0 end
   local worker, prefill, decode, phase = string.match(entry, '^(.*) (%d+) (%d+) (%d)$')
   if phase == '1' then return 1 end
-  redis.call('HINCRBY', keys[1], worker .. ':p', -tonumber(prefill))
+  redis.call('HINCRBY', keys[1], worker .. ':p', 0 - tonumber(prefill))
   redis.call('HINCRBY', keys[1], worker .. ':d', tonumber(decode))
   redis.call('HSET', keys[2], args[1], worker .. ' ' .. prefill .. ' ' .. decode .. ' 1')
   return 1

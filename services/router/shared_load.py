@@ -19,6 +19,8 @@ from services.router.framework.types import Load
 LIBRARY = resources.files("services.router").joinpath("shared_load.lua").read_text()
 KEYS = ("kvload:{load}:workers", "kvload:{load}:requests", "kvload:{load}:deadlines")
 FIELDS = {b"n": "in_flight", b"p": "prefill_blocks", b"d": "decode_blocks"}
+# A function call: (name, arguments).
+Op = tuple[str, tuple]
 
 
 class SharedLoad:
@@ -26,25 +28,38 @@ class SharedLoad:
         self.redis = client
         self.lease_s = lease_s
 
-    async def _fcall(self, name: str, *args: str | int) -> int:
-        return await redis_functions.call(
-            self.redis, [LIBRARY], lambda: self.redis.fcall(name, len(KEYS), *KEYS, *args)
-        )
+    async def apply(self, ops: list[Op]) -> list[int]:
+        """Runs `ops` in order in one round trip (a pipeline of function calls)."""
 
-    async def add(self, request_id: str, worker_id: str, prefill_blocks: int, total_blocks: int) -> None:
+        async def run() -> list[int]:
+            pipe = self.redis.pipeline(transaction=False)
+            for name, args in ops:
+                pipe.fcall(name, len(KEYS), *KEYS, *args)
+            return await pipe.execute()
+
+        return await redis_functions.call(self.redis, [LIBRARY], run)
+
+    def add_op(self, request_id: str, worker_id: str, prefill_blocks: int, total_blocks: int) -> Op:
         now = _now_ms()
         deadline = now + int(self.lease_s * 1000)
-        await self._fcall("kvmesh_load_add", request_id, worker_id, prefill_blocks, total_blocks, deadline, now)
+        return "kvmesh_load_add", (request_id, worker_id, prefill_blocks, total_blocks, deadline, now)
+
+    @staticmethod
+    def prefilled_op(request_id: str) -> Op:
+        return "kvmesh_load_prefilled", (request_id, _now_ms())
+
+    @staticmethod
+    def release_op(request_id: str) -> Op:
+        return "kvmesh_load_release", (request_id, _now_ms())
+
+    async def add(self, request_id: str, worker_id: str, prefill_blocks: int, total_blocks: int) -> None:
+        await self.apply([self.add_op(request_id, worker_id, prefill_blocks, total_blocks)])
 
     async def mark_prefilled(self, request_id: str) -> bool:
-        return bool(await self._fcall("kvmesh_load_prefilled", request_id, _now_ms()))
+        return bool((await self.apply([self.prefilled_op(request_id)]))[0])
 
     async def release(self, request_id: str) -> bool:
-        return bool(await self._fcall("kvmesh_load_release", request_id, _now_ms()))
-
-    def read_loads(self, pipe) -> None:
-        """Queues the read of every worker's load on a pipeline (parse its reply with `parse`)."""
-        pipe.hgetall(KEYS[0])
+        return bool((await self.apply([self.release_op(request_id)]))[0])
 
     @staticmethod
     def parse(raw: dict[bytes, bytes]) -> dict[str, Load]:

@@ -56,3 +56,12 @@ async def test_survives_redis_forgetting_its_functions(client):
     await load.add("r", "w", 1, 1)
     await client.function_flush()
     assert await load.release("r")
+
+
+async def test_fully_cached_requests_with_no_prefill_blocks(client):
+    load = SharedLoad(client, lease_s=60)
+    await load.add("cached", "w", prefill_blocks=0, total_blocks=0)
+    assert await load.release("cached")
+    await load.add("r", "w", prefill_blocks=0, total_blocks=3)
+    assert await load.mark_prefilled("r") and await load.release("r")
+    assert figures((await load.loads())["w"]) == (0, 0, 0)

@@ -37,9 +37,11 @@ class Profile:
         alive = list(candidates)
         emptied_by = ""
         for f in self.filters:
-            kept = [c for c in alive if f.keep(request, c)]
+            kept = []
             for c in alive:
-                if c not in kept:
+                if f.keep(request, c):
+                    kept.append(c)
+                else:
                     verdicts[c.id].filtered_by = f.name
             if alive and not kept:
                 emptied_by = f.name

@@ -1,0 +1,163 @@
+"""Routing decision latency at scale: N registered workers, ~1M indexed blocks, 128-block requests.
+
+    .venv/bin/python -m bench.decision_latency [--workers 64] [--blocks 1000000] [--requests 3000]
+
+A real redis-server and a real router process; the workers are registry records only (no
+engines: this measures the decision). The index is filled through the same Redis functions
+kvindex uses: prefixes of 128 blocks, each held by 1–8 workers, the deeper blocks by fewer.
+Prints p50/p99 of `Router.Route` as a client sees it (gRPC round trip included), of the router's
+Redis read alone (the pipelined match + load read) and of an empty gRPC call to the same server
+(the floor of any RPC from Python here), in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import redis.asyncio as aioredis
+
+from kvmesh import block_index, registry
+from kvmesh.block_index import BlockChange, BlockIndex
+from kvmesh.net import free_ports
+from kvmesh.redis_server import RedisServer
+from kvmesh.v1 import router_pb2, router_pb2_grpc, worker_pb2
+from services.router import shared_load
+
+RESULTS = Path(__file__).parent / "results"
+BLOCK = 64
+REQUEST_BLOCKS = 128
+
+
+async def fill(url: str, workers: list[str], total_blocks: int, rng: random.Random) -> list[list[int]]:
+    """Indexes prefixes until `total_blocks` block keys exist; returns the prefixes."""
+    client = aioredis.Redis.from_url(url)
+    index = BlockIndex(client)
+    await index.load_functions()
+    prefixes, keys = [], 0
+    while keys < total_blocks:
+        seqs = [rng.getrandbits(64) for _ in range(REQUEST_BLOCKS)]
+        prefixes.append(seqs)
+        holders = rng.sample(workers, rng.randint(1, 8))
+        for depth_rank, worker in enumerate(holders):
+            depth = REQUEST_BLOCKS >> depth_rank  # 128, 64, 32 … blocks
+            await index.apply(worker, [BlockChange(True, seqs[0], s) for s in seqs[:depth]])
+        keys += REQUEST_BLOCKS
+    await client.aclose()
+    return prefixes
+
+
+async def register(url: str, workers: list[str]) -> None:
+    client = aioredis.Redis.from_url(url)
+    reg = registry.Registry(client)
+    for i, worker in enumerate(workers):
+        record = worker_pb2.WorkerRecord(
+            id=worker, model="m", role=worker_pb2.ROLE_AGGREGATED, triton_grpc_address=f"127.0.0.1:{10000 + i}",
+            kv_block_size=BLOCK, capacity=64, max_model_len=131072,
+        )  # fmt: skip
+        await reg.register(record, lease_ms=3_600_000)
+    await client.aclose()
+
+
+async def redis_alone(url: str, prefixes: list[list[int]], n: int, rng: random.Random) -> list[float]:
+    client = aioredis.Redis.from_url(url)
+    times = []
+    for _ in range(n):
+        seqs = rng.choice(prefixes)
+        keys = block_index.match_keys(seqs)
+        start = time.perf_counter()
+        pipe = client.pipeline(transaction=False)
+        pipe.fcall_ro("kvmesh_match", len(keys), *keys)
+        pipe.hgetall(shared_load.KEYS[0])
+        await pipe.execute()
+        times.append(time.perf_counter() - start)
+    await client.aclose()
+    return times
+
+
+def route_calls(address: str, prefixes: list[list[int]], n: int, rng: random.Random) -> list[float]:
+    times = []
+    with grpc.insecure_channel(address) as channel:
+        stub = router_pb2_grpc.RouterStub(channel)
+        for i in range(n):
+            seqs = rng.choice(prefixes)
+            request = router_pb2.RouteRequest(
+                model="m", request_id=f"r{i}", num_tokens=REQUEST_BLOCKS * BLOCK, block_hashes=seqs, block_size=BLOCK
+            )
+            start = time.perf_counter()
+            stub.Route(request)
+            times.append(time.perf_counter() - start)
+            stub.Release(router_pb2.ReleaseRequest(request_id=f"r{i}"))
+    return times
+
+
+def health_calls(address: str, n: int) -> list[float]:
+    """The floor: a unary gRPC call that does nothing (the standard health check), same server."""
+    times = []
+    with grpc.insecure_channel(address) as channel:
+        check = channel.unary_unary("/grpc.health.v1.Health/Check")
+        for _ in range(n):
+            start = time.perf_counter()
+            check(b"")
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def figures(times: list[float]) -> dict[str, float]:
+    ms = np.array(times) * 1000
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=64)
+    parser.add_argument("--blocks", type=int, default=1_000_000)
+    parser.add_argument("--requests", type=int, default=3000)
+    args = parser.parse_args()
+    rng = random.Random(7)
+    redis_port, router_port = free_ports(2)
+    server = RedisServer(redis_port).start()
+    router = None
+    try:
+        workers = [f"w-{i:02d}" for i in range(args.workers)]
+        started = time.perf_counter()
+        prefixes = asyncio.run(fill(server.url, workers, args.blocks, rng))
+        asyncio.run(register(server.url, workers))
+        took = time.perf_counter() - started
+        print(f"indexed {len(prefixes) * REQUEST_BLOCKS} block keys in {took:.0f}s", flush=True)
+        router = subprocess.Popen(
+            [sys.executable, "-m", "services.router", "--port", str(router_port), "--redis-url", server.url,
+             "--log-level", "WARNING"],
+        )  # fmt: skip
+        address = f"127.0.0.1:{router_port}"
+        grpc.channel_ready_future(grpc.insecure_channel(address)).result(timeout=30)
+        time.sleep(1.0)  # the router's first registry read
+        route_calls(address, prefixes, 200, rng)  # warm-up
+        result = {
+            "workers": args.workers,
+            "block_keys": len(prefixes) * REQUEST_BLOCKS,
+            "request_blocks": REQUEST_BLOCKS,
+            "route_at_client": figures(route_calls(address, prefixes, args.requests, rng)),
+            "redis_read_alone": figures(asyncio.run(redis_alone(server.url, prefixes, args.requests, rng))),
+            "empty_grpc_call": figures(health_calls(address, args.requests)),
+        }
+    finally:
+        if router:
+            router.terminate()
+            router.wait(10)
+        server.stop()
+    print(json.dumps(result, indent=2))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "decision_latency.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
