@@ -14,6 +14,9 @@ from kvmesh.grpc_server import abort_with
 from kvmesh.v1 import kvindex_pb2, kvindex_pb2_grpc
 from services.kvindex.ingest import Ingestor
 
+# Stats' lag percentiles cover the batches applied in this window.
+LAG_WINDOW_S = 10.0
+
 
 class KvIndexServicer(kvindex_pb2_grpc.KvIndexServicer):
     def __init__(self, index: BlockIndex, ingestor: Ingestor, max_match_blocks: int):
@@ -42,7 +45,8 @@ class KvIndexServicer(kvindex_pb2_grpc.KvIndexServicer):
 
     async def Stats(self, message, context):
         subscriptions = sorted(self.ingestor.subscriptions.values(), key=lambda s: s.worker_id)
-        lags = [lag for s in subscriptions for lag in s.stats.lags_ms]
+        since = time.time() - LAG_WINDOW_S
+        lags = [lag for s in subscriptions for at, lag in s.stats.lags_ms if at >= since]
         return kvindex_pb2.StatsResponse(
             workers=[
                 kvindex_pb2.WorkerIndexStats(

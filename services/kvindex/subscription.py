@@ -18,25 +18,27 @@ import zmq
 import zmq.asyncio
 
 from kvmesh import kv_events
-from kvmesh.block_index import BlockIndex
-from kvmesh.kv_events import BadMessage, EventBatch, decode
+from kvmesh.block_index import BlockChange, BlockIndex
+from kvmesh.kv_events import BadMessage, decode
 from kvmesh.v1 import worker_pb2
 from services.kvindex.translate import WorkerBlocks
 
 log = logging.getLogger(__name__)
 REPLAY_TIMEOUT_S = 2.0
+MAX_COALESCED = 64
 
 
 @dataclass
 class WorkerStats:
+    # Block events: each block stored or removed counts one (AllBlocksCleared one).
     events: int = 0
     batches: int = 0
     last_seq: int = -1
     resyncs: int = 0
     bad_messages: int = 0
     dropped_blocks: int = 0
-    # Event time (engine clock) → visible in Redis, ms, recent batches.
-    lags_ms: deque = field(default_factory=lambda: deque(maxlen=4096))
+    # (applied at, ms from the event's time (engine clock) to visible in Redis), recent batches.
+    lags_ms: deque = field(default_factory=lambda: deque(maxlen=100_000))
 
 
 class Subscription:
@@ -60,34 +62,49 @@ class Subscription:
             # Whatever the index holds for this worker predates us: start clean, replay from 0.
             await self.index.purge(self.worker_id)
             while True:
-                await self.handle(await sub.recv_multipart())
+                messages = [await sub.recv_multipart()]
+                # Whatever else already arrived goes into the same Redis call.
+                while len(messages) < MAX_COALESCED and sub.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    messages.append(await sub.recv_multipart())
+                await self.handle(*messages)
         finally:
             sub.close()
 
-    async def handle(self, frames: list[bytes]) -> None:
-        try:
-            seq, batch = decode(frames)
-        except BadMessage as e:
-            self.stats.bad_messages += 1
-            log.warning("worker %s: dropped a bad KV-event message: %s", self.worker_id, e)
-            return
-        expected = self.stats.last_seq + 1
-        if seq < expected and seq != 0:
-            return  # already applied (replayed earlier)
-        if seq != expected:
-            await self._resync(expected, seq)
-        await self._apply(seq, batch)
+    async def handle(self, *messages: list[bytes]) -> None:
+        """Applies messages in order; consecutive ones in one Redis call."""
+        pending: list[BlockChange] = []
+        stamps: list[float] = []
+        for frames in messages:
+            try:
+                seq, batch = decode(frames)
+            except BadMessage as e:
+                self.stats.bad_messages += 1
+                log.warning("worker %s: dropped a bad KV-event message: %s", self.worker_id, e)
+                continue
+            expected = self.stats.last_seq + 1
+            if seq < expected and seq != 0:
+                continue  # already applied (replayed earlier)
+            if seq != expected:
+                await self._flush(pending, stamps)
+                await self._resync(expected, seq)
+            translation = self.blocks.translate(batch)
+            if translation.cleared:
+                await self._flush(pending, stamps)
+                await self.index.purge(self.worker_id)
+            pending += translation.changes
+            stamps.append(batch.ts)
+            self.stats.events += sum(len(getattr(e, "block_hashes", ())) or 1 for e in batch.events)
+            self.stats.batches += 1
+            self.stats.dropped_blocks += translation.dropped
+            self.stats.last_seq = seq
+        await self._flush(pending, stamps)
 
-    async def _apply(self, seq: int, batch: EventBatch) -> None:
-        translation = self.blocks.translate(batch)
-        if translation.cleared:
-            await self.index.purge(self.worker_id)
-        await self.index.apply(self.worker_id, translation.changes)
-        self.stats.lags_ms.append(max(time.time() - batch.ts, 0.0) * 1000)
-        self.stats.events += len(batch.events)
-        self.stats.batches += 1
-        self.stats.dropped_blocks += translation.dropped
-        self.stats.last_seq = seq
+    async def _flush(self, changes: list[BlockChange], stamps: list[float]) -> None:
+        await self.index.apply(self.worker_id, changes)
+        now = time.time()
+        self.stats.lags_ms.extend((now, max(now - ts, 0.0) * 1000) for ts in stamps)
+        changes.clear()
+        stamps.clear()
 
     async def _resync(self, expected: int, seq: int) -> None:
         """Makes the index whole up to (not including) `seq`."""
@@ -95,8 +112,7 @@ class Subscription:
         missed = await self._replay(expected, seq) if seq > expected else None
         if missed is not None:
             log.info("worker %s: replayed KV-event batches %d..%d", self.worker_id, expected, seq - 1)
-            for replayed_seq, batch in missed:
-                await self._apply(replayed_seq, batch)
+            await self.handle(*missed)
             return
         log.warning(
             "worker %s: KV events %d..%d lost (got %d); clearing its index entries",
@@ -108,26 +124,27 @@ class Subscription:
         self.blocks.clear()
         await self.index.purge(self.worker_id)
 
-    async def _replay(self, start: int, stop: int) -> list[tuple[int, EventBatch]] | None:
-        """Batches start..stop-1 from the replay endpoint, or None if it cannot give them all."""
+    async def _replay(self, start: int, stop: int) -> list[list[bytes]] | None:
+        """Messages start..stop-1 from the replay endpoint, or None if it cannot give them all."""
         if not self.record.kv_events_replay_endpoint:
             return None
         dealer = self.ctx.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
         dealer.connect(self.record.kv_events_replay_endpoint)
-        got: list[tuple[int, EventBatch]] = []
+        got: list[list[bytes]] = []
         try:
             await dealer.send_multipart([b"", start.to_bytes(8, "big")])
             while True:
                 frames = await asyncio.wait_for(dealer.recv_multipart(), REPLAY_TIMEOUT_S)
                 if len(frames) == 4 and frames[2] == kv_events.END_SEQ:
                     break
-                replayed_seq, batch = decode(frames[1:])
+                replayed_seq, _ = decode(frames[1:])
                 if replayed_seq < stop:
-                    got.append((replayed_seq, batch))
+                    got.append(frames[1:])
         except (TimeoutError, BadMessage) as e:
             log.warning("worker %s: replay failed: %s", self.worker_id, e)
             return None
         finally:
             dealer.close()
-        return got if [s for s, _ in got] == list(range(start, stop)) else None
+        seqs = [int.from_bytes(frames[1], "big") for frames in got]
+        return got if seqs == list(range(start, stop)) else None
