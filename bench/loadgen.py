@@ -1,5 +1,5 @@
-"""A small closed-loop load generator for OpenAI-compatible servers: N concurrent streams, each
-request timed for TTFT, inter-token gaps and completion tokens (from `usage`)."""
+"""A small closed-loop load generator for OpenAI-compatible servers: N concurrent clients, each
+request timed for TTFT, inter-token gaps (streaming) and completion tokens (from `usage`)."""
 
 from __future__ import annotations
 
@@ -51,6 +51,7 @@ class LevelResult:
             "itl_ms_p50": round(percentile(itl, 50), 2),
             "itl_ms_p99": round(percentile(itl, 99), 2),
             "e2e_ms_p50": round(percentile(e2e, 50), 1),
+            "e2e_ms_p99": round(percentile(e2e, 99), 1),
         }
 
 
@@ -91,6 +92,15 @@ async def one_stream(client: httpx.AsyncClient, url: str, body: dict) -> Request
     return RequestTiming((first or end) - start, gaps, end - start, tokens)
 
 
+async def one_request(client: httpx.AsyncClient, url: str, body: dict) -> RequestTiming:
+    """Non-streaming: the first token is known only with the whole answer."""
+    start = time.perf_counter()
+    response = await client.post(url, json=body)
+    response.raise_for_status()
+    end = time.perf_counter()
+    return RequestTiming(end - start, [], end - start, response.json()["usage"]["completion_tokens"])
+
+
 async def run_level(url: str, bodies: list[dict], concurrency: int) -> LevelResult:
     queue: asyncio.Queue = asyncio.Queue()
     for body in bodies:
@@ -102,7 +112,8 @@ async def run_level(url: str, bodies: list[dict], concurrency: int) -> LevelResu
         async def worker() -> None:
             while not queue.empty():
                 body = queue.get_nowait()
-                result.timings.append(await one_stream(client, url, body))
+                send = one_stream if body.get("stream") else one_request
+                result.timings.append(await send(client, url, body))
 
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))

@@ -51,12 +51,15 @@ def test_repeated_prompt_goes_to_the_worker_holding_its_prefix(stubs, mesh, seed
         return {o.worker_id: o.blocks for o in overlaps}.get(first.worker_id, 0)
 
     wait_for(lambda: depth() == PROMPT_BLOCKS, timeout_s=5, what="the prompt's blocks in the index")
+    # The gateway releases a finished request just after its last token; until then it is load.
+    idle = router_pb2.WorkersRequest()
+    wait_for(lambda: not any(w.in_flight for w in router.Workers(idle).workers), timeout_s=5, what="no load")
     route = router_pb2.RouteRequest(model=mesh.model, num_tokens=len(ids), block_hashes=hashes, block_size=BLOCK)
     explained = router.Explain(router_pb2.ExplainRequest(request=route))
     overlaps = {c.worker_id: c.overlap_blocks for c in explained.candidates}
     assert overlaps[first.worker_id] == PROMPT_BLOCKS
     assert sum(overlaps.values()) == PROMPT_BLOCKS, "only the worker that ran the prompt holds it"
-    assert explained.chosen_worker_id == first.worker_id
+    assert explained.chosen_worker_id == first.worker_id, explained
 
     second = generate(inference, mesh.model, ids)
     assert second.worker_id == first.worker_id
