@@ -19,3 +19,4 @@ class GatewaySettings(CommonSettings):
     )
     default_max_tokens: int = Field(512, ge=1, description="when a chat request names no max_tokens")
     refresh_ms: int = Field(500, ge=10)
+    http_keep_alive_s: int = Field(75, ge=1, description="idle HTTP keep-alive before the server closes")

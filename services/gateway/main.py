@@ -42,7 +42,15 @@ async def run(settings: GatewaySettings) -> None:
     app = create_app(served, OpenAIServing(served, generator, settings.default_max_tokens))
     http = uvicorn.Server(
         uvicorn.Config(
-            app, host=settings.host, port=settings.http_port, log_level="warning", access_log=False, lifespan="off"
+            app,
+            host=settings.host,
+            port=settings.http_port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            # Longer than clients keep idle connections (httpx, and so the openai client: 5 s): else a
+            # client may reuse a connection the moment the server closes it, and the request fails.
+            timeout_keep_alive=settings.http_keep_alive_s,
         )
     )
     serving = asyncio.create_task(http.serve())  # uvicorn handles SIGINT/SIGTERM and returns
