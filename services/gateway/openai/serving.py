@@ -10,7 +10,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from kvmesh import telemetry
 from kvmesh.errors import InvalidArgument
@@ -114,6 +114,9 @@ class OpenAIServing:
             )
             return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
         result = await _until_disconnect(request, _collect(chunks))
+        if result is None:
+            metrics.REQUESTS.labels("http", "499").inc()
+            return Response(status_code=499)  # nobody reads it: the client is gone
         metrics.REQUESTS.labels("http", "200").inc()
         return JSONResponse(fmt.whole(request_id, created, model.name, *result))
 
@@ -128,7 +131,7 @@ async def _collect(chunks: AsyncIterator[Chunk]) -> tuple[str, str, Usage]:
 
 
 async def _until_disconnect(request: Request, work):
-    """Run `work`, cancelling it (and so the engine request) if the client goes away."""
+    """Run `work`, cancelling it (and so the engine request) if the client goes away: then None."""
     task = asyncio.ensure_future(work)
 
     async def disconnected() -> None:
@@ -141,7 +144,7 @@ async def _until_disconnect(request: Request, work):
         if not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-            raise asyncio.CancelledError("client disconnected")
+            return None
         return task.result()
     finally:
         watcher.cancel()
