@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import grpc
 import numpy as np
 import redis.asyncio as aioredis
 
+from bench.common import save, start_service, stop
 from kvmesh import block_index, registry
 from kvmesh.block_index import BlockChange, BlockIndex
 from kvmesh.net import free_ports
@@ -32,7 +29,6 @@ from kvmesh.redis_server import RedisServer
 from kvmesh.v1 import router_pb2, router_pb2_grpc, worker_pb2
 from services.router import shared_load
 
-RESULTS = Path(__file__).parent / "results"
 BLOCK = 64
 REQUEST_BLOCKS = 128
 
@@ -133,12 +129,8 @@ def main() -> None:
         asyncio.run(register(server.url, workers))
         took = time.perf_counter() - started
         print(f"indexed {len(prefixes) * REQUEST_BLOCKS} block keys in {took:.0f}s", flush=True)
-        router = subprocess.Popen(
-            [sys.executable, "-m", "services.router", "--port", str(router_port), "--redis-url", server.url,
-             "--log-level", "WARNING"],
-        )  # fmt: skip
+        router = start_service("router", router_port, server.url)
         address = f"127.0.0.1:{router_port}"
-        grpc.channel_ready_future(grpc.insecure_channel(address)).result(timeout=30)
         time.sleep(1.0)  # the router's first registry read
         route_calls(address, prefixes, 200, rng)  # warm-up
         result = {
@@ -150,13 +142,9 @@ def main() -> None:
             "empty_grpc_call": figures(health_calls(address, args.requests)),
         }
     finally:
-        if router:
-            router.terminate()
-            router.wait(10)
+        stop(router)
         server.stop()
-    print(json.dumps(result, indent=2))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "decision_latency.json").write_text(json.dumps(result, indent=2) + "\n")
+    save("decision_latency", result)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,12 +21,12 @@ import grpc
 import redis.asyncio as aioredis
 import zmq
 
+from bench.common import save, start_service, stop
 from kvmesh import kv_events, registry
 from kvmesh.net import free_ports
 from kvmesh.redis_server import RedisServer
 from kvmesh.v1 import kvindex_pb2, kvindex_pb2_grpc, worker_pb2
 
-RESULTS = Path(__file__).parent / "results"
 BLOCK = 16
 
 
@@ -120,12 +117,8 @@ def main() -> None:
             await client.aclose()
 
         asyncio.run(register())
-        kvindex = subprocess.Popen(
-            [sys.executable, "-m", "services.kvindex", "--port", str(kvindex_port), "--redis-url", server.url,
-             "--log-level", "WARNING"],
-        )  # fmt: skip
+        kvindex = start_service("kvindex", kvindex_port, server.url)
         channel = grpc.insecure_channel(f"127.0.0.1:{kvindex_port}")
-        grpc.channel_ready_future(channel).result(timeout=30)
         stub = kvindex_pb2_grpc.KvIndexStub(channel)
         while len(stats(stub).workers) < args.workers:  # subscribed
             time.sleep(0.1)
@@ -154,16 +147,12 @@ def main() -> None:
             "resyncs": sum(w.resyncs for w in final.workers),
         }
     finally:
-        if kvindex:
-            kvindex.terminate()
-            kvindex.wait(10)
+        stop(kvindex)
         for p in publishers:
             p.socket.close(linger=0)
         ctx.term()
         server.stop()
-    print(json.dumps(result, indent=2))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "ingestion.json").write_text(json.dumps(result, indent=2) + "\n")
+    save("ingestion", result)
 
 
 if __name__ == "__main__":

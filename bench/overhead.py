@@ -17,15 +17,14 @@ import argparse
 import asyncio
 import json
 import time
-from pathlib import Path
 
 import openai
 import psutil
 
+from bench.common import RESULTS, save
 from bench.loadgen import run_level
 from kvmesh.cli.local_mesh import LocalMesh
 
-RESULTS = Path(__file__).parent / "results"
 DYNAMO = {1: {"requests_per_s": 192, "e2e_ms_p50": 5.1, "cpu_ms_per_request": 6.0}, 16: {"requests_per_s": 485},
           64: {"requests_per_s": 489}}  # fmt: skip
 TOPICS = ["astronomy", "cooking", "tax law", "marine biology"]
@@ -120,8 +119,7 @@ def main() -> None:
             f"{s['e2e_ms_p50']:.1f} / {s['e2e_ms_p99']:.1f} | {s['ttft_ms_p50']:.1f} | {s['cpu_ms_per_request']}"
         )
     print(f"openai client, streaming, c=1: e2e {results['openai_client_stream_c1_e2e_ms']}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "overhead.json").write_text(json.dumps(results, indent=2) + "\n")
+    save("overhead", results)
 
 
 if __name__ == "__main__":

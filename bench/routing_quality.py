@@ -19,11 +19,11 @@ import json
 from collections import OrderedDict
 from pathlib import Path
 
+from bench.common import RESULTS, save
 from kvmesh.cli.local_mesh import LocalMesh
 from kvmesh.replay import report, traces
 from kvmesh.replay.runner import ReplayOptions, replay
 
-RESULTS = Path(__file__).parent / "results"
 SIM_BLOCK = 64
 
 
@@ -101,9 +101,7 @@ def main() -> None:
             f"{policy:<13} | {s['prefix_hit_ratio']:.3f} ({of_bound:.1%}) | "
             f"{s['ttft_ms']['p50']:.0f} / {s['ttft_ms']['p99']:.0f} {ratio} | {s['itl_ms']['p50']:.1f} | {s['errors']}"
         )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "routing_quality.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwritten: {RESULTS / 'routing_quality.json'}")
+    save("routing_quality", results)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,38 @@
+"""What the benchmarks share: where results go, and starting one kvmesh service on its own."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def save(name: str, result: dict) -> Path:
+    """Prints `result` and writes it to bench/results/<name>.json."""
+    print(json.dumps(result, indent=2))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
+
+
+def start_service(name: str, port: int, redis_url: str) -> subprocess.Popen:
+    """`python -m services.<name>` on 127.0.0.1:<port>, once its gRPC port answers."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", f"services.{name}", "--port", str(port), "--redis-url", redis_url,
+         "--log-level", "WARNING"],
+    )  # fmt: skip
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        grpc.channel_ready_future(channel).result(timeout=30)
+    return process
+
+
+def stop(process: subprocess.Popen | None) -> None:
+    if process is not None:
+        process.terminate()
+        process.wait(10)
