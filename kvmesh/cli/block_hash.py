@@ -12,7 +12,9 @@ from kvmesh import hashing
 
 def hash_command(
     block_size: int = typer.Option(..., "--block-size", min=1, help="KV block size in tokens"),
-    identity: str = typer.Option("", help="model or LoRA name folded into the hash seed, as Dynamo folds a LoRA name (empty: none)"),
+    identity: str = typer.Option(
+        "", help="model or LoRA name folded into the hash seed, as Dynamo folds a LoRA name (empty: none)"
+    ),
 ) -> None:
     """Reads whitespace-separated token ids on stdin; prints `<block index> <local hash> <sequence hash>`
     (unsigned decimal) for each full block."""

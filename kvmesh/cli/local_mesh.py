@@ -64,8 +64,14 @@ class LocalMesh:
 
     def service_processes(self, service: str) -> list[psutil.Process]:
         """The running processes of one service (`worker`, `router`, `kvindex`, `gateway`)."""
-        children = psutil.Process(self.process.pid).children(recursive=True)
-        return [p for p in children if f"services.{service}" in " ".join(p.cmdline())]
+        found = []
+        for p in psutil.Process(self.process.pid).children(recursive=True):
+            try:
+                if f"services.{service}" in " ".join(p.cmdline()):
+                    found.append(p)
+            except (psutil.ZombieProcess, psutil.NoSuchProcess):  # a child that died and its parent did not reap yet
+                pass
+        return found
 
     def service_process(self, service: str) -> psutil.Process:
         processes = self.service_processes(service)

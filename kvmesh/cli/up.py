@@ -76,7 +76,7 @@ def up(
         )
         _wait_ready(supervisor, f"http://{host}:{http_port}/health", ready_timeout_s)
         _print_endpoints(host, http_port, grpc_port, router_port, kvindex_port, redis_url, Path(model).name, log_dir)
-        _supervise(supervisor)
+        _supervise(supervisor, redis)
     except KeyboardInterrupt:
         console.print("stopping…")
     finally:
@@ -99,10 +99,15 @@ def _worker_cpus(workers: int) -> list[str]:
     return [str(cores[i % len(cores)]) for i in range(workers)]
 
 
-def _supervise(supervisor: Supervisor) -> None:
-    """Restart a process that dies (a few times), so that one crash does not take the mesh down."""
+def _supervise(supervisor: Supervisor, redis: RedisServer | None) -> None:
+    """Restart a process that dies (a few times), so that one crash does not take the mesh down.
+    Our own Redis comes back empty: the services re-register and kvindex rebuilds the index from
+    the engines' replay buffers."""
     while True:
         time.sleep(0.5)
+        if redis and redis.process and redis.process.poll() is not None:
+            console.print(f"[yellow]redis-server exited with code {redis.process.returncode}; restarting it[/]")
+            redis.start()
         dead = supervisor.dead()
         if dead is None:
             continue

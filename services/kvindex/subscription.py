@@ -61,6 +61,7 @@ class Subscription:
         try:
             # Whatever the index holds for this worker predates us: start clean, replay from 0.
             await self.index.purge(self.worker_id)
+            await self.catch_up()
             while True:
                 messages = [await sub.recv_multipart()]
                 # Whatever else already arrived goes into the same Redis call.
@@ -124,8 +125,26 @@ class Subscription:
         self.blocks.clear()
         await self.index.purge(self.worker_id)
 
+    async def catch_up(self) -> None:
+        """Applies what the worker published before we subscribed, from its replay buffer."""
+        buffered = await self._fetch(0)
+        if not buffered:
+            return
+        first = int.from_bytes(buffered[0][1], "big")
+        if first > 0:  # the buffer no longer reaches the start: those blocks stay unknown
+            self.stats.resyncs += 1
+        self.stats.last_seq = first - 1
+        await self.handle(*buffered)
+
     async def _replay(self, start: int, stop: int) -> list[list[bytes]] | None:
         """Messages start..stop-1 from the replay endpoint, or None if it cannot give them all."""
+        got = [frames for frames in await self._fetch(start) or [] if int.from_bytes(frames[1], "big") < stop]
+        seqs = [int.from_bytes(frames[1], "big") for frames in got]
+        return got if seqs == list(range(start, stop)) else None
+
+    async def _fetch(self, start: int) -> list[list[bytes]] | None:
+        """Every buffered message from `start` on ([topic, seq, payload] each); None if the
+        worker has no replay endpoint or it does not answer."""
         if not self.record.kv_events_replay_endpoint:
             return None
         dealer = self.ctx.socket(zmq.DEALER)
@@ -137,14 +156,12 @@ class Subscription:
             while True:
                 frames = await asyncio.wait_for(dealer.recv_multipart(), REPLAY_TIMEOUT_S)
                 if len(frames) == 4 and frames[2] == kv_events.END_SEQ:
-                    break
-                replayed_seq, _ = decode(frames[1:])
-                if replayed_seq < stop:
-                    got.append(frames[1:])
+                    return got
+                if len(frames) != 4 or len(frames[2]) != 8:
+                    raise BadMessage(f"replay answer with {len(frames)} frames")
+                got.append(frames[1:])
         except (TimeoutError, BadMessage) as e:
             log.warning("worker %s: replay failed: %s", self.worker_id, e)
             return None
         finally:
             dealer.close()
-        seqs = [int.from_bytes(frames[1], "big") for frames in got]
-        return got if seqs == list(range(start, stop)) else None

@@ -193,3 +193,25 @@ async def test_bad_message_is_counted_and_the_stream_goes_on(tmp_path, index):
     assert sub.stats.bad_messages == 1 and await index.match(SEQ) == {"w": 1}
     publisher.task.cancel()
     ctx.destroy(linger=0)
+
+
+async def test_a_late_subscriber_catches_up_from_the_replay_buffer(tmp_path, index):
+    ctx, publisher, sub = await subscription_for(tmp_path, index, keep=10)
+    publisher.record(message(0, stored([1], TOKENS[:8])))
+    publisher.record(message(1, stored([2], TOKENS[8:16], parent=1)))
+    await sub.catch_up()
+    assert await index.match(SEQ) == {"w": 2} and sub.stats.last_seq == 1 and sub.stats.resyncs == 0
+    await sub.handle(message(1, stored([2], TOKENS[8:16], parent=1)))  # the live copy: skipped
+    assert sub.stats.events == 2
+    publisher.task.cancel()
+    ctx.destroy(linger=0)
+
+
+async def test_catching_up_from_a_buffer_that_lost_its_start(tmp_path, index):
+    ctx, publisher, sub = await subscription_for(tmp_path, index, keep=1)
+    publisher.record(message(0, stored([1], TOKENS[:8])))
+    publisher.record(message(1, stored([2], TOKENS[8:16], parent=1)))  # its parent is gone
+    await sub.catch_up()
+    assert await index.match(SEQ) == {} and sub.stats.resyncs == 1 and sub.stats.last_seq == 1
+    publisher.task.cancel()
+    ctx.destroy(linger=0)
