@@ -35,4 +35,8 @@ def start_service(name: str, port: int, redis_url: str) -> subprocess.Popen:
 def stop(process: subprocess.Popen | None) -> None:
     if process is not None:
         process.terminate()
-        process.wait(10)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

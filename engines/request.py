@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -37,6 +38,8 @@ class EngineRequest:
     sampling: SamplingSpec
     # W3C trace context (traceparent/tracestate) carried from the gateway.
     trace_headers: dict[str, str] = field(default_factory=dict)
+    # Decode instances: what the prefill instance returned ({}: prefill here). None elsewhere.
+    kv_transfer_params: dict[str, Any] | None = None
 
 
 @dataclass
@@ -47,6 +50,8 @@ class EngineDelta:
     finish_reason: str | None
     prompt_tokens: int
     cached_tokens: int
+    # Prefill instances, on the last delta: how a decode instance fetches this request's KV.
+    kv_transfer_params: dict[str, Any] | None = None
 
 
 def parse(
@@ -57,6 +62,8 @@ def parse(
     *,
     max_model_len: int,
     vocab_size: int,
+    kv_transfer_json: bytes | str | None = None,
+    role: str = "aggregated",
 ) -> EngineRequest:
     if input_ids is None or input_ids.size == 0:
         raise BadRequest("input_ids: required, at least one token id")
@@ -79,4 +86,21 @@ def parse(
         )
     parameters = json.loads(parameters_json) if parameters_json else {}
     trace_headers = {k: str(v) for k, v in parameters.items() if k in ("traceparent", "tracestate")}
-    return EngineRequest(request_id, ids.tolist(), sampling, trace_headers)
+    kv_transfer = _kv_transfer_params(kv_transfer_json, role)
+    return EngineRequest(request_id, ids.tolist(), sampling, trace_headers, kv_transfer)
+
+
+def _kv_transfer_params(raw: bytes | str | None, role: str) -> dict[str, Any] | None:
+    if role != "decode":
+        if raw is not None:
+            raise BadRequest(f"kv_transfer_params: only decode instances take it (this one is {role})")
+        return None
+    if raw is None:
+        raise BadRequest("kv_transfer_params: required on a decode instance ({} asks it to prefill locally)")
+    try:
+        params = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise BadRequest(f"kv_transfer_params: not JSON ({e.msg})") from None
+    if not isinstance(params, dict):
+        raise BadRequest("kv_transfer_params: must be a JSON object")
+    return params

@@ -27,14 +27,18 @@ class EngineModel:
 
     def make_engine(self, engine_args: dict[str, Any]):
         """An object with generate/abort (engines.serving.Engine), submit(coro), shutdown(),
-        max_model_len and vocab_size."""
+        max_model_len and vocab_size; on decode instances also check_kv_transfer(params), which
+        raises engines.request.BadRequest for parameters its engine cannot use."""
         raise NotImplementedError
 
     def initialize(self, args):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         telemetry.setup_tracing(self.telemetry_name)
         config = json.loads(args["model_config"])
-        self.engine = self.make_engine(json.loads(config["parameters"]["engine_args"]["string_value"]))
+        parameters = config["parameters"]
+        # aggregated, prefill or decode (kvmesh.repo.spec.Role); the repository tool writes it.
+        self.role = parameters.get("role", {}).get("string_value", "aggregated")
+        self.engine = self.make_engine(json.loads(parameters["engine_args"]["string_value"]))
         self.outbox = Outbox()
 
     def execute(self, requests):
@@ -52,8 +56,15 @@ class EngineModel:
         return None
 
     def _parse(self, request):
+        parsed = self._parse_tensors(request)
+        if parsed.kv_transfer_params:
+            self.engine.check_kv_transfer(parsed.kv_transfer_params)
+        return parsed
+
+    def _parse_tensors(self, request):
         ids = self.pb_utils.get_input_tensor_by_name(request, "input_ids")
         sampling = self.pb_utils.get_input_tensor_by_name(request, "sampling_params")
+        kv_transfer = self.pb_utils.get_input_tensor_by_name(request, "kv_transfer_params")
         return engine_request.parse(
             request.request_id() or uuid.uuid4().hex,
             ids.as_numpy() if ids is not None else None,
@@ -61,6 +72,8 @@ class EngineModel:
             request.parameters(),
             max_model_len=self.engine.max_model_len,
             vocab_size=self.engine.vocab_size,
+            kv_transfer_json=kv_transfer.as_numpy().reshape(-1)[0] if kv_transfer is not None else None,
+            role=self.role,
         )
 
     def finalize(self):
@@ -106,4 +119,6 @@ class _RequestIO:
                 tensor("prompt_tokens", np.asarray([delta.prompt_tokens], dtype=np.int32)),
                 tensor("cached_tokens", np.asarray([delta.cached_tokens], dtype=np.int32)),
             ]
+        if delta.kv_transfer_params is not None:
+            tensors.append(tensor("kv_transfer_params", np.asarray([json.dumps(delta.kv_transfer_params)], np.object_)))
         return self.pb_utils.InferenceResponse(output_tensors=tensors)

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from engines.loop_thread import LoopThread
-from engines.request import EngineDelta, EngineRequest
+from engines.request import BadRequest, EngineDelta, EngineRequest
 from kvmesh import models
 
 log = logging.getLogger(__name__)
@@ -32,9 +32,30 @@ def engine_args(overrides: dict[str, Any]) -> dict[str, Any]:
     return args
 
 
+# What a decode instance needs from a prefill instance's kv_transfer_params (NixlConnector);
+# without them vLLM would log a warning and quietly prefill locally.
+NIXL_REQUIRED = ("remote_engine_id", "remote_request_id", "remote_host", "remote_port", "remote_block_ids")
+# A prefill instance keeps the KV for a decode instance to read (vLLM's toy proxy sends the same).
+PREFILL_TRANSFER = {"do_remote_decode": True, "do_remote_prefill": False}
+
+
+def check_kv_transfer(params: dict[str, Any]) -> None:
+    """Refuses kv_transfer_params that did not come from a vLLM prefill instance ({} is fine:
+    prefill locally)."""
+    if not params:
+        return
+    missing = [key for key in NIXL_REQUIRED if params.get(key) in (None, "", [])]
+    if missing or params.get("do_remote_prefill") is not True:
+        what = f"missing {', '.join(missing)}" if missing else "do_remote_prefill is not true"
+        raise BadRequest(f"kv_transfer_params: not from a vLLM prefill instance ({what})")
+    if not isinstance(params["remote_port"], int) or not isinstance(params["remote_block_ids"], list):
+        raise BadRequest("kv_transfer_params: remote_port must be an integer and remote_block_ids a list")
+
+
 class VllmEngine(LoopThread):
-    def __init__(self, args: dict[str, Any]):
+    def __init__(self, args: dict[str, Any], role: str = "aggregated"):
         super().__init__("vllm-loop")
+        self.role = role
         self.args = engine_args(args)
         self._engine = self.submit(self._build()).result()
         config = self._engine.model_config
@@ -57,8 +78,13 @@ class VllmEngine(LoopThread):
         from vllm.sampling_params import RequestOutputKind
 
         s = request.sampling
+        transfer = None
+        if self.role == "prefill":
+            transfer = dict(PREFILL_TRANSFER)
+        elif self.role == "decode" and request.kv_transfer_params:
+            transfer = dict(request.kv_transfer_params)
         params = SamplingParams(
-            max_tokens=s.max_tokens,
+            max_tokens=1 if self.role == "prefill" else s.max_tokens,
             temperature=s.temperature,
             top_p=s.top_p,
             top_k=s.top_k or -1,
@@ -71,6 +97,7 @@ class VllmEngine(LoopThread):
             output_kind=RequestOutputKind.DELTA,
             # The gateway detokenizes; the engine's own detokenizer runs only for stop strings.
             detokenize=bool(s.stop),
+            extra_args={"kv_transfer_params": transfer} if transfer else None,
         )
         outputs = self._engine.generate(
             {"prompt_token_ids": request.prompt_token_ids},
@@ -85,7 +112,11 @@ class VllmEngine(LoopThread):
                 finish_reason=completion.finish_reason if out.finished else None,
                 prompt_tokens=len(request.prompt_token_ids),
                 cached_tokens=out.num_cached_tokens or 0,
+                kv_transfer_params=out.kv_transfer_params if out.finished and self.role == "prefill" else None,
             )
+
+    def check_kv_transfer(self, params: dict[str, Any]) -> None:
+        check_kv_transfer(params)
 
     async def abort(self, request_id: str) -> None:
         await self._engine.abort(request_id)

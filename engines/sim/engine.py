@@ -68,7 +68,9 @@ class _Running:
 
 
 class SimEngine(LoopThread):
-    def __init__(self, args: dict[str, Any]):
+    def __init__(self, args: dict[str, Any], role: str = "aggregated"):
+        if role != "aggregated":
+            raise ValueError(f"the simulated engine serves the aggregated role only, not {role}")
         super().__init__("sim-loop")
         self.args = SimArgs.model_validate(args)
         self.max_model_len = self.args.max_model_len

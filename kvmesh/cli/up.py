@@ -1,4 +1,5 @@
-"""`kvmesh up`: Redis, kvindex, router, one worker and the gateway on this machine; `kvmesh status`."""
+"""`kvmesh up`: Redis, kvindex, router, the workers (aggregated, or one prefill + one decode) and the
+gateway on this machine; `kvmesh status`."""
 
 from __future__ import annotations
 
@@ -34,6 +35,12 @@ def up(
     engine: str = typer.Option("vllm", help="the Triton model the workers run: vllm, or sim (simulated engine)"),
     engine_args: str = typer.Option("{}", help="JSON engine-argument overrides (vLLM's, or the simulator's)"),
     workers: int = typer.Option(1, min=1, help="Triton workers; several are pinned to cores round-robin"),
+    disagg: bool = typer.Option(
+        False, help="one prefill and one decode worker (<engine>_prefill, <engine>_decode), KV moved by NIXL"
+    ),
+    disagg_threshold: int = typer.Option(
+        2048, min=0, help="uncached prompt tokens from which the router prefills on the prefill worker"
+    ),
     log_dir: Path = typer.Option(None, help="default: <cache>/run/<time>"),
     ready_timeout_s: float = typer.Option(900.0),
 ) -> None:
@@ -54,9 +61,11 @@ def up(
                 models.prepare(model)
         common = ["--host", host]
         supervisor.start("kvindex", "services.kvindex", [*common, "--port", str(kvindex_port)])
-        supervisor.start("router", "services.router", [*common, "--port", str(router_port), "--policy", policy])
-        for i, cpus in enumerate(_worker_cpus(workers)):
-            worker_args = [*common, "--model", model, "--triton-model", engine, "--engine-args", engine_args]
+        router_args = ["--port", str(router_port), "--policy", policy, "--disagg-threshold-tokens"]
+        supervisor.start("router", "services.router", [*common, *router_args, str(disagg_threshold if disagg else 0)])
+        triton_models = [f"{engine}_prefill", f"{engine}_decode"] if disagg else [engine] * workers
+        for i, (triton_model, cpus) in enumerate(zip(triton_models, _worker_cpus(len(triton_models)), strict=True)):
+            worker_args = [*common, "--model", model, "--triton-model", triton_model, "--engine-args", engine_args]
             worker_args += ["--cpus", cpus]
             supervisor.start(f"worker-{i}", "services.worker", worker_args)
         supervisor.start(

@@ -9,30 +9,40 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RouteRequest(_message.Message):
-    __slots__ = ("model", "request_id", "num_tokens", "block_hashes", "policy", "block_size")
+    __slots__ = ("model", "request_id", "num_tokens", "block_hashes", "policy", "block_size", "exclude_worker_ids", "aggregated_only")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
     BLOCK_HASHES_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_WORKER_IDS_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATED_ONLY_FIELD_NUMBER: _ClassVar[int]
     model: str
     request_id: str
     num_tokens: int
     block_hashes: _containers.RepeatedScalarFieldContainer[int]
     policy: str
     block_size: int
-    def __init__(self, model: _Optional[str] = ..., request_id: _Optional[str] = ..., num_tokens: _Optional[int] = ..., block_hashes: _Optional[_Iterable[int]] = ..., policy: _Optional[str] = ..., block_size: _Optional[int] = ...) -> None: ...
+    exclude_worker_ids: _containers.RepeatedScalarFieldContainer[str]
+    aggregated_only: bool
+    def __init__(self, model: _Optional[str] = ..., request_id: _Optional[str] = ..., num_tokens: _Optional[int] = ..., block_hashes: _Optional[_Iterable[int]] = ..., policy: _Optional[str] = ..., block_size: _Optional[int] = ..., exclude_worker_ids: _Optional[_Iterable[str]] = ..., aggregated_only: _Optional[bool] = ...) -> None: ...
 
 class RouteResponse(_message.Message):
-    __slots__ = ("worker", "policy", "overlap_blocks")
+    __slots__ = ("worker", "policy", "overlap_blocks", "prefill_worker", "prefill_overlap_blocks", "disaggregation_reason")
     WORKER_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     OVERLAP_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_WORKER_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_OVERLAP_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    DISAGGREGATION_REASON_FIELD_NUMBER: _ClassVar[int]
     worker: _worker_pb2.WorkerRecord
     policy: str
     overlap_blocks: int
-    def __init__(self, worker: _Optional[_Union[_worker_pb2.WorkerRecord, _Mapping]] = ..., policy: _Optional[str] = ..., overlap_blocks: _Optional[int] = ...) -> None: ...
+    prefill_worker: _worker_pb2.WorkerRecord
+    prefill_overlap_blocks: int
+    disaggregation_reason: str
+    def __init__(self, worker: _Optional[_Union[_worker_pb2.WorkerRecord, _Mapping]] = ..., policy: _Optional[str] = ..., overlap_blocks: _Optional[int] = ..., prefill_worker: _Optional[_Union[_worker_pb2.WorkerRecord, _Mapping]] = ..., prefill_overlap_blocks: _Optional[int] = ..., disaggregation_reason: _Optional[str] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
     __slots__ = ("request",)
@@ -68,14 +78,32 @@ class Candidate(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., filtered_by: _Optional[str] = ..., overlap_blocks: _Optional[int] = ..., prefill_blocks: _Optional[int] = ..., decode_blocks: _Optional[int] = ..., in_flight: _Optional[int] = ..., score: _Optional[float] = ..., scores: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ("policy", "chosen_worker_id", "candidates")
+    __slots__ = ("policy", "chosen_worker_id", "candidates", "disaggregation")
     POLICY_FIELD_NUMBER: _ClassVar[int]
     CHOSEN_WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    DISAGGREGATION_FIELD_NUMBER: _ClassVar[int]
     policy: str
     chosen_worker_id: str
     candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
-    def __init__(self, policy: _Optional[str] = ..., chosen_worker_id: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ...) -> None: ...
+    disaggregation: Disaggregation
+    def __init__(self, policy: _Optional[str] = ..., chosen_worker_id: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., disaggregation: _Optional[_Union[Disaggregation, _Mapping]] = ...) -> None: ...
+
+class Disaggregation(_message.Message):
+    __slots__ = ("disaggregated", "reason", "uncached_tokens", "threshold_tokens", "prefill_worker_id", "prefill_candidates")
+    DISAGGREGATED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    UNCACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    disaggregated: bool
+    reason: str
+    uncached_tokens: int
+    threshold_tokens: int
+    prefill_worker_id: str
+    prefill_candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
+    def __init__(self, disaggregated: _Optional[bool] = ..., reason: _Optional[str] = ..., uncached_tokens: _Optional[int] = ..., threshold_tokens: _Optional[int] = ..., prefill_worker_id: _Optional[str] = ..., prefill_candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ...) -> None: ...
 
 class WorkersRequest(_message.Message):
     __slots__ = ("model",)

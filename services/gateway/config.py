@@ -20,3 +20,7 @@ class GatewaySettings(CommonSettings):
     default_max_tokens: int = Field(512, ge=1, description="when a chat request names no max_tokens")
     refresh_ms: int = Field(500, ge=10)
     http_keep_alive_s: int = Field(75, ge=1, description="idle HTTP keep-alive before the server closes")
+    prefill_timeout_s: float = Field(
+        30.0, gt=0, description="a disaggregated request's prefill after which its decode worker prefills instead"
+    )
+    max_migrations: int = Field(1, ge=0, description="times a request moves to another worker when its worker fails")

@@ -23,6 +23,8 @@ class EngineChunk:
     finish_reason: str | None
     prompt_tokens: int
     cached_tokens: int
+    # A prefill instance's last response: what the decode instance needs.
+    kv_transfer_params: dict | None = None
 
 
 class EngineError(KvmeshError):
@@ -46,14 +48,18 @@ class TritonPool:
         prompt_ids: list[int],
         sampling: dict,
         trace_headers: dict[str, str],
+        kv_transfer_params: dict | None = None,
     ) -> AsyncIterator[EngineChunk]:
+        """`kv_transfer_params`: for a decode instance, what its prefill instance returned ({}:
+        prefill there)."""
         ids = triton_aio.InferInput("input_ids", [len(prompt_ids)], "INT32")
         ids.set_data_from_numpy(np.asarray(prompt_ids, dtype=np.int32))
-        params = triton_aio.InferInput("sampling_params", [1], "BYTES")
-        params.set_data_from_numpy(np.asarray([json.dumps(sampling).encode()], dtype=np.object_))
+        inputs = [ids, _json_input("sampling_params", sampling)]
+        if kv_transfer_params is not None:
+            inputs.append(_json_input("kv_transfer_params", kv_transfer_params))
         request = {
             "model_name": worker.triton_model,
-            "inputs": [ids, params],
+            "inputs": inputs,
             "request_id": request_id,
             "parameters": trace_headers or None,
         }
@@ -83,6 +89,12 @@ class TritonPool:
             await client.close()
 
 
+def _json_input(name: str, value: dict) -> triton_aio.InferInput:
+    tensor = triton_aio.InferInput(name, [1], "BYTES")
+    tensor.set_data_from_numpy(np.asarray([json.dumps(value).encode()], dtype=np.object_))
+    return tensor
+
+
 def _chunk(response) -> EngineChunk:
     """Reads the raw output tensors straight from the protobuf: this runs once per streamed
     response, and InferResult's per-name lookups and numpy copies cost more than the decoding.
@@ -96,4 +108,7 @@ def _chunk(response) -> EngineChunk:
         finish_reason=deserialize_bytes_tensor(raw["finish_reason"])[0].decode() or None,
         prompt_tokens=int(np.frombuffer(raw["prompt_tokens"], dtype="<i4")[0]),
         cached_tokens=int(np.frombuffer(raw["cached_tokens"], dtype="<i4")[0]),
+        kv_transfer_params=json.loads(deserialize_bytes_tensor(raw["kv_transfer_params"])[0])
+        if "kv_transfer_params" in raw
+        else None,
     )

@@ -30,7 +30,7 @@ async def run(settings: GatewaySettings) -> None:
     served = ServedModels(settings.models, watcher)
     router = RouterClient(settings.router_address)
     engines = TritonPool()
-    generator = Generator(router, engines, served)
+    generator = Generator(router, engines, served, settings.prefill_timeout_s, settings.max_migrations)
 
     def register(server) -> None:
         inference_pb2_grpc.add_InferenceServicer_to_server(

@@ -13,3 +13,11 @@ E2E = Histogram("kvmesh_gateway_e2e_seconds", "Request latency, start to last to
 PROMPT_TOKENS = Counter("kvmesh_gateway_prompt_tokens", "Prompt tokens")
 COMPLETION_TOKENS = Counter("kvmesh_gateway_completion_tokens", "Generated tokens")
 CACHED_TOKENS = Counter("kvmesh_gateway_cached_tokens", "Prompt tokens served from an engine's prefix cache")
+DISAGGREGATED = Counter("kvmesh_gateway_disaggregated", "Requests prefilled on a prefill worker")
+PREFILL_FALLBACKS = Counter(
+    "kvmesh_gateway_prefill_fallbacks", "Disaggregated requests prefilled on their decode worker instead", ["reason"]
+)
+DISAGG_FIRST_TOKEN_MISMATCH = Counter(
+    "kvmesh_gateway_disagg_first_token_mismatch", "Decode instances whose first token differed from the prefill's"
+)
+MIGRATIONS = Counter("kvmesh_gateway_migrations", "Requests moved to another worker after theirs failed")

@@ -30,9 +30,17 @@ class RouterClient:
         block_hashes: list[int],
         block_size: int,
         trace_headers: dict[str, str],
+        exclude: list[str] = (),
+        aggregated_only: bool = False,
     ) -> router_pb2.RouteResponse:
         request = router_pb2.RouteRequest(
-            model=model, request_id=request_id, num_tokens=num_tokens, block_hashes=block_hashes, block_size=block_size
+            model=model,
+            request_id=request_id,
+            num_tokens=num_tokens,
+            block_hashes=block_hashes,
+            block_size=block_size,
+            exclude_worker_ids=exclude,
+            aggregated_only=aggregated_only,
         )
         try:
             return await self.stub.Route(

@@ -25,9 +25,7 @@ class CandidateSource:
     async def gather(self, request: Request) -> list[Candidate]:
         self.accounting.local.expire(set(self.workers.workers))
         try:
-            overlaps, loads = await redis_functions.call(
-                self.redis, [block_index.LIBRARY], lambda: self._read(request)
-            )
+            overlaps, loads = await redis_functions.call(self.redis, [block_index.LIBRARY], lambda: self._read(request))
             self.accounting.health.ok()
         except (RedisError, OSError) as e:
             self.accounting.health.failed(e)

@@ -26,6 +26,9 @@ class RouterSettings(CommonSettings):
     policies: dict[str, ProfileSpec] = Field(default_factory=lambda: dict(DEFAULT_POLICIES))
     refresh_ms: int = Field(250, ge=10, description="how often the worker set is read from the registry")
     request_lease_s: float = Field(900.0, gt=0, description="forget a routed request never released after this")
+    disagg_threshold_tokens: int = Field(
+        2048, ge=0, description="prefill on a prefill worker from this many uncached prompt tokens on; 0: never"
+    )
 
     @model_validator(mode="after")
     def _policies_build(self) -> RouterSettings:

@@ -34,12 +34,19 @@ async def run(settings: RouterSettings) -> None:
     shared = shared_load.SharedLoad(client, settings.request_lease_s)
     accounting = Accounting(InFlight(settings.request_lease_s), shared, RedisHealth())
     accounting.start()
-    servicer = RouterServicer(CandidateSource(workers, client, accounting), accounting, profiles, settings.policy)
+    servicer = RouterServicer(
+        CandidateSource(workers, client, accounting),
+        accounting,
+        profiles,
+        settings.policy,
+        settings.disagg_threshold_tokens,
+    )
     served = await grpc_server.serve(
         "router", settings.host, settings.port, lambda s: router_pb2_grpc.add_RouterServicer_to_server(servicer, s)
     )
     print(f"router ready on {settings.host}:{served.port} (metrics on :{metrics_port}/metrics)", flush=True)
     await grpc_server.wait_for_signal()
+
     async def stop_background() -> None:
         await accounting.stop()
         await workers.stop()

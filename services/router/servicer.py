@@ -8,26 +8,36 @@ from kvmesh.errors import InvalidArgument, KvmeshError, ResourceExhausted, Unava
 from kvmesh.grpc_server import abort_with
 from kvmesh.registry import now_ms
 from kvmesh.v1 import router_pb2, router_pb2_grpc, worker_pb2
+from services.router import disaggregation
 from services.router.accounting import Accounting
 from services.router.candidates import CandidateSource
-from services.router.framework.profile import Decision, Profile
+from services.router.framework.profile import Decision, Profile, Verdict
 from services.router.framework.types import Request
 
 DECISIONS = Counter("kvmesh_router_decisions", "Routing decisions", ["policy", "worker"])
+DISAGGREGATED = Counter("kvmesh_router_disaggregated", "Requests split into prefill and decode", ["policy"])
 NO_WORKER = Counter("kvmesh_router_no_worker", "Requests no worker could take", ["reason"])
 
 
 class RouterServicer(router_pb2_grpc.RouterServicer):
     def __init__(
-        self, candidates: CandidateSource, accounting: Accounting, profiles: dict[str, Profile], default: str
+        self,
+        candidates: CandidateSource,
+        accounting: Accounting,
+        profiles: dict[str, Profile],
+        default: str,
+        disagg_threshold_tokens: int = 0,
     ):
         self.candidates = candidates
         self.workers = candidates.workers
         self.accounting = accounting
         self.profiles = profiles
         self.default = default
+        self.disagg_threshold_tokens = disagg_threshold_tokens
 
-    async def _decide(self, message: router_pb2.RouteRequest, dry_run: bool) -> tuple[Profile, Request, Decision]:
+    async def _decide(
+        self, message: router_pb2.RouteRequest, dry_run: bool
+    ) -> tuple[Profile, Request, Decision, disaggregation.Split | None]:
         if not message.model:
             raise InvalidArgument("model: required", param="model")
         if not dry_run and not message.request_id:
@@ -42,15 +52,28 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             num_tokens=message.num_tokens,
             block_hashes=tuple(message.block_hashes),
             block_size=message.block_size,
+            excluded=frozenset(message.exclude_worker_ids),
         )
         if request.block_hashes and not request.block_size:
             raise InvalidArgument("block_size: required with block_hashes", param="block_size")
         candidates = await self.candidates.gather(request)
-        return profile, request, profile.run(request, candidates, dry_run=dry_run)
+        decision = profile.run(request, candidates, dry_run=dry_run)
+        if decision.chosen is None:
+            return profile, request, decision, None
+        split = disaggregation.split(
+            profile,
+            request,
+            decision.chosen,
+            candidates,
+            self.disagg_threshold_tokens,
+            message.aggregated_only,
+            dry_run,
+        )
+        return profile, request, decision, split
 
     async def Route(self, message, context):
         try:
-            profile, request, decision = await self._decide(message, dry_run=False)
+            profile, request, decision, split = await self._decide(message, dry_run=False)
             chosen = decision.chosen
             if chosen is None:
                 raise _no_worker(request, decision)
@@ -58,33 +81,50 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             await abort_with(context, e)
             return
         blocks = request.blocks_on(chosen)
-        self.accounting.add(request.request_id, chosen.id, max(blocks - chosen.overlap_blocks, 0), blocks)
+        response = router_pb2.RouteResponse(
+            worker=chosen.record,
+            policy=profile.name,
+            overlap_blocks=chosen.overlap_blocks,
+            disaggregation_reason=split.reason,
+        )
+        if (prefill := split.prefill_worker) is not None:
+            # The decode worker reads the KV instead of computing it; the prefill worker's share
+            # ends at MarkPrefilled.
+            self.accounting.add(request.request_id, chosen.id, 0, blocks)
+            prefill_blocks = max(request.blocks_on(prefill) - prefill.overlap_blocks, 0)
+            self.accounting.add(prefill_entry(request.request_id), prefill.id, prefill_blocks, prefill_blocks)
+            response.prefill_worker.CopyFrom(prefill.record)
+            response.prefill_overlap_blocks = prefill.overlap_blocks
+            DISAGGREGATED.labels(profile.name).inc()
+        else:
+            self.accounting.add(request.request_id, chosen.id, max(blocks - chosen.overlap_blocks, 0), blocks)
         DECISIONS.labels(profile.name, chosen.id).inc()
-        return router_pb2.RouteResponse(worker=chosen.record, policy=profile.name, overlap_blocks=chosen.overlap_blocks)
+        return response
 
     async def Explain(self, message, context):
         try:
-            profile, _, decision = await self._decide(message.request, dry_run=True)
+            profile, _, decision, split = await self._decide(message.request, dry_run=True)
         except KvmeshError as e:
             await abort_with(context, e)
             return
-        return router_pb2.ExplainResponse(
+        response = router_pb2.ExplainResponse(
             policy=profile.name,
             chosen_worker_id=decision.chosen.id if decision.chosen else "",
-            candidates=[
-                router_pb2.Candidate(
-                    worker_id=v.candidate.id,
-                    filtered_by=v.filtered_by,
-                    overlap_blocks=v.candidate.overlap_blocks,
-                    prefill_blocks=v.candidate.load.prefill_blocks,
-                    decode_blocks=v.candidate.load.decode_blocks,
-                    in_flight=v.candidate.load.in_flight,
-                    score=v.total,
-                    scores=v.scores,
-                )
-                for v in decision.verdicts
-            ],
+            candidates=[_candidate(v) for v in decision.verdicts],
         )
+        if split is not None:
+            prefill = split.prefill_worker
+            response.disaggregation.CopyFrom(
+                router_pb2.Disaggregation(
+                    disaggregated=split.disaggregated,
+                    reason=split.reason,
+                    uncached_tokens=split.uncached_tokens,
+                    threshold_tokens=self.disagg_threshold_tokens,
+                    prefill_worker_id=prefill.id if prefill else "",
+                    prefill_candidates=[_candidate(v) for v in split.prefill.verdicts] if split.prefill else [],
+                )
+            )
+        return response
 
     async def Workers(self, message, context):
         now = now_ms()
@@ -107,18 +147,40 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
 
     async def MarkPrefilled(self, message, context):
         self.accounting.mark_prefilled(message.request_id)
+        self.accounting.release(prefill_entry(message.request_id))
         return router_pb2.MarkPrefilledResponse()
 
     async def Release(self, message, context):
         self.accounting.release(message.request_id)
+        self.accounting.release(prefill_entry(message.request_id))
         return router_pb2.ReleaseResponse()
+
+
+def prefill_entry(request_id: str) -> str:
+    """The accounting entry of a disaggregated request's prefill phase."""
+    return f"{request_id}/prefill"
+
+
+def _candidate(v: Verdict) -> router_pb2.Candidate:
+    return router_pb2.Candidate(
+        worker_id=v.candidate.id,
+        filtered_by=v.filtered_by,
+        overlap_blocks=v.candidate.overlap_blocks,
+        prefill_blocks=v.candidate.load.prefill_blocks,
+        decode_blocks=v.candidate.load.decode_blocks,
+        in_flight=v.candidate.load.in_flight,
+        score=v.total,
+        scores=v.scores,
+    )
 
 
 def _no_worker(request: Request, decision: Decision) -> KvmeshError:
     NO_WORKER.labels(decision.emptied_by or "none").inc()
     if decision.emptied_by == "capacity":
         return ResourceExhausted(f"every worker serving {request.model!r} is at capacity; retry later")
-    role = worker_pb2.Role.Name(request.role)
+    roles = " or ".join(worker_pb2.Role.Name(r).removeprefix("ROLE_").lower() for r in request.roles)
     if not decision.verdicts:
         return Unavailable("no live worker in the registry")
-    return Unavailable(f"no live worker serves model {request.model!r} with role {role}")
+    if decision.emptied_by == "excluded":
+        return Unavailable(f"no live worker for model {request.model!r} is left but the ones that failed")
+    return Unavailable(f"no live worker serves model {request.model!r} as {roles}")

@@ -57,13 +57,17 @@ async def load_engine(
 async def run(settings: WorkerSettings) -> None:
     # Installed first: a stop during the (long) model load still shuts Triton down in order.
     stop = asyncio.create_task(grpc_server.wait_for_signal())
-    spare = iter(free_ports(3, settings.host))
+    spare = iter(free_ports(4, settings.host))
     ports = triton_server.TritonPorts(
         grpc=settings.grpc_port or next(spare),
         http=settings.http_port or next(spare),
         metrics=settings.metrics_port or next(spare),
     )
+    config = model_config.read(settings.model_repository / settings.triton_model)
+    role = model_config.role(config)
     env = {"VLLM_CPU_OMP_THREADS_BIND": settings.cpus, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    if role != worker_pb2.ROLE_AGGREGATED:
+        env |= _kv_transfer_env(settings.host, next(spare))
     process = triton_server.start(settings.model_repository, settings.host, ports, env, log_file=None)
     address = f"{settings.host}:{ports.grpc}"
     client = triton_aio.InferenceServerClient(address)
@@ -72,7 +76,6 @@ async def run(settings: WorkerSettings) -> None:
     worker_id = settings.worker_id or f"w-{secrets.token_hex(3)}"
     try:
         await wait_live(client, process, timeout_s=60)
-        config = model_config.read(settings.model_repository / settings.triton_model)
         overrides = settings.engine_overrides(worker_id)
         log.info("loading %s (%s) on Triton at %s", settings.triton_model, settings.model, address)
         started = time.monotonic()
@@ -95,10 +98,10 @@ async def run(settings: WorkerSettings) -> None:
         record = worker_pb2.WorkerRecord(
             id=worker_id,
             model=settings.name_served,
-            role=worker_pb2.ROLE_AGGREGATED,
+            role=role,
             triton_grpc_address=address,
             triton_model=settings.triton_model,
-            kv_block_size=int(args.get("block_size", 128)),
+            kv_block_size=int(model_config.parameter(config, "kv_block_size", str(args.get("block_size", 128)))),
             capacity=int(args.get("max_num_seqs", 16)),
             max_model_len=int(args.get("max_model_len", 4096)),
             kv_events_endpoint=_kv_events(args).get("endpoint", ""),
@@ -111,7 +114,14 @@ async def run(settings: WorkerSettings) -> None:
             "worker %s ready in %.1fs: %s",
             worker_id,
             time.monotonic() - started,
-            json.dumps({"model": record.model, "triton": address, "block_size": record.kv_block_size}),
+            json.dumps(
+                {
+                    "model": record.model,
+                    "role": worker_pb2.Role.Name(role),
+                    "triton": address,
+                    "block_size": record.kv_block_size,
+                }
+            ),  # fmt: skip
         )
         print(f"worker {worker_id} ready: model {record.model} on Triton {address}", flush=True)
         heartbeat = asyncio.create_task(_heartbeat(reg, record, settings.lease_ms, process))
@@ -130,6 +140,19 @@ async def run(settings: WorkerSettings) -> None:
         _stop_triton(process)
         for endpoint in settings.kv_events_endpoints(worker_id) if settings.kv_events else ():
             Path(endpoint.removeprefix("ipc://")).unlink(missing_ok=True)  # the engine died before unbinding
+
+
+def _kv_transfer_env(host: str, side_channel_port: int) -> dict[str, str]:
+    """Where a prefill/decode engine's KV transfer listens: NIXL's side channel on this worker's
+    own port, UCX on loopback when the worker is (UCX listens on every interface otherwise)."""
+    env = {
+        "VLLM_HOST_IP": host,
+        "VLLM_NIXL_SIDE_CHANNEL_HOST": host,
+        "VLLM_NIXL_SIDE_CHANNEL_PORT": str(side_channel_port),
+    }
+    if host in ("127.0.0.1", "::1", "localhost"):
+        env["UCX_NET_DEVICES"] = "lo"
+    return env
 
 
 def _kv_events(engine_args: dict) -> dict:

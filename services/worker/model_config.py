@@ -9,6 +9,8 @@ from typing import Any
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
+from kvmesh.v1 import worker_pb2
+
 
 def read(model_dir: Path) -> model_config_pb2.ModelConfig:
     config = model_config_pb2.ModelConfig()
@@ -21,6 +23,19 @@ def read(model_dir: Path) -> model_config_pb2.ModelConfig:
 def engine_args(config: model_config_pb2.ModelConfig) -> dict[str, Any]:
     raw = config.parameters["engine_args"].string_value if "engine_args" in config.parameters else "{}"
     return json.loads(raw)
+
+
+def parameter(config: model_config_pb2.ModelConfig, key: str, default: str) -> str:
+    return config.parameters[key].string_value if key in config.parameters else default
+
+
+def role(config: model_config_pb2.ModelConfig) -> worker_pb2.Role.ValueType:
+    """The role `kvmesh repo build` wrote into the model's parameters (aggregated if none)."""
+    name = parameter(config, "role", "aggregated")
+    try:
+        return worker_pb2.Role.Value(f"ROLE_{name.upper()}")
+    except ValueError:
+        raise ValueError(f"{config.name}: parameters.role {name!r} is not aggregated, prefill or decode") from None
 
 
 def with_engine_args(config: model_config_pb2.ModelConfig, overrides: dict[str, Any]) -> str:

@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from services.router.framework.profile import Profile
 from services.router.plugins.filters.capacity import CapacityFilter
+from services.router.plugins.filters.excluded import ExcludedFilter
 from services.router.plugins.filters.model import ModelFilter
 from services.router.plugins.filters.role import RoleFilter
 from services.router.plugins.pickers.max_score import MaxScorePicker
@@ -23,6 +24,7 @@ from services.router.plugins.scorers.prefill_load import PrefillLoadScorer
 FILTERS: dict[str, Callable[..., Any]] = {
     "model": ModelFilter,
     "role": RoleFilter,
+    "excluded": ExcludedFilter,
     "capacity": CapacityFilter,
 }
 SCORERS: dict[str, Callable[..., Any]] = {
@@ -40,7 +42,7 @@ PICKERS: dict[str, Callable[..., Any]] = {
 
 
 class ProfileSpec(BaseModel):
-    filters: list[str] = Field(default_factory=lambda: ["model", "role", "capacity"])
+    filters: list[str] = Field(default_factory=lambda: ["model", "role", "excluded", "capacity"])
     scorers: dict[str, float] = Field(default_factory=dict)
     picker: str = "max_score"
     # Per-plugin parameters, by type name.

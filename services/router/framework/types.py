@@ -36,7 +36,11 @@ class Request:
     block_hashes: tuple[int, ...] = ()
     # Tokens per block of `block_hashes` (0: none sent).
     block_size: int = 0
-    role: int = worker_pb2.ROLE_AGGREGATED
+    # The roles that may run the phase being routed: the whole request runs on an aggregated
+    # worker or a decode worker (which prefills locally unless a prefill worker is added).
+    roles: tuple[int, ...] = (worker_pb2.ROLE_AGGREGATED, worker_pb2.ROLE_DECODE)
+    # Workers the caller saw fail for this request.
+    excluded: frozenset[str] = frozenset()
 
     def blocks_on(self, candidate: Candidate) -> int:
         """The prompt's size in the candidate's KV blocks (a partial last block counts)."""

@@ -1,4 +1,5 @@
-"""Triton's entry point for kvmesh's simulated engine; the engine and the Triton I/O live in `engines/`."""
+"""Triton's entry point for a kvmesh sim model (aggregated); the engine and its Triton I/O live
+in `engines/`."""
 
 import triton_python_backend_utils as pb_utils
 
@@ -11,4 +12,4 @@ class TritonPythonModel(EngineModel):
     telemetry_name = "sim-engine"
 
     def make_engine(self, engine_args):
-        return SimEngine(engine_args)
+        return SimEngine(engine_args, role=self.role)

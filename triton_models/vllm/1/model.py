@@ -1,9 +1,10 @@
-"""Triton's entry point for kvmesh's vLLM model; the engine and the Triton I/O live in `engines/`."""
+"""Triton's entry point for a kvmesh vllm model (aggregated); the engine and its Triton I/O live
+in `engines/`."""
 
 import locale
 
 # The stub's embedded Python reads text files as ASCII whatever the environment says, and
-# torch's inductor templates are UTF-8: set the locale before anything imports torch or vllm.
+# torch's templates are UTF-8: set the locale before anything imports torch.
 locale.setlocale(locale.LC_CTYPE, "C.UTF-8")
 
 import triton_python_backend_utils as pb_utils  # noqa: E402
@@ -14,6 +15,7 @@ from engines.vllm_engine import VllmEngine  # noqa: E402
 
 class TritonPythonModel(EngineModel):
     pb_utils = pb_utils
+    telemetry_name = "vllm-engine"
 
     def make_engine(self, engine_args):
-        return VllmEngine(engine_args)
+        return VllmEngine(engine_args, role=self.role)

@@ -1,4 +1,4 @@
-"""Keeps workers whose role matches the phase being routed."""
+"""Keeps workers whose role may run the phase being routed (Request.roles)."""
 
 from services.router.framework.types import Candidate, Request
 
@@ -7,4 +7,4 @@ class RoleFilter:
     name = "role"
 
     def keep(self, request: Request, candidate: Candidate) -> bool:
-        return candidate.record.role == request.role
+        return candidate.record.role in request.roles

@@ -1,0 +1,64 @@
+"""The tensors every kvmesh engine model exposes, by role: the contract between the gateway and
+the models, whatever the engine (the gateway never needs to know which engine runs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kvmesh.repo.spec import Engine, Role
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    data_type: str  # Triton's DataType enum name, e.g. "TYPE_INT32"
+    dims: tuple[int, ...]
+    optional: bool = False
+    comment: str = ""
+
+
+INPUTS = (
+    TensorSpec("input_ids", "TYPE_INT32", (-1,), comment="the prompt's token ids"),
+    TensorSpec(
+        "sampling_params",
+        "TYPE_STRING",
+        (1,),
+        optional=True,
+        comment="JSON: max_tokens, temperature, top_p, top_k, seed, stop, stop_token_ids, ignore_eos, "
+        "presence_penalty, frequency_penalty",
+    ),
+)
+KV_TRANSFER_IN = TensorSpec(
+    "kv_transfer_params",
+    "TYPE_STRING",
+    (1,),
+    optional=True,
+    comment="JSON from a prefill instance's response; required on decode instances ({} = prefill locally)",
+)
+OUTPUTS = (
+    TensorSpec("output_ids", "TYPE_INT32", (-1,), comment="new tokens since the previous response"),
+    TensorSpec("finish_reason", "TYPE_STRING", (1,), comment='on the last response: "stop", "length" or "abort"'),
+    TensorSpec("prompt_tokens", "TYPE_INT32", (1,)),
+    TensorSpec("cached_tokens", "TYPE_INT32", (1,), comment="prompt tokens served from the engine's prefix cache"),
+)
+KV_TRANSFER_OUT = TensorSpec(
+    "kv_transfer_params",
+    "TYPE_STRING",
+    (1,),
+    comment="JSON on the last response: what a decode instance needs to fetch this request's KV",
+)
+
+# The class each engine's model.py hands Triton to (module, class).
+ENGINE_CLASS = {
+    Engine.VLLM: ("engines.vllm_engine", "VllmEngine"),
+    Engine.TENSORRTLLM: ("engines.trtllm.engine", "TrtllmEngine"),
+    Engine.SIM: ("engines.sim.engine", "SimEngine"),
+}
+
+
+def inputs(role: Role) -> tuple[TensorSpec, ...]:
+    return INPUTS + ((KV_TRANSFER_IN,) if role == Role.DECODE else ())
+
+
+def outputs(role: Role) -> tuple[TensorSpec, ...]:
+    return OUTPUTS + ((KV_TRANSFER_OUT,) if role == Role.PREFILL else ())

@@ -1,0 +1,144 @@
+"""The gateway's request life with fake router and engines: disaggregated requests stream the
+prefill's first token once, fall back to local prefill when prefill fails, and a request whose
+worker dies moves to another one with the prompt plus what was sent (no token lost or repeated)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+from transformers import AutoTokenizer
+
+from kvmesh import models
+from kvmesh.errors import Unavailable
+from kvmesh.v1 import router_pb2, worker_pb2
+from services.gateway.engine_client import EngineChunk, EngineError
+from services.gateway.generation import Generator
+from services.gateway.served import ServedModel
+from services.gateway.tokenization import ModelTokenizer
+
+PREFILL = worker_pb2.WorkerRecord(id="p", role=worker_pb2.ROLE_PREFILL, kv_block_size=16)
+DECODE = worker_pb2.WorkerRecord(id="d", role=worker_pb2.ROLE_DECODE, kv_block_size=16)
+OTHER = worker_pb2.WorkerRecord(id="d2", role=worker_pb2.ROLE_DECODE, kv_block_size=16)
+AGG = worker_pb2.WorkerRecord(id="a", role=worker_pb2.ROLE_AGGREGATED, kv_block_size=16)
+TRANSFER = {"remote_engine_id": "e", "remote_block_ids": [1]}
+PROMPT = [1000, 1001, 1002]
+
+
+@pytest.fixture(scope="module")
+def model():
+    path = str(models.resolve(models.DEFAULT_MODEL))
+    return ServedModel("m", ModelTokenizer("m", AutoTokenizer.from_pretrained(path)), {})
+
+
+@dataclass
+class FakeRouter:
+    decisions: list[router_pb2.RouteResponse]
+    routed: list[dict] = field(default_factory=list)
+    released: list[str] = field(default_factory=list)
+
+    async def route(self, model, request_id, num_tokens, hashes, block_size, trace, exclude=(), aggregated_only=False):
+        self.routed.append({"id": request_id, "tokens": num_tokens, "exclude": list(exclude)})
+        return self.decisions.pop(0)
+
+    def mark_prefilled(self, request_id):
+        pass
+
+    def release(self, request_id):
+        self.released.append(request_id)
+
+
+@dataclass
+class FakeEngines:
+    """worker id → the chunks its engine streams (an exception in the list is raised there)."""
+
+    scripts: dict[str, list]
+    calls: list[dict] = field(default_factory=list)
+
+    async def stream(self, worker, request_id, ids, sampling, trace, kv_transfer_params=None):
+        self.calls.append({"worker": worker.id, "ids": ids, "sampling": sampling, "transfer": kv_transfer_params})
+        for item in self.scripts[worker.id]:
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+
+class FakeServed:
+    def block_size(self, name):
+        return 16
+
+
+def chunk(ids, finish=None, transfer=None, cached=0):
+    return EngineChunk(list(ids), finish, len(PROMPT), cached, transfer)
+
+
+async def run(model, router, engines, max_tokens=4):
+    generator = Generator(router, None, FakeServed())
+    generator.phases.engines = engines
+    out = [c async for c in generator.generate(model, PROMPT, {"max_tokens": max_tokens}, "r")]
+    return [t for c in out for t in c.token_ids], out[-1]
+
+
+def disaggregated():
+    return router_pb2.RouteResponse(worker=DECODE, prefill_worker=PREFILL)
+
+
+async def test_disaggregated_sends_the_first_token_once(model):
+    engines = FakeEngines({
+        "p": [chunk([7], "length", TRANSFER, cached=2)],
+        "d": [chunk([7, 8]), chunk([9, 10], "length")],
+    })  # fmt: skip
+    tokens, last = await run(model, FakeRouter([disaggregated()]), engines)
+    assert tokens == [7, 8, 9, 10]
+    assert last.finish_reason == "length" and last.usage.cached_tokens == 2 and last.usage.completion_tokens == 4
+    assert engines.calls[1]["transfer"] == TRANSFER
+    assert engines.calls[0]["sampling"]["seed"] == engines.calls[1]["sampling"]["seed"]  # both phases sample alike
+
+
+async def test_a_first_token_that_ends_the_request_skips_decode(model):
+    engines = FakeEngines({"p": [chunk([2], "stop", TRANSFER)], "d": []})
+    tokens, last = await run(model, FakeRouter([disaggregated()]), engines)
+    assert tokens == [2] and last.finish_reason == "stop" and len(engines.calls) == 1
+
+
+async def test_failed_prefill_falls_back_to_local_prefill_on_the_decode_worker(model):
+    engines = FakeEngines({"p": [EngineError("boom")], "d": [chunk([5, 6]), chunk([7, 8], "length")]})
+    tokens, _ = await run(model, FakeRouter([disaggregated()]), engines)
+    assert tokens == [5, 6, 7, 8]
+    assert engines.calls[1]["transfer"] == {}  # prefill there
+
+
+async def test_a_whole_request_on_a_decode_worker_asks_it_to_prefill(model):
+    engines = FakeEngines({"d": [chunk([5], "length")]})
+    await run(model, FakeRouter([router_pb2.RouteResponse(worker=DECODE)]), engines)
+    assert engines.calls[0]["transfer"] == {}
+
+
+async def test_a_dying_worker_hands_the_request_on_without_losing_or_repeating_tokens(model):
+    died = Unavailable("worker d at 127.0.0.1:1: Socket closed")
+    engines = FakeEngines({
+        "p": [chunk([7], "length", TRANSFER)],
+        "d": [chunk([7, 8]), died],
+        "d2": [chunk([9, 10], "length")],
+    })  # fmt: skip
+    router = FakeRouter([disaggregated(), router_pb2.RouteResponse(worker=OTHER)])
+    tokens, last = await run(model, router, engines)
+    assert tokens == [7, 8, 9, 10] and last.usage.completion_tokens == 4
+    # The retry carries the prompt plus the two tokens sent, for the two still owed, never on d.
+    assert engines.calls[-1]["ids"] == PROMPT + [7, 8] and engines.calls[-1]["sampling"]["max_tokens"] == 2
+    assert router.routed[1]["exclude"] == ["d"]
+    assert router.released == ["r", "r-m1"]
+
+
+async def test_a_second_failure_reaches_the_client(model):
+    died = Unavailable("gone")
+    engines = FakeEngines({"a": [chunk([1]), died], "d2": [died]})
+    router = FakeRouter([router_pb2.RouteResponse(worker=AGG), router_pb2.RouteResponse(worker=OTHER)])
+    with pytest.raises(Unavailable, match="gone"):
+        await run(model, router, engines)
+
+
+async def test_engine_errors_are_not_retried(model):
+    engines = FakeEngines({"a": [EngineError("prompt too long")]})
+    with pytest.raises(EngineError):
+        await run(model, FakeRouter([router_pb2.RouteResponse(worker=AGG)]), engines)
