@@ -54,8 +54,8 @@ def test_context_then_generation_equals_aggregated():
         expected = [t for d in collect(aggregated, greedy("agg")) for t in d.token_ids]
     finally:
         aggregated.shutdown()
-    context = TrtllmEngine(engine_args("trtllm_context"), role="prefill")
-    generation = TrtllmEngine(engine_args("trtllm_generation"), role="decode")
+    context = TrtllmEngine(engine_args("trtllm_prefill"), role="prefill")
+    generation = TrtllmEngine(engine_args("trtllm_decode"), role="decode")
     try:
         (first,) = collect(context, greedy("ctx"))
         assert first.kv_transfer_params and len(first.token_ids) == 1

@@ -15,7 +15,7 @@ def test_a_callers_trace_continues_through_router_and_engine(mesh, traces):
     expected = {
         ("kvmesh-gateway", "kvmesh.generate"),
         ("kvmesh-router", "/kvmesh.v1.Router/Route"),
-        ("kvmesh-engine", "engine.request"),
+        ("kvmesh-vllm-engine", "engine.request"),
     }
     deadline = time.monotonic() + 15
     while not expected <= {(s.service, s.name) for s in traces.trace(trace_id)}:

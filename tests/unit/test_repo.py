@@ -44,7 +44,7 @@ def test_roles_get_their_engine_arguments():
     assert models["vllm_prefill"].full_engine_args()["kv_transfer_config"]["kv_role"] == "kv_producer"
     assert models["vllm_decode"].full_engine_args()["kv_transfer_config"]["kv_role"] == "kv_consumer"
     assert "kv_transfer_config" not in models["vllm"].full_engine_args()
-    context = models["trtllm_context"].full_engine_args()
+    context = models["trtllm_prefill"].full_engine_args()
     assert context["cache_transceiver_config"]["backend"] == "NIXL" and context["disable_overlap_scheduler"]
     assert context["kv_cache_config"]["tokens_per_block"] == 32
 
@@ -66,7 +66,7 @@ BROKEN = [
     ("vllm", "config.pbtxt", "instance_group {", "instance_group {{", "vllm/config.pbtxt: (syntax)"),
     ("vllm_prefill", "config.pbtxt", "kv_producer", "kv_consumer", "role prefill needs kv_role 'kv_producer'"),
     ("vllm_decode", "config.pbtxt", 'name: "kv_transfer_params"', 'name: "kv_params"', "input.kv_transfer_params"),
-    ("trtllm_context", "config.pbtxt", "disable_overlap_scheduler\\\": true", "disable_overlap_scheduler\\\": false",
+    ("trtllm_prefill", "config.pbtxt", "disable_overlap_scheduler\\\": true", "disable_overlap_scheduler\\\": false",
      "needs disable_overlap_scheduler"),
     ("sim", "1/model.py", "from engines.sim.engine import SimEngine", "from engines.vllm_engine import VllmEngine",
      "does not hand Triton engines.sim.engine.SimEngine"),
