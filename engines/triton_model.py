@@ -1,13 +1,12 @@
-"""What every kvmesh engine model does inside Triton's Python backend: parse requests, run each
-on the engine's loop, and make every Triton call (send, is_cancelled) on the Outbox thread.
-
-`model.py` files subclass EngineModel, name Triton's `pb_utils` module and build their engine;
-`pb_utils` exists only inside Triton's stub, so it is passed in, not imported here.
+"""What every kvmesh engine model does inside Triton's Python backend: build the engine its
+config names, parse requests, run each on the engine's loop, and make every Triton call (send,
+is_cancelled) on the Outbox thread. `model.py` files are one line of this (`entry_point`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import logging
 import uuid
@@ -19,26 +18,36 @@ from engines import request as engine_request
 from engines.outbox import Outbox
 from engines.serving import serve_request
 from kvmesh import telemetry
+from kvmesh.repo.interface import ENGINE_CLASS
+from kvmesh.repo.spec import Engine
+
+
+def entry_point(pb_utils: Any) -> type:
+    """The TritonPythonModel class of every kvmesh model.py: `pb_utils` exists only inside
+    Triton's stub, so the stub's model.py hands it in."""
+    return type("TritonPythonModel", (EngineModel,), {"pb_utils": pb_utils})
 
 
 class EngineModel:
-    pb_utils: Any  # triton_python_backend_utils, set by the subclass
-    telemetry_name = "engine"
+    """Runs the engine that config.pbtxt's parameters name (`engine`, `role`, `engine_args`; the
+    repository tool writes them, kvmesh/repo/interface.py maps engines to their classes)."""
 
-    def make_engine(self, engine_args: dict[str, Any]):
+    pb_utils: Any  # triton_python_backend_utils
+
+    def make_engine(self, engine: str, engine_args: dict[str, Any]):
         """An object with generate/abort (engines.serving.Engine), submit(coro), shutdown(),
         max_model_len and vocab_size; on decode instances also check_kv_transfer(params), which
         raises engines.request.BadRequest for parameters its engine cannot use."""
-        raise NotImplementedError
+        module, cls = ENGINE_CLASS[Engine(engine)]
+        return getattr(importlib.import_module(module), cls)(engine_args, role=self.role)
 
     def initialize(self, args):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        telemetry.setup_tracing(self.telemetry_name)
-        config = json.loads(args["model_config"])
-        parameters = config["parameters"]
-        # aggregated, prefill or decode (kvmesh.repo.spec.Role); the repository tool writes it.
-        self.role = parameters.get("role", {}).get("string_value", "aggregated")
-        self.engine = self.make_engine(json.loads(parameters["engine_args"]["string_value"]))
+        parameters = json.loads(args["model_config"])["parameters"]
+        engine = parameters["engine"]["string_value"]
+        telemetry.setup_tracing(f"{engine}-engine")
+        self.role = parameters["role"]["string_value"]
+        self.engine = self.make_engine(engine, json.loads(parameters["engine_args"]["string_value"]))
         self.outbox = Outbox()
 
     def execute(self, requests):

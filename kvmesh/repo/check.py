@@ -14,6 +14,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 from kvmesh.repo import interface
 from kvmesh.repo.spec import Engine, Role
 
+ENTRY_POINT = "TritonPythonModel = entry_point(pb_utils)"
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -142,11 +144,10 @@ def check_model(model_dir: Path) -> tuple[list[Problem], CheckedModel | None]:
             Problem(config_file, "parameters.kv_block_size", f"{block_size!r} but the engine's is {engine_block!r}")
         )
     model_py = model_dir / "1" / "model.py"
-    module, cls = interface.ENGINE_CLASS[engine]
     if not model_py.exists():
         problems.append(Problem(model_py, "(file)", "missing"))
-    elif f"from {module} import {cls}" not in model_py.read_text():
-        problems.append(Problem(model_py, "(engine)", f"does not hand Triton {module}.{cls} ({engine})"))
+    elif ENTRY_POINT not in model_py.read_text():
+        problems.append(Problem(model_py, "(entry point)", f"not kvmesh's engine model ({ENTRY_POINT})"))
     checked = CheckedModel(model_dir.name, engine, role, str(args.get("model")), engine_block or 0, connector)
     return problems, checked
 

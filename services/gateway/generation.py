@@ -9,7 +9,8 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from contextlib import aclosing
+from dataclasses import dataclass, field
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -49,6 +50,33 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
+@dataclass
+class _Progress:
+    """What the client has been sent, across the workers a request ran on, and its latencies."""
+
+    start: float
+    text: TextStream
+    sent: list[int] = field(default_factory=list)
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+
+    def took(self, token_ids: list[int]) -> bool:
+        """Counts the tokens in; True for the request's first token."""
+        self.sent += token_ids
+        if not token_ids:
+            return False
+        now, first = time.perf_counter(), self.first_token_at is None
+        if first:
+            self.first_token_at = now
+            metrics.TTFT.observe(now - self.start)
+        elif self.last_token_at is not None:
+            gap = (now - self.last_token_at) / len(token_ids)
+            for _ in token_ids:
+                metrics.ITL.observe(gap)
+        self.last_token_at = now
+        return first
+
+
 class Generator:
     def __init__(
         self, router: RouterClient, engines: TritonPool, served: ServedModels, prefill_timeout_s: float = 30.0,
@@ -72,76 +100,77 @@ class Generator:
         If the worker fails mid-stream (unreachable, killed, aborted), the request moves to
         another worker: the prompt plus the tokens already sent, for the tokens still owed, so
         the client sees every token once."""
-        start = time.perf_counter()
         # One span for the request's whole life. It is passed explicitly, not made current: the
         # chunks may be consumed from more than one task.
         span = TRACER.start_span(
             "kvmesh.generate", context=parent, attributes={"kvmesh.request_id": request_id, "kvmesh.model": model.name}
         )
-        trace_headers = telemetry.carrier(trace.set_span_in_context(span))
-        text = TextStream(model.tokenizer.backend, sampling.get("stop", ()))
-        sent: list[int] = []
+        progress = _Progress(time.perf_counter(), TextStream(model.tokenizer.backend, sampling.get("stop", ())))
         failed: list[str] = []
-        first_token_at = last_token_at = None
-        cached_tokens = 0
         metrics.IN_FLIGHT.inc()
         try:
             while True:
-                attempt_id = request_id if not failed else f"{request_id}-m{len(failed)}"
-                ids = prompt_ids + sent
-                owed = {**sampling, "max_tokens": sampling["max_tokens"] - len(sent)}
-                decision = await self._route(model, attempt_id, ids, owed, failed, trace_headers)
-                worker = decision.worker
-                span.set_attribute("kvmesh.worker", worker.id)
-                if decision.HasField("prefill_worker"):
-                    span.set_attribute("kvmesh.prefill_worker", decision.prefill_worker.id)
-                    # Both phases sample alike, so the decode's first token is the prefill's.
-                    owed.setdefault("seed", random.getrandbits(31))
-                stream = self.phases.run(decision, attempt_id, ids, owed, trace_headers)
+                attempt = self._attempt(model, prompt_ids, sampling, request_id, progress, failed, span)
+                tried = len(failed)
                 try:
-                    async for chunk in stream:
-                        now = time.perf_counter()
-                        if chunk.token_ids:
-                            if first_token_at is None:
-                                first_token_at = now
-                                metrics.TTFT.observe(now - start)
-                                self.router.mark_prefilled(attempt_id)
-                            elif last_token_at is not None:
-                                gap = (now - last_token_at) / len(chunk.token_ids)
-                                for _ in chunk.token_ids:
-                                    metrics.ITL.observe(gap)
-                            last_token_at = now
-                        sent += chunk.token_ids
-                        delta = text.push(chunk.token_ids)
-                        finish = "stop" if text.stopped else chunk.finish_reason
-                        if finish == "abort":
-                            raise Unavailable(f"worker {worker.id} aborted the request")
-                        if finish is None:
-                            if delta or chunk.token_ids:
-                                yield Chunk(delta, chunk.token_ids, worker_id=worker.id)
-                            continue
-                        cached_tokens = cached_tokens if failed else chunk.cached_tokens
-                        usage = Usage(len(prompt_ids), len(sent), cached_tokens)
-                        metrics.E2E.observe(now - start)
-                        metrics.PROMPT_TOKENS.inc(usage.prompt_tokens)
-                        metrics.COMPLETION_TOKENS.inc(usage.completion_tokens)
-                        metrics.CACHED_TOKENS.inc(usage.cached_tokens)
-                        yield Chunk(delta + text.flush(), chunk.token_ids, finish, usage, worker.id)
-                        return
-                    raise Unavailable(f"worker {worker.id}: the stream ended without a final response")
+                    async with aclosing(attempt) as chunks:
+                        async for chunk in chunks:
+                            yield chunk
+                    return
                 except Unavailable as e:
-                    if len(failed) >= self.max_migrations or len(sent) >= sampling["max_tokens"]:
+                    worker_failed = len(failed) > tried  # not the router finding no worker
+                    nothing_owed = len(progress.sent) >= sampling["max_tokens"]
+                    if not worker_failed or nothing_owed or len(failed) > self.max_migrations:
                         raise
-                    failed.append(worker.id)
                     metrics.MIGRATIONS.inc()
-                    log.warning("request %s: %s; moving it with %d tokens sent", request_id, e, len(sent))
-                finally:
-                    # Leaving early (stop string, client gone) closes the engine stream, which aborts it.
-                    await stream.aclose()
-                    self.router.release(attempt_id)
+                    log.warning("request %s: %s; moving it with %d tokens sent", request_id, e, len(progress.sent))
         finally:
             metrics.IN_FLIGHT.dec()
             span.end()
+
+    async def _attempt(self, model, prompt_ids, sampling, request_id, progress: _Progress, failed: list[str], span):
+        """One worker's (or one prefill + decode pair's) go at what the request still owes; the
+        worker joins `failed` if it fails (Unavailable)."""
+        attempt_id = f"{request_id}-m{len(failed)}" if failed else request_id
+        ids = prompt_ids + progress.sent
+        owed = {**sampling, "max_tokens": sampling["max_tokens"] - len(progress.sent)}
+        trace_headers = telemetry.carrier(trace.set_span_in_context(span))
+        decision = await self._route(model, attempt_id, ids, owed, failed, trace_headers)
+        worker = decision.worker
+        span.set_attribute("kvmesh.worker", worker.id)
+        if decision.HasField("prefill_worker"):
+            span.set_attribute("kvmesh.prefill_worker", decision.prefill_worker.id)
+            # Both phases sample alike, so the decode's first token is the prefill's.
+            owed.setdefault("seed", random.getrandbits(31))
+        stream = self.phases.run(decision, attempt_id, ids, owed, trace_headers)
+        try:
+            async for chunk in stream:
+                if progress.took(chunk.token_ids):
+                    self.router.mark_prefilled(attempt_id)
+                delta = progress.text.push(chunk.token_ids)
+                finish = "stop" if progress.text.stopped else chunk.finish_reason
+                if finish == "abort":
+                    raise Unavailable(f"worker {worker.id} aborted the request")
+                if finish is None:
+                    if delta or chunk.token_ids:
+                        yield Chunk(delta, chunk.token_ids, worker_id=worker.id)
+                    continue
+                # After a move the cache state of the original prompt is not known.
+                usage = Usage(len(prompt_ids), len(progress.sent), 0 if failed else chunk.cached_tokens)
+                metrics.E2E.observe(time.perf_counter() - progress.start)
+                metrics.PROMPT_TOKENS.inc(usage.prompt_tokens)
+                metrics.COMPLETION_TOKENS.inc(usage.completion_tokens)
+                metrics.CACHED_TOKENS.inc(usage.cached_tokens)
+                yield Chunk(delta + progress.text.flush(), chunk.token_ids, finish, usage, worker.id)
+                return
+            raise Unavailable(f"worker {worker.id}: the stream ended without a final response")
+        except Unavailable:
+            failed.append(worker.id)
+            raise
+        finally:
+            # Leaving early (stop string, client gone) closes the engine stream, which aborts it.
+            await stream.aclose()
+            self.router.release(attempt_id)
 
     async def _route(self, model, request_id, ids, sampling, failed, trace_headers):
         block_size = self.served.block_size(model.name)

@@ -142,3 +142,15 @@ async def test_engine_errors_are_not_retried(model):
     engines = FakeEngines({"a": [EngineError("prompt too long")]})
     with pytest.raises(EngineError):
         await run(model, FakeRouter([router_pb2.RouteResponse(worker=AGG)]), engines)
+
+
+async def test_no_worker_to_route_to_is_not_retried(model):
+    class NoWorker(FakeRouter):
+        async def route(self, *args, **kwargs):
+            self.routed.append(args)
+            raise Unavailable("no live worker in the registry")
+
+    router = NoWorker([])
+    with pytest.raises(Unavailable, match="no live worker"):
+        await run(model, router, FakeEngines({}))
+    assert len(router.routed) == 1

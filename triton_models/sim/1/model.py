@@ -1,15 +1,12 @@
-"""Triton's entry point for a kvmesh sim model (aggregated); the engine and its Triton I/O live
-in `engines/`."""
+"""Triton's entry point for kvmesh engine models: config.pbtxt names the engine and role; the
+engine and its Triton I/O live in `engines/`."""
 
-import triton_python_backend_utils as pb_utils
+import locale
 
-from engines.sim.engine import SimEngine
-from engines.triton_model import EngineModel
+locale.setlocale(locale.LC_CTYPE, "C.UTF-8")
 
+import triton_python_backend_utils as pb_utils  # noqa: E402
 
-class TritonPythonModel(EngineModel):
-    pb_utils = pb_utils
-    telemetry_name = "sim-engine"
+from engines.triton_model import entry_point  # noqa: E402
 
-    def make_engine(self, engine_args):
-        return SimEngine(engine_args, role=self.role)
+TritonPythonModel = entry_point(pb_utils)
