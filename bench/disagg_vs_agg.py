@@ -61,6 +61,7 @@ def disaggregated_count(mesh: LocalMesh) -> float:
 def run_setup(name: str, extra_args: tuple[str, ...], args) -> dict:
     mesh = LocalMesh.start(RESULTS / f"disagg-{name}", extra_args=extra_args)
     try:
+        mesh.wait_for_workers(2)
         url = f"{mesh.http}/v1/completions"
         asyncio.run(mixed(url, bodies(mesh.model, 2, seed=-1), 2))  # warm-up
         before = disaggregated_count(mesh)

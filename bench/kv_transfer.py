@@ -127,10 +127,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-recompute", action="store_true", help="NIXL and memcpy only (no vLLM)")
     args = parser.parse_args()
     os.environ.setdefault("UCX_NET_DEVICES", "lo")  # nothing beyond loopback
     reads = nixl_reads(args.tokens, args.repeats)
-    recompute = recompute_ms(args.tokens, max(args.repeats // 2, 2))
+    recompute = {n: float("nan") for n in args.tokens}
+    if not args.no_recompute:
+        recompute = recompute_ms(args.tokens, max(args.repeats // 2, 2))
     rows = []
     for tokens in args.tokens:
         r = reads[tokens]

@@ -11,11 +11,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import psutil
 
 from kvmesh.cli.supervisor import http_ok
 from kvmesh.models import DEFAULT_MODEL
 from kvmesh.net import free_ports
+from kvmesh.v1 import router_pb2, router_pb2_grpc
 
 
 @dataclass
@@ -61,6 +63,16 @@ class LocalMesh:
                 raise RuntimeError(f"kvmesh up did not get ready:\n{mesh.log('up')}")
             time.sleep(0.5)
         return mesh
+
+    def wait_for_workers(self, count: int, timeout_s: float = 600) -> None:
+        """`kvmesh up` is ready with its first worker; this waits until `count` are registered."""
+        deadline = time.monotonic() + timeout_s
+        with grpc.insecure_channel(self.router) as channel:
+            stub = router_pb2_grpc.RouterStub(channel)
+            while len(stub.Workers(router_pb2.WorkersRequest(), timeout=5).workers) < count:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{count} workers did not register:\n{self.log('up')}")
+                time.sleep(0.5)
 
     def service_processes(self, service: str) -> list[psutil.Process]:
         """The running processes of one service (`worker`, `router`, `kvindex`, `gateway`)."""

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import grpc
 import pytest
 
 from kvmesh.cli.local_mesh import LocalMesh
-from kvmesh.v1 import router_pb2, router_pb2_grpc
 from tests.support import otlp_collector
-from tests.support.waiting import wait_for
 
 SHM_REGIONS = "triton_python_backend_shm_region_*"
 # Two workers, one core each: KV-aware routing needs a choice.
@@ -43,10 +40,7 @@ def mesh(tmp_path_factory, traces):
         "OTEL_BSP_SCHEDULE_DELAY": "200",
     }
     local = LocalMesh.start(tmp_path_factory.mktemp("mesh-logs"), extra_args=("--workers", str(WORKERS)), env=otel)
-    # `kvmesh up` is ready with its first worker; the tests want them all.
-    with grpc.insecure_channel(local.router) as channel:
-        stub = router_pb2_grpc.RouterStub(channel)
-        wait_for(lambda: len(stub.Workers(router_pb2.WorkersRequest()).workers) == WORKERS, 600, "every worker")
+    local.wait_for_workers(WORKERS)
     yield local
     assert local.stop() == 0, local.log("up")
     left = set(Path("/dev/shm").glob(SHM_REGIONS)) - shm_before

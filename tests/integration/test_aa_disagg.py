@@ -61,9 +61,7 @@ def prompt(name: str) -> list[int]:
 def disagg(tmp_path_factory):
     args = ("--disagg", "--disagg-threshold", str(THRESHOLD))
     local = LocalMesh.start(tmp_path_factory.mktemp("disagg-logs"), extra_args=args)
-    with grpc.insecure_channel(local.router) as channel:
-        stub = router_pb2_grpc.RouterStub(channel)
-        wait_for(lambda: len(stub.Workers(router_pb2.WorkersRequest()).workers) == 2, 600, "both workers")
+    local.wait_for_workers(2)
     yield local
     assert local.stop() == 0, local.log("up")
 

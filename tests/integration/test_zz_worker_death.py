@@ -17,7 +17,7 @@ BODY = {"messages": [{"role": "user", "content": "Name a colour."}], "max_tokens
 
 def kill_worker(mesh, index: int) -> str:
     """SIGKILLs worker-<index> (no deregistration: only the lease can tell); returns its id."""
-    worker_id = re.search(r"worker (w-\w+) ready", mesh.log(f"worker-{index}")).group(1)
+    worker_id = re.findall(r"worker (w-\w+) ready", mesh.log(f"worker-{index}"))[-1]  # restarted: the newest
     process = next(p for p in mesh.service_processes("worker") if f"--cpus {index}" in " ".join(p.cmdline()))
     process.kill()
     return worker_id

@@ -3,6 +3,8 @@ engine and its Triton I/O live in `engines/`."""
 
 import locale
 
+# The stub's embedded Python reads text files as ASCII whatever the environment says, and torch's
+# templates are UTF-8: the locale is set before anything imports torch.
 locale.setlocale(locale.LC_CTYPE, "C.UTF-8")
 
 import triton_python_backend_utils as pb_utils  # noqa: E402
