@@ -20,6 +20,7 @@ from tritonclient.utils import InferenceServerException
 from kvmesh import hashing, models
 from kvmesh.cli.local_mesh import LocalMesh
 from kvmesh.v1 import inference_pb2, inference_pb2_grpc, router_pb2, router_pb2_grpc, worker_pb2
+from tests.support.crash import crash
 from tests.support.waiting import wait_for
 
 BLOCK = 128
@@ -184,10 +185,7 @@ def test_a_dead_prefill_worker_means_local_prefill_not_a_failed_request(stubs, d
     gateway's prefill fails and the decode worker prefills locally, same greedy output."""
     inference, router = stubs
     prefill = workers(router)[worker_pb2.ROLE_PREFILL]
-    process = next(p for p in disagg.service_processes("worker") if "vllm_prefill" in " ".join(p.cmdline()))
-    for child in process.children(recursive=True):
-        child.kill()
-    process.kill()
+    crash(next(p for p in disagg.service_processes("worker") if "vllm_prefill" in " ".join(p.cmdline())))
     ids = prompt("fallback-300")
     before = fallbacks(disagg)
     if explain(router, disagg.model, ids).disaggregation.prefill_worker_id != prefill.id:

@@ -5,11 +5,11 @@ for `kvmesh up` to bring it back."""
 
 import grpc
 import httpx
-import psutil
 from google.protobuf import wrappers_pb2
 
 from kvmesh.v1 import inference_pb2, inference_pb2_grpc, router_pb2, router_pb2_grpc
 from tests.integration.test_aa_disagg import prompt
+from tests.support.crash import crash
 
 MAX_TOKENS = 64
 
@@ -38,11 +38,7 @@ def kill_worker_serving(mesh, worker_id: str) -> None:
     port = next(w.record.triton_grpc_address for w in workers if w.record.id == worker_id).rsplit(":", 1)[1]
     for process in mesh.service_processes("worker"):
         if any(f"--grpc-port={port}" in c.cmdline() for c in process.children() if c.name() == "tritonserver"):
-            for p in [*process.children(recursive=True), process]:
-                try:
-                    p.kill()
-                except psutil.NoSuchProcess:
-                    pass
+            crash(process)
             return
     raise AssertionError(f"no process for {worker_id}")
 
