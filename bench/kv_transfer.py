@@ -39,11 +39,11 @@ def descriptors(buffer: np.ndarray, count: int) -> np.ndarray:
     return np.array([(base + i * REGION, REGION, 0) for i in range(count)], dtype=np.uint64)
 
 
-def _target(conn, max_bytes: int) -> None:
+def _target(conn, max_bytes: int, threads: int) -> None:
     """Holds the 'prefill instance's' KV and answers with its NIXL metadata."""
     from nixl._api import nixl_agent, nixl_agent_config
 
-    agent = nixl_agent("prefill", nixl_agent_config(backends=["UCX"]))
+    agent = nixl_agent("prefill", nixl_agent_config(backends=["UCX"], num_threads=threads))
     kv = np.random.default_rng(0).integers(0, 255, max_bytes, dtype=np.uint8)
     agent.register_memory(agent.get_reg_descs(descriptors(kv, max_bytes // REGION), "DRAM"))
     conn.send(agent.get_agent_metadata())
@@ -52,14 +52,14 @@ def _target(conn, max_bytes: int) -> None:
     conn.close()
 
 
-def nixl_reads(sizes: list[int], repeats: int) -> dict[int, dict]:
+def nixl_reads(sizes: list[int], repeats: int, threads: int) -> dict[int, dict]:
     from nixl._api import nixl_agent, nixl_agent_config
 
     max_bytes = max(layout(n)[1] for n in sizes)
     parent, child = mp.Pipe()
-    target = mp.get_context("spawn").Process(target=_target, args=(child, max_bytes), daemon=True)
+    target = mp.get_context("spawn").Process(target=_target, args=(child, max_bytes, threads), daemon=True)
     target.start()
-    agent = nixl_agent("decode", nixl_agent_config(backends=["UCX"]))
+    agent = nixl_agent("decode", nixl_agent_config(backends=["UCX"], num_threads=threads))
     local = np.zeros(max_bytes, dtype=np.uint8)
     agent.register_memory(agent.get_reg_descs(descriptors(local, max_bytes // REGION), "DRAM"))
     peer = agent.add_remote_agent(parent.recv())
@@ -128,9 +128,10 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-recompute", action="store_true", help="NIXL and memcpy only (no vLLM)")
+    parser.add_argument("--nixl-threads", type=int, default=4, help="UCX worker threads (vLLM's NixlConnector: 4)")
     args = parser.parse_args()
     os.environ.setdefault("UCX_NET_DEVICES", "lo")  # nothing beyond loopback
-    reads = nixl_reads(args.tokens, args.repeats)
+    reads = nixl_reads(args.tokens, args.repeats, args.nixl_threads)
     recompute = {n: float("nan") for n in args.tokens}
     if not args.no_recompute:
         recompute = recompute_ms(args.tokens, max(args.repeats // 2, 2))
