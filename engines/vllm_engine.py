@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -57,6 +58,7 @@ class VllmEngine(LoopThread):
         super().__init__("vllm-loop")
         self.role = role
         self.args = engine_args(args)
+        self.kv_transfer_timeout_s: float | None = self.args.pop("kv_transfer_timeout_s", None)
         self._engine = self.submit(self._build()).result()
         config = self._engine.model_config
         self.max_model_len: int = config.max_model_len
@@ -105,6 +107,9 @@ class VllmEngine(LoopThread):
             request.request_id,
             trace_headers=request.trace_headers or None,
         )
+        if self.role == "decode" and transfer and self.kv_transfer_timeout_s:
+            source = f"{transfer['remote_host']}:{transfer['remote_port']}"
+            outputs = _first_within(outputs, self.kv_transfer_timeout_s, source)
         async for out in outputs:
             completion = out.outputs[0]
             yield EngineDelta(
@@ -126,3 +131,22 @@ class VllmEngine(LoopThread):
             self._engine.shutdown()
         finally:
             self.stop()
+
+
+class KvTransferTimeout(RuntimeError):
+    """A decode request's KV did not arrive from its prefill instance in time."""
+
+
+async def _first_within(outputs: AsyncIterator, timeout_s: float, source: str) -> AsyncIterator:
+    """`outputs`, failing if the first takes longer than `timeout_s`: until the KV has been read
+    there is no first output, and vLLM retries a failed NIXL handshake forever. Cancelling the
+    wait aborts the request in vLLM."""
+    try:
+        first = await asyncio.wait_for(anext(outputs), timeout_s)
+    except TimeoutError:
+        raise KvTransferTimeout(
+            f"the KV from the prefill instance at {source} did not arrive in {timeout_s:g}s"
+        ) from None
+    yield first
+    async for out in outputs:
+        yield out

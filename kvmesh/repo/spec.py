@@ -41,7 +41,7 @@ class KvTransfer(BaseModel):
     # vLLM: a KV connector class; TensorRT-LLM: a cache-transceiver backend.
     connector: str = "NixlConnector"
     buffer_device: str = Field("cpu", description="vLLM kv_buffer_device: cpu here, cuda on a GPU")
-    # TensorRT-LLM: requests whose KV has not arrived by then are cancelled.
+    # A decode request whose KV has not arrived by then fails (TensorRT-LLM: is cancelled).
     timeout_ms: int = Field(30_000, gt=0)
 
 
@@ -91,6 +91,9 @@ class ModelSpec(BaseModel):
         if self.kv_transfer is None:
             return args
         if self.engine == Engine.VLLM:
+            # kvmesh's own key (the vLLM adapter takes it out): vLLM retries a failed NIXL
+            # handshake forever, so a decode request whose KV never comes fails after this.
+            args["kv_transfer_timeout_s"] = self.kv_transfer.timeout_ms / 1000
             args["kv_transfer_config"] = {
                 "kv_connector": self.kv_transfer.connector,
                 "kv_role": "kv_producer" if self.role == Role.PREFILL else "kv_consumer",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import random
+import time
 
 import grpc
 import httpx
@@ -19,6 +20,7 @@ from tritonclient.utils import InferenceServerException
 
 from kvmesh import hashing, models
 from kvmesh.cli.local_mesh import LocalMesh
+from kvmesh.net import free_port
 from kvmesh.v1 import inference_pb2, inference_pb2_grpc, router_pb2, router_pb2_grpc, worker_pb2
 from tests.support.crash import crash
 from tests.support.waiting import wait_for
@@ -60,7 +62,8 @@ def prompt(name: str) -> list[int]:
 
 @pytest.fixture(scope="module")
 def disagg(tmp_path_factory):
-    args = ("--disagg", "--disagg-threshold", str(THRESHOLD))
+    # A decode request whose KV never comes fails after this (the shipped default is 30 s).
+    args = ("--disagg", "--disagg-threshold", str(THRESHOLD), "--engine-args", json.dumps({"kv_transfer_timeout_s": 8}))
     local = LocalMesh.start(tmp_path_factory.mktemp("disagg-logs"), extra_args=args)
     local.wait_for_workers(2)
     yield local
@@ -149,7 +152,7 @@ def test_a_short_prompt_is_prefilled_locally(stubs, disagg):
     assert metric(disagg, "kvmesh_gateway_disaggregated_total") == before
 
 
-def decode_directly(record, ids, transfer: str | None):
+def decode_directly(record, ids, transfer: str | None, timeout_s: float = 30):
     """A request straight to the decode worker's Triton, as a client that skips the gateway."""
     client = triton.InferenceServerClient(record.triton_grpc_address)
     inputs = [triton.InferInput("input_ids", [len(ids)], "INT32")]
@@ -160,7 +163,7 @@ def decode_directly(record, ids, transfer: str | None):
     results = []
     client.start_stream(callback=lambda result, error: results.append((result, error)))
     client.async_stream_infer(record.triton_model, inputs, request_id="direct")
-    wait_for(lambda: results, timeout_s=30, what="a response")
+    wait_for(lambda: results, timeout_s=timeout_s, what="a response")
     client.stop_stream()
     client.close()
     return results[0]
@@ -180,17 +183,32 @@ def test_the_decode_instance_refuses_missing_or_wrong_transfer_params(stubs, tra
     assert isinstance(error, InferenceServerException) and words in error.message(), error
 
 
+def test_transfer_params_naming_a_prefill_instance_that_is_not_there_fail_in_time(stubs):
+    """Well-formed, but the KV cannot be fetched: vLLM would retry the handshake forever."""
+    _, router = stubs
+    bogus = {"do_remote_prefill": True, "do_remote_decode": False, "remote_engine_id": "gone",
+             "remote_request_id": "r", "remote_host": "127.0.0.1", "remote_port": free_port(),
+             "remote_block_ids": [0, 1], "remote_num_tokens": 300, "tp_size": 1}  # fmt: skip
+    started = time.monotonic()
+    ids = random.Random(13).choices(range(1000, 20000), k=300)
+    _, error = decode_directly(workers(router)[worker_pb2.ROLE_DECODE], ids, json.dumps(bogus), 60)
+    assert isinstance(error, InferenceServerException), error
+    assert "did not arrive in 8s" in error.message() and time.monotonic() - started < 30, error.message()
+
+
 def test_a_dead_prefill_worker_means_local_prefill_not_a_failed_request(stubs, disagg, disagg_outputs):
     """SIGKILL the prefill worker: until its lease runs out the router still names it; the
     gateway's prefill fails and the decode worker prefills locally, same greedy output."""
     inference, router = stubs
     prefill = workers(router)[worker_pb2.ROLE_PREFILL]
-    crash(next(p for p in disagg.service_processes("worker") if "vllm_prefill" in " ".join(p.cmdline())))
+    clean_up = crash(next(p for p in disagg.service_processes("worker") if "vllm_prefill" in " ".join(p.cmdline())))
     ids = prompt("fallback-300")
     before = fallbacks(disagg)
-    if explain(router, disagg.model, ids).disaggregation.prefill_worker_id != prefill.id:
-        pytest.skip("the prefill worker's lease ran out before the request")
+    decision = explain(router, disagg.model, ids).disaggregation
+    if decision.prefill_worker_id != prefill.id:
+        pytest.skip(f"the prefill worker's lease ran out before the request ({decision.reason})")
     tokens = [t for r in generate(inference, disagg.model, ids) for t in r.token_ids]
     assert len(tokens) == MAX_TOKENS
     assert fallbacks(disagg) == before + 1
     disagg_outputs["fallback-300"] = tokens
+    clean_up()

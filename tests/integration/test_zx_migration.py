@@ -31,15 +31,14 @@ def migrations(mesh) -> float:
     return next((float(x.split()[1]) for x in lines if x.startswith("kvmesh_gateway_migrations_total ")), 0.0)
 
 
-def kill_worker_serving(mesh, worker_id: str) -> None:
+def kill_worker_serving(mesh, worker_id: str):
     """SIGKILL the worker, its Triton and its engine processes: an abrupt death, no drain."""
     with grpc.insecure_channel(mesh.router) as channel:
         workers = router_pb2_grpc.RouterStub(channel).Workers(router_pb2.WorkersRequest()).workers
     port = next(w.record.triton_grpc_address for w in workers if w.record.id == worker_id).rsplit(":", 1)[1]
     for process in mesh.service_processes("worker"):
         if any(f"--grpc-port={port}" in c.cmdline() for c in process.children() if c.name() == "tritonserver"):
-            crash(process)
-            return
+            return crash(process)
     raise AssertionError(f"no process for {worker_id}")
 
 
@@ -50,8 +49,9 @@ def test_a_stream_whose_worker_dies_continues_on_the_other_worker(mesh):
         before = migrations(mesh)
         stream = inference.Generate(request(mesh.model), timeout=120)
         first = next(stream)
-        kill_worker_serving(mesh, first.worker_id)
+        clean_up = kill_worker_serving(mesh, first.worker_id)
         rest = list(stream)
+    clean_up()
     tokens = [*first.token_ids, *(t for r in rest for t in r.token_ids)]
     assert migrations(mesh) == before + 1
     assert rest[-1].worker_id != first.worker_id and rest[-1].usage.completion_tokens == MAX_TOKENS
