@@ -67,12 +67,6 @@ def _tensors(config_file: Path, kind: str, found, expected: tuple[interface.Tens
     return problems
 
 
-def _engine_block_size(engine: Engine, args: dict[str, Any]) -> Any:
-    if engine == Engine.TENSORRTLLM:
-        return args.get("kv_cache_config", {}).get("tokens_per_block")
-    return args.get("block_size")
-
-
 def _role_problems(file: Path, engine: Engine, role: Role, args: dict[str, Any]) -> tuple[list[Problem], str | None]:
     """Whether the engine arguments configure the role the parameters claim; and the connector."""
     if engine == Engine.SIM:
@@ -138,7 +132,7 @@ def check_model(model_dir: Path) -> tuple[list[Problem], CheckedModel | None]:
     role_problems, connector = _role_problems(config_file, engine, role, args)
     problems += role_problems
     block_size = _parameter(config, "kv_block_size")
-    engine_block = _engine_block_size(engine, args)
+    engine_block = interface.engine_block_size(args)
     if block_size is None or not block_size.isdigit() or int(block_size) != engine_block:
         problems.append(
             Problem(config_file, "parameters.kv_block_size", f"{block_size!r} but the engine's is {engine_block!r}")

@@ -62,3 +62,9 @@ def inputs(role: Role) -> tuple[TensorSpec, ...]:
 
 def outputs(role: Role) -> tuple[TensorSpec, ...]:
     return OUTPUTS + ((KV_TRANSFER_OUT,) if role == Role.PREFILL else ())
+
+
+def engine_block_size(engine_args: dict) -> int | None:
+    """The KV block size the engine arguments set: vLLM's and the simulator's `block_size`,
+    TensorRT-LLM's `kv_cache_config.tokens_per_block`."""
+    return engine_args.get("block_size") or (engine_args.get("kv_cache_config") or {}).get("tokens_per_block")

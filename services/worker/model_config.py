@@ -9,6 +9,7 @@ from typing import Any
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
+from kvmesh.repo import interface
 from kvmesh.v1 import worker_pb2
 
 
@@ -31,8 +32,7 @@ def parameter(config: model_config_pb2.ModelConfig, key: str, default: str) -> s
 
 def block_size(config: model_config_pb2.ModelConfig, engine_args: dict[str, Any]) -> int:
     """The engine's KV block size: an engine-argument override, else what the repository says."""
-    override = engine_args.get("block_size") or engine_args.get("kv_cache_config", {}).get("tokens_per_block")
-    return int(override or parameter(config, "kv_block_size", "128"))
+    return int(interface.engine_block_size(engine_args) or parameter(config, "kv_block_size", "128"))
 
 
 def role(config: model_config_pb2.ModelConfig) -> worker_pb2.Role.ValueType:
