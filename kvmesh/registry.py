@@ -1,14 +1,17 @@
 """The worker registry in Redis: each live worker holds a lease that it renews.
 
-Layout (one hash tag, so both keys sit in one Redis Cluster slot and MGET works there too):
+Layout (one hash tag, so the keys sit in one Redis Cluster slot and MGET works there too):
   kvmesh:{registry}:workers          ZSET  worker id → lease expiry (unix ms)
   kvmesh:{registry}:worker:<id>      STRING serialized kvmesh.v1.WorkerRecord, expiring with the lease
+  kvmesh:{registry}:epoch            STRING random id set by the first reader: a new value means
+                                     Redis lost the registry (restarted empty), not that workers left
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from dataclasses import dataclass
 
@@ -21,6 +24,7 @@ log = logging.getLogger(__name__)
 
 INDEX = "kvmesh:{registry}:workers"
 RECORD = "kvmesh:{registry}:worker:"
+EPOCH = "kvmesh:{registry}:epoch"
 
 
 def now_ms() -> int:
@@ -49,6 +53,14 @@ class Registry:
             pipe.delete(RECORD + worker_id)
             pipe.zrem(INDEX, worker_id)
             await pipe.execute()
+
+    async def epoch(self) -> str:
+        """This registry's identity; the first caller after Redis lost its data makes a new one."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(EPOCH, secrets.token_hex(8), nx=True)
+            pipe.get(EPOCH)
+            _, value = await pipe.execute()
+        return value.decode() if isinstance(value, bytes) else value
 
     async def live_workers(self) -> list[LiveWorker]:
         now = now_ms()
@@ -80,7 +92,9 @@ class Watcher:
     """The live worker set, re-read from the registry in the background.
 
     If Redis is unreachable the last known set is kept (and said so in logs and metrics) until
-    it answers again: whoever reads it keeps going on what we knew.
+    it answers again: whoever reads it keeps going on what we knew. If Redis comes back empty
+    (a new epoch), the workers last seen stay until their leases would have run out: they
+    re-register on their next heartbeat, and requests meanwhile still find them.
     """
 
     def __init__(self, registry: Registry, refresh_s: float):
@@ -88,10 +102,13 @@ class Watcher:
         self.refresh_s = refresh_s
         self.workers: dict[str, LiveWorker] = {}
         self.reachable = True
+        self.epoch: str | None = None
+        self._carried: dict[str, LiveWorker] = {}  # seen before a registry reset, not re-registered yet
         self._task: asyncio.Task | None = None
 
     async def refresh(self) -> None:
         try:
+            epoch = await self.registry.epoch()
             live = {w.record.id: w for w in await self.registry.live_workers()}
         except Exception as e:  # noqa: BLE001 - any Redis failure means "keep what we knew"
             if self.reachable:  # log once per outage
@@ -103,6 +120,13 @@ class Watcher:
             log.info("registry reachable again")
         self.reachable = True
         REGISTRY_OK.set(1)
+        if self.epoch is not None and epoch != self.epoch:
+            log.warning("registry reset (Redis lost its data): keeping %d workers for their leases", len(self.workers))
+            self._carried = dict(self.workers)
+        self.epoch = epoch
+        now = now_ms()
+        self._carried = {i: w for i, w in self._carried.items() if i not in live and w.lease_expires_ms > now}
+        live = {**self._carried, **live}
         for joined in live.keys() - self.workers.keys():
             log.info(
                 "worker joined: %s (%s at %s)",

@@ -201,7 +201,6 @@ class SimEngine(LoopThread):
             self.publisher.close()
         self.stop()
 
-
     async def _stop_scheduler(self) -> None:
         self._scheduler.cancel()
         await asyncio.gather(self._scheduler, return_exceptions=True)

@@ -64,12 +64,16 @@ class LocalMesh:
             time.sleep(0.5)
         return mesh
 
-    def wait_for_workers(self, count: int, timeout_s: float = 600) -> None:
-        """`kvmesh up` is ready with its first worker; this waits until `count` are registered."""
+    def wait_for_workers(self, count: int, timeout_s: float = 600, gone: frozenset[str] = frozenset()) -> None:
+        """`kvmesh up` is ready with its first worker; this waits until `count` are registered,
+        not counting the ids in `gone` (killed workers stay listed until their lease runs out)."""
         deadline = time.monotonic() + timeout_s
         with grpc.insecure_channel(self.router) as channel:
             stub = router_pb2_grpc.RouterStub(channel)
-            while len(stub.Workers(router_pb2.WorkersRequest(), timeout=5).workers) < count:
+            while True:
+                workers = stub.Workers(router_pb2.WorkersRequest(), timeout=5).workers
+                if sum(w.record.id not in gone for w in workers) >= count:
+                    return
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"{count} workers did not register:\n{self.log('up')}")
                 time.sleep(0.5)

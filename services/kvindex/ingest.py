@@ -23,6 +23,7 @@ class Ingestor:
         self.subscriptions: dict[str, Subscription] = {}
         self._tasks: dict[str, asyncio.Task] = {}
         self._loop_task: asyncio.Task | None = None
+        self._epoch: str | None = None
 
     async def start(self) -> None:
         await self.sync()
@@ -36,6 +37,11 @@ class Ingestor:
     async def sync(self) -> None:
         if not self.workers.reachable:
             return  # the registry's view is stale: neither start nor purge on it
+        if self._epoch is not None and self.workers.epoch != self._epoch:
+            # Redis came back empty: the index is gone too; subscribe afresh, each replaying its buffer.
+            log.warning("registry reset: resubscribing to all %d workers to rebuild the index", len(self._tasks))
+            await self._cancel(list(self._tasks))
+        self._epoch = self.workers.epoch
         live = {wid: w.record for wid, w in self.workers.workers.items() if w.record.kv_events_endpoint}
         for worker_id in self.subscriptions.keys() - live.keys():
             await self._drop(worker_id)
@@ -48,11 +54,16 @@ class Ingestor:
                 self._tasks[worker_id] = asyncio.create_task(subscription.run())
                 log.info("subscribed to %s's KV events at %s", worker_id, record.kv_events_endpoint)
 
+    async def _cancel(self, worker_ids: list[str]) -> None:
+        tasks = [self._tasks.pop(worker_id) for worker_id in worker_ids]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for worker_id in worker_ids:
+            del self.subscriptions[worker_id]
+
     async def _drop(self, worker_id: str) -> None:
-        task = self._tasks.pop(worker_id)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        del self.subscriptions[worker_id]
+        await self._cancel([worker_id])
         try:
             removed = await self.index.purge(worker_id)
             log.info("worker %s left: purged its %d blocks", worker_id, removed)

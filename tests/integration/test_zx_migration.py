@@ -56,4 +56,5 @@ def test_a_stream_whose_worker_dies_continues_on_the_other_worker(mesh):
     assert migrations(mesh) == before + 1
     assert rest[-1].worker_id != first.worker_id and rest[-1].usage.completion_tokens == MAX_TOKENS
     assert tokens == reference
-    mesh.wait_for_workers(2, timeout_s=600)  # kvmesh up restarts the dead one for the tests after this
+    # kvmesh up restarts the dead one for the tests after this (under a new id).
+    mesh.wait_for_workers(2, timeout_s=600, gone=frozenset({first.worker_id}))

@@ -55,6 +55,24 @@ async def test_watcher_sees_joins_and_leaves_and_survives_redis_loss(reg, redis_
         await watcher.stop()
 
 
+async def test_watcher_keeps_workers_through_a_registry_reset_until_their_leases_end(reg):
+    watcher = registry.Watcher(reg, refresh_s=0.05)
+    await watcher.start()
+    try:
+        await reg.register(record("quiet"), lease_ms=800)
+        await reg.register(record("beating"), lease_ms=800)
+        await _until(lambda: {"quiet", "beating"} <= watcher.workers.keys())
+        first_epoch = watcher.epoch
+        await reg.redis.flushall()  # Redis restarted empty
+        await _until(lambda: watcher.epoch != first_epoch)
+        assert {"quiet", "beating"} <= watcher.workers.keys()  # not dropped: they only lost their keys
+        await reg.register(record("beating"), lease_ms=5000)  # its next heartbeat
+        await _until(lambda: "quiet" not in watcher.workers)  # never came back: gone with its lease
+        assert watcher.workers["beating"].lease_expires_ms > registry.now_ms() + 3000
+    finally:
+        await watcher.stop()
+
+
 async def _until(condition, timeout_s: float = 5.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
