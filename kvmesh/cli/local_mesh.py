@@ -27,6 +27,7 @@ class LocalMesh:
     grpc: str
     router: str
     kvindex: str
+    rest: str
     redis_url: str
     log_dir: Path
     model: str = DEFAULT_MODEL
@@ -39,7 +40,7 @@ class LocalMesh:
         env: dict[str, str] | None = None,
         ready_timeout_s: float = 600,
     ) -> LocalMesh:
-        ports = dict(zip(("http", "grpc", "router", "kvindex", "redis"), free_ports(5), strict=True))
+        ports = dict(zip(("http", "grpc", "rest", "router", "kvindex", "redis"), free_ports(6), strict=True))
         log_dir.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "kvmesh", "up", "--log-dir", str(log_dir), *extra_args]
         for name, port in ports.items():
@@ -53,6 +54,7 @@ class LocalMesh:
             grpc=f"127.0.0.1:{ports['grpc']}",
             router=f"127.0.0.1:{ports['router']}",
             kvindex=f"127.0.0.1:{ports['kvindex']}",
+            rest=f"http://127.0.0.1:{ports['rest']}",
             redis_url=f"redis://127.0.0.1:{ports['redis']}/0",
             log_dir=log_dir,
         )

@@ -16,8 +16,7 @@ import httpx
 @dataclass
 class Child:
     name: str
-    module: str
-    args: list[str]
+    argv: list[str]
     process: subprocess.Popen
     log: Path
     restarts: int = 0
@@ -30,21 +29,25 @@ class Supervisor:
     children: list[Child] = field(default_factory=list)
 
     def start(self, name: str, module: str, args: list[str]) -> Child:
+        """A kvmesh service: `python -m <module> <args>`."""
+        return self.start_program(name, [sys.executable, "-m", module, *args])
+
+    def start_program(self, name: str, argv: list[str]) -> Child:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / f"{name}.log"
-        child = Child(name, module, args, self._spawn(module, args, log), log)
+        child = Child(name, argv, self._spawn(argv, log), log)
         self.children.append(child)
         return child
 
     def restart(self, child: Child) -> None:
         _reap_group(child.process, timeout_s=30.0)  # what the dead one left behind stops first
-        child.process = self._spawn(child.module, child.args, child.log)
+        child.process = self._spawn(child.argv, child.log)
         child.restarts += 1
 
-    def _spawn(self, module: str, args: list[str], log: Path) -> subprocess.Popen:
+    def _spawn(self, argv: list[str], log: Path) -> subprocess.Popen:
         with open(log, "ab") as out:
             return subprocess.Popen(
-                [sys.executable, "-m", module, *args],
+                argv,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **self.env},

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kvmesh import models
+from kvmesh.cli import rest_front
 from kvmesh.cli.supervisor import Supervisor, http_ok, tail
 from kvmesh.redis_server import RedisServer
 from kvmesh.v1 import router_pb2, router_pb2_grpc, worker_pb2
@@ -28,6 +29,7 @@ def up(
     host: str = typer.Option("127.0.0.1", help="address every service listens on"),
     http_port: int = typer.Option(8080, help="OpenAI-compatible HTTP"),
     grpc_port: int = typer.Option(8081, help="kvmesh.v1 gRPC (Inference, Models)"),
+    rest_port: int = typer.Option(8082, help="REST (grpc-gateway over every service; OpenAPI at /openapi.json)"),
     router_port: int = typer.Option(8090),
     kvindex_port: int = typer.Option(8091),
     redis_port: int = typer.Option(6390, help="for the Redis kvmesh starts (ignored when REDIS_URL is set)"),
@@ -83,8 +85,20 @@ def up(
                 json.dumps([model]),
             ],
         )
+        rest_off = rest_front.unavailable_reason()
+        if rest_off is None:
+            grpc_addresses = {"gateway": grpc_port, "router": router_port, "kvindex": kvindex_port}
+            rest_argv = rest_front.argv(f"{host}:{rest_port}", **{k: f"{host}:{v}" for k, v in grpc_addresses.items()})
+            supervisor.start_program("rest", rest_argv)
+        else:
+            console.print(f"[yellow]REST is off: {rest_off}[/]; gRPC and OpenAI HTTP are unaffected")
         _wait_ready(supervisor, f"http://{host}:{http_port}/health", ready_timeout_s)
-        _print_endpoints(host, http_port, grpc_port, router_port, kvindex_port, redis_url, Path(model).name, log_dir)
+        if rest_off is None:
+            _wait_ready(supervisor, f"http://{host}:{rest_port}/healthz", 30.0, what="starting the REST front")
+        rest_url = None if rest_off else f"http://{host}:{rest_port}"
+        _print_endpoints(
+            host, http_port, grpc_port, rest_url, router_port, kvindex_port, redis_url, Path(model).name, log_dir
+        )
         _supervise(supervisor, redis)
     except KeyboardInterrupt:
         console.print("stopping…")
@@ -128,7 +142,9 @@ def _supervise(supervisor: Supervisor, redis: RedisServer | None) -> None:
         supervisor.restart(dead)
 
 
-def _wait_ready(supervisor: Supervisor, health_url: str, timeout_s: float) -> None:
+def _wait_ready(
+    supervisor: Supervisor, health_url: str, timeout_s: float, what: str = "loading the model into Triton + vLLM"
+) -> None:
     start = time.monotonic()
     with console.status("") as status:
         while not http_ok(health_url):
@@ -139,14 +155,16 @@ def _wait_ready(supervisor: Supervisor, health_url: str, timeout_s: float) -> No
             if elapsed > timeout_s:
                 console.print(f"[red]not ready after {timeout_s:.0f}s[/]; logs in {supervisor.log_dir}")
                 raise typer.Exit(1)
-            status.update(f"loading the model into Triton + vLLM (first start ~1 min)… {elapsed:.0f}s")
+            status.update(f"{what} (first start ~1 min)… {elapsed:.0f}s")
             time.sleep(0.5)
     console.print(f"[green]ready[/] in {time.monotonic() - start:.0f}s")
 
 
-def _print_endpoints(host, http_port, grpc_port, router_port, kvindex_port, redis_url, model, log_dir) -> None:
+def _print_endpoints(host, http_port, grpc_port, rest_url, router_port, kvindex_port, redis_url, model, log_dir):
     console.print(f"  OpenAI HTTP  http://{host}:{http_port}/v1   (health /health, metrics /metrics)")
     console.print(f"  gRPC         {host}:{grpc_port}   kvmesh.v1.Inference, kvmesh.v1.Models")
+    if rest_url:
+        console.print(f"  REST         {rest_url}/v1/...   every service (OpenAPI {rest_url}/openapi.json)")
     console.print(f"  router       {host}:{router_port}   kvmesh.v1.Router")
     console.print(f"  kvindex      {host}:{kvindex_port}   kvmesh.v1.KvIndex")
     console.print(f"  redis        {redis_url}")

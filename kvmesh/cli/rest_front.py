@@ -1,0 +1,32 @@
+"""The REST front's binary (built by scripts/build_rest.py from Debian's Go and grpc-gateway) and
+the OpenAPI document it serves at /openapi.json."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BINARY = ROOT / "build" / "bin" / "kvmesh-rest"
+OPENAPI = ROOT / "protos" / "openapi" / "kvmesh.v1.openapi.json"
+
+
+def unavailable_reason() -> str | None:
+    """Why REST cannot start here, or None."""
+    if BINARY.exists():
+        return None
+    if shutil.which("go") is None:
+        return "Go is not installed (`make setup` installs it from Debian)"
+    return f"{BINARY.relative_to(ROOT)} is not built (`.venv/bin/python scripts/build_rest.py`)"
+
+
+def argv(listen: str, gateway: str, router: str, kvindex: str, planner: str = "") -> list[str]:
+    return [
+        str(BINARY),
+        f"--listen={listen}",
+        f"--gateway={gateway}",
+        f"--router={router}",
+        f"--kvindex={kvindex}",
+        f"--planner={planner}",
+        f"--openapi={OPENAPI}",
+    ]

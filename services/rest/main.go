@@ -1,0 +1,73 @@
+// kvmesh-rest: the REST front of the mesh. grpc-gateway translates each HTTP call to the gRPC
+// call its google.api.http annotation names and forwards it to the service that owns it; the
+// handlers are generated from protos/ by scripts/build_rest.py. Server-streaming RPCs
+// (Inference.Generate, Inference.Chat) answer newline-delimited JSON, one {"result": ...} per
+// message, flushed as it arrives.
+package main
+
+import (
+	"context"
+	"flag"
+	"log"
+	"net/http"
+	"os"
+
+	"github.com/grpc-ecosystem/grpc-gateway/runtime"
+	"google.golang.org/grpc"
+
+	kvmesh "kvmesh/v1"
+)
+
+type registrar func(context.Context, *runtime.ServeMux, string, []grpc.DialOption) error
+
+func main() {
+	listen := flag.String("listen", "127.0.0.1:8081", "host:port to serve REST on")
+	gateway := flag.String("gateway", "", "gRPC address of the gateway (Inference, Models)")
+	router := flag.String("router", "", "gRPC address of the router")
+	kvindex := flag.String("kvindex", "", "gRPC address of the kvindex service")
+	planner := flag.String("planner", "", "gRPC address of the planner (empty: its routes answer 404)")
+	openapi := flag.String("openapi", "", "OpenAPI 3 document served at /openapi.json")
+	flag.Parse()
+
+	ctx := context.Background()
+	// Field names as in the protos (snake_case) and zero values written out: what the
+	// OpenAPI document describes, and what a client reading `usage.cached_tokens` expects.
+	mux := runtime.NewServeMux(runtime.WithMarshalerOption(runtime.MIMEWildcard,
+		&runtime.JSONPb{OrigName: true, EmitDefaults: true}))
+	dial := []grpc.DialOption{grpc.WithInsecure()}
+	backends := []struct {
+		address    string
+		registrars []registrar
+	}{
+		{*gateway, []registrar{kvmesh.RegisterInferenceHandlerFromEndpoint, kvmesh.RegisterModelsHandlerFromEndpoint}},
+		{*router, []registrar{kvmesh.RegisterRouterHandlerFromEndpoint}},
+		{*kvindex, []registrar{kvmesh.RegisterKvIndexHandlerFromEndpoint}},
+		{*planner, []registrar{kvmesh.RegisterPlannerHandlerFromEndpoint}},
+	}
+	for _, backend := range backends {
+		if backend.address == "" {
+			continue
+		}
+		for _, register := range backend.registrars {
+			if err := register(ctx, mux, backend.address, dial); err != nil {
+				log.Fatalf("registering %s: %v", backend.address, err)
+			}
+		}
+	}
+
+	root := http.NewServeMux()
+	root.Handle("/", mux)
+	if *openapi != "" {
+		document, err := os.ReadFile(*openapi)
+		if err != nil {
+			log.Fatalf("reading the OpenAPI document: %v", err)
+		}
+		root.HandleFunc("/openapi.json", func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			w.Write(document)
+		})
+	}
+	root.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+	log.Printf("kvmesh-rest listening on %s", *listen)
+	log.Fatal(http.ListenAndServe(*listen, root))
+}
