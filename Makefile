@@ -18,9 +18,11 @@ lint:
 	.venv/bin/ruff check kvmesh services engines tests scripts bench triton_models
 	.venv/bin/lint-imports
 	node_modules/.bin/buf lint
+	bash scripts/buf_breaking.sh
 
 protos:
 	.venv/bin/python scripts/gen_protos.py
+	.venv/bin/python scripts/build_rest.py --openapi
 
 bench:
 	.venv/bin/python -m bench.e2e_vs_vllm

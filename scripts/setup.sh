@@ -13,8 +13,12 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 }
 apt_install redis-server
+# The REST front: Go and grpc-gateway from Debian (GOPATH mode, offline). Without them the rest of
+# the mesh still runs and `kvmesh up` says REST is off.
+apt_install golang-go protobuf-compiler golang-grpc-gateway golang-github-grpc-ecosystem-grpc-gateway-dev \
+  golang-goprotobuf-dev protoc-gen-go-1-3 golang-google-grpc-dev golang-google-genproto-dev || echo "== REST: Debian's Go packages did not install; REST stays off"
 
-echo "== npm: buf"
+echo "== npm: buf, swagger2openapi"
 npm install --no-audit --no-fund --loglevel=error
 
 PY=${PYTHON:-python3}
@@ -42,3 +46,6 @@ $PIP install --no-deps --force-reinstall numpy==1.26.4
 
 echo "== model: the default model, converted once to a Hugging Face folder"
 .venv/bin/kvmesh model prepare
+
+echo "== REST front: build/bin/kvmesh-rest"
+.venv/bin/python scripts/build_rest.py || true
