@@ -1,0 +1,89 @@
+"""Forecasters of the next interval's value of a load series (requests/s, mean ISL, ...).
+Pluggable by name (`FORECASTERS`); the statistical ones fall back to a moving average while the
+history is too short to fit."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+
+class Forecaster(Protocol):
+    def predict(self, history: Sequence[float]) -> float: ...
+
+
+@dataclass(frozen=True)
+class Constant:
+    """The next interval looks like the last one."""
+
+    def predict(self, history: Sequence[float]) -> float:
+        return float(history[-1]) if len(history) else 0.0
+
+
+@dataclass(frozen=True)
+class MovingAverage:
+    window: int = 6
+
+    def predict(self, history: Sequence[float]) -> float:
+        tail = history[-self.window :]
+        return float(np.mean(tail)) if len(tail) else 0.0
+
+
+@dataclass(frozen=True)
+class HoltWinters:
+    """Additive trend, plus an additive season of `season` intervals when given."""
+
+    season: int = 0
+
+    def predict(self, history: Sequence[float]) -> float:
+        if len(history) < max(6, 2 * self.season + 2):
+            return MovingAverage().predict(history)
+        from statsmodels.tsa.holtwinters import ExponentialSmoothing  # slow import, only when fitted
+
+        series = np.asarray(history, dtype=float)
+        if np.ptp(series) == 0:
+            return float(series[-1])
+        seasonal = "add" if self.season else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # convergence chatter on short, flat series
+            fit = ExponentialSmoothing(
+                series, trend="add", seasonal=seasonal, seasonal_periods=self.season or None,
+                initialization_method="estimated",
+            ).fit()  # fmt: skip
+        return max(float(fit.forecast(1)[0]), 0.0)
+
+
+@dataclass(frozen=True)
+class Arima:
+    order: tuple[int, int, int] = (1, 1, 1)
+
+    def predict(self, history: Sequence[float]) -> float:
+        if len(history) < 8:
+            return MovingAverage().predict(history)
+        from statsmodels.tsa.arima.model import ARIMA
+
+        series = np.asarray(history, dtype=float)
+        if np.ptp(series) == 0:
+            return float(series[-1])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fit = ARIMA(series, order=self.order).fit()
+        return max(float(fit.forecast(1)[0]), 0.0)
+
+
+FORECASTERS: dict[str, type] = {
+    "constant": Constant,
+    "moving-average": MovingAverage,
+    "holt-winters": HoltWinters,
+    "arima": Arima,
+}
+
+
+def make(name: str, **options) -> Forecaster:
+    if name not in FORECASTERS:
+        raise ValueError(f"forecaster {name!r}: one of {', '.join(FORECASTERS)}")
+    return FORECASTERS[name](**options)

@@ -1,0 +1,111 @@
+"""The planner's arithmetic: forecasters on series with known next values, replica counts against
+hand-computed cases, and the stabiliser's hysteresis on noisy load."""
+
+import math
+import random
+
+import pytest
+
+from services.planner import forecast
+from services.planner.profile import DecodePoint, Profile, PrefillPoint
+from services.planner.replicas import Load, Targets, decode_need, prefill_need
+from services.planner.stabilizer import Stabilizer, fit_budget
+
+PROFILE = Profile(
+    engine="sim",
+    model="m",
+    prefill=[PrefillPoint(isl=1000, ttft_ms=100, tokens_per_s=10000), PrefillPoint(isl=3000, ttft_ms=300, tokens_per_s=10000)],
+    decode=[
+        DecodePoint(batch=1, context=1000, itl_ms=10),
+        DecodePoint(batch=8, context=1000, itl_ms=20),
+        DecodePoint(batch=1, context=3000, itl_ms=12),
+        DecodePoint(batch=8, context=3000, itl_ms=28),
+    ],
+)
+LOAD = Load(requests_per_s=10, isl_mean=1000, isl_p=2000, osl_mean=100, osl_p=200)
+TARGETS = Targets(ttft_ms=400, itl_ms=20)
+
+
+@pytest.mark.parametrize("name", list(forecast.FORECASTERS))
+def test_every_forecaster_continues_a_constant_series(name):
+    assert forecast.make(name).predict([5.0] * 24) == pytest.approx(5.0)
+
+
+def test_moving_average_and_constant():
+    assert forecast.make("moving-average", window=2).predict([1, 2, 3, 4]) == 3.5
+    assert forecast.make("constant").predict([1, 2, 9]) == 9
+    assert forecast.make("constant").predict([]) == 0.0
+
+
+def test_holt_winters_follows_a_trend_and_a_season():
+    assert forecast.make("holt-winters").predict([2.0 * i for i in range(30)]) == pytest.approx(60.0, abs=0.5)
+    season = [10 + 5 * math.sin(2 * math.pi * i / 8) for i in range(48)]
+    assert forecast.make("holt-winters", season=8).predict(season) == pytest.approx(10.0, abs=0.5)  # sin(2π·6)=0
+
+
+def test_arima_follows_a_trend():
+    assert forecast.make("arima").predict([3.0 * i + 1 for i in range(40)]) == pytest.approx(121.0, abs=2.0)
+
+
+def test_unknown_forecaster_is_named():
+    with pytest.raises(ValueError, match="prophet"):
+        forecast.make("prophet")
+
+
+def test_profile_interpolates_and_caps_decode_batch():
+    assert PROFILE.ttft_ms(2000) == 200
+    assert PROFILE.itl_ms(1, 2100) == pytest.approx(11.1)
+    assert PROFILE.itl_ms(8, 2100) == pytest.approx(24.4)
+    batch, tokens_per_s = PROFILE.decode_capacity(20, 2100)
+    assert batch == 5 and tokens_per_s == pytest.approx(5000 / (11.1 + 4 / 7 * 13.3))
+    assert PROFILE.decode_capacity(5, 2100) == (0, 0.0)
+
+
+def test_profile_refuses_a_ragged_decode_grid():
+    with pytest.raises(ValueError, match="grid"):
+        Profile(engine="sim", model="m", prefill=PROFILE.prefill, decode=PROFILE.decode[:3])
+
+
+def test_prefill_need_by_hand():
+    # ISL p90 2000 alone: 200 ms of the 400 ms target; slack 200 vs a 100 ms mean service → ρ ≤ 2/3;
+    # 10 req/s × 1000 tokens = 10,000 tok/s on workers of 10,000 tok/s at ρ 2/3 → 1.5 workers.
+    need = prefill_need(LOAD, PROFILE, TARGETS)
+    assert need.replicas == pytest.approx(1.5) and need.feasible
+    # Observed TTFT twice the profile's: the p90 prompt alone eats the whole target.
+    corrected = prefill_need(LOAD, PROFILE, TARGETS, correction=2.0)
+    assert not corrected.feasible and "cannot be met" in corrected.reason
+
+
+def test_decode_need_by_hand():
+    # Context 2000 + 200/2 = 2100; batch 5 meets 20 ms ITL there (18.7 ms) = 267.4 tok/s a worker;
+    # 10 req/s × 100 tokens = 1000 tok/s → 3.74 workers.
+    need = decode_need(LOAD, PROFILE, TARGETS)
+    assert need.replicas == pytest.approx(1000 / (5000 / 18.7), rel=1e-6)
+    assert "batch 5" in need.reason
+    assert decode_need(Load(0, 0, 0, 0, 0), PROFILE, TARGETS).replicas == 0
+
+
+def test_stabilizer_scales_up_at_once_and_never_flaps_on_noisy_constant_load():
+    stabilizer = Stabilizer(down_after=3, cooldown_s=0)
+    rng = random.Random(7)
+    current, changes = 1, 0
+    for step in range(200):
+        need = 3.5 + rng.uniform(-0.45, 0.45)  # noise around 3.5 workers
+        decided, _ = stabilizer.decide(current, need, now_s=step * 10.0)
+        changes += decided != current
+        current = decided
+    assert current == 4 and changes == 1
+
+
+def test_stabilizer_scales_down_after_a_sustained_drop_and_the_cooldown():
+    stabilizer = Stabilizer(down_after=3, cooldown_s=100)
+    assert stabilizer.decide(1, 5.2, now_s=0)[0] == 6
+    decisions = [stabilizer.decide(6, need, now_s=t)[0] for t, need in [(10, 2.1), (20, 1.9), (30, 2.0), (40, 2.2)]]
+    assert decisions == [6, 6, 6, 6]  # three low intervals by t=30, but the cool-down runs until t=100
+    assert stabilizer.decide(6, 2.3, now_s=110) == (3, "need 2.30 below 6 for 3 intervals: scale down")
+
+
+def test_budget_shrinks_both_pools_in_proportion():
+    assert fit_budget(2, 3, 8) == (2, 3, None)
+    assert fit_budget(6, 10, 8)[:2] == (3, 5)
+    assert fit_budget(9, 1, 4)[:2] == (3, 1)
