@@ -7,14 +7,17 @@ import random
 import pytest
 
 from services.planner import forecast
-from services.planner.profile import DecodePoint, Profile, PrefillPoint
+from services.planner.profile import DecodePoint, PrefillPoint, Profile
 from services.planner.replicas import Load, Targets, decode_need, prefill_need
 from services.planner.stabilizer import Stabilizer, fit_budget
 
 PROFILE = Profile(
     engine="sim",
     model="m",
-    prefill=[PrefillPoint(isl=1000, ttft_ms=100, tokens_per_s=10000), PrefillPoint(isl=3000, ttft_ms=300, tokens_per_s=10000)],
+    prefill=[
+        PrefillPoint(isl=1000, ttft_ms=100, tokens_per_s=10000),
+        PrefillPoint(isl=3000, ttft_ms=300, tokens_per_s=10000),
+    ],
     decode=[
         DecodePoint(batch=1, context=1000, itl_ms=10),
         DecodePoint(batch=8, context=1000, itl_ms=20),
