@@ -1,10 +1,10 @@
-"""The `kvmesh` command: one subcommand per service, plus `up`, `status`, `model`, `repo`, `bench` and `hash`."""
+"""The `kvmesh` command: one subcommand per service, plus up, status, model, repo, bench, profile and hash."""
 
 from __future__ import annotations
 
 import typer
 
-from kvmesh.cli import bench, block_hash, model, repo, services, up
+from kvmesh.cli import bench, block_hash, model, profile, repo, services, up
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="kvmesh: an LLM serving mesh over Triton.")
 app.add_typer(model.app, name="model")
@@ -13,6 +13,7 @@ app.add_typer(repo.app, name="repo")
 services.add_commands(app)
 up.add_commands(app)
 block_hash.add_commands(app)
+profile.add_commands(app)
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ SERVICES = {
     "router": "picks the worker for each request",
     "worker": "one Triton server running an engine, registered in Redis",
     "kvindex": "keeps the global KV block index in Redis from the engines' KV events",
+    "planner": "sizes the prefill and decode pools against TTFT/ITL targets",
 }
 
 

@@ -160,6 +160,8 @@ class Generator:
                 metrics.E2E.observe(time.perf_counter() - progress.start)
                 metrics.PROMPT_TOKENS.inc(usage.prompt_tokens)
                 metrics.COMPLETION_TOKENS.inc(usage.completion_tokens)
+                metrics.PROMPT_LENGTH.observe(usage.prompt_tokens)
+                metrics.OUTPUT_LENGTH.observe(usage.completion_tokens)
                 metrics.CACHED_TOKENS.inc(usage.cached_tokens)
                 yield Chunk(delta + progress.text.flush(), chunk.token_ids, finish, usage, worker.id)
                 return

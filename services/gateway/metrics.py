@@ -4,6 +4,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
+# Sequence lengths: the planner reads their percentiles.
+LENGTH_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
 
 REQUESTS = Counter("kvmesh_gateway_requests", "Requests by front and outcome", ["front", "status"])
 IN_FLIGHT = Gauge("kvmesh_gateway_in_flight", "Requests being generated")
@@ -12,6 +14,10 @@ ITL = Histogram("kvmesh_gateway_itl_seconds", "Inter-token latency", buckets=ITL
 E2E = Histogram("kvmesh_gateway_e2e_seconds", "Request latency, start to last token", buckets=LATENCY_BUCKETS)
 PROMPT_TOKENS = Counter("kvmesh_gateway_prompt_tokens", "Prompt tokens")
 COMPLETION_TOKENS = Counter("kvmesh_gateway_completion_tokens", "Generated tokens")
+PROMPT_LENGTH = Histogram("kvmesh_gateway_prompt_length_tokens", "Prompt tokens per request", buckets=LENGTH_BUCKETS)
+OUTPUT_LENGTH = Histogram(
+    "kvmesh_gateway_output_length_tokens", "Generated tokens per finished request", buckets=LENGTH_BUCKETS
+)
 CACHED_TOKENS = Counter("kvmesh_gateway_cached_tokens", "Prompt tokens served from an engine's prefix cache")
 DISAGGREGATED = Counter("kvmesh_gateway_disaggregated", "Requests prefilled on a prefill worker")
 PREFILL_FALLBACKS = Counter(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.planner.profile import Profile
+from kvmesh.profile import Profile
 
 MIN_UTILISATION, MAX_UTILISATION = 0.05, 0.95
 

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
+from kvmesh.profile import DecodePoint, PrefillPoint, Profile
 from services.planner import forecast
-from services.planner.profile import DecodePoint, PrefillPoint, Profile
 from services.planner.replicas import Load, Targets, decode_need, prefill_need
 from services.planner.stabilizer import Stabilizer, fit_budget
 

@@ -1,6 +1,6 @@
-"""An engine configuration's measured performance (written by `kvmesh profile`): prefill TTFT and
-throughput against input length, decode ITL and throughput against batch size and context
-length. The planner reads between the measured points linearly, and never beyond them."""
+"""An engine configuration's measured performance (`kvmesh profile` writes it, the planner reads
+it): prefill TTFT and throughput against input length, decode ITL and throughput against batch
+size and context length. Read between the measured points linearly, never beyond them."""
 
 from __future__ import annotations
 

@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from kvmesh.settings import CommonSettings
+
+
+class PlannerSettings(CommonSettings):
+    model_config = SettingsConfigDict(env_prefix="KVMESH_PLANNER_", cli_prog_name="kvmesh planner")
+
+    port: int = Field(8092, ge=0, le=65535, description="gRPC port; 0 = a free port")
+    profile: Path = Field(description="the engine's profile (`kvmesh profile` writes it)")
+    gateway_metrics: list[str] = Field(description="the gateways' Prometheus URLs")
+    interval_s: float = Field(10.0, gt=0, description="one observation and decision per interval")
+    ttft_ms: float = Field(2000.0, gt=0)
+    itl_ms: float = Field(100.0, gt=0)
+    percentile: float = Field(90.0, gt=0, lt=100)
+    max_replicas: int = Field(2, ge=2, description="workers over both pools")
+    forecaster: str = Field("moving-average", description="constant, moving-average, holt-winters, arima")
+    cooldown_s: float = Field(60.0, ge=0)
+    down_after: int = Field(3, ge=1, description="intervals of lower need before a pool shrinks")
+    dry_run: bool = Field(False, description="decide and log, never act")
+    connector: str = Field("local", description="local")
+    worker_args: list[str] = Field(default_factory=list, description="local: arguments every new worker gets")
+    engine: str = Field("sim", description="local: workers run <engine>_prefill / <engine>_decode")
+    log_dir: Path = Field(Path("."), description="local: where new workers log")

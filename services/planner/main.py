@@ -1,0 +1,76 @@
+"""settings → dependencies → serve; one planning step per interval."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from kvmesh import grpc_server, registry, telemetry
+from kvmesh.profile import Profile
+from kvmesh.registry import Watcher
+from kvmesh.settings import load
+from kvmesh.v1 import planner_pb2_grpc
+from services.planner import forecast
+from services.planner.config import PlannerSettings
+from services.planner.connectors.local import LocalConnector
+from services.planner.observe import GatewayMetrics
+from services.planner.planner import Planner
+from services.planner.replicas import Targets
+from services.planner.servicer import PlannerServicer
+from services.planner.stabilizer import Stabilizer
+
+log = logging.getLogger(__name__)
+
+
+async def run(settings: PlannerSettings) -> None:
+    telemetry.setup_tracing("planner")
+    metrics_port = telemetry.start_metrics_server(settings.host, settings.metrics_port)
+    workers = Watcher(registry.Registry(registry.connect(settings.redis_url)), 1.0)
+    await workers.start()
+
+    def registered() -> dict[str, int]:
+        if not workers.reachable:
+            raise ConnectionError("registry unreachable")
+        return {wid: w.record.role for wid, w in workers.workers.items()}
+
+    if settings.connector != "local":
+        raise SystemExit(f"connector {settings.connector!r}: only 'local' is built")
+    connector = LocalConnector(registered, settings.worker_args, settings.engine, settings.log_dir)
+    targets = Targets(settings.ttft_ms, settings.itl_ms, settings.percentile, settings.max_replicas)
+    planner = Planner(
+        GatewayMetrics(settings.gateway_metrics, settings.percentile),
+        Profile.load(settings.profile),
+        targets,
+        forecast.make(settings.forecaster),
+        connector,
+        Stabilizer(down_after=settings.down_after, cooldown_s=settings.cooldown_s),
+        dry_run=settings.dry_run,
+    )
+    servicer = PlannerServicer(planner)
+    served = await grpc_server.serve(
+        "planner", settings.host, settings.port, lambda s: planner_pb2_grpc.add_PlannerServicer_to_server(servicer, s)
+    )
+    print(f"planner ready on {settings.host}:{served.port} (metrics on :{metrics_port}/metrics)", flush=True)
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(settings.interval_s)
+            try:
+                await asyncio.to_thread(planner.step)
+            except Exception:  # one bad interval must not stop planning
+                log.exception("planning step failed")
+
+    stepping = asyncio.create_task(loop())
+    await grpc_server.wait_for_signal()
+
+    async def stop_background() -> None:
+        stepping.cancel()
+        await asyncio.gather(stepping, return_exceptions=True)
+        await asyncio.to_thread(connector.close)
+        await workers.stop()
+
+    await grpc_server.drain(served, grace_s=2.0, before_stop=stop_background)
+
+
+def main() -> None:
+    asyncio.run(run(load(PlannerSettings)))

@@ -1,0 +1,154 @@
+"""What the planner measures each interval, from the gateways' Prometheus metrics: finished
+requests per second, prompt and output length (mean and the targets' percentile), TTFT and ITL at
+that percentile, requests in flight. Counters and histograms are differenced between scrapes, so
+each observation covers one interval only."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+HISTOGRAMS = {
+    "kvmesh_gateway_prompt_length_tokens": "isl",
+    "kvmesh_gateway_output_length_tokens": "osl",
+    "kvmesh_gateway_ttft_seconds": "ttft",
+    "kvmesh_gateway_itl_seconds": "itl",
+}
+
+
+@dataclass(frozen=True)
+class Observation:
+    interval_s: float
+    requests_per_s: float
+    isl_mean: float
+    isl_p: float
+    osl_mean: float
+    osl_p: float
+    ttft_p_ms: float | None  # None: no request started in the interval
+    itl_p_ms: float | None
+    in_flight: float
+
+
+class MetricsUnavailable(Exception):
+    """No gateway answered: the planner holds its last decision."""
+
+
+@dataclass
+class _Histogram:
+    buckets: dict[float, float]  # upper bound → cumulative count
+    total: float
+    count: float
+
+    def minus(self, before: _Histogram | None) -> _Histogram:
+        if before is None:
+            return self
+        return _Histogram(
+            {le: n - before.buckets.get(le, 0.0) for le, n in self.buckets.items()},
+            self.total - before.total,
+            self.count - before.count,
+        )
+
+    def quantile(self, q: float) -> float:
+        """Prometheus's histogram_quantile: linear within the bucket the rank falls in."""
+        if self.count <= 0:
+            return math.nan
+        rank, lower, below = q * self.count, 0.0, 0.0
+        for le in sorted(self.buckets):
+            cumulative = self.buckets[le]
+            if cumulative >= rank:
+                if math.isinf(le):
+                    return lower
+                inside = cumulative - below
+                return lower + (le - lower) * ((rank - below) / inside if inside else 0.0)
+            lower, below = le, cumulative
+        return lower
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.count if self.count > 0 else math.nan
+
+
+def scrape(url: str, timeout_s: float = 2.0) -> tuple[dict[str, _Histogram], float]:
+    """The gateway's histograms by short name, and its in-flight gauge."""
+    text = httpx.get(url, timeout=timeout_s).raise_for_status().text
+    histograms: dict[str, _Histogram] = {}
+    in_flight = 0.0
+    for family in text_string_to_metric_families(text):
+        if family.name == "kvmesh_gateway_in_flight":
+            in_flight = sum(s.value for s in family.samples)
+        short = HISTOGRAMS.get(family.name)
+        if short is None:
+            continue
+        h = histograms[short] = _Histogram({}, 0.0, 0.0)
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                h.buckets[float(sample.labels["le"])] = sample.value
+            elif sample.name.endswith("_sum"):
+                h.total = sample.value
+            elif sample.name.endswith("_count"):
+                h.count = sample.value
+    return histograms, in_flight
+
+
+class GatewayMetrics:
+    def __init__(self, urls: list[str], percentile: float):
+        self.urls = urls
+        self.percentile = percentile
+        self._last: dict[str, tuple[dict[str, _Histogram], float]] = {}
+
+    def observe(self) -> Observation:
+        now = time.monotonic()
+        merged: dict[str, _Histogram] = {}
+        in_flight, elapsed, answered = 0.0, 0.0, 0
+        for url in self.urls:
+            try:
+                histograms, flight = scrape(url)
+            except (httpx.HTTPError, ValueError):
+                continue
+            answered += 1
+            before, then = self._last.get(url, ({}, now))
+            self._last[url] = (histograms, now)
+            elapsed = max(elapsed, now - then)
+            in_flight += flight
+            for name, h in histograms.items():
+                delta = h.minus(before.get(name))
+                if name in merged:
+                    m = merged[name]
+                    merged[name] = _Histogram(
+                        {le: m.buckets.get(le, 0) + n for le, n in delta.buckets.items()},
+                        m.total + delta.total,
+                        m.count + delta.count,
+                    )
+                else:
+                    merged[name] = delta
+        if not answered:
+            raise MetricsUnavailable(f"no gateway metrics from {', '.join(self.urls)}")
+        if elapsed <= 0:
+            raise MetricsUnavailable("first scrape: nothing to compare with yet")
+        q = self.percentile / 100.0
+        isl, osl = merged.get("isl"), merged.get("osl")
+        ttft, itl = merged.get("ttft"), merged.get("itl")
+        finished = osl.count if osl else 0.0
+        return Observation(
+            interval_s=elapsed,
+            requests_per_s=finished / elapsed,
+            isl_mean=_or0(isl.mean if isl else math.nan),
+            isl_p=_or0(isl.quantile(q) if isl else math.nan),
+            osl_mean=_or0(osl.mean if osl else math.nan),
+            osl_p=_or0(osl.quantile(q) if osl else math.nan),
+            ttft_p_ms=_ms(ttft.quantile(q)) if ttft and ttft.count > 0 else None,
+            itl_p_ms=_ms(itl.quantile(q)) if itl and itl.count > 0 else None,
+            in_flight=in_flight,
+        )
+
+
+def _or0(x: float) -> float:
+    return 0.0 if math.isnan(x) else x
+
+
+def _ms(seconds: float) -> float:
+    return seconds * 1000.0

@@ -1,0 +1,127 @@
+"""One planning interval: observe → forecast → need per pool → stabilise → fit the budget → act.
+Every decision is logged with its inputs and reasons. With no metrics or no registry it holds its
+last decision and says it is degraded."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+
+from kvmesh.profile import Profile
+from services.planner.connectors import Connector
+from services.planner.forecast import Forecaster
+from services.planner.observe import MetricsUnavailable, Observation
+from services.planner.replicas import Load, Targets, decode_need, prefill_need
+from services.planner.stabilizer import Stabilizer, fit_budget
+
+log = logging.getLogger(__name__)
+POOLS = ("prefill", "decode")
+# A correction beyond these says the profile is for another machine, not that the load changed.
+CORRECTION_BOUNDS = (0.5, 4.0)
+HISTORY = 288
+
+
+@dataclass(frozen=True)
+class PoolDecision:
+    pool: str
+    current: int
+    desired: int
+    reason: str
+
+
+@dataclass
+class Decision:
+    at_unix_ms: int
+    pools: list[PoolDecision]
+    degraded: bool
+    inputs: dict = field(default_factory=dict)
+
+
+class Planner:
+    def __init__(self, metrics, profile: Profile, targets: Targets, forecaster: Forecaster, connector: Connector,
+                 stabilizer: Stabilizer, dry_run: bool = False):  # fmt: skip
+        self.metrics = metrics
+        self.profile = profile
+        self.targets = targets
+        self.forecaster = forecaster
+        self.connector = connector
+        self.stabilizers = {pool: copy.deepcopy(stabilizer) for pool in POOLS}
+        self.dry_run = dry_run
+        self.history: dict[str, deque[float]] = {k: deque(maxlen=HISTORY) for k in Load.__dataclass_fields__}
+        self.correction = {"prefill": 1.0, "decode": 1.0}
+        self.last: Decision | None = None
+
+    def set_targets(self, targets: Targets) -> None:
+        self.targets = targets
+
+    def step(self, now_s: float | None = None) -> Decision:
+        now_s = time.monotonic() if now_s is None else now_s
+        decision = self._decide(now_s, self.stabilizers, record=True)
+        if not decision.degraded and not self.dry_run:
+            for pool in decision.pools:
+                if pool.desired != pool.current:
+                    done = self.connector.scale(pool.pool, pool.desired)
+                    log.info("%s: %d → %d: %s", pool.pool, pool.current, pool.desired, done)
+        self.last = decision
+        return decision
+
+    def plan(self) -> Decision:
+        """What step() would decide now, changing nothing (state is copied)."""
+        planner = copy.copy(self)
+        planner.history = {k: deque(v, maxlen=HISTORY) for k, v in self.history.items()}
+        planner.correction = dict(self.correction)
+        return planner._decide(time.monotonic(), copy.deepcopy(self.stabilizers), record=False)
+
+    def _decide(self, now_s: float, stabilizers: dict[str, Stabilizer], record: bool) -> Decision:
+        at = int(time.time() * 1000)
+        try:
+            observed = self.metrics.observe() if record else None
+            current = self.connector.current()
+        except (MetricsUnavailable, ConnectionError, OSError) as e:
+            return self._hold(at, f"degraded, holding the last decision: {e}")
+        if observed is not None:
+            self._learn(observed)
+        if not self.history["requests_per_s"]:
+            return self._hold(at, "no observation yet")
+        load = Load(**{k: self.forecaster.predict(list(v)) for k, v in self.history.items()})
+        needs = {
+            "prefill": prefill_need(load, self.profile, self.targets, self.correction["prefill"]),
+            "decode": decode_need(load, self.profile, self.targets, self.correction["decode"]),
+        }
+        wanted, reasons = {}, {}
+        for pool in POOLS:
+            wanted[pool], rule = stabilizers[pool].decide(current[pool], needs[pool].replicas, now_s)
+            reasons[pool] = f"{needs[pool].reason}; {rule}"
+        prefill, decode, squeezed = fit_budget(wanted["prefill"], wanted["decode"], self.targets.max_replicas)
+        for pool in POOLS if squeezed else ():
+            reasons[pool] += f"; budget: {squeezed}"
+        pools = [PoolDecision(p, current[p], n, reasons[p]) for p, n in (("prefill", prefill), ("decode", decode))]
+        decision = Decision(at, pools, degraded=False, inputs={"load": load.__dict__, "correction": self.correction})
+        log.info("decision: %s", "; ".join(f"{p.pool} {p.current}→{p.desired} ({p.reason})" for p in pools))
+        return decision
+
+    def _learn(self, o: Observation) -> None:
+        for key in self.history:
+            self.history[key].append(getattr(o, key))
+        if o.ttft_p_ms and o.isl_p:
+            predicted = self.profile.ttft_ms(o.isl_p)
+            self.correction["prefill"] = _bounded(o.ttft_p_ms / predicted)
+        if o.itl_p_ms and o.isl_p:
+            decode_workers = max(self.connector.current()["decode"], 1)
+            batch = max(o.in_flight / decode_workers, 1.0)
+            predicted = self.profile.itl_ms(batch, o.isl_p + o.osl_p / 2)
+            self.correction["decode"] = _bounded(o.itl_p_ms / predicted)
+
+    def _hold(self, at: int, why: str) -> Decision:
+        log.warning("planner %s", why)
+        if self.last is None:
+            return Decision(at, [], degraded=True, inputs={"why": why})
+        return replace(self.last, at_unix_ms=at, degraded=True, inputs={"why": why})
+
+
+def _bounded(ratio: float) -> float:
+    low, high = CORRECTION_BOUNDS
+    return min(max(ratio, low), high)

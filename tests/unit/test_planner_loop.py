@@ -1,0 +1,140 @@
+"""The planning loop with a fake connector and metrics source: it scales on load, holds its last
+decision (degraded) when metrics or the registry are missing, never acts in dry-run mode, and
+Plan changes nothing. The metrics reader on a real Prometheus endpoint."""
+
+import pytest
+from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
+
+from kvmesh.net import free_ports
+from services.planner import forecast
+from services.planner.observe import GatewayMetrics, MetricsUnavailable, Observation
+from services.planner.planner import Planner
+from services.planner.replicas import Targets
+from services.planner.stabilizer import Stabilizer
+from tests.unit.test_planner_math import PROFILE
+
+
+class FakeConnector:
+    name = "fake"
+
+    def __init__(self):
+        self.pools = {"prefill": 1, "decode": 1}
+        self.calls = []
+        self.registry_down = False
+
+    def current(self):
+        if self.registry_down:
+            raise ConnectionError("registry unreachable")
+        return dict(self.pools)
+
+    def scale(self, pool, replicas):
+        self.calls.append((pool, replicas))
+        self.pools[pool] = replicas
+        return "done"
+
+
+class FakeMetrics:
+    def __init__(self):
+        self.next: Observation | Exception = MetricsUnavailable("not yet")
+
+    def observe(self):
+        if isinstance(self.next, Exception):
+            raise self.next
+        return self.next
+
+
+def load(rps: float) -> Observation:
+    return Observation(10, rps, isl_mean=1000, isl_p=2000, osl_mean=100, osl_p=200, ttft_p_ms=None, itl_p_ms=None,
+                       in_flight=0)  # fmt: skip
+
+
+def planner(dry_run=False):
+    connector, metrics = FakeConnector(), FakeMetrics()
+    p = Planner(metrics, PROFILE, Targets(ttft_ms=400, itl_ms=20, max_replicas=8), forecast.make("constant"),
+                connector, Stabilizer(down_after=2, cooldown_s=0), dry_run=dry_run)  # fmt: skip
+    return p, connector, metrics
+
+
+def test_scales_both_pools_to_the_load_and_explains_why():
+    p, connector, metrics = planner()
+    metrics.next = load(10)  # hand-computed in test_planner_math: prefill 1.5, decode 3.74
+    decision = p.step(now_s=0)
+    assert not decision.degraded
+    assert connector.calls == [("prefill", 2), ("decode", 4)]
+    assert "batch 5" in decision.pools[1].reason and "scale up" in decision.pools[1].reason
+
+
+def test_missing_metrics_hold_the_last_decision_and_report_degraded():
+    p, connector, metrics = planner()
+    assert p.step(now_s=0).degraded  # nothing observed yet
+    metrics.next = load(10)
+    p.step(now_s=10)
+    metrics.next = MetricsUnavailable("no gateway metrics")
+    held = p.step(now_s=20)
+    assert held.degraded and "no gateway metrics" in held.inputs["why"]
+    assert [d.desired for d in held.pools] == [2, 4] and len(connector.calls) == 2
+
+
+def test_registry_loss_holds_too():
+    p, connector, metrics = planner()
+    metrics.next = load(10)
+    p.step(now_s=0)
+    connector.registry_down = True
+    metrics.next = load(0.1)
+    assert p.step(now_s=10).degraded and len(connector.calls) == 2
+
+
+def test_dry_run_decides_but_never_acts_and_plan_changes_nothing():
+    p, connector, metrics = planner(dry_run=True)
+    metrics.next = load(10)
+    assert [d.desired for d in p.step(now_s=0).pools] == [2, 4] and connector.calls == []
+    history = {k: list(v) for k, v in p.history.items()}
+    assert [d.desired for d in p.plan().pools] == [2, 4]
+    assert {k: list(v) for k, v in p.history.items()} == history
+
+
+def test_observed_latency_corrects_the_profile():
+    p, connector, metrics = planner()
+    slow = load(10)
+    metrics.next = Observation(**{**slow.__dict__, "ttft_p_ms": 400.0})  # profile says 200 ms at ISL 2000
+    decision = p.step(now_s=0)
+    assert p.correction["prefill"] == 2.0
+    assert "cannot be met" in decision.pools[0].reason
+
+
+@pytest.fixture
+def gateway_metrics():
+    registry = CollectorRegistry()
+    lengths = (128, 1024, 4096)
+    port = free_ports(1)[0]
+    start_http_server(port, addr="127.0.0.1", registry=registry)
+    series = {
+        "isl": Histogram("kvmesh_gateway_prompt_length_tokens", "", buckets=lengths, registry=registry),
+        "osl": Histogram("kvmesh_gateway_output_length_tokens", "", buckets=lengths, registry=registry),
+        "ttft": Histogram("kvmesh_gateway_ttft_seconds", "", buckets=(0.1, 0.5, 1.0), registry=registry),
+        "in_flight": Gauge("kvmesh_gateway_in_flight", "", registry=registry),
+    }
+    return f"http://127.0.0.1:{port}/metrics", series
+
+
+def test_metrics_are_differenced_between_scrapes(gateway_metrics):
+    url, series = gateway_metrics
+    source = GatewayMetrics([url], percentile=50)
+    for _ in range(5):
+        series["isl"].observe(5000)  # before the first scrape: not in any interval
+    with pytest.raises(MetricsUnavailable, match="first scrape"):
+        source.observe()
+    for n in (200, 400, 600, 800):
+        series["isl"].observe(n)
+        series["osl"].observe(100)
+    series["ttft"].observe(0.3)
+    series["in_flight"].set(3)
+    o = source.observe()
+    assert o.isl_mean == 500 and 128 < o.isl_p <= 1024 and o.osl_mean == 100
+    assert o.requests_per_s > 0 and o.in_flight == 3
+    assert 100 < o.ttft_p_ms <= 500 and o.itl_p_ms is None
+
+
+def test_no_gateway_answering_is_unavailable():
+    with pytest.raises(MetricsUnavailable, match="no gateway metrics"):
+        GatewayMetrics([f"http://127.0.0.1:{free_ports(1)[0]}/metrics"], 90).observe()
