@@ -5,11 +5,16 @@ blocks permitting) and prefilled in chunks within the step's token budget; the s
 `Timing.step_ms`. Prefill skips the prompt's cached prefix; the first token comes at the end of
 prefill. Output tokens are a deterministic function of the prompt. KV events go out in vLLM's
 format (ZMQ), so kvindex cannot tell this engine from vLLM.
+
+Roles, like vLLM's: a prefill instance stops after the first token and returns kv_transfer_params;
+a decode instance given those holds the prompt's KV at once (the transfer itself is not timed: NIXL
+moves a prompt's KV in milliseconds, bench/kv_transfer) and decodes from there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -21,11 +26,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from engines.kv_event_publisher import KvEventPublisher
 from engines.loop_thread import LoopThread
-from engines.request import EngineDelta, EngineRequest
+from engines.request import BadRequest, EngineDelta, EngineRequest
 from engines.sim.block_manager import BlockManager, NoSpace, Sequence
 from engines.sim.timing import Timing
 
 FIRST_ORDINARY_TOKEN = 100  # below: special tokens (EOS & co) in the usual vocabularies
+ROLES = ("aggregated", "prefill", "decode")
+# What a simulated prefill instance hands its decode instance.
+TRANSFER_KEY = "sim_remote_prefill"
 
 
 class KvEventsConfig(BaseModel):
@@ -61,6 +69,7 @@ class _Running:
     computed: int = 0  # prompt tokens whose KV exists (cached or computed)
     output: list[int] = field(default_factory=list)
     salt: bytes = b""
+    remote_kv: bool = False  # a decode instance's request whose prompt KV came from a prefill instance
 
     @property
     def prompt_len(self) -> int:
@@ -69,9 +78,10 @@ class _Running:
 
 class SimEngine(LoopThread):
     def __init__(self, args: dict[str, Any], role: str = "aggregated"):
-        if role != "aggregated":
-            raise ValueError(f"the simulated engine serves the aggregated role only, not {role}")
+        if role not in ROLES:
+            raise ValueError(f"role {role!r}: one of {', '.join(ROLES)}")
         super().__init__("sim-loop")
+        self.role = role
         self.args = SimArgs.model_validate(args)
         self.max_model_len = self.args.max_model_len
         self.vocab_size = self.args.vocab_size
@@ -92,13 +102,20 @@ class SimEngine(LoopThread):
         if self.publisher is not None:
             self.publisher.publish(events)
 
+    def check_kv_transfer(self, params: dict[str, Any]) -> None:
+        if TRANSFER_KEY not in params:
+            raise BadRequest(f"kv_transfer_params: not from a simulated prefill instance (no {TRANSFER_KEY!r})")
+
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineDelta]:
+        if self.role == "prefill":  # the first token only; the decode instance makes the rest
+            request = dataclasses.replace(request, sampling=request.sampling.model_copy(update={"max_tokens": 1}))
         if request.request_id in self._by_id:
             raise ValueError(f"request id {request.request_id!r} is already running")
         needed = -(-(len(request.prompt_token_ids) + request.sampling.max_tokens) // self.block_size)
         if needed > self.args.num_blocks:
             raise ValueError(f"prompt + max_tokens need {needed} KV blocks; the cache has {self.args.num_blocks}")
-        entry = _Running(request, asyncio.Queue(), salt=_salt(request.prompt_token_ids))
+        remote_kv = self.role == "decode" and bool(request.kv_transfer_params)
+        entry = _Running(request, asyncio.Queue(), salt=_salt(request.prompt_token_ids), remote_kv=remote_kv)
         self._by_id[request.request_id] = entry
         self.waiting.append(entry)
         self._work.set()
@@ -119,6 +136,7 @@ class SimEngine(LoopThread):
                 finish_reason=merged[-1].finish_reason,
                 prompt_tokens=first.prompt_tokens,
                 cached_tokens=first.cached_tokens,
+                kv_transfer_params=merged[-1].kv_transfer_params,
             )
             yield delta
             if delta.finish_reason is not None or aborted:
@@ -173,6 +191,9 @@ class SimEngine(LoopThread):
             except NoSpace:
                 return  # until running requests free blocks (generate refused what never fits)
             r.computed = r.seq.cached_tokens
+            if r.remote_kv:  # its KV arrived whole: decode from the next step (which makes token 1 again)
+                r.computed = r.prompt_len
+                self.blocks.fill(r.seq)
             self.waiting.popleft()
             self.running.append(r)
 
@@ -193,7 +214,8 @@ class SimEngine(LoopThread):
             self.running.remove(r)
             self.blocks.release(r.seq)
             self._by_id.pop(r.request.request_id, None)
-        r.deltas.put_nowait(EngineDelta([token], finish, r.prompt_len, r.seq.cached_tokens))
+        transfer = {TRANSFER_KEY: True, "prompt_tokens": r.prompt_len} if finish and self.role == "prefill" else None
+        r.deltas.put_nowait(EngineDelta([token], finish, r.prompt_len, r.seq.cached_tokens, transfer))
 
     def shutdown(self) -> None:
         self.submit(self._stop_scheduler()).result(timeout=5)

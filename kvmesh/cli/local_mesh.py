@@ -28,6 +28,7 @@ class LocalMesh:
     router: str
     kvindex: str
     rest: str
+    planner: str
     redis_url: str
     log_dir: Path
     model: str = DEFAULT_MODEL
@@ -40,7 +41,7 @@ class LocalMesh:
         env: dict[str, str] | None = None,
         ready_timeout_s: float = 600,
     ) -> LocalMesh:
-        ports = dict(zip(("http", "grpc", "rest", "router", "kvindex", "redis"), free_ports(6), strict=True))
+        ports = dict(zip(("http", "grpc", "rest", "router", "kvindex", "planner", "redis"), free_ports(7), strict=True))
         log_dir.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "kvmesh", "up", "--log-dir", str(log_dir), *extra_args]
         for name, port in ports.items():
@@ -55,6 +56,7 @@ class LocalMesh:
             router=f"127.0.0.1:{ports['router']}",
             kvindex=f"127.0.0.1:{ports['kvindex']}",
             rest=f"http://127.0.0.1:{ports['rest']}",
+            planner=f"127.0.0.1:{ports['planner']}",
             redis_url=f"redis://127.0.0.1:{ports['redis']}/0",
             log_dir=log_dir,
         )

@@ -32,6 +32,7 @@ def up(
     rest_port: int = typer.Option(8082, help="REST (grpc-gateway over every service; OpenAPI at /openapi.json)"),
     router_port: int = typer.Option(8090),
     kvindex_port: int = typer.Option(8091),
+    planner_port: int = typer.Option(8092),
     redis_port: int = typer.Option(6390, help="for the Redis kvmesh starts (ignored when REDIS_URL is set)"),
     policy: str = typer.Option("kv-aware", help="routing policy"),
     engine: str = typer.Option("vllm", help="the Triton model the workers run: vllm, or sim (simulated engine)"),
@@ -43,11 +44,22 @@ def up(
     disagg_threshold: int = typer.Option(
         2048, min=0, help="uncached prompt tokens from which the router prefills on the prefill worker"
     ),
+    planner: bool = typer.Option(False, help="size the prefill and decode pools (needs --disagg and a profile)"),
+    planner_profile: Path = typer.Option(None, help="`kvmesh profile` output; default <cache>/profiles/<engine>.json"),
+    planner_args: str = typer.Option("", help="more planner flags, e.g. '--ttft-ms 500 --itl-ms 50 --max-replicas 4'"),
     log_dir: Path = typer.Option(None, help="default: <cache>/run/<time>"),
     ready_timeout_s: float = typer.Option(900.0),
 ) -> None:
     """Start the whole mesh and serve until Ctrl-C."""
     log_dir = log_dir or models.cache_dir() / "run" / time.strftime("%Y%m%d-%H%M%S")
+    planner_profile = planner_profile or models.cache_dir() / "profiles" / f"{engine}.json"
+    if planner and not disagg:
+        raise typer.BadParameter("the planner sizes prefill and decode pools: add --disagg", param_hint="--planner")
+    if planner and not planner_profile.exists():
+        raise typer.BadParameter(
+            f"{planner_profile} is missing: `kvmesh profile --engine {engine} --out {planner_profile}` makes it",
+            param_hint="--planner-profile",
+        )
     redis = None
     redis_url = os.environ.get("REDIS_URL")
     if not redis_url:
@@ -85,9 +97,18 @@ def up(
                 json.dumps([model]),
             ],
         )
+        if planner:
+            worker_args = [*common, "--model", model, "--engine-args", engine_args]
+            metrics_urls = json.dumps([f"http://{host}:{http_port}/metrics"])
+            planner_argv = [*common, "--port", str(planner_port), "--profile", str(planner_profile),
+                            "--gateway-metrics", metrics_urls, "--engine", engine, "--worker-args",
+                            json.dumps(worker_args), "--log-dir", str(log_dir), *planner_args.split()]  # fmt: skip
+            supervisor.start("planner", "services.planner", planner_argv)
         rest_off = rest_front.unavailable_reason()
         if rest_off is None:
             grpc_addresses = {"gateway": grpc_port, "router": router_port, "kvindex": kvindex_port}
+            if planner:
+                grpc_addresses["planner"] = planner_port
             rest_argv = rest_front.argv(f"{host}:{rest_port}", **{k: f"{host}:{v}" for k, v in grpc_addresses.items()})
             supervisor.start_program("rest", rest_argv)
         else:
@@ -97,8 +118,9 @@ def up(
             _wait_ready(supervisor, f"http://{host}:{rest_port}/healthz", 30.0, what="starting the REST front")
         rest_url = None if rest_off else f"http://{host}:{rest_port}"
         _print_endpoints(
-            host, http_port, grpc_port, rest_url, router_port, kvindex_port, redis_url, Path(model).name, log_dir
-        )
+            host, http_port, grpc_port, rest_url, router_port, kvindex_port, redis_url, Path(model).name, log_dir,
+            planner_port if planner else None,
+        )  # fmt: skip
         _supervise(supervisor, redis)
     except KeyboardInterrupt:
         console.print("stopping…")
@@ -160,13 +182,16 @@ def _wait_ready(
     console.print(f"[green]ready[/] in {time.monotonic() - start:.0f}s")
 
 
-def _print_endpoints(host, http_port, grpc_port, rest_url, router_port, kvindex_port, redis_url, model, log_dir):
+def _print_endpoints(host, http_port, grpc_port, rest_url, router_port, kvindex_port, redis_url, model, log_dir,
+                     planner_port=None):  # fmt: skip
     console.print(f"  OpenAI HTTP  http://{host}:{http_port}/v1   (health /health, metrics /metrics)")
     console.print(f"  gRPC         {host}:{grpc_port}   kvmesh.v1.Inference, kvmesh.v1.Models")
     if rest_url:
         console.print(f"  REST         {rest_url}/v1/...   every service (OpenAPI {rest_url}/openapi.json)")
     console.print(f"  router       {host}:{router_port}   kvmesh.v1.Router")
     console.print(f"  kvindex      {host}:{kvindex_port}   kvmesh.v1.KvIndex")
+    if planner_port:
+        console.print(f"  planner      {host}:{planner_port}   kvmesh.v1.Planner")
     console.print(f"  redis        {redis_url}")
     console.print(f"  logs         {log_dir}")
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": "What is the capital of France?"}]})

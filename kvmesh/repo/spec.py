@@ -61,13 +61,9 @@ class ModelSpec(BaseModel):
     @model_validator(mode="after")
     def _roles_and_transfer_agree(self) -> ModelSpec:
         disaggregated = self.role != Role.AGGREGATED
-        if disaggregated and self.engine == Engine.SIM:
-            raise ValueError(f"{self.name}: the simulated engine serves the aggregated role only")
         if disaggregated and self.kv_transfer is None:
-            self.kv_transfer = KvTransfer(
-                connector="NixlConnector" if self.engine == Engine.VLLM else "DEFAULT",
-                buffer_device="cpu",
-            )
+            connector = {Engine.VLLM: "NixlConnector", Engine.SIM: "sim"}.get(self.engine, "DEFAULT")
+            self.kv_transfer = KvTransfer(connector=connector, buffer_device="cpu")
         if not disaggregated and self.kv_transfer is not None:
             raise ValueError(f"{self.name}: kv_transfer is for prefill and decode roles only")
         for derived in ("kv_transfer_config", "cache_transceiver_config", "block_size", "tokens_per_block"):
@@ -88,7 +84,7 @@ class ModelSpec(BaseModel):
             args["kv_cache_config"] = {"enable_block_reuse": True, "event_buffer_max_size": 1024, **kv_cache}
         else:
             args["block_size"] = self.block_size
-        if self.kv_transfer is None:
+        if self.kv_transfer is None or self.engine == Engine.SIM:  # the simulator's transfer needs no settings
             return args
         if self.engine == Engine.VLLM:
             # kvmesh's own key (the vLLM adapter takes it out): vLLM retries a failed NIXL

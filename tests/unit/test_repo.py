@@ -89,7 +89,10 @@ def test_a_prefill_model_without_its_decode_pair(built):
 @pytest.mark.parametrize(
     "toml, words",
     [
-        ('[[models]]\nname = "a"\nengine = "sim"\nrole = "prefill"\n', "aggregated role only"),
+        (
+            '[[models]]\nname = "a"\nengine = "sim"\nkv_transfer = { connector = "sim" }\n',
+            "prefill and decode roles only",
+        ),
         ('[[models]]\nname = "a"\nengine = "vllm"\nengine_args = { block_size = 16 }\n', "engine_args.block_size"),
         ('[[models]]\nname = "a"\nengine = "vllm"\nkv_transfer = {}\n', "prefill and decode roles only"),
         ('[[models]]\nname = "a"\nengine = "onnx"\n', "models.0.engine"),

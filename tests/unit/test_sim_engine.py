@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from engines.request import EngineRequest, SamplingSpec
+from engines.request import BadRequest, EngineRequest, SamplingSpec
 from engines.sim.block_manager import BlockManager, NoSpace
 from engines.sim.engine import SimEngine
 from engines.sim.timing import Timing
@@ -148,3 +148,33 @@ def test_stop_token_and_abort(engine):
 def test_a_request_that_can_never_fit_is_refused(engine):
     with pytest.raises(ValueError, match="KV blocks"):
         collect(engine, request("huge", list(range(10)), 10_000))
+
+
+def test_prefill_and_decode_roles_hand_over_like_vllms():
+    timing = Timing(base_ms=2.0, prefill_per_token_ms=0.05, speedup=1.0).model_dump()
+    args = {"block_size": 16, "num_blocks": 256, "timing": timing, "max_num_batched_tokens": 256}
+    prefill, decode, aggregated = SimEngine(args, "prefill"), SimEngine(args, "decode"), SimEngine(args)
+    try:
+        prompt = list(range(3000, 4000))
+        whole = [t for d in collect(aggregated, request("a", prompt, 6)) for t in d.token_ids]
+        first = collect(prefill, request("p", prompt, 6))  # max_tokens becomes 1 on a prefill instance
+        assert [t for d in first for t in d.token_ids] == whole[:1] and first[-1].finish_reason == "length"
+        params = first[-1].kv_transfer_params
+        decode.check_kv_transfer(params)
+        with pytest.raises(BadRequest, match="kv_transfer_params"):
+            decode.check_kv_transfer({"remote_host": "x"})
+
+        async def timed(req):
+            start = asyncio.get_running_loop().time()
+            deltas = [d async for d in decode.generate(req)]
+            return asyncio.get_running_loop().time() - start, deltas
+
+        remote_s, deltas = decode.submit(timed(EngineRequest("d", prompt, SamplingSpec(max_tokens=6),
+                                                             kv_transfer_params=params))).result()  # fmt: skip
+        assert [t for d in deltas for t in d.token_ids] == whole  # token 1 again, then the rest
+        local_s, _ = decode.submit(timed(EngineRequest("l", list(range(5000, 6000)), SamplingSpec(max_tokens=6),
+                                                       kv_transfer_params={}))).result()  # fmt: skip
+        assert remote_s < local_s / 2  # the prompt's 4 prefill steps were skipped
+    finally:
+        for e in (prefill, decode, aggregated):
+            e.shutdown()
