@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 async def run(settings: PlannerSettings) -> None:
     telemetry.setup_tracing("planner")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per scrape otherwise
     metrics_port = telemetry.start_metrics_server(settings.host, settings.metrics_port)
     workers = Watcher(registry.Registry(registry.connect(settings.redis_url)), 1.0)
     await workers.start()

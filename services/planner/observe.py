@@ -103,11 +103,12 @@ class GatewayMetrics:
     def observe(self) -> Observation:
         now = time.monotonic()
         merged: dict[str, _Histogram] = {}
-        in_flight, elapsed, answered = 0.0, 0.0, 0
+        in_flight, elapsed, answered, errors = 0.0, 0.0, 0, []
         for url in self.urls:
             try:
                 histograms, flight = scrape(url)
-            except (httpx.HTTPError, ValueError):
+            except (httpx.HTTPError, ValueError) as e:
+                errors.append(f"{url}: {e}")
                 continue
             answered += 1
             before, then = self._last.get(url, ({}, now))
@@ -126,7 +127,7 @@ class GatewayMetrics:
                 else:
                     merged[name] = delta
         if not answered:
-            raise MetricsUnavailable(f"no gateway metrics from {', '.join(self.urls)}")
+            raise MetricsUnavailable(f"no gateway metrics: {'; '.join(errors)}")
         if elapsed <= 0:
             raise MetricsUnavailable("first scrape: nothing to compare with yet")
         q = self.percentile / 100.0

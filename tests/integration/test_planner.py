@@ -1,0 +1,137 @@
+"""The planner in `kvmesh up --disagg --planner`, on simulated prefill/decode workers (real Triton,
+gateway, router, Redis): `kvmesh profile` measures the engine, the planner reads the gateway's
+metrics, its RPCs answer over gRPC and REST, and under load its local connector starts a decode
+worker (no request fails), then stops it when the load is gone."""
+
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+import httpx
+import pytest
+from google.protobuf import wrappers_pb2
+
+from kvmesh.cli.local_mesh import LocalMesh
+from kvmesh.profile import Profile
+from kvmesh.v1 import (
+    inference_pb2,
+    inference_pb2_grpc,
+    planner_pb2,
+    planner_pb2_grpc,
+    router_pb2,
+    router_pb2_grpc,
+    worker_pb2,
+)
+from tests.support.waiting import wait_for
+
+CONTEXT = 128
+
+
+@pytest.fixture(scope="module")
+def profile(tmp_path_factory):
+    out = tmp_path_factory.mktemp("profile") / "sim.json"
+    args = ["--isl", "128", "--isl", "1024", "--batch", "1", "--batch", "4", "--context", str(CONTEXT),
+            "--context", "1024"]  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "kvmesh", "profile", "--engine", "sim", "--out", str(out), *args],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert out.with_suffix(".png").stat().st_size > 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def planned(tmp_path_factory, profile):
+    # An ITL target a worker meets with one sequence only: a few concurrent streams need more.
+    itl_target = Profile.load(profile).itl_ms(1, CONTEXT) * 1.02
+    planner_args = f"--interval-s 1 --cooldown-s 0 --down-after 3 --max-replicas 3 --itl-ms {itl_target:.2f}"
+    args = (
+        "--engine",
+        "sim",
+        "--disagg",
+        "--planner",
+        "--planner-profile",
+        str(profile),
+        "--planner-args",
+        planner_args,
+    )
+    mesh = LocalMesh.start(tmp_path_factory.mktemp("planner-mesh-logs"), extra_args=args)
+    mesh.wait_for_workers(2)
+    yield mesh
+    assert mesh.stop() == 0, mesh.log("up")
+
+
+def status(mesh) -> planner_pb2.StatusResponse:
+    with grpc.insecure_channel(mesh.planner) as channel:
+        return planner_pb2_grpc.PlannerStub(channel).Status(planner_pb2.StatusRequest(), timeout=5)
+
+
+def decode_workers(mesh) -> set[str]:
+    with grpc.insecure_channel(mesh.router) as channel:
+        workers = router_pb2_grpc.RouterStub(channel).Workers(router_pb2.WorkersRequest(), timeout=5).workers
+    return {w.record.id for w in workers if w.record.role == worker_pb2.ROLE_DECODE}
+
+
+def test_the_profile_has_its_curves(profile):
+    measured = Profile.load(profile)
+    assert [p.isl for p in measured.prefill] == [128, 1024]
+    assert measured.ttft_ms(1024) > measured.ttft_ms(128)  # the simulator's prefill grows with the prompt
+    assert measured.itl_ms(4, CONTEXT) > measured.itl_ms(1, CONTEXT)  # and a decode step with the batch
+
+
+def test_status_plan_and_targets_over_grpc_and_rest(planned):
+    wait_for(lambda: not status(planned).degraded, timeout_s=20, what="a first decision from real metrics")
+    decided = status(planned)
+    assert decided.connector == "local"
+    assert [(d.role, d.current_replicas) for d in decided.last_decisions] == [
+        (worker_pb2.ROLE_PREFILL, 1),
+        (worker_pb2.ROLE_DECODE, 1),
+    ]
+    assert all(d.reason for d in decided.last_decisions)
+    with grpc.insecure_channel(planned.planner) as channel:
+        stub = planner_pb2_grpc.PlannerStub(channel)
+        assert len(stub.Plan(planner_pb2.PlanRequest()).decisions) == 2
+        with pytest.raises(grpc.RpcError) as bad:
+            stub.SetTargets(planner_pb2.SetTargetsRequest(targets=planner_pb2.Targets(ttft_ms=100, itl_ms=0)))
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "itl_ms" in bad.value.details()
+    rest = httpx.get(f"{planned.rest}/v1/planner/status", timeout=10).json()
+    assert rest["connector"] == "local" and rest["targets"]["max_replicas"] == 3
+
+
+def test_load_grows_the_decode_pool_and_its_end_shrinks_it(planned):
+    before = decode_workers(planned)
+    failures, served, stop = [], [], threading.Event()
+
+    def stream_forever(seed: int) -> None:
+        with grpc.insecure_channel(planned.grpc) as channel:
+            stub = inference_pb2_grpc.InferenceStub(channel)
+            while not stop.is_set():
+                request = inference_pb2.GenerateRequest(
+                    model=planned.model,
+                    token_ids=inference_pb2.TokenIds(ids=[1000 + seed * 7 + i for i in range(40)]),
+                    sampling=inference_pb2.SamplingParams(
+                        max_tokens=wrappers_pb2.UInt32Value(value=48), ignore_eos=True
+                    ),
+                )
+                try:
+                    served.append(list(stub.Generate(request, timeout=60))[-1].usage.completion_tokens)
+                except grpc.RpcError as e:
+                    failures.append(e.details())
+
+    clients = [threading.Thread(target=stream_forever, args=(i,)) for i in range(4)]
+    for c in clients:
+        c.start()
+    try:
+        wait_for(lambda: len(decode_workers(planned)) == 2, timeout_s=60, what="the planner to add a decode worker")
+        added = decode_workers(planned) - before
+        time.sleep(3)  # requests keep flowing onto the grown pool
+    finally:
+        stop.set()
+        for c in clients:
+            c.join()
+    assert not failures, failures[:3]
+    assert served and set(served) == {48}
+    wait_for(lambda: decode_workers(planned) == before, timeout_s=60, what="the added worker to be stopped")
+    assert any("scale down" in d.reason for d in status(planned).last_decisions) or decode_workers(planned) == before
+    assert f"started {next(iter(added))}" in planned.log("planner")
