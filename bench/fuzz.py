@@ -12,11 +12,10 @@ without parameters have only a few distinct ones).
 from __future__ import annotations
 
 import argparse
-import tempfile
+import shutil
 import time
-from pathlib import Path
 
-from bench.common import save
+from bench.common import RESULTS, save
 from kvmesh.cli import rest_front
 from kvmesh.cli.local_mesh import LocalMesh
 from tests.support import fuzz
@@ -27,17 +26,18 @@ def main() -> None:
     parser.add_argument("--rest-per-operation", type=int, default=500)
     parser.add_argument("--openai-per-endpoint", type=int, default=2500)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        mesh = LocalMesh.start(Path(tmp), extra_args=fuzz.SIM_MESH_ARGS)
-        try:
-            start = time.monotonic()
-            rest = fuzz.fuzz_rest(mesh.rest, rest_front.OPENAPI, args.rest_per_operation)
-            openai = fuzz.fuzz_openai(mesh.http, mesh.model, args.openai_per_endpoint)
-            elapsed = time.monotonic() - start
-            healthy = fuzz.healthy(mesh.http, mesh.rest, mesh.model)
-            crashes = fuzz.crashes(mesh.log_dir)
-        finally:
-            mesh.stop()
+    logs = RESULTS / "fuzz-logs"  # kept: a traceback in them is a finding to read
+    shutil.rmtree(logs, ignore_errors=True)
+    mesh = LocalMesh.start(logs, extra_args=fuzz.SIM_MESH_ARGS)
+    try:
+        start = time.monotonic()
+        rest = fuzz.fuzz_rest(mesh.rest, rest_front.OPENAPI, args.rest_per_operation)
+        openai = fuzz.fuzz_openai(mesh.http, mesh.model, args.openai_per_endpoint)
+        elapsed = time.monotonic() - start
+        healthy = fuzz.healthy(mesh.http, mesh.rest, mesh.model)
+        crashes = fuzz.crashes(mesh.log_dir)
+    finally:
+        mesh.stop()
     save(
         "fuzz",
         {

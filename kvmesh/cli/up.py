@@ -104,6 +104,8 @@ def up(
                             "--gateway-metrics", metrics_urls, "--engine", engine, "--worker-args",
                             json.dumps(worker_args), "--log-dir", str(log_dir), *planner_args.split()]  # fmt: skip
             supervisor.start("planner", "services.planner", planner_argv)
+        _wait_ready(supervisor, f"http://{host}:{http_port}/health", ready_timeout_s)
+        # Last, once the services it forwards to listen.
         rest_off = rest_front.unavailable_reason()
         if rest_off is None:
             grpc_addresses = {"gateway": grpc_port, "router": router_port, "kvindex": kvindex_port}
@@ -111,11 +113,9 @@ def up(
                 grpc_addresses["planner"] = planner_port
             rest_argv = rest_front.argv(f"{host}:{rest_port}", **{k: f"{host}:{v}" for k, v in grpc_addresses.items()})
             supervisor.start_program("rest", rest_argv)
+            _wait_ready(supervisor, f"http://{host}:{rest_port}/healthz", 30.0, what="starting the REST front")
         else:
             console.print(f"[yellow]REST is off: {rest_off}[/]; gRPC and OpenAI HTTP are unaffected")
-        _wait_ready(supervisor, f"http://{host}:{http_port}/health", ready_timeout_s)
-        if rest_off is None:
-            _wait_ready(supervisor, f"http://{host}:{rest_port}/healthz", 30.0, what="starting the REST front")
         rest_url = None if rest_off else f"http://{host}:{rest_port}"
         _print_endpoints(
             host, http_port, grpc_port, rest_url, router_port, kvindex_port, redis_url, Path(model).name, log_dir,

@@ -11,9 +11,11 @@ import (
 	"log"
 	"net/http"
 	"os"
+	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/runtime"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 
 	kvmesh "kvmesh/v1"
 )
@@ -34,7 +36,10 @@ func main() {
 	// OpenAPI document describes, and what a client reading `usage.cached_tokens` expects.
 	mux := runtime.NewServeMux(runtime.WithMarshalerOption(runtime.MIMEWildcard,
 		&runtime.JSONPb{OrigName: true, EmitDefaults: true}))
-	dial := []grpc.DialOption{grpc.WithInsecure()}
+	// A backend that restarts (kvmesh up restarts a dead service) is found again within a
+	// second, not after grpc-go's default reconnect backoff of up to two minutes.
+	reconnect := backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second}
+	dial := []grpc.DialOption{grpc.WithInsecure(), grpc.WithConnectParams(grpc.ConnectParams{Backoff: reconnect})}
 	backends := []struct {
 		address    string
 		registrars []registrar
