@@ -12,6 +12,7 @@ from kvmesh.settings import load
 from kvmesh.v1 import planner_pb2_grpc
 from services.planner import forecast
 from services.planner.config import PlannerSettings
+from services.planner.connectors import kubernetes
 from services.planner.connectors.local import LocalConnector
 from services.planner.observe import GatewayMetrics
 from services.planner.planner import Planner
@@ -34,9 +35,12 @@ async def run(settings: PlannerSettings) -> None:
             raise ConnectionError("registry unreachable")
         return {wid: w.record.role for wid, w in workers.workers.items()}
 
-    if settings.connector != "local":
-        raise SystemExit(f"connector {settings.connector!r}: only 'local' is built")
-    connector = LocalConnector(registered, settings.worker_args, settings.engine, settings.log_dir)
+    if settings.connector == "local":
+        connector = LocalConnector(registered, settings.worker_args, settings.engine, settings.log_dir)
+    elif settings.connector == "kubernetes":
+        connector = kubernetes.connect(settings.namespace)
+    else:
+        raise SystemExit(f"connector {settings.connector!r}: local or kubernetes")
     targets = Targets(settings.ttft_ms, settings.itl_ms, settings.percentile, settings.max_replicas)
     planner = Planner(
         GatewayMetrics(settings.gateway_metrics, settings.percentile),
@@ -67,7 +71,8 @@ async def run(settings: PlannerSettings) -> None:
     async def stop_background() -> None:
         stepping.cancel()
         await asyncio.gather(stepping, return_exceptions=True)
-        await asyncio.to_thread(connector.close)
+        if isinstance(connector, LocalConnector):  # the workers it started stop with it
+            await asyncio.to_thread(connector.close)
         await workers.stop()
 
     await grpc_server.drain(served, grace_s=2.0, before_stop=stop_background)
