@@ -39,8 +39,10 @@ def up(
     engine_args: str = typer.Option("{}", help="JSON engine-argument overrides (vLLM's, or the simulator's)"),
     workers: int = typer.Option(1, min=1, help="Triton workers; several are pinned to cores round-robin"),
     disagg: bool = typer.Option(
-        False, help="one prefill and one decode worker (<engine>_prefill, <engine>_decode), KV moved by NIXL"
+        False, help="a prefill and a decode pool (<engine>_prefill, <engine>_decode), KV moved by NIXL"
     ),
+    prefill_workers: int = typer.Option(1, min=1, help="with --disagg: workers in the prefill pool"),
+    decode_workers: int = typer.Option(1, min=1, help="with --disagg: workers in the decode pool"),
     disagg_threshold: int = typer.Option(
         2048, min=0, help="uncached prompt tokens from which the router prefills on the prefill worker"
     ),
@@ -77,7 +79,8 @@ def up(
         supervisor.start("kvindex", "services.kvindex", [*common, "--port", str(kvindex_port)])
         router_args = ["--port", str(router_port), "--policy", policy, "--disagg-threshold-tokens"]
         supervisor.start("router", "services.router", [*common, *router_args, str(disagg_threshold if disagg else 0)])
-        triton_models = [f"{engine}_prefill", f"{engine}_decode"] if disagg else [engine] * workers
+        pools = [f"{engine}_prefill"] * prefill_workers + [f"{engine}_decode"] * decode_workers
+        triton_models = pools if disagg else [engine] * workers
         for i, (triton_model, cpus) in enumerate(zip(triton_models, _worker_cpus(len(triton_models)), strict=True)):
             worker_args = [*common, "--model", model, "--triton-model", triton_model, "--engine-args", engine_args]
             worker_args += ["--cpus", cpus]

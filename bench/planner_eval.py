@@ -1,0 +1,170 @@
+"""The planner against fixed allocations of the same budget, in one run: the Azure 2023 code trace
+(time-compressed) on simulated prefill/decode workers (GPU-class timing), every configuration on
+a fresh `kvmesh up --disagg` mesh.
+
+    .venv/bin/python -m bench.planner_eval [--time-scale 0.1] [--limit 4400] [--budget 4]
+        [--ttft-ms 1000] [--itl-ms 60] [--speedup 5]
+
+Reports per configuration: SLA attainment (requests with TTFT and mean ITL within the targets;
+failed requests count as misses), worker-seconds (the workers registered, sampled every second),
+scaling actions; the planner's worker-seconds against the cheapest fixed allocation that meets
+95%. Plots load, workers and TTFT over time. The profile is measured first (`kvmesh profile`) on
+the same engine configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from bench.common import GPU_LIKE, RESULTS, save
+from kvmesh.cli.local_mesh import LocalMesh
+from kvmesh.replay import traces
+from kvmesh.replay.runner import ReplayOptions, replay
+from kvmesh.v1 import router_pb2, router_pb2_grpc
+
+TRACE = Path(__file__).resolve().parents[2] / "shared" / "traces" / "azure_llm_inference_code_2023.csv"
+SLA_GOAL = 0.95
+
+
+def engine_args(speedup: float) -> dict:
+    return {"timing": {**GPU_LIKE, "speedup": speedup}}
+
+
+def measure_profile(args) -> Path:
+    out = RESULTS / "planner-profile.json"
+    argv = [sys.executable, "-m", "kvmesh", "profile", "--engine", "sim", "--engine-args",
+            json.dumps(engine_args(args.speedup)), "--out", str(out), "--isl", "256", "--isl", "1024",
+            "--isl", "4096", "--isl", "8192", "--batch", "1", "--batch", "8", "--batch", "32",
+            "--context", "512", "--context", "4096"]  # fmt: skip
+    subprocess.run(argv, check=True)
+    return out
+
+
+class WorkerSampler(threading.Thread):
+    """Registered workers by role, once a second."""
+
+    def __init__(self, router: str):
+        super().__init__(daemon=True)
+        self.router, self.samples, self.stop = router, [], threading.Event()
+
+    def run(self) -> None:
+        start = time.perf_counter()
+        with grpc.insecure_channel(self.router) as channel:
+            stub = router_pb2_grpc.RouterStub(channel)
+            while not self.stop.wait(1.0):
+                try:
+                    workers = stub.Workers(router_pb2.WorkersRequest(), timeout=2).workers
+                except grpc.RpcError:
+                    continue
+                self.samples.append((time.perf_counter() - start, len(workers)))
+
+
+def run_config(name: str, extra: tuple[str, ...], requests, args) -> dict:
+    base = ("--engine", "sim", "--disagg", "--disagg-threshold", str(args.disagg_threshold), "--engine-args",
+            json.dumps(engine_args(args.speedup)))  # fmt: skip
+    mesh = LocalMesh.start(RESULTS / f"planner-eval-{name}", extra_args=(*base, *extra))
+    try:
+        mesh.wait_for_workers(2 if "--planner" in extra else sum(int(x) for x in extra[1::2]))
+        sampler = WorkerSampler(mesh.router)
+        sampler.start()
+        options = ReplayOptions(time_scale=args.time_scale, max_output_tokens=args.max_output_tokens)
+        outcomes, wall_s = asyncio.run(replay(mesh.grpc, mesh.model, requests, options))
+        sampler.stop.set()
+        sampler.join()
+        planner_log = mesh.log("planner") if "--planner" in extra else ""
+        actions = planner_log.count(": started w-") + planner_log.count(": stopping w-")
+    finally:
+        mesh.stop()
+    within = [
+        o.error == "" and o.ttft_s is not None and o.ttft_s * 1000 <= args.ttft_ms
+        and (o.itl_s is None or o.itl_s * 1000 <= args.itl_ms)
+        for o in outcomes
+    ]  # fmt: skip
+    times = np.array([t for t, _ in sampler.samples])
+    counts = np.array([n for _, n in sampler.samples])
+    ttfts = [o.ttft_s * 1000 for o in outcomes if o.ttft_s is not None]
+    return {
+        "sla_attainment": round(float(np.mean(within)), 4),
+        "worker_seconds": round(float(np.trapezoid(counts, times)) if len(times) > 1 else 0.0, 1),
+        "scaling_actions": actions,
+        "errors": sum(bool(o.error) for o in outcomes),
+        "ttft_ms_p50": round(float(np.percentile(ttfts, 50)), 1) if ttfts else None,
+        "ttft_ms_p99": round(float(np.percentile(ttfts, 99)), 1) if ttfts else None,
+        "wall_s": round(wall_s, 1),
+        "_series": {"workers": sampler.samples, "ttft": [(o.sent_s, o.ttft_s) for o in outcomes if o.ttft_s]},
+    }
+
+
+def plot(results: dict, requests, args, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (load, workers, ttft) = plt.subplots(3, 1, figsize=(10, 9), sharex=True)
+    arrivals = np.array([r.arrival_s - requests[0].arrival_s for r in requests]) * args.time_scale
+    load.hist(arrivals, bins=60)
+    load.set(ylabel="requests / bin", title="Azure code trace (compressed)")
+    for name, r in results.items():
+        series = r["_series"]
+        workers.plot(*zip(*series["workers"], strict=True), label=name)
+        sent, value = zip(*series["ttft"], strict=True)
+        ttft.scatter(sent, np.array(value) * 1000, s=2, label=name)
+    workers.set(ylabel="workers registered")
+    workers.legend()
+    ttft.axhline(args.ttft_ms, color="k", linestyle="--")
+    ttft.set(ylabel="TTFT ms", xlabel="seconds", yscale="log")
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--time-scale", type=float, default=0.1)
+    parser.add_argument("--limit", type=int, default=4400)
+    parser.add_argument("--budget", type=int, default=4)
+    parser.add_argument("--ttft-ms", type=float, default=1000.0)
+    parser.add_argument("--itl-ms", type=float, default=60.0)
+    parser.add_argument("--speedup", type=float, default=5.0)
+    parser.add_argument("--disagg-threshold", type=int, default=256)
+    parser.add_argument("--max-output-tokens", type=int, default=256)
+    args = parser.parse_args()
+    requests = traces.load(TRACE, limit=args.limit)
+    profile = measure_profile(args)
+    results = {}
+    for prefill in range(1, args.budget):
+        decode = args.budget - prefill
+        extra = ("--prefill-workers", str(prefill), "--decode-workers", str(decode))
+        results[f"fixed {prefill}P+{decode}D"] = run_config(f"fixed-{prefill}-{decode}", extra, requests, args)
+    planner_args = (f"--interval-s 2 --cooldown-s 10 --down-after 3 --ttft-ms {args.ttft_ms} "
+                    f"--itl-ms {args.itl_ms} --max-replicas {args.budget}")  # fmt: skip
+    extra = ("--planner", "--planner-profile", str(profile), "--planner-args", planner_args)
+    results["planner"] = run_config("planner", extra, requests, args)
+    png = plot(results, requests, args, RESULTS / "planner_eval.png")
+    meeting = {n: r for n, r in results.items() if n != "planner" and r["sla_attainment"] >= SLA_GOAL}
+    best = min(meeting.items(), key=lambda kv: kv[1]["worker_seconds"]) if meeting else None
+    ratio = round(results["planner"]["worker_seconds"] / best[1]["worker_seconds"], 3) if best else None
+    summary = {
+        "trace": f"{TRACE.name}, first {len(requests)} requests, time × {args.time_scale}",
+        "targets": {"ttft_ms": args.ttft_ms, "itl_ms": args.itl_ms, "budget": args.budget},
+        "configs": {n: {k: v for k, v in r.items() if k != "_series"} for n, r in results.items()},
+        "best_fixed_meeting_sla": best[0] if best else None,
+        "planner_worker_seconds_vs_best_fixed": ratio,
+        "plot": str(png),
+    }  # fmt: skip
+    save("planner_eval", summary)
+
+
+if __name__ == "__main__":
+    main()
