@@ -95,7 +95,7 @@ def run_config(name: str, extra: tuple[str, ...], requests, args) -> dict:
     ttfts = [o.ttft_s * 1000 for o in outcomes if o.ttft_s is not None]
     return {
         "sla_attainment": round(float(np.mean(within)), 4),
-        "worker_seconds": round(float(np.trapezoid(counts, times)) if len(times) > 1 else 0.0, 1),
+        "worker_seconds": round(float(np.trapz(counts, times)) if len(times) > 1 else 0.0, 1),
         "scaling_actions": actions,
         "errors": sum(bool(o.error) for o in outcomes),
         "ttft_ms_p50": round(float(np.percentile(ttfts, 50)), 1) if ttfts else None,
@@ -129,6 +129,12 @@ def plot(results: dict, requests, args, path: Path) -> Path:
     return path
 
 
+def _checkpoint(results: dict) -> None:
+    """What is measured so far, in case a later configuration fails."""
+    partial = {n: {k: v for k, v in r.items() if k != "_series"} for n, r in results.items()}
+    (RESULTS / "planner_eval.partial.json").write_text(json.dumps(partial, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--time-scale", type=float, default=0.1)
@@ -147,6 +153,7 @@ def main() -> None:
         decode = args.budget - prefill
         extra = ("--prefill-workers", str(prefill), "--decode-workers", str(decode))
         results[f"fixed {prefill}P+{decode}D"] = run_config(f"fixed-{prefill}-{decode}", extra, requests, args)
+        _checkpoint(results)
     planner_args = (f"--interval-s 2 --cooldown-s 10 --down-after 3 --ttft-ms {args.ttft_ms} "
                     f"--itl-ms {args.itl_ms} --max-replicas {args.budget}")  # fmt: skip
     extra = ("--planner", "--planner-profile", str(profile), "--planner-args", planner_args)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import time
 from pathlib import Path
@@ -105,7 +106,7 @@ def up(
             metrics_urls = json.dumps([f"http://{host}:{http_port}/metrics"])
             planner_argv = [*common, "--port", str(planner_port), "--profile", str(planner_profile),
                             "--gateway-metrics", metrics_urls, "--engine", engine, "--worker-args",
-                            json.dumps(worker_args), "--log-dir", str(log_dir), *planner_args.split()]  # fmt: skip
+                            shlex.join(worker_args), "--log-dir", str(log_dir), *shlex.split(planner_args)]  # fmt: skip
             supervisor.start("planner", "services.planner", planner_argv)
         _wait_ready(supervisor, f"http://{host}:{http_port}/health", ready_timeout_s)
         # Last, once the services it forwards to listen.

@@ -25,6 +25,7 @@ class PlannerSettings(CommonSettings):
     dry_run: bool = Field(False, description="decide and log, never act")
     connector: str = Field("local", description="local (worker processes here) or kubernetes (Deployments)")
     namespace: str = Field("kvmesh", description="kubernetes: the pools' namespace")
-    worker_args: list[str] = Field(default_factory=list, description="local: arguments every new worker gets")
+    # One shell-quoted string: a list flag would parse the JSON inside --engine-args as its own.
+    worker_args: str = Field("", description="local: arguments every new worker gets, shell-quoted")
     engine: str = Field("sim", description="local: workers run <engine>_prefill / <engine>_decode")
     log_dir: Path = Field(Path("."), description="local: where new workers log")

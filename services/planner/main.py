@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shlex
 
 from kvmesh import grpc_server, registry, telemetry
 from kvmesh.profile import Profile
@@ -36,7 +37,7 @@ async def run(settings: PlannerSettings) -> None:
         return {wid: w.record.role for wid, w in workers.workers.items()}
 
     if settings.connector == "local":
-        connector = LocalConnector(registered, settings.worker_args, settings.engine, settings.log_dir)
+        connector = LocalConnector(registered, shlex.split(settings.worker_args), settings.engine, settings.log_dir)
     elif settings.connector == "kubernetes":
         connector = kubernetes.connect(settings.namespace)
     else:

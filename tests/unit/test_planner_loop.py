@@ -2,6 +2,8 @@
 decision (degraded) when metrics or the registry are missing, never acts in dry-run mode, and
 Plan changes nothing. The metrics reader on a real Prometheus endpoint."""
 
+import shlex
+
 import pytest
 from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
 
@@ -138,3 +140,14 @@ def test_metrics_are_differenced_between_scrapes(gateway_metrics):
 def test_no_gateway_answering_is_unavailable():
     with pytest.raises(MetricsUnavailable, match="no gateway metrics"):
         GatewayMetrics([f"http://127.0.0.1:{free_ports(1)[0]}/metrics"], 90).observe()
+
+
+def test_worker_arguments_with_json_inside_survive_the_settings():
+    from kvmesh.settings import load
+    from services.planner.config import PlannerSettings
+
+    engine_args = '{"timing": {"base_ms": 12.0, "speedup": 5}}'
+    worker_args = shlex.join(["--model", "m", "--engine-args", engine_args])
+    settings = load(PlannerSettings, ["--profile", "p.json", "--gateway-metrics", '["http://x/metrics"]',
+                                      "--worker-args", worker_args])  # fmt: skip
+    assert shlex.split(settings.worker_args) == ["--model", "m", "--engine-args", engine_args]
