@@ -6,7 +6,6 @@ worker (no request fails), then stops it when the load is gone."""
 import subprocess
 import sys
 import threading
-import time
 
 import grpc
 import httpx
@@ -115,7 +114,8 @@ def test_load_grows_the_decode_pool_and_its_end_shrinks_it(planned):
                     ),
                 )
                 try:
-                    served.append(list(stub.Generate(request, timeout=60))[-1].usage.completion_tokens)
+                    last = list(stub.Generate(request, timeout=60))[-1]
+                    served.append((last.worker_id, last.usage.completion_tokens))
                 except grpc.RpcError as e:
                     failures.append(e.details())
 
@@ -125,13 +125,13 @@ def test_load_grows_the_decode_pool_and_its_end_shrinks_it(planned):
     try:
         wait_for(lambda: len(decode_workers(planned)) == 2, timeout_s=60, what="the planner to add a decode worker")
         added = decode_workers(planned) - before
-        time.sleep(3)  # requests keep flowing onto the grown pool
+        wait_for(lambda: added & {w for w, _ in served}, timeout_s=30, what="the new worker serving requests")
     finally:
         stop.set()
         for c in clients:
             c.join()
     assert not failures, failures[:3]
-    assert served and set(served) == {48}
+    assert {tokens for _, tokens in served} == {48}
     wait_for(lambda: decode_workers(planned) == before, timeout_s=60, what="the added worker to be stopped")
     assert any("scale down" in d.reason for d in status(planned).last_decisions) or decode_workers(planned) == before
     assert f"started {next(iter(added))}" in planned.log("planner")
