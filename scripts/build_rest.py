@@ -53,7 +53,8 @@ def _patched_wkt(include: Path) -> None:
     system = Path("/usr/include/google/protobuf")
     for name, package in WKT_GO_PACKAGES.items():
         text = (system / f"{name}.proto").read_text()
-        lines = [f'option go_package = "{package}";' if ln.startswith("option go_package") else ln for ln in text.splitlines()]
+        option = f'option go_package = "{package}";'
+        lines = [option if ln.startswith("option go_package") else ln for ln in text.splitlines()]
         (include / "google" / "protobuf").mkdir(parents=True, exist_ok=True)
         (include / "google" / "protobuf" / f"{name}.proto").write_text("\n".join(lines) + "\n")
 
