@@ -83,7 +83,7 @@ class Planner:
         except (MetricsUnavailable, ConnectionError, OSError) as e:
             return self._hold(at, f"degraded, holding the last decision: {e}")
         if observed is not None:
-            self._learn(observed)
+            self._learn(observed, current)
         if not self.history["requests_per_s"]:
             return self._hold(at, "no observation yet")
         load = Load(**{k: self.forecaster.predict(list(v)) for k, v in self.history.items()})
@@ -103,14 +103,14 @@ class Planner:
         log.info("decision: %s", "; ".join(f"{p.pool} {p.current}→{p.desired} ({p.reason})" for p in pools))
         return decision
 
-    def _learn(self, o: Observation) -> None:
+    def _learn(self, o: Observation, current: dict[str, int]) -> None:
         for key in self.history:
             self.history[key].append(getattr(o, key))
         if o.ttft_p_ms and o.isl_p:
             predicted = self.profile.ttft_ms(o.isl_p)
             self.correction["prefill"] = _bounded(o.ttft_p_ms / predicted)
         if o.itl_p_ms and o.isl_p:
-            decode_workers = max(self.connector.current()["decode"], 1)
+            decode_workers = max(current["decode"], 1)  # read once per step: a connector call is I/O
             batch = max(o.in_flight / decode_workers, 1.0)
             predicted = self.profile.itl_ms(batch, o.isl_p + o.osl_p / 2)
             self.correction["decode"] = _bounded(o.itl_p_ms / predicted)
