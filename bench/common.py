@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import grpc
+import psutil
 
 RESULTS = Path(__file__).parent / "results"
 # The simulated engine's timing for benchmarks of a GPU-class engine (engines/sim/timing.py's
@@ -24,6 +25,24 @@ def save(name: str, result: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
+
+
+# vLLM names its engine processes (EngineCore, the CPU Worker) "VLLM::…".
+ENGINE_PREFIX = "VLLM::"
+
+
+def tree_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by `pid` and its descendants, split into "engine"
+    (vLLM's engine processes) and "serving" (everything else: servers, Triton, the stub)."""
+    split = {"engine": 0.0, "serving": 0.0}
+    root = psutil.Process(pid)
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            split["engine" if p.name().startswith(ENGINE_PREFIX) else "serving"] += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return split
 
 
 def start_service(name: str, port: int, redis_url: str) -> subprocess.Popen:

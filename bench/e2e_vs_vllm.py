@@ -3,7 +3,8 @@ same engine arguments, same prompts and concurrency, in one run.
 
     .venv/bin/python -m bench.e2e_vs_vllm [--levels 1 4 8] [--max-tokens 64] [--requests-per-slot 4] [--rounds 2]
 
-Prints throughput (tok/s), TTFT p50/p99 and ITL p50 for both and the ratios (kvmesh / vLLM);
+Prints throughput (tok/s), TTFT p50/p99, ITL p50 and the CPU its serving processes (all but
+vLLM's engine processes) spent per token for both, and the ratios (kvmesh / vLLM);
 writes bench/results/e2e_vs_vllm.json.
 """
 
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.common import tree_cpu_s
 from bench.loadgen import LevelResult, run_level
 from engines.vllm_engine import DEFAULT_ENGINE_ARGS
 from kvmesh import models
@@ -108,10 +110,19 @@ class VllmServer:
             self.process.kill()
 
 
-async def measure(base: str, model: str, levels: list[int], per_slot: int, max_tokens: int) -> list[LevelResult]:
+async def measure(
+    base: str, server_pid: int, model: str, levels: list[int], per_slot: int, max_tokens: int
+) -> list[LevelResult]:
+    """Each level, with the CPU that the server's processes used meanwhile."""
     url = f"{base}/v1/chat/completions"
     await run_level(url, bodies(model, 2, 4), 2)  # warm-up, not counted
-    return [await run_level(url, bodies(model, c * per_slot, max_tokens), c) for c in levels]
+    results = []
+    for c in levels:
+        before = tree_cpu_s(server_pid)
+        level = await run_level(url, bodies(model, c * per_slot, max_tokens), c)
+        level.cpu_s = {part: seconds - before[part] for part, seconds in tree_cpu_s(server_pid).items()}
+        results.append(level)
+    return results
 
 
 def main() -> None:
@@ -136,7 +147,8 @@ def main() -> None:
             else:
                 handle, base = start_vllm(RESULTS / "vllm-server.log", model_dir, name)
             try:
-                levels = asyncio.run(measure(base, name, args.levels, args.requests_per_slot, args.max_tokens))
+                run = measure(base, handle.process.pid, name, args.levels, args.requests_per_slot, args.max_tokens)
+                levels = asyncio.run(run)
             finally:
                 handle.stop()
             for i, level in enumerate(levels):
@@ -147,7 +159,8 @@ def main() -> None:
                     pooled.setdefault(system, []).append(level)
     for system, levels in pooled.items():
         report[system] = [level.summary() for level in levels]
-    print("\nconcurrency | tok/s kvmesh / vLLM (ratio) | TTFT p50 ms (ratio) | TTFT p99 ms | ITL p50 ms")
+    print("\nconcurrency | tok/s kvmesh / vLLM (ratio) | TTFT p50 ms (ratio) | TTFT p99 ms | ITL p50 ms "
+          "| serving CPU-ms/token")
     ratios = []
     for k, v in zip(report["kvmesh"], report["vllm"], strict=True):
         r = {
@@ -160,7 +173,8 @@ def main() -> None:
             f"{k['concurrency']:>11} | {k['throughput_tok_s']:.1f} / {v['throughput_tok_s']:.1f} "
             f"({r['throughput_ratio']:.3f}) | {k['ttft_ms_p50']:.0f} / {v['ttft_ms_p50']:.0f} "
             f"({r['ttft_p50_ratio']:.3f}) | {k['ttft_ms_p99']:.0f} / {v['ttft_ms_p99']:.0f} "
-            f"| {k['itl_ms_p50']:.1f} / {v['itl_ms_p50']:.1f}"
+            f"| {k['itl_ms_p50']:.1f} / {v['itl_ms_p50']:.1f} "
+            f"| {k['serving_cpu_ms_per_token']:.2f} / {v['serving_cpu_ms_per_token']:.2f}"
         )
     report["ratios"] = ratios
     (RESULTS / "e2e_vs_vllm.json").write_text(json.dumps(report, indent=2))

@@ -26,12 +26,16 @@ class LevelResult:
     requests: int
     wall_s: float
     timings: list[RequestTiming] = field(default_factory=list)
+    # CPU seconds the server side used during the level, by part (bench.common.tree_cpu_s).
+    cpu_s: dict[str, float] = field(default_factory=dict)
 
     def merge(self, other: LevelResult) -> None:
         """Pool another run of the same level (throughput over the summed wall time)."""
         self.requests += other.requests
         self.wall_s += other.wall_s
         self.timings += other.timings
+        for part, seconds in other.cpu_s.items():
+            self.cpu_s[part] = self.cpu_s.get(part, 0.0) + seconds
 
     @property
     def tokens_per_s(self) -> float:
@@ -52,6 +56,10 @@ class LevelResult:
             "itl_ms_p99": round(percentile(itl, 99), 2),
             "e2e_ms_p50": round(percentile(e2e, 50), 1),
             "e2e_ms_p99": round(percentile(e2e, 99), 1),
+        } | {
+            f"{part}_cpu_ms_per_token": round(seconds * 1000 / tokens, 3)
+            for part, seconds in self.cpu_s.items()
+            if (tokens := sum(t.completion_tokens for t in self.timings))
         }
 
 

@@ -19,9 +19,8 @@ import json
 import time
 
 import openai
-import psutil
 
-from bench.common import GPU_LIKE, RESULTS, save
+from bench.common import GPU_LIKE, RESULTS, save, tree_cpu_s
 from bench.loadgen import run_level
 from kvmesh.cli.local_mesh import LocalMesh
 
@@ -51,17 +50,6 @@ def bodies(model: str, n: int, stream: bool, offset: int) -> list[dict]:
             body["stream_options"] = {"include_usage": True}
         out.append(body)
     return out
-
-
-def mesh_cpu_s(mesh: LocalMesh) -> float:
-    total = 0.0
-    for p in [psutil.Process(mesh.process.pid), *psutil.Process(mesh.process.pid).children(recursive=True)]:
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
 
 
 async def openai_client_stream(base: str, model: str, n: int) -> list[float]:
@@ -98,12 +86,14 @@ def main() -> None:
         for stream in (False, True):
             for c in args.levels:
                 n = max(c * args.requests_per_slot, 200)
-                cpu_before = mesh_cpu_s(mesh)
+                cpu_before = tree_cpu_s(mesh.process.pid)
                 level = asyncio.run(run_level(url, bodies(mesh.model, n, stream, offset), c))
                 offset += n
                 summary = level.summary()
                 summary["stream"] = stream
-                summary["cpu_ms_per_request"] = round((mesh_cpu_s(mesh) - cpu_before) * 1000 / n, 2)
+                cpu_after = tree_cpu_s(mesh.process.pid)
+                cpu_s = sum(cpu_after.values()) - sum(cpu_before.values())
+                summary["cpu_ms_per_request"] = round(cpu_s * 1000 / n, 2)
                 results["levels"].append(summary)
                 print(json.dumps(summary), flush=True)
         times = asyncio.run(openai_client_stream(mesh.http, mesh.model, 100))
