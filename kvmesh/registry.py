@@ -5,6 +5,8 @@ Layout (one hash tag, so the keys sit in one Redis Cluster slot and MGET works t
   kvmesh:{registry}:worker:<id>      STRING serialized kvmesh.v1.WorkerRecord, expiring with the lease
   kvmesh:{registry}:epoch            STRING random id set by the first reader: a new value means
                                      Redis lost the registry (restarted empty), not that workers left
+  kvmesh:{registry}:assign:<id>      STRING the Triton model a worker is asked to run instead of its
+                                     own (a role change, from the planner); the worker deletes it
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ log = logging.getLogger(__name__)
 INDEX = "kvmesh:{registry}:workers"
 RECORD = "kvmesh:{registry}:worker:"
 EPOCH = "kvmesh:{registry}:epoch"
+ASSIGN = "kvmesh:{registry}:assign:"
 
 
 def now_ms() -> int:
@@ -53,6 +56,18 @@ class Registry:
             pipe.delete(RECORD + worker_id)
             pipe.zrem(INDEX, worker_id)
             await pipe.execute()
+
+    async def assign(self, worker_id: str, triton_model: str, ttl_ms: int) -> None:
+        """Asks a worker to run `triton_model` from its repository; the request lapses after
+        `ttl_ms` if the worker never takes it up."""
+        await self.redis.set(ASSIGN + worker_id, triton_model, px=ttl_ms)
+
+    async def assignment(self, worker_id: str) -> str | None:
+        value = await self.redis.get(ASSIGN + worker_id)
+        return value.decode() if isinstance(value, bytes) else value
+
+    async def clear_assignment(self, worker_id: str) -> None:
+        await self.redis.delete(ASSIGN + worker_id)
 
     async def epoch(self) -> str:
         """This registry's identity; the first caller after Redis lost its data makes a new one."""

@@ -23,9 +23,12 @@ class PlannerSettings(CommonSettings):
     cooldown_s: float = Field(60.0, ge=0)
     down_after: int = Field(3, ge=1, description="intervals of lower need before a pool shrinks")
     dry_run: bool = Field(False, description="decide and log, never act")
-    connector: str = Field("local", description="local (worker processes here) or kubernetes (Deployments)")
+    connector: str = Field(
+        "local", description="local (worker processes here), triton (role changes of running workers) or kubernetes"
+    )
     namespace: str = Field("kvmesh", description="kubernetes: the pools' namespace")
     # One shell-quoted string: a list flag would parse the JSON inside --engine-args as its own.
     worker_args: str = Field("", description="local: arguments every new worker gets, shell-quoted")
-    engine: str = Field("sim", description="local: workers run <engine>_prefill / <engine>_decode")
+    engine: str = Field("sim", description="local, triton: workers run <engine>_prefill / <engine>_decode")
+    assignment_ttl_s: float = Field(900.0, gt=0, description="triton: how long a worker may take to change role")
     log_dir: Path = Field(Path("."), description="local: where new workers log")

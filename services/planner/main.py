@@ -10,11 +10,12 @@ from kvmesh import grpc_server, registry, telemetry
 from kvmesh.profile import Profile
 from kvmesh.registry import Watcher
 from kvmesh.settings import load
-from kvmesh.v1 import planner_pb2_grpc
+from kvmesh.v1 import planner_pb2_grpc, worker_pb2
 from services.planner import forecast
 from services.planner.config import PlannerSettings
 from services.planner.connectors import kubernetes
 from services.planner.connectors.local import LocalConnector
+from services.planner.connectors.triton import TritonConnector
 from services.planner.observe import GatewayMetrics
 from services.planner.planner import Planner
 from services.planner.replicas import Targets
@@ -31,17 +32,27 @@ async def run(settings: PlannerSettings) -> None:
     workers = Watcher(registry.Registry(registry.connect(settings.redis_url)), 1.0)
     await workers.start()
 
-    def registered() -> dict[str, int]:
+    def live() -> dict[str, worker_pb2.WorkerRecord]:
         if not workers.reachable:
             raise ConnectionError("registry unreachable")
-        return {wid: w.record.role for wid, w in workers.workers.items()}
+        return {wid: w.record for wid, w in workers.workers.items()}
+
+    def registered() -> dict[str, int]:
+        return {wid: record.role for wid, record in live().items()}
 
     if settings.connector == "local":
         connector = LocalConnector(registered, shlex.split(settings.worker_args), settings.engine, settings.log_dir)
+    elif settings.connector == "triton":
+        connector = TritonConnector(
+            live,
+            _assigner(workers.registry, settings.assignment_ttl_s),
+            settings.engine,
+            settings.assignment_ttl_s,
+        )
     elif settings.connector == "kubernetes":
         connector = kubernetes.connect(settings.namespace)
     else:
-        raise SystemExit(f"connector {settings.connector!r}: local or kubernetes")
+        raise SystemExit(f"connector {settings.connector!r}: local, triton or kubernetes")
     targets = Targets(settings.ttft_ms, settings.itl_ms, settings.percentile, settings.max_replicas)
     planner = Planner(
         GatewayMetrics(settings.gateway_metrics, settings.percentile),
@@ -77,6 +88,17 @@ async def run(settings: PlannerSettings) -> None:
         await workers.stop()
 
     await grpc_server.drain(served, grace_s=2.0, before_stop=stop_background)
+
+
+def _assigner(reg: registry.Registry, ttl_s: float):
+    """`assign(worker_id, triton_model)` for the connector, which runs on the planning thread:
+    the registry's client belongs to the event loop."""
+    loop = asyncio.get_running_loop()
+
+    def assign(worker_id: str, triton_model: str) -> None:
+        asyncio.run_coroutine_threadsafe(reg.assign(worker_id, triton_model, int(ttl_s * 1000)), loop).result(5)
+
+    return assign
 
 
 def main() -> None:

@@ -27,6 +27,10 @@ class WorkerSettings(CommonSettings):
     cpus: str = Field("0-1", description="cores the engine's OpenMP threads are bound to")
     lease_ms: int = Field(5000, ge=500, description="registry lease; a dead worker vanishes after it")
     load_timeout_s: float = Field(600.0, gt=0)
+    drain_settle_ms: int = Field(
+        1000, ge=0, description="on a role change, how long requests routed before the drain may still arrive"
+    )
+    drain_timeout_s: float = Field(300.0, gt=0, description="on a role change, how long in-flight requests may take")
     worker_id: str = Field("", description="default: w-<random>")
     kv_events: bool = Field(True, description="publish the engine's KV events (for kvindex)")
     kv_events_dir: Path = Field(

@@ -8,6 +8,7 @@ import logging
 import secrets
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import tritonclient.grpc.aio as triton_aio
@@ -16,7 +17,7 @@ from kvmesh import grpc_server, registry
 from kvmesh.net import free_ports
 from kvmesh.settings import load
 from kvmesh.v1 import worker_pb2
-from services.worker import model_config, triton_server
+from services.worker import model_config, role_change, triton_server
 from services.worker.config import WorkerSettings
 
 log = logging.getLogger("kvmesh.worker")
@@ -54,6 +55,78 @@ async def load_engine(
     loading.result()
 
 
+@dataclass
+class _Worker:
+    """What loading a model and registering it needs; `record` is what the heartbeat registers."""
+
+    settings: WorkerSettings
+    worker_id: str
+    client: triton_aio.InferenceServerClient
+    process: subprocess.Popen
+    reg: registry.Registry
+    address: str
+    ports: triton_server.TritonPorts
+    record: worker_pb2.WorkerRecord | None = None
+
+    def config(self, triton_model: str):
+        return model_config.read(self.settings.model_repository / triton_model)
+
+    async def load(self, triton_model: str) -> worker_pb2.WorkerRecord:
+        """Loads the engine model; returns its registration record."""
+        settings, config = self.settings, self.config(triton_model)
+        overrides = settings.engine_overrides(self.worker_id)
+        log.info("loading %s (%s) on Triton at %s", triton_model, settings.model, self.address)
+        config_json = model_config.with_engine_args(config, overrides)
+        await load_engine(self.client, self.process, triton_model, config_json, settings.load_timeout_s)
+        args = {**model_config.engine_args(config), **overrides}
+        return worker_pb2.WorkerRecord(
+            id=self.worker_id,
+            model=settings.name_served,
+            role=model_config.role(config),
+            triton_grpc_address=self.address,
+            triton_model=triton_model,
+            kv_block_size=model_config.block_size(config, args),
+            capacity=int(args.get("max_num_seqs", 16)),
+            max_model_len=int(args.get("max_model_len", 4096)),
+            kv_events_endpoint=_kv_events(args).get("endpoint", ""),
+            kv_events_replay_endpoint=_kv_events(args).get("replay_endpoint") or "",
+            started_unix_ms=registry.now_ms(),
+            labels={"engine": triton_model, "triton_metrics": f"{settings.host}:{self.ports.metrics}"},
+        )
+
+    async def unload(self, triton_model: str) -> None:
+        await self.client.unload_model(triton_model)
+        while await self.client.is_model_ready(triton_model):
+            await asyncio.sleep(0.1)
+
+    async def register(self) -> None:
+        await self.reg.register(self.record, self.settings.lease_ms)
+
+    async def change_to(self, triton_model: str) -> None:
+        """A role change (services/worker/role_change.py); the assignment is done with either way."""
+        old = self.record
+        try:
+            role_change.check(old, model_config.role(self.config(triton_model)))
+            self.record = worker_pb2.WorkerRecord()
+            self.record.CopyFrom(old)
+            self.record.draining = True
+            await self.register()
+            metrics_url = f"http://{self.settings.host}:{self.ports.metrics}/metrics"
+            settle_s, timeout_s = self.settings.drain_settle_ms / 1000, self.settings.drain_timeout_s
+            if not await role_change.wait_drained(metrics_url, old.triton_model, settle_s, timeout_s):
+                self.record = old
+                return
+            self.record = await role_change.swap(self.unload, self.load, old.triton_model, triton_model)
+            log.info("worker %s now runs %s (%s)", self.worker_id, triton_model, worker_pb2.Role.Name(self.record.role))
+        except Exception as e:  # noqa: BLE001 - refused or failed: the worker serves as it was
+            log.error("worker %s: no change to %s: %s", self.worker_id, triton_model, e)
+            if self.record.draining:
+                self.record = old
+        finally:
+            await self.register()
+            await self.reg.clear_assignment(self.worker_id)
+
+
 async def run(settings: WorkerSettings) -> None:
     # Installed first: a stop during the (long) model load still shuts Triton down in order.
     stop = asyncio.create_task(grpc_server.wait_for_signal())
@@ -63,8 +136,7 @@ async def run(settings: WorkerSettings) -> None:
         http=settings.http_port or next(spare),
         metrics=settings.metrics_port or next(spare),
     )
-    config = model_config.read(settings.model_repository / settings.triton_model)
-    role = model_config.role(config)
+    role = model_config.role(model_config.read(settings.model_repository / settings.triton_model))
     env = {"VLLM_CPU_OMP_THREADS_BIND": settings.cpus, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
     if role != worker_pb2.ROLE_AGGREGATED:
         env |= _kv_transfer_env(settings.host, next(spare))
@@ -72,44 +144,19 @@ async def run(settings: WorkerSettings) -> None:
     address = f"{settings.host}:{ports.grpc}"
     client = triton_aio.InferenceServerClient(address)
     redis_client = registry.connect(settings.redis_url)
-    reg = registry.Registry(redis_client)
     worker_id = settings.worker_id or f"w-{secrets.token_hex(3)}"
+    worker = _Worker(settings, worker_id, client, process, registry.Registry(redis_client), address, ports)
     try:
         await wait_live(client, process, timeout_s=60)
-        overrides = settings.engine_overrides(worker_id)
-        log.info("loading %s (%s) on Triton at %s", settings.triton_model, settings.model, address)
         started = time.monotonic()
-        loading = asyncio.ensure_future(
-            load_engine(
-                client,
-                process,
-                settings.triton_model,
-                model_config.with_engine_args(config, overrides),
-                settings.load_timeout_s,
-            )
-        )
+        loading = asyncio.ensure_future(worker.load(settings.triton_model))
         await asyncio.wait({loading, stop}, return_when=asyncio.FIRST_COMPLETED)
         if stop.done():
             loading.cancel()
             log.info("stopped while loading")
             return
-        loading.result()
-        args = {**model_config.engine_args(config), **overrides}
-        record = worker_pb2.WorkerRecord(
-            id=worker_id,
-            model=settings.name_served,
-            role=role,
-            triton_grpc_address=address,
-            triton_model=settings.triton_model,
-            kv_block_size=model_config.block_size(config, args),
-            capacity=int(args.get("max_num_seqs", 16)),
-            max_model_len=int(args.get("max_model_len", 4096)),
-            kv_events_endpoint=_kv_events(args).get("endpoint", ""),
-            kv_events_replay_endpoint=_kv_events(args).get("replay_endpoint") or "",
-            started_unix_ms=registry.now_ms(),
-            labels={"engine": settings.triton_model, "triton_metrics": f"{settings.host}:{ports.metrics}"},
-        )
-        await reg.register(record, settings.lease_ms)
+        worker.record = record = loading.result()
+        await worker.register()
         log.info(
             "worker %s ready in %.1fs: %s",
             worker_id,
@@ -124,7 +171,7 @@ async def run(settings: WorkerSettings) -> None:
             ),  # fmt: skip
         )
         print(f"worker {worker_id} ready: model {record.model} on Triton {address}", flush=True)
-        heartbeat = asyncio.create_task(_heartbeat(reg, record, settings.lease_ms, process))
+        heartbeat = asyncio.create_task(_heartbeat(worker))
         done, _ = await asyncio.wait({heartbeat, stop}, return_when=asyncio.FIRST_COMPLETED)
         heartbeat.cancel()
         if heartbeat in done and not heartbeat.cancelled() and heartbeat.exception():
@@ -132,7 +179,7 @@ async def run(settings: WorkerSettings) -> None:
     finally:
         stop.cancel()
         try:
-            await reg.deregister(worker_id)
+            await worker.reg.deregister(worker_id)
         except Exception as e:  # noqa: BLE001 - Redis gone: the lease expires on its own
             log.warning("could not deregister %s: %s", worker_id, e)
         await client.close()
@@ -160,14 +207,20 @@ def _kv_events(engine_args: dict) -> dict:
     return config if config.get("enable_kv_cache_events") else {}
 
 
-async def _heartbeat(reg: registry.Registry, record: worker_pb2.WorkerRecord, lease_ms: int, process) -> None:
-    while process.poll() is None:
+async def _heartbeat(worker: _Worker) -> None:
+    """Renews the lease (also while a role change runs) and takes up role-change requests."""
+    changing: asyncio.Task | None = None
+    while worker.process.poll() is None:
         try:
-            await reg.register(record, lease_ms)
+            await worker.register()
+            wanted = await worker.reg.assignment(worker.worker_id)
         except Exception as e:  # noqa: BLE001 - keep trying; the lease covers short outages
             log.warning("heartbeat failed: %s", e)
-        await asyncio.sleep(lease_ms / 3000)
-    raise SystemExit(f"tritonserver exited with code {process.returncode}")
+            wanted = None
+        if wanted and wanted != worker.record.triton_model and (changing is None or changing.done()):
+            changing = asyncio.create_task(worker.change_to(wanted))
+        await asyncio.sleep(worker.settings.lease_ms / 3000)
+    raise SystemExit(f"tritonserver exited with code {worker.process.returncode}")
 
 
 def _stop_triton(process: subprocess.Popen) -> None:

@@ -10,8 +10,10 @@ from services.router.framework.plugins import ProfileSpec, build
 from services.router.framework.types import Candidate, Load, Request
 
 
-def cand(worker_id, in_flight=0, capacity=4, model="m", role=worker_pb2.ROLE_AGGREGATED):
-    rec = worker_pb2.WorkerRecord(id=worker_id, model=model, role=role, capacity=capacity, kv_block_size=16)
+def cand(worker_id, in_flight=0, capacity=4, model="m", role=worker_pb2.ROLE_AGGREGATED, draining=False):
+    rec = worker_pb2.WorkerRecord(
+        id=worker_id, model=model, role=role, capacity=capacity, kv_block_size=16, draining=draining
+    )
     return Candidate(rec, Load(in_flight=in_flight))
 
 
@@ -25,6 +27,8 @@ REQ = Request(model="m", request_id="r", num_tokens=40)
         ([cand("a", 1, capacity=2), cand("b", 2, capacity=8)], "b", ""),  # relative to capacity
         ([cand("a", model="other"), cand("b", 5)], "b", ""),
         ([cand("a", role=worker_pb2.ROLE_PREFILL), cand("b", 3)], "b", ""),
+        ([cand("a", draining=True), cand("b", 3)], "b", ""),  # changing role: takes nothing new
+        ([cand("a", draining=True)], None, "draining"),
         ([cand("a", model="other")], None, "model"),
         ([cand("a", 32, capacity=4)], None, "capacity"),  # 4 × queue factor 8
         ([], None, ""),

@@ -1,9 +1,15 @@
 """How the planner changes pool sizes. A connector reports each pool's workers (running or on
-their way) and moves a pool to a size; `local` runs worker processes on this machine."""
+their way) and moves a pool to a size: `local` runs worker processes on this machine, `triton`
+changes the roles of running workers, `kubernetes` scales Deployments."""
 
 from __future__ import annotations
 
 from typing import Protocol
+
+from kvmesh.v1 import worker_pb2
+
+# An aggregated worker runs whole requests: as a pool it counts with the decode workers.
+ROLE_POOL = {worker_pb2.ROLE_PREFILL: "prefill", worker_pb2.ROLE_DECODE: "decode", worker_pb2.ROLE_AGGREGATED: "decode"}
 
 
 class Connector(Protocol):

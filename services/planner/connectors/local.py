@@ -12,9 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvmesh.v1 import worker_pb2
-
-ROLE_POOL = {worker_pb2.ROLE_PREFILL: "prefill", worker_pb2.ROLE_DECODE: "decode", worker_pb2.ROLE_AGGREGATED: "decode"}
+from services.planner.connectors import ROLE_POOL
 
 
 @dataclass

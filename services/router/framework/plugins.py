@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from services.router.framework.profile import Profile
 from services.router.plugins.filters.capacity import CapacityFilter
+from services.router.plugins.filters.draining import DrainingFilter
 from services.router.plugins.filters.excluded import ExcludedFilter
 from services.router.plugins.filters.model import ModelFilter
 from services.router.plugins.filters.role import RoleFilter
@@ -26,6 +27,7 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "role": RoleFilter,
     "excluded": ExcludedFilter,
     "capacity": CapacityFilter,
+    "draining": DrainingFilter,
 }
 SCORERS: dict[str, Callable[..., Any]] = {
     "least_loaded": LeastLoadedScorer,
@@ -42,7 +44,7 @@ PICKERS: dict[str, Callable[..., Any]] = {
 
 
 class ProfileSpec(BaseModel):
-    filters: list[str] = Field(default_factory=lambda: ["model", "role", "excluded", "capacity"])
+    filters: list[str] = Field(default_factory=lambda: ["model", "role", "draining", "excluded", "capacity"])
     scorers: dict[str, float] = Field(default_factory=dict)
     picker: str = "max_score"
     # Per-plugin parameters, by type name.
