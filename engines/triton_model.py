@@ -69,7 +69,8 @@ class EngineModel:
                 error = self.pb_utils.TritonError(str(e), self.pb_utils.TritonError.INVALID_ARG)
                 sender.send(self.pb_utils.InferenceResponse(error=error), flags=final)
                 continue
-            self.in_flight.increment(1)
+            # Every call into the stub's IPC from one thread: the Python backend crashes otherwise.
+            self.outbox.put(lambda: self.in_flight.increment(1))
             io = _RequestIO(self.pb_utils, request, sender, self.outbox, self.in_flight)
             self.engine.submit(serve_request(self.engine, parsed, io.send, io.send_error, io.is_cancelled))
         return None
