@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -29,20 +31,41 @@ def save(name: str, result: dict) -> Path:
 
 # vLLM names its engine processes (EngineCore, the CPU Worker) "VLLM::…".
 ENGINE_PREFIX = "VLLM::"
+# What a mesh process is, from its command line (the first that matches).
+SERVICES = ("services.gateway", "services.router", "services.kvindex", "services.worker", "services.rest",
+            "triton_python_backend_stub", "tritonserver", "redis-server", "kvmesh up")  # fmt: skip
 
 
-def tree_cpu_s(pid: int) -> dict[str, float]:
-    """CPU seconds (user + system) used so far by `pid` and its descendants, split into "engine"
-    (vLLM's engine processes) and "serving" (everything else: servers, Triton, the stub)."""
-    split = {"engine": 0.0, "serving": 0.0}
+def engine_or_serving(process: psutil.Process) -> str:
+    """ "engine" for vLLM's engine processes, "serving" for everything else (servers, Triton, the stub)."""
+    return "engine" if process.name().startswith(ENGINE_PREFIX) else "serving"
+
+
+def service_of(process: psutil.Process) -> str:
+    """Which part of a mesh a process is: "gateway", "router", …, "triton_python_backend_stub"."""
+    if process.name().startswith(ENGINE_PREFIX):
+        return "engine"
+    command = " ".join(process.cmdline())
+    return next((s.removeprefix("services.") for s in SERVICES if s in command), process.name())
+
+
+def tree_cpu_s(pid: int, part: Callable[[psutil.Process], str] = engine_or_serving) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by `pid` and its descendants, summed by `part`."""
+    split: dict[str, float] = defaultdict(float)
     root = psutil.Process(pid)
     for p in [root, *root.children(recursive=True)]:
         try:
             t = p.cpu_times()
-            split["engine" if p.name().startswith(ENGINE_PREFIX) else "serving"] += t.user + t.system
+            split[part(p)] += t.user + t.system
         except psutil.NoSuchProcess:
             pass
-    return split
+    return dict(split)
+
+
+def cpu_since(pid: int, before: dict[str, float], part: Callable[[psutil.Process], str] = engine_or_serving):
+    """What tree_cpu_s(pid, part) grew by since `before`, by part."""
+    now = tree_cpu_s(pid, part)
+    return {k: now[k] - before.get(k, 0.0) for k in now}
 
 
 def start_service(name: str, port: int, redis_url: str) -> subprocess.Popen:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import tree_cpu_s
+from bench.common import cpu_since, tree_cpu_s
 from bench.loadgen import LevelResult, run_level
 from engines.vllm_engine import DEFAULT_ENGINE_ARGS
 from kvmesh import models
@@ -120,7 +120,7 @@ async def measure(
     for c in levels:
         before = tree_cpu_s(server_pid)
         level = await run_level(url, bodies(model, c * per_slot, max_tokens), c)
-        level.cpu_s = {part: seconds - before[part] for part, seconds in tree_cpu_s(server_pid).items()}
+        level.cpu_s = cpu_since(server_pid, before)
         results.append(level)
     return results
 
@@ -159,8 +159,10 @@ def main() -> None:
                     pooled.setdefault(system, []).append(level)
     for system, levels in pooled.items():
         report[system] = [level.summary() for level in levels]
-    print("\nconcurrency | tok/s kvmesh / vLLM (ratio) | TTFT p50 ms (ratio) | TTFT p99 ms | ITL p50 ms "
-          "| serving CPU-ms/token")
+    print(
+        "\nconcurrency | tok/s kvmesh / vLLM (ratio) | TTFT p50 ms (ratio) | TTFT p99 ms | ITL p50 ms "
+        "| serving CPU-ms/token"
+    )
     ratios = []
     for k, v in zip(report["kvmesh"], report["vllm"], strict=True):
         r = {

@@ -1,14 +1,15 @@
 """The mesh's own overhead: OpenAI chat completions through the whole mesh onto simulated workers
 at speed-up 1000 (engine time ≈ 0), streaming and not, at several concurrencies.
 
-    .venv/bin/python -m bench.overhead [--levels 1 16 64] [--requests-per-slot 25]
+    .venv/bin/python -m bench.overhead [--levels 1 16 64] [--requests-per-slot 25] [--profile DIR]
 
 Prompts are ~830 tokens: one of 4 shared system prompts plus a unique user suffix, never
 repeated; max_tokens 16. Reports requests/s, e2e p50/p99, TTFT p50 and the CPU milliseconds per
 request of every mesh process (gateway, router, kvindex, workers with their Triton servers and
-engines; not the load generator), next to NVIDIA Dynamo 1.6.1's figures measured on this
+engines; not the load generator), in all and by process, next to NVIDIA Dynamo 1.6.1's figures measured on this
 machine with the same workload (from the issue). Also times the official `openai` client at
-concurrency 1, streaming, to show there is no per-request stall.
+concurrency 1, streaming, to show there is no per-request stall. `--profile DIR`: a py-spy flame
+graph (SVG) of every Python process of the mesh for each level.
 """
 
 from __future__ import annotations
@@ -16,11 +17,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import openai
+import psutil
 
-from bench.common import GPU_LIKE, RESULTS, save, tree_cpu_s
+from bench.common import GPU_LIKE, RESULTS, cpu_since, save, service_of, tree_cpu_s
 from bench.loadgen import run_level
 from kvmesh.cli.local_mesh import LocalMesh
 
@@ -67,11 +73,35 @@ async def openai_client_stream(base: str, model: str, n: int) -> list[float]:
     return sorted(times)
 
 
+PROFILED = ("gateway", "router", "kvindex", "triton_python_backend_stub")
+
+
+def start_profiles(mesh: LocalMesh, prefix: Path) -> list[subprocess.Popen]:
+    """py-spy on every Python process of the mesh until stop_profiles; an SVG flame graph each."""
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    py_spy = Path(sys.executable).with_name("py-spy")
+    spies = []
+    for p in psutil.Process(mesh.process.pid).children(recursive=True):
+        if (service := service_of(p)) in PROFILED:
+            out = f"{prefix}-{service}-{p.pid}.svg"
+            argv = [str(py_spy), "record", "--nonblocking", "-r", "100", "-o", out, "-p", str(p.pid)]
+            spies.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    return spies
+
+
+def stop_profiles(spies: list[subprocess.Popen]) -> None:
+    for spy in spies:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+    for spy in spies:
+        spy.wait(30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--requests-per-slot", type=int, default=25)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--profile", type=Path, help="py-spy flame graphs of every Python process, per level, here")
     args = parser.parse_args()
     engine_args = {"timing": {**GPU_LIKE, "speedup": 1000}}
     mesh = LocalMesh.start(
@@ -86,14 +116,21 @@ def main() -> None:
         for stream in (False, True):
             for c in args.levels:
                 n = max(c * args.requests_per_slot, 200)
-                cpu_before = tree_cpu_s(mesh.process.pid)
+                cpu_before = tree_cpu_s(mesh.process.pid, service_of)
+                spies = (
+                    start_profiles(mesh, args.profile / f"{'stream' if stream else 'plain'}-c{c}")
+                    if args.profile
+                    else []
+                )
                 level = asyncio.run(run_level(url, bodies(mesh.model, n, stream, offset), c))
+                stop_profiles(spies)
                 offset += n
                 summary = level.summary()
                 summary["stream"] = stream
-                cpu_after = tree_cpu_s(mesh.process.pid)
-                cpu_s = sum(cpu_after.values()) - sum(cpu_before.values())
-                summary["cpu_ms_per_request"] = round(cpu_s * 1000 / n, 2)
+                cpu_s = cpu_since(mesh.process.pid, cpu_before, service_of)
+                summary["cpu_ms_per_request"] = round(sum(cpu_s.values()) * 1000 / n, 2)
+                by_process = sorted(((round(v * 1000 / n, 2), k) for k, v in cpu_s.items()), reverse=True)
+                summary["cpu_ms_per_request_by_process"] = {k: v for v, k in by_process if v >= 0.05}
                 results["levels"].append(summary)
                 print(json.dumps(summary), flush=True)
         times = asyncio.run(openai_client_stream(mesh.http, mesh.model, 100))
