@@ -113,18 +113,20 @@ class _Worker:
             await self.register()
             metrics_url = f"http://{self.settings.host}:{self.ports.metrics}/metrics"
             settle_s, timeout_s = self.settings.drain_settle_ms / 1000, self.settings.drain_timeout_s
-            if not await role_change.wait_drained(metrics_url, old.triton_model, settle_s, timeout_s):
+            if await role_change.wait_drained(metrics_url, old.triton_model, settle_s, timeout_s):
+                self.record = await role_change.swap(self.unload, self.load, old.triton_model, triton_model)
+                log.info(
+                    "worker %s now runs %s (%s)", self.worker_id, triton_model, worker_pb2.Role.Name(self.record.role)
+                )
+            else:
                 self.record = old
-                return
-            self.record = await role_change.swap(self.unload, self.load, old.triton_model, triton_model)
-            log.info("worker %s now runs %s (%s)", self.worker_id, triton_model, worker_pb2.Role.Name(self.record.role))
+        except role_change.NothingLoaded:
+            raise  # the heartbeat ends the worker: it must not stay registered
         except Exception as e:  # noqa: BLE001 - refused or failed: the worker serves as it was
             log.error("worker %s: no change to %s: %s", self.worker_id, triton_model, e)
-            if self.record.draining:
-                self.record = old
-        finally:
-            await self.register()
-            await self.reg.clear_assignment(self.worker_id)
+            self.record = old
+        await self.register()
+        await self.reg.clear_assignment(self.worker_id)
 
 
 async def run(settings: WorkerSettings) -> None:
@@ -217,6 +219,8 @@ async def _heartbeat(worker: _Worker) -> None:
         except Exception as e:  # noqa: BLE001 - keep trying; the lease covers short outages
             log.warning("heartbeat failed: %s", e)
             wanted = None
+        if changing is not None and changing.done() and changing.exception():
+            raise changing.exception()
         if wanted and wanted != worker.record.triton_model and (changing is None or changing.done()):
             changing = asyncio.create_task(worker.change_to(wanted))
         await asyncio.sleep(worker.settings.lease_ms / 3000)

@@ -7,8 +7,8 @@
 3. it unloads that model and loads the other through Triton's repository API;
 4. it registers again, with the new model's role.
 
-If the new model does not load, the old one is loaded back; if the drain does not finish in
-time, the worker stays as it was.
+If the new model does not load, the old one is loaded back (if that fails too, the worker
+exits); if the drain does not finish in time, the worker stays as it was.
 """
 
 from __future__ import annotations
@@ -32,6 +32,10 @@ CHANGEABLE = (worker_pb2.ROLE_PREFILL, worker_pb2.ROLE_DECODE)
 
 class RoleChangeRefused(ValueError):
     """The requested model cannot replace the running one on this worker."""
+
+
+class NothingLoaded(RuntimeError):
+    """The new model failed and the old one did not load back: the worker has nothing to serve."""
 
 
 async def in_flight(metrics_url: str, triton_model: str) -> int:
@@ -71,11 +75,15 @@ async def swap(
     old: str,
     new: str,
 ) -> worker_pb2.WorkerRecord:
-    """Unloads `old`, loads `new`; on failure loads `old` back and re-raises."""
+    """Unloads `old`, loads `new`; on failure loads `old` back and re-raises (NothingLoaded if
+    that fails too)."""
     await unload(old)
     try:
         return await load(new)
-    except Exception:
+    except Exception as e:
         log.exception("loading %s failed; loading %s back", new, old)
-        await load(old)
+        try:
+            await load(old)
+        except Exception as back:
+            raise NothingLoaded(f"neither {new} nor {old} loads: {back}") from e
         raise

@@ -56,6 +56,17 @@ def test_a_model_that_fails_to_load_puts_the_old_one_back():
             raise RuntimeError("no such model")
         return worker_pb2.WorkerRecord(triton_model=name)
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="no such model"):
         asyncio.run(role_change.swap(unload, load, "sim_decode", "sim_prefill"))
     assert calls == [("unload", "sim_decode"), ("load", "sim_prefill"), ("load", "sim_decode")]
+
+
+def test_a_worker_left_with_no_model_says_so():
+    async def unload(name):
+        pass
+
+    async def load(name):
+        raise RuntimeError(f"{name} is broken")
+
+    with pytest.raises(role_change.NothingLoaded, match="neither sim_prefill nor sim_decode"):
+        asyncio.run(role_change.swap(unload, load, "sim_decode", "sim_prefill"))
