@@ -60,11 +60,12 @@ class Planner:
     def step(self, now_s: float | None = None) -> Decision:
         now_s = time.monotonic() if now_s is None else now_s
         decision = self._decide(now_s, self.stabilizers, record=True)
-        if not decision.degraded and not self.dry_run:
+        if not decision.degraded and not self.dry_run and any(p.desired != p.current for p in decision.pools):
+            desired = {p.pool: p.desired for p in decision.pools}
+            done = self.connector.resize(desired, {p.pool: p.current for p in decision.pools})
             for pool in decision.pools:
-                if pool.desired != pool.current:
-                    done = self.connector.scale(pool.pool, pool.desired)
-                    log.info("%s: %d → %d: %s", pool.pool, pool.current, pool.desired, done)
+                if pool.pool in done:
+                    log.info("%s: %d → %d: %s", pool.pool, pool.current, pool.desired, done[pool.pool])
         self.last = decision
         return decision
 

@@ -3,6 +3,8 @@ once per test session, on free loopback ports, exporting its traces to an in-tes
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,8 @@ from tests.support import otlp_collector
 SHM_REGIONS = "triton_python_backend_shm_region_*"
 # Two workers, one core each: KV-aware routing needs a choice.
 WORKERS = 2
+# The context length at which the simulated engine's profile measures decode (and the tests read it).
+PROFILE_CONTEXT = 128
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +49,16 @@ def mesh(tmp_path_factory, traces):
     assert local.stop() == 0, local.log("up")
     left = set(Path("/dev/shm").glob(SHM_REGIONS)) - shm_before
     assert not left, f"Triton left shared memory behind: {left}"
+
+
+@pytest.fixture(scope="session")
+def sim_profile(tmp_path_factory):
+    """`kvmesh profile` of the simulated engine, for the planner's tests."""
+    out = tmp_path_factory.mktemp("profile") / "sim.json"
+    args = ["--isl", "128", "--isl", "1024", "--batch", "1", "--batch", "4", "--context", str(PROFILE_CONTEXT),
+            "--context", "1024"]  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "kvmesh", "profile", "--engine", "sim", "--out", str(out), *args],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert out.with_suffix(".png").stat().st_size > 0
+    return out

@@ -3,8 +3,6 @@ gateway, router, Redis): `kvmesh profile` measures the engine, the planner reads
 metrics, its RPCs answer over gRPC and REST, and under load its local connector starts a decode
 worker (no request fails), then stops it when the load is gone."""
 
-import subprocess
-import sys
 import threading
 
 import grpc
@@ -23,27 +21,14 @@ from kvmesh.v1 import (
     router_pb2_grpc,
     worker_pb2,
 )
+from tests.integration.conftest import PROFILE_CONTEXT as CONTEXT
 from tests.support.waiting import wait_for
 
-CONTEXT = 128
-
 
 @pytest.fixture(scope="module")
-def profile(tmp_path_factory):
-    out = tmp_path_factory.mktemp("profile") / "sim.json"
-    args = ["--isl", "128", "--isl", "1024", "--batch", "1", "--batch", "4", "--context", str(CONTEXT),
-            "--context", "1024"]  # fmt: skip
-    done = subprocess.run([sys.executable, "-m", "kvmesh", "profile", "--engine", "sim", "--out", str(out), *args],
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert out.with_suffix(".png").stat().st_size > 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def planned(tmp_path_factory, profile):
+def planned(tmp_path_factory, sim_profile):
     # An ITL target a worker meets with one sequence only: a few concurrent streams need more.
-    itl_target = Profile.load(profile).itl_ms(1, CONTEXT) * 1.02
+    itl_target = Profile.load(sim_profile).itl_ms(1, CONTEXT) * 1.02
     planner_args = f"--interval-s 1 --cooldown-s 0 --down-after 3 --max-replicas 3 --itl-ms {itl_target:.2f}"
     args = (
         "--engine",
@@ -51,7 +36,7 @@ def planned(tmp_path_factory, profile):
         "--disagg",
         "--planner",
         "--planner-profile",
-        str(profile),
+        str(sim_profile),
         "--planner-args",
         planner_args,
     )
@@ -72,8 +57,8 @@ def decode_workers(mesh) -> set[str]:
     return {w.record.id for w in workers if w.record.role == worker_pb2.ROLE_DECODE}
 
 
-def test_the_profile_has_its_curves(profile):
-    measured = Profile.load(profile)
+def test_the_profile_has_its_curves(sim_profile):
+    measured = Profile.load(sim_profile)
     assert [p.isl for p in measured.prefill] == [128, 1024]
     assert measured.ttft_ms(1024) > measured.ttft_ms(128)  # the simulator's prefill grows with the prompt
     assert measured.itl_ms(4, CONTEXT) > measured.itl_ms(1, CONTEXT)  # and a decode step with the batch

@@ -2,10 +2,13 @@
 prefill/decode workers with real Triton, router, gateway and Redis: a decode worker serving
 streams is asked to become a prefill worker; it drains (the router sends it nothing new, its
 streams finish), swaps its model through Triton's repository API and registers as prefill —
-and no request fails or loses a token. Then it comes back."""
+and no request fails or loses a token. Then it comes back. And the planner itself, with the triton
+connector: load moves a prefill worker to the decode pool, and the end of the load does not move
+it back (a surplus alone stays)."""
 
 import asyncio
 import threading
+import time
 
 import grpc
 import pytest
@@ -13,14 +16,16 @@ from google.protobuf import wrappers_pb2
 
 from kvmesh import registry
 from kvmesh.cli.local_mesh import LocalMesh
+from kvmesh.profile import Profile
 from kvmesh.v1 import inference_pb2, inference_pb2_grpc, router_pb2, router_pb2_grpc, worker_pb2
 from services.planner.connectors.triton import TritonConnector
+from tests.integration.conftest import PROFILE_CONTEXT
 from tests.support.waiting import wait_for
 
 MAX_TOKENS = 48
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def fleet(tmp_path_factory):
     args = ("--engine", "sim", "--disagg", "--prefill-workers", "1", "--decode-workers", "2")
     mesh = LocalMesh.start(tmp_path_factory.mktemp("role-change-logs"), extra_args=args)
@@ -114,3 +119,46 @@ def test_a_decode_worker_serving_streams_becomes_prefill_and_back_without_a_fail
     logs = fleet.worker_logs()
     assert f"worker {moved} now runs sim_prefill (ROLE_PREFILL)" in logs
     assert f"worker {moved} now runs sim_decode (ROLE_DECODE)" in logs
+
+
+@pytest.fixture
+def planned_fleet(tmp_path_factory, sim_profile):
+    # An ITL target a worker meets with one sequence only: four streams need a second decode worker.
+    itl_target = Profile.load(sim_profile).itl_ms(1, PROFILE_CONTEXT) * 1.02
+    planner_args = (f"--connector triton --interval-s 1 --cooldown-s 0 --down-after 2 --max-replicas 3 "
+                    f"--itl-ms {itl_target:.2f}")  # fmt: skip
+    args = ("--engine", "sim", "--disagg", "--prefill-workers", "2", "--decode-workers", "1", "--planner",
+            "--planner-profile", str(sim_profile), "--planner-args", planner_args)  # fmt: skip
+    mesh = LocalMesh.start(tmp_path_factory.mktemp("planned-fleet-logs"), extra_args=args)
+    mesh.wait_for_workers(3)
+    yield mesh
+    assert mesh.stop() == 0, mesh.log("up")
+
+
+def pools(mesh) -> dict[int, int]:
+    roles = [r.role for r in records(mesh).values() if not r.draining]
+    return {role: roles.count(role) for role in (worker_pb2.ROLE_PREFILL, worker_pb2.ROLE_DECODE)}
+
+
+def test_the_planner_moves_a_prefill_worker_to_decode_under_load_and_leaves_it_there(planned_fleet):
+    assert pools(planned_fleet) == {worker_pb2.ROLE_PREFILL: 2, worker_pb2.ROLE_DECODE: 1}
+    with Load(planned_fleet) as load:
+        wait_for(
+            lambda: pools(planned_fleet) == {worker_pb2.ROLE_PREFILL: 1, worker_pb2.ROLE_DECODE: 2},
+            timeout_s=90,
+            what="the planner to move a prefill worker to the decode pool",
+        )
+        after = len(load.served)
+        wait_for(
+            lambda: len({w for w, _ in load.served[after:]}) == 2, timeout_s=60, what="both decode workers serving"
+        )
+    assert not load.failures, load.failures[:3]
+    assert {tokens for _, tokens in load.served} == {MAX_TOKENS}
+    planner_log = planned_fleet.log("planner")
+    assert "to move from prefill to decode" in planner_log
+    # Idle, the decode pool needs one worker again: the surplus stays put instead of moving back.
+    moved_lines = planner_log.count("to move from")
+    for _ in range(6):  # six planning intervals
+        assert pools(planned_fleet) == {worker_pb2.ROLE_PREFILL: 1, worker_pb2.ROLE_DECODE: 2}
+        time.sleep(1)
+    assert planned_fleet.log("planner").count("to move from") == moved_lines

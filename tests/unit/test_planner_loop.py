@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_se
 
 from kvmesh.net import free_ports
 from services.planner import forecast
+from services.planner.connectors import PoolByPool
 from services.planner.observe import GatewayMetrics, MetricsUnavailable, Observation
 from services.planner.planner import Planner
 from services.planner.replicas import Targets
@@ -16,7 +17,7 @@ from services.planner.stabilizer import Stabilizer
 from tests.unit.test_planner_math import PROFILE
 
 
-class FakeConnector:
+class FakeConnector(PoolByPool):
     name = "fake"
 
     def __init__(self):
@@ -151,3 +152,10 @@ def test_worker_arguments_with_json_inside_survive_the_settings():
     settings = load(PlannerSettings, ["--profile", "p.json", "--gateway-metrics", '["http://x/metrics"]',
                                       "--worker-args", worker_args])  # fmt: skip
     assert shlex.split(settings.worker_args) == ["--model", "m", "--engine-args", engine_args]
+
+
+def test_pool_by_pool_connectors_shrink_a_pool_before_growing_the_other():
+    connector = FakeConnector()
+    connector.pools = {"prefill": 1, "decode": 3}
+    connector.resize({"prefill": 3, "decode": 1}, dict(connector.pools))
+    assert connector.calls == [("decode", 1), ("prefill", 3)]

@@ -71,3 +71,16 @@ def test_a_request_the_worker_never_took_up_lapses():
     connector = fleet.connector(ttl_s=0.0)
     connector.scale("prefill", 2)
     assert connector.current() == {"prefill": 1, "decode": 2}
+
+
+def test_a_planning_step_moves_only_a_surplus_to_a_need():
+    fleet = Fleet(p1=P, p2=P, d1=D)
+    connector = fleet.connector()
+    assert connector.resize({"prefill": 1, "decode": 1}, connector.current()) == {}  # a surplus alone stays
+    assert fleet.asked == []
+    done = connector.resize({"prefill": 1, "decode": 2}, connector.current())
+    assert fleet.asked == [("p2", "sim_decode")] and "p2" in done["decode"]
+    fleet.changes("p2", D)
+    # The need falls back: the worker stays a decode worker instead of flapping back.
+    assert connector.resize({"prefill": 1, "decode": 1}, connector.current()) == {}
+    assert connector.current() == {"prefill": 1, "decode": 2}

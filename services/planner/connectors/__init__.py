@@ -22,3 +22,16 @@ class Connector(Protocol):
     def scale(self, pool: str, replicas: int) -> str:
         """Moves the pool toward `replicas`; returns what it did, in words."""
         ...
+
+    def resize(self, desired: dict[str, int], current: dict[str, int]) -> dict[str, str]:
+        """A planning step's sizes for both pools; what it did per pool it touched, in words."""
+        ...
+
+
+class PoolByPool:
+    """resize() as one scale() per pool whose size changes, shrinking pools first: a pool gives up
+    its workers before the other claims more, so the budget holds at every moment."""
+
+    def resize(self, desired: dict[str, int], current: dict[str, int]) -> dict[str, str]:
+        changing = sorted((p for p in desired if desired[p] != current[p]), key=lambda p: desired[p] - current[p])
+        return {pool: self.scale(pool, desired[pool]) for pool in changing}

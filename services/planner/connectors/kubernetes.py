@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from kubernetes import client
 
+from services.planner.connectors import PoolByPool
+
 DEPLOYMENTS = {"prefill": "kvmesh-worker-prefill", "decode": "kvmesh-worker-decode"}
 
 
-class KubernetesConnector:
+class KubernetesConnector(PoolByPool):
     name = "kubernetes"
 
     def __init__(self, apps: client.AppsV1Api, namespace: str, deployments: dict[str, str] = DEPLOYMENTS):

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.planner.connectors import ROLE_POOL
+from services.planner.connectors import ROLE_POOL, PoolByPool
 
 
 @dataclass
@@ -22,7 +22,7 @@ class _Started:
     process: subprocess.Popen
 
 
-class LocalConnector:
+class LocalConnector(PoolByPool):
     name = "local"
 
     def __init__(

@@ -49,11 +49,26 @@ class TritonConnector:
         return counts
 
     def scale(self, pool: str, replicas: int) -> str:
+        """Makes `pool` `replicas` strong, with workers from or for the other pool."""
         counts = self.current()
-        if replicas == counts[pool]:
-            return "nothing to move"
-        source, target = (OTHER[pool], pool) if replicas > counts[pool] else (pool, OTHER[pool])
-        wanted = abs(replicas - counts[pool])
+        if replicas > counts[pool]:
+            return self._move(OTHER[pool], pool, replicas - counts[pool], counts)
+        if replicas < counts[pool]:
+            return self._move(pool, OTHER[pool], counts[pool] - replicas, counts)
+        return "nothing to move"
+
+    def resize(self, desired: dict[str, int], current: dict[str, int]) -> dict[str, str]:
+        """A planning step: workers move only from a pool with more than it needs to one that needs
+        more. A surplus alone stays where it is (the fleet is fixed: moving it would serve nothing,
+        and the next dip in the other pool's need would move it back)."""
+        counts = self.current()
+        for source, target in (("prefill", "decode"), ("decode", "prefill")):
+            n = min(desired[target] - counts[target], counts[source] - desired[source])
+            if n > 0:
+                return {target: self._move(source, target, n, counts)}
+        return {}
+
+    def _move(self, source: str, target: str, wanted: int, counts: dict[str, int]) -> str:
         settled = [r for wid, r in self.records().items() if wid not in self.moving and ROLE_POOL.get(r.role) == source]
         movable = sorted(
             (r for r in settled if r.role in CHANGEABLE and not r.draining),
