@@ -52,23 +52,23 @@ class TritonConnector:
         """Makes `pool` `replicas` strong, with workers from or for the other pool."""
         counts = self.current()
         if replicas > counts[pool]:
-            return self._move(OTHER[pool], pool, replicas - counts[pool], counts)
+            return self._move(OTHER[pool], pool, replicas - counts[pool])
         if replicas < counts[pool]:
-            return self._move(pool, OTHER[pool], counts[pool] - replicas, counts)
+            return self._move(pool, OTHER[pool], counts[pool] - replicas)
         return "nothing to move"
 
     def resize(self, desired: dict[str, int], current: dict[str, int]) -> dict[str, str]:
         """A planning step: workers move only from a pool with more than it needs to one that needs
         more. A surplus alone stays where it is (the fleet is fixed: moving it would serve nothing,
-        and the next dip in the other pool's need would move it back)."""
-        counts = self.current()
+        and the next dip in the other pool's need would move it back). `current`: this step's
+        current(), workers on their way counted where they go."""
         for source, target in (("prefill", "decode"), ("decode", "prefill")):
-            n = min(desired[target] - counts[target], counts[source] - desired[source])
+            n = min(desired[target] - current[target], current[source] - desired[source])
             if n > 0:
-                return {target: self._move(source, target, n, counts)}
+                return {target: self._move(source, target, n)}
         return {}
 
-    def _move(self, source: str, target: str, wanted: int, counts: dict[str, int]) -> str:
+    def _move(self, source: str, target: str, wanted: int) -> str:
         settled = [r for wid, r in self.records().items() if wid not in self.moving and ROLE_POOL.get(r.role) == source]
         movable = sorted(
             (r for r in settled if r.role in CHANGEABLE and not r.draining),
