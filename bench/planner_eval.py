@@ -8,8 +8,9 @@ a fresh `kvmesh up --disagg` mesh.
 Reports per configuration: SLA attainment (requests with TTFT and mean ITL within the targets;
 failed requests count as misses), worker-seconds (the workers registered, sampled every second),
 scaling actions; the planner's worker-seconds against the cheapest fixed allocation that meets
-95%. Plots load, workers and TTFT over time. The profile is measured first (`kvmesh profile`) on
-the same engine configuration.
+95%. The planner runs twice: starting and stopping workers (local connector), and changing the
+roles of a fixed fleet of the whole budget (triton connector). Plots load, workers and TTFT over
+time. The profile is measured first (`kvmesh profile`) on the same engine configuration.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from bench.common import GPU_LIKE, RESULTS, save
 from kvmesh.cli.local_mesh import LocalMesh
 from kvmesh.replay import traces
 from kvmesh.replay.runner import ReplayOptions, replay
-from kvmesh.v1 import router_pb2, router_pb2_grpc
+from kvmesh.v1 import router_pb2, router_pb2_grpc, worker_pb2
 
 TRACE = Path(__file__).resolve().parents[2] / "shared" / "traces" / "azure_llm_inference_code_2023.csv"
 SLA_GOAL = 0.95
@@ -66,15 +67,17 @@ class WorkerSampler(threading.Thread):
                     workers = stub.Workers(router_pb2.WorkersRequest(), timeout=2).workers
                 except grpc.RpcError:
                     continue
-                self.samples.append((time.perf_counter() - start, len(workers)))
+                prefill = sum(w.record.role == worker_pb2.ROLE_PREFILL for w in workers)
+                self.samples.append((time.perf_counter() - start, len(workers), prefill))
 
 
-def run_config(name: str, extra: tuple[str, ...], requests, args) -> dict:
+def run_config(name: str, extra: tuple[str, ...], workers: int, requests, args) -> dict:
+    """`workers`: how many the mesh starts with."""
     base = ("--engine", "sim", "--disagg", "--disagg-threshold", str(args.disagg_threshold), "--engine-args",
             json.dumps(engine_args(args.speedup)))  # fmt: skip
     mesh = LocalMesh.start(RESULTS / f"planner-eval-{name}", extra_args=(*base, *extra))
     try:
-        mesh.wait_for_workers(2 if "--planner" in extra else sum(int(x) for x in extra[1::2]))
+        mesh.wait_for_workers(workers)
         sampler = WorkerSampler(mesh.router)
         sampler.start()
         options = ReplayOptions(time_scale=args.time_scale, max_output_tokens=args.max_output_tokens)
@@ -82,7 +85,7 @@ def run_config(name: str, extra: tuple[str, ...], requests, args) -> dict:
         sampler.stop.set()
         sampler.join()
         planner_log = mesh.log("planner") if "--planner" in extra else ""
-        actions = planner_log.count(": started w-") + planner_log.count(": stopping w-")
+        actions = sum(planner_log.count(f": {verb} w-") for verb in ("started", "stopping", "asked"))
     finally:
         mesh.stop()
     within = [
@@ -90,8 +93,8 @@ def run_config(name: str, extra: tuple[str, ...], requests, args) -> dict:
         and (o.itl_s is None or o.itl_s * 1000 <= args.itl_ms)
         for o in outcomes
     ]  # fmt: skip
-    times = np.array([t for t, _ in sampler.samples])
-    counts = np.array([n for _, n in sampler.samples])
+    times = np.array([t for t, _, _ in sampler.samples])
+    counts = np.array([n for _, n, _ in sampler.samples])
     ttfts = [o.ttft_s * 1000 for o in outcomes if o.ttft_s is not None]
     return {
         "sla_attainment": round(float(np.mean(within)), 4),
@@ -117,10 +120,12 @@ def plot(results: dict, requests, args, path: Path) -> Path:
     load.set(ylabel="requests / bin", title="Azure code trace (compressed)")
     for name, r in results.items():
         series = r["_series"]
-        workers.plot(*zip(*series["workers"], strict=True), label=name)
+        t, total, prefill = zip(*series["workers"], strict=True)
+        line = workers.plot(t, total, label=name)[0]
+        workers.plot(t, prefill, linestyle=":", color=line.get_color())
         sent, value = zip(*series["ttft"], strict=True)
         ttft.scatter(sent, np.array(value) * 1000, s=2, label=name)
-    workers.set(ylabel="workers registered")
+    workers.set(ylabel="workers (dotted: prefill)")
     workers.legend()
     ttft.axhline(args.ttft_ms, color="k", linestyle="--")
     ttft.set(ylabel="TTFT ms", xlabel="seconds", yscale="log")
@@ -152,14 +157,31 @@ def main() -> None:
     for prefill in range(1, args.budget):
         decode = args.budget - prefill
         extra = ("--prefill-workers", str(prefill), "--decode-workers", str(decode))
-        results[f"fixed {prefill}P+{decode}D"] = run_config(f"fixed-{prefill}-{decode}", extra, requests, args)
+        results[f"fixed {prefill}P+{decode}D"] = run_config(
+            f"fixed-{prefill}-{decode}", extra, args.budget, requests, args
+        )
         _checkpoint(results)
     planner_args = (f"--interval-s 2 --cooldown-s 10 --down-after 3 --ttft-ms {args.ttft_ms} "
                     f"--itl-ms {args.itl_ms} --max-replicas {args.budget}")  # fmt: skip
     extra = ("--planner", "--planner-profile", str(profile), "--planner-args", planner_args)
-    results["planner"] = run_config("planner", extra, requests, args)
+    results["planner"] = run_config("planner", extra, 2, requests, args)
+    _checkpoint(results)
+    # The same planner on a fixed fleet of the whole budget, changing roles instead of starting workers.
+    half = args.budget // 2
+    fleet = ("--prefill-workers", str(half), "--decode-workers", str(args.budget - half))
+    extra = (
+        *fleet,
+        "--planner",
+        "--planner-profile",
+        str(profile),
+        "--planner-args",
+        f"{planner_args} --connector triton",
+    )
+    results[f"planner, triton (roles of {half}P+{args.budget - half}D)"] = run_config(
+        "planner-triton", extra, args.budget, requests, args
+    )
     png = plot(results, requests, args, RESULTS / "planner_eval.png")
-    meeting = {n: r for n, r in results.items() if n != "planner" and r["sla_attainment"] >= SLA_GOAL}
+    meeting = {n: r for n, r in results.items() if n.startswith("fixed") and r["sla_attainment"] >= SLA_GOAL}
     best = min(meeting.items(), key=lambda kv: kv[1]["worker_seconds"]) if meeting else None
     ratio = round(results["planner"]["worker_seconds"] / best[1]["worker_seconds"], 3) if best else None
     summary = {
