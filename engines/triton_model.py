@@ -99,6 +99,9 @@ class EngineModel:
     def finalize(self):
         self.engine.shutdown()
         self.outbox.close()
+        # A metric goes before its family (Triton refuses the other order).
+        del self.in_flight
+        del self.in_flight_family
 
 
 class _RequestIO:
@@ -117,6 +120,9 @@ class _RequestIO:
         self.sender.send(response, flags=self.pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         self.done = True
         self.in_flight.increment(-1)
+        # Triton releases the request when its Python object goes; left to the cyclic garbage
+        # collector, an idle model's last requests could hold an unload (a role change) forever.
+        self.request = self.sender = None
 
     def send(self, delta, final):
         if final:

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import tritonclient.grpc.aio as triton_aio
 
 from kvmesh import grpc_server, registry
@@ -21,6 +22,7 @@ from services.worker import model_config, role_change, triton_server
 from services.worker.config import WorkerSettings
 
 log = logging.getLogger("kvmesh.worker")
+UNLOAD_TIMEOUT_S = 60.0
 
 
 async def wait_live(client: triton_aio.InferenceServerClient, process: subprocess.Popen, timeout_s: float) -> None:
@@ -95,9 +97,14 @@ class _Worker:
         )
 
     async def unload(self, triton_model: str) -> None:
+        """Returns once the model's stub processes are gone: Triton reports a model unloaded
+        before its instance has finished (and freed its shared memory)."""
+        stubs = triton_server.stub_processes(self.process.pid)
         await self.client.unload_model(triton_model)
-        while await self.client.is_model_ready(triton_model):
-            await asyncio.sleep(0.1)
+        gone, alive = await asyncio.to_thread(psutil.wait_procs, stubs, UNLOAD_TIMEOUT_S)
+        if alive:
+            log.warning("%s: %d stub processes still running %.0fs after its unload", triton_model, len(alive),
+                        UNLOAD_TIMEOUT_S)  # fmt: skip
 
     async def register(self) -> None:
         await self.reg.register(self.record, self.settings.lease_ms)

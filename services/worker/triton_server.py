@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
 
+import psutil
+
 from kvmesh.models import cache_dir
 
 PR_SET_PDEATHSIG = 1
@@ -93,3 +95,19 @@ def start(
     return subprocess.Popen(
         argv, env=full_env, stdout=out, stderr=subprocess.STDOUT if out else None, preexec_fn=_die_with_parent
     )
+
+
+def stub_processes(pid: int) -> list[psutil.Process]:
+    """The Python-backend stubs (one per model instance) of the tritonserver `pid`."""
+    try:
+        children = psutil.Process(pid).children()
+    except psutil.NoSuchProcess:
+        return []
+    stubs = []
+    for child in children:
+        try:
+            if child.name().startswith("triton_python"):  # triton_python_backend_stub, cut to 15 characters
+                stubs.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return stubs
