@@ -18,7 +18,7 @@ from engines import request as engine_request
 from engines.outbox import Outbox
 from engines.serving import serve_request
 from kvmesh import telemetry
-from kvmesh.repo.interface import ENGINE_CLASS, IN_FLIGHT_METRIC
+from kvmesh.repo.interface import ENGINE_CLASS
 from kvmesh.repo.spec import Engine
 
 
@@ -49,15 +49,6 @@ class EngineModel:
         self.role = parameters["role"]["string_value"]
         self.engine = self.make_engine(engine, json.loads(parameters["engine_args"]["string_value"]))
         self.outbox = Outbox()
-        # What a worker waits on before it unloads this model (a role change): Triton's own
-        # counters do not see a decoupled model's requests once execute() has returned.
-        # The family must outlive its metric (Triton refuses a metric whose family is gone).
-        self.in_flight_family = self.pb_utils.MetricFamily(
-            name=IN_FLIGHT_METRIC,
-            description="Requests this engine model has taken and not yet answered in full",
-            kind=self.pb_utils.MetricFamily.GAUGE,
-        )
-        self.in_flight = self.in_flight_family.Metric(labels={"model": args["model_name"]})
 
     def execute(self, requests):
         final = self.pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -69,9 +60,7 @@ class EngineModel:
                 error = self.pb_utils.TritonError(str(e), self.pb_utils.TritonError.INVALID_ARG)
                 sender.send(self.pb_utils.InferenceResponse(error=error), flags=final)
                 continue
-            # Every call into the stub's IPC from one thread: the Python backend crashes otherwise.
-            self.outbox.put(lambda: self.in_flight.increment(1))
-            io = _RequestIO(self.pb_utils, request, sender, self.outbox, self.in_flight)
+            io = _RequestIO(self.pb_utils, request, sender, self.outbox)
             self.engine.submit(serve_request(self.engine, parsed, io.send, io.send_error, io.is_cancelled))
         return None
 
@@ -99,18 +88,14 @@ class EngineModel:
     def finalize(self):
         self.engine.shutdown()
         self.outbox.close()
-        # A metric goes before its family (Triton refuses the other order).
-        del self.in_flight
-        del self.in_flight_family
 
 
 class _RequestIO:
     """One request's calls to Triton, all made on the outbox thread, in order. Once the final
     response is out Triton frees the request, so nothing may touch it after that."""
 
-    def __init__(self, pb_utils, request, sender, outbox, in_flight):
+    def __init__(self, pb_utils, request, sender, outbox):
         self.pb_utils, self.request, self.sender, self.outbox = pb_utils, request, sender, outbox
-        self.in_flight = in_flight
         self.done = False
 
     def _call(self, fn):
@@ -119,7 +104,6 @@ class _RequestIO:
     def _final(self, response):
         self.sender.send(response, flags=self.pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         self.done = True
-        self.in_flight.increment(-1)
         # Triton releases the request when its Python object goes; left to the cyclic garbage
         # collector, an idle model's last requests could hold an unload (a role change) forever.
         self.request = self.sender = None

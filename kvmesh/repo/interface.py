@@ -17,10 +17,6 @@ class TensorSpec:
     comment: str = ""
 
 
-# A gauge every engine model reports through Triton's metrics endpoint, labelled by model: the
-# requests it has taken and not answered in full (a worker waits for 0 before it unloads one).
-IN_FLIGHT_METRIC = "kvmesh_engine_requests_in_flight"
-
 INPUTS = (
     TensorSpec("input_ids", "TYPE_INT32", (-1,), comment="the prompt's token ids"),
     TensorSpec(

@@ -30,7 +30,9 @@ class WorkerSettings(CommonSettings):
     drain_settle_ms: int = Field(
         1000, ge=0, description="on a role change, how long requests routed before the drain may still arrive"
     )
-    drain_timeout_s: float = Field(300.0, gt=0, description="on a role change, how long in-flight requests may take")
+    drain_timeout_s: float = Field(
+        300.0, gt=0, description="on a role change, how long the old model's requests may take"
+    )
     worker_id: str = Field("", description="default: w-<random>")
     kv_events: bool = Field(True, description="publish the engine's KV events (for kvindex)")
     kv_events_dir: Path = Field(

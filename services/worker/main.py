@@ -22,7 +22,6 @@ from services.worker import model_config, role_change, triton_server
 from services.worker.config import WorkerSettings
 
 log = logging.getLogger("kvmesh.worker")
-UNLOAD_TIMEOUT_S = 60.0
 
 
 async def wait_live(client: triton_aio.InferenceServerClient, process: subprocess.Popen, timeout_s: float) -> None:
@@ -97,14 +96,16 @@ class _Worker:
         )
 
     async def unload(self, triton_model: str) -> None:
-        """Returns once the model's stub processes are gone: Triton reports a model unloaded
-        before its instance has finished (and freed its shared memory)."""
+        """Returns once the model's stub processes are gone: Triton finishes the requests in
+        flight first, and reports the model unloaded before its instance is gone."""
         stubs = triton_server.stub_processes(self.process.pid)
         await self.client.unload_model(triton_model)
-        gone, alive = await asyncio.to_thread(psutil.wait_procs, stubs, UNLOAD_TIMEOUT_S)
+        timeout_s = self.settings.drain_timeout_s
+        _, alive = await asyncio.to_thread(psutil.wait_procs, stubs, timeout_s)
         if alive:
-            log.warning("%s: %d stub processes still running %.0fs after its unload", triton_model, len(alive),
-                        UNLOAD_TIMEOUT_S)  # fmt: skip
+            log.warning(
+                "%s: %d stub processes still running %.0fs after its unload", triton_model, len(alive), timeout_s
+            )
 
     async def register(self) -> None:
         await self.reg.register(self.record, self.settings.lease_ms)
@@ -118,15 +119,9 @@ class _Worker:
             self.record.CopyFrom(old)
             self.record.draining = True
             await self.register()
-            metrics_url = f"http://{self.settings.host}:{self.ports.metrics}/metrics"
-            settle_s, timeout_s = self.settings.drain_settle_ms / 1000, self.settings.drain_timeout_s
-            if await role_change.wait_drained(metrics_url, old.triton_model, settle_s, timeout_s):
-                self.record = await role_change.swap(self.unload, self.load, old.triton_model, triton_model)
-                log.info(
-                    "worker %s now runs %s (%s)", self.worker_id, triton_model, worker_pb2.Role.Name(self.record.role)
-                )
-            else:
-                self.record = old
+            await asyncio.sleep(self.settings.drain_settle_ms / 1000)
+            self.record = await role_change.swap(self.unload, self.load, old.triton_model, triton_model)
+            log.info("worker %s now runs %s (%s)", self.worker_id, triton_model, worker_pb2.Role.Name(self.record.role))
         except role_change.NothingLoaded:
             raise  # the heartbeat ends the worker: it must not stay registered
         except Exception as e:  # noqa: BLE001 - refused or failed: the worker serves as it was
