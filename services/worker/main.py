@@ -230,6 +230,7 @@ async def _heartbeat(worker: _Worker) -> None:
 
 
 def _stop_triton(process: subprocess.Popen) -> None:
+    regions = triton_server.shm_regions(process.pid)
     if process.poll() is None:
         process.terminate()
         try:
@@ -237,6 +238,12 @@ def _stop_triton(process: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+    # Triton kills a stub whose model does not unload within its exit timeout, and then leaves
+    # that stub's region behind.
+    for region in regions:
+        if region.exists():
+            log.warning("removing %s, left behind by Triton", region.name)
+            region.unlink(missing_ok=True)
 
 
 def main() -> None:

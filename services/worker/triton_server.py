@@ -111,3 +111,19 @@ def stub_processes(pid: int) -> list[psutil.Process]:
         except psutil.NoSuchProcess:
             pass
     return stubs
+
+
+SHM_DIR = Path("/dev/shm")
+SHM_PREFIX = "triton_python_backend_shm_region_"
+
+
+def shm_regions(pid: int) -> list[Path]:
+    """The shared-memory regions of the tritonserver `pid`'s stubs (each stub is told its own on
+    its command line)."""
+    regions = []
+    for stub in stub_processes(pid):
+        try:
+            regions += [SHM_DIR / a.lstrip("/") for a in stub.cmdline() if a.lstrip("/").startswith(SHM_PREFIX)]
+        except psutil.NoSuchProcess:
+            pass
+    return regions
