@@ -28,6 +28,9 @@ INDEX = "kvmesh:{registry}:workers"
 RECORD = "kvmesh:{registry}:worker:"
 EPOCH = "kvmesh:{registry}:epoch"
 ASSIGN = "kvmesh:{registry}:assign:"
+# The roles an assignment may move between: NIXL's side channel is set up when Triton starts, for
+# prefill and decode workers only.
+CHANGEABLE_ROLES = (worker_pb2.ROLE_PREFILL, worker_pb2.ROLE_DECODE)
 
 
 def now_ms() -> int:

@@ -17,12 +17,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
+from kvmesh.registry import CHANGEABLE_ROLES
 from kvmesh.v1 import worker_pb2
 
 log = logging.getLogger("kvmesh.worker")
-
-# NIXL's side channel is set up when Triton starts, for prefill and decode workers only.
-CHANGEABLE = (worker_pb2.ROLE_PREFILL, worker_pb2.ROLE_DECODE)
 
 
 class RoleChangeRefused(ValueError):
@@ -34,7 +32,7 @@ class NothingLoaded(RuntimeError):
 
 
 def check(current: worker_pb2.WorkerRecord, new_role: worker_pb2.Role.ValueType) -> None:
-    if current.role not in CHANGEABLE or new_role not in CHANGEABLE:
+    if current.role not in CHANGEABLE_ROLES or new_role not in CHANGEABLE_ROLES:
         names = (worker_pb2.Role.Name(current.role), worker_pb2.Role.Name(new_role))
         raise RoleChangeRefused(f"only prefill and decode workers change roles, not {names[0]} → {names[1]}")
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from kvmesh.registry import CHANGEABLE_ROLES
 from kvmesh.v1 import worker_pb2
 from services.planner.connectors import ROLE_POOL
 
 OTHER = {"prefill": "decode", "decode": "prefill"}
-CHANGEABLE = (worker_pb2.ROLE_PREFILL, worker_pb2.ROLE_DECODE)
 
 
 class TritonConnector:
@@ -71,7 +71,7 @@ class TritonConnector:
     def _move(self, source: str, target: str, wanted: int) -> str:
         settled = [r for wid, r in self.records().items() if wid not in self.moving and ROLE_POOL.get(r.role) == source]
         movable = sorted(
-            (r for r in settled if r.role in CHANGEABLE and not r.draining),
+            (r for r in settled if r.role in CHANGEABLE_ROLES and not r.draining),
             key=lambda r: r.started_unix_ms,
             reverse=True,  # the newest: the least of the cache is lost
         )
