@@ -104,9 +104,6 @@ class _RequestIO:
     def _final(self, response):
         self.sender.send(response, flags=self.pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         self.done = True
-        # Triton releases the request when its Python object goes; left to the cyclic garbage
-        # collector, an idle model's last requests could hold an unload (a role change) forever.
-        self.request = self.sender = None
 
     def send(self, delta, final):
         if final:

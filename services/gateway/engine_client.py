@@ -1,9 +1,11 @@
 """Streams a request from a worker's Triton (KServe v2 gRPC, decoupled model) with
-`tritonclient.grpc.aio`. Leaving the iteration early cancels the gRPC stream, which Triton turns
-into `request.is_cancelled()` in the model, which aborts the request in the engine."""
+`tritonclient.grpc.aio`. Leaving the iteration before the final response cancels the gRPC stream,
+which Triton turns into `request.is_cancelled()` in the model, which aborts the request in the
+engine."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -68,13 +70,15 @@ class TritonPool:
             yield request
 
         responses = self._client(worker.triton_grpc_address).stream_infer(one_request(), headers=trace_headers)
+        answered = False
         try:
             async for result, error in responses:
                 if error is not None:
                     raise EngineError(f"worker {worker.id}: {error.message()}")
                 chunk = _chunk(result.get_response())
+                answered = chunk.finish_reason is not None
                 yield chunk
-                if chunk.finish_reason:
+                if answered:
                     return
             raise EngineError(f"worker {worker.id}: the stream ended without a final response")
         except InferenceServerException as e:
@@ -82,11 +86,25 @@ class TritonPool:
         except grpc.aio.AioRpcError as e:
             raise Unavailable(f"worker {worker.id} at {worker.triton_grpc_address}: {e.details()}") from None
         finally:
-            responses.cancel()
+            if not answered or not await _ended(responses):
+                responses.cancel()
 
     async def close(self) -> None:
         for client in self._clients.values():
             await client.close()
+
+
+async def _ended(responses, timeout_s: float = 5.0) -> bool:
+    """Lets an answered request's stream end by itself (Triton closes it right after the final
+    response). Cancelling it there instead can leave Triton 2.51 holding the model for good: its
+    unload (a role change) and Triton's exit then never finish (tests/integration/test_model_unload.py)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for _ in responses:
+                pass
+        return True
+    except (TimeoutError, grpc.aio.AioRpcError):
+        return False
 
 
 def _json_input(name: str, value: dict) -> triton_aio.InferInput:
