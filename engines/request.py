@@ -40,6 +40,9 @@ class EngineRequest:
     trace_headers: dict[str, str] = field(default_factory=dict)
     # Decode instances: what the prefill instance returned ({}: prefill here). None elsewhere.
     kv_transfer_params: dict[str, Any] | None = None
+    # After the first token, responses come at most this often (the tokens between ride on the
+    # next): a caller that wants only the whole answer spares a response per token.
+    response_interval_s: float = 0.0
 
 
 @dataclass
@@ -87,7 +90,17 @@ def parse(
     parameters = json.loads(parameters_json) if parameters_json else {}
     trace_headers = {k: str(v) for k, v in parameters.items() if k in ("traceparent", "tracestate")}
     kv_transfer = _kv_transfer_params(kv_transfer_json, role)
-    return EngineRequest(request_id, ids.tolist(), sampling, trace_headers, kv_transfer)
+    interval_ms = _response_interval_ms(parameters.get("response_interval_ms", 0))
+    return EngineRequest(request_id, ids.tolist(), sampling, trace_headers, kv_transfer, interval_ms / 1000)
+
+
+MAX_RESPONSE_INTERVAL_MS = 60_000
+
+
+def _response_interval_ms(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= MAX_RESPONSE_INTERVAL_MS:
+        raise BadRequest(f"response_interval_ms: a number of milliseconds in [0, {MAX_RESPONSE_INTERVAL_MS}]")
+    return float(value)
 
 
 def _kv_transfer_params(raw: bytes | str | None, role: str) -> dict[str, Any] | None:

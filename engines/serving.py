@@ -4,7 +4,9 @@ with exactly one final message (a delta or an error)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
@@ -74,14 +76,19 @@ async def _serve(engine: Engine, request: EngineRequest, send: Send, send_error:
 
 async def _forward(engine: Engine, request: EngineRequest, send: Send) -> None:
     last: EngineDelta | None = None
+    held: list[int] = []  # tokens waiting for the request's response interval
+    next_send = 0.0  # the first token goes at once: the router counts the prefill done then
     async for delta in engine.generate(request):
         last = delta
         if delta.finish_reason is not None:
-            await send(delta, True)
+            await send(dataclasses.replace(delta, token_ids=held + delta.token_ids), True)
             return
-        if delta.token_ids:  # vLLM yields empty deltas now and then
-            await send(delta, False)
-    # The engine ended the stream without a finish reason (e.g. aborted elsewhere).
+        held += delta.token_ids  # vLLM yields empty deltas now and then
+        if held and (now := time.monotonic()) >= next_send:
+            await send(dataclasses.replace(delta, token_ids=held), False)
+            held, next_send = [], now + request.response_interval_s
+    # The engine ended the stream without a finish reason (e.g. aborted elsewhere); held tokens
+    # were never seen, so a retry elsewhere makes them again.
     await send(EngineDelta([], "abort", len(request.prompt_token_ids), last.cached_tokens if last else 0), True)
 
 

@@ -28,7 +28,7 @@ from engines.kv_event_publisher import KvEventPublisher
 from engines.loop_thread import LoopThread
 from engines.request import BadRequest, EngineDelta, EngineRequest
 from engines.sim.block_manager import BlockManager, NoSpace, Sequence
-from engines.sim.timing import Timing
+from engines.sim.timing import Pacer, Timing
 
 FIRST_ORDINARY_TOKEN = 100  # below: special tokens (EOS & co) in the usual vocabularies
 ROLES = ("aggregated", "prefill", "decode")
@@ -96,6 +96,7 @@ class SimEngine(LoopThread):
         self.running: list[_Running] = []
         self._by_id: dict[str, _Running] = {}
         self._work = asyncio.Event()
+        self._clock = Pacer()
         self._scheduler = self.submit(_async(lambda: self.loop.create_task(self._schedule()))).result()
 
     def _emit(self, events) -> None:
@@ -171,7 +172,7 @@ class SimEngine(LoopThread):
             step_s = self.args.timing.step_ms(
                 [len(r.seq.tokens) for r in decodes], [(n, r.computed + n) for r, n in chunks]
             ) / 1000  # fmt: skip
-            await asyncio.sleep(step_s)
+            await self._clock.wait(step_s)
             for r, n in chunks:
                 if r.request.request_id not in self._by_id:  # aborted during the step
                     continue

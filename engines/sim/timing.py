@@ -13,6 +13,9 @@ and 8 decode points (batch 1–16 × context 128/1024): mean |error| 6.4%, max 1
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from pydantic import BaseModel, Field
 
 
@@ -33,3 +36,25 @@ class Timing(BaseModel):
         ms += self.prefill_per_token_ms * sum(n for n, _ in prefill_chunks)
         ms += self.prefill_attn_ms * sum(n * ctx for n, ctx in prefill_chunks) / 1e6
         return ms / self.speedup
+
+
+# asyncio cannot sleep for less: epoll's timeout is in whole milliseconds.
+MIN_SLEEP_S = 0.001
+
+
+class Pacer:
+    """Lets the steps' simulated time pass. Slept one by one, steps shorter than epoll's 1 ms would
+    each last a millisecond (a 12 µs step at speed-up 1000: ~80× too long), so short steps are
+    paced together and an overshoot is paid back by the next steps: time holds on average."""
+
+    def __init__(self) -> None:
+        self.ahead_s = 0.0  # simulated time not yet slept (negative: slept too long)
+
+    async def wait(self, step_s: float) -> None:
+        self.ahead_s += step_s
+        if self.ahead_s < MIN_SLEEP_S:
+            await asyncio.sleep(0)  # other tasks (the requests' own) run between steps
+            return
+        start = time.perf_counter()
+        await asyncio.sleep(self.ahead_s)
+        self.ahead_s = max(self.ahead_s - (time.perf_counter() - start), -MIN_SLEEP_S)

@@ -51,9 +51,11 @@ class TritonPool:
         sampling: dict,
         trace_headers: dict[str, str],
         kv_transfer_params: dict | None = None,
+        response_interval_ms: float = 0.0,
     ) -> AsyncIterator[EngineChunk]:
         """`kv_transfer_params`: for a decode instance, what its prefill instance returned ({}:
-        prefill there)."""
+        prefill there). `response_interval_ms`: after the first token, the engine sends at most
+        one response this often (0: one per token)."""
         ids = triton_aio.InferInput("input_ids", [len(prompt_ids)], "INT32")
         ids.set_data_from_numpy(np.asarray(prompt_ids, dtype=np.int32))
         inputs = [ids, _json_input("sampling_params", sampling)]
@@ -63,7 +65,9 @@ class TritonPool:
             "model_name": worker.triton_model,
             "inputs": inputs,
             "request_id": request_id,
-            "parameters": trace_headers or None,
+            "parameters": {**trace_headers, "response_interval_ms": response_interval_ms}
+            if response_interval_ms
+            else trace_headers or None,
         }
 
         async def one_request():

@@ -80,12 +80,13 @@ class _Progress:
 class Generator:
     def __init__(
         self, router: RouterClient, engines: TritonPool, served: ServedModels, prefill_timeout_s: float = 30.0,
-        max_migrations: int = 1,
+        max_migrations: int = 1, whole_answer_interval_ms: float = 0.0,
     ):  # fmt: skip
         self.router = router
         self.phases = Phases(engines, prefill_timeout_s)
         self.served = served
         self.max_migrations = max_migrations
+        self.whole_answer_interval_ms = whole_answer_interval_ms
 
     async def generate(
         self,
@@ -94,8 +95,10 @@ class Generator:
         sampling: dict,
         request_id: str,
         parent: otel_context.Context | None = None,
+        whole: bool = False,
     ) -> AsyncIterator[Chunk]:
-        """`parent`: the caller's trace context (default: the current one).
+        """`parent`: the caller's trace context (default: the current one). `whole`: the caller
+        answers only once the request is done (non-streaming), so the engine need not send each token.
 
         If the worker fails mid-stream (unreachable, killed, aborted), the request moves to
         another worker: the prompt plus the tokens already sent, for the tokens still owed, so
@@ -107,10 +110,11 @@ class Generator:
         )
         progress = _Progress(time.perf_counter(), TextStream(model.tokenizer.backend, sampling.get("stop", ())))
         failed: list[str] = []
+        interval_ms = self.whole_answer_interval_ms if whole else 0.0
         metrics.IN_FLIGHT.inc()
         try:
             while True:
-                attempt = self._attempt(model, prompt_ids, sampling, request_id, progress, failed, span)
+                attempt = self._attempt(model, prompt_ids, sampling, request_id, progress, failed, span, interval_ms)
                 tried = len(failed)
                 try:
                     async with aclosing(attempt) as chunks:
@@ -128,7 +132,9 @@ class Generator:
             metrics.IN_FLIGHT.dec()
             span.end()
 
-    async def _attempt(self, model, prompt_ids, sampling, request_id, progress: _Progress, failed: list[str], span):
+    async def _attempt(
+        self, model, prompt_ids, sampling, request_id, progress: _Progress, failed: list[str], span, interval_ms: float
+    ):
         """One worker's (or one prefill + decode pair's) go at what the request still owes; the
         worker joins `failed` if it fails (Unavailable)."""
         attempt_id = f"{request_id}-m{len(failed)}" if failed else request_id
@@ -142,7 +148,7 @@ class Generator:
             span.set_attribute("kvmesh.prefill_worker", decision.prefill_worker.id)
             # Both phases sample alike, so the decode's first token is the prefill's.
             owed.setdefault("seed", random.getrandbits(31))
-        stream = self.phases.run(decision, attempt_id, ids, owed, trace_headers)
+        stream = self.phases.run(decision, attempt_id, ids, owed, trace_headers, interval_ms)
         try:
             async for chunk in stream:
                 if progress.took(chunk.token_ids):

@@ -30,7 +30,9 @@ async def run(settings: GatewaySettings) -> None:
     served = ServedModels(settings.models, watcher)
     router = RouterClient(settings.router_address)
     engines = TritonPool()
-    generator = Generator(router, engines, served, settings.prefill_timeout_s, settings.max_migrations)
+    generator = Generator(
+        router, engines, served, settings.prefill_timeout_s, settings.max_migrations, settings.whole_answer_interval_ms
+    )
 
     def register(server) -> None:
         inference_pb2_grpc.add_InferenceServicer_to_server(

@@ -32,15 +32,17 @@ class Phases:
         prompt_ids: list[int],
         sampling: dict,
         trace_headers: dict[str, str],
+        response_interval_ms: float = 0.0,
     ) -> AsyncIterator[EngineChunk]:
+        """`response_interval_ms`: how often the engine streaming the tokens sends them (0: each)."""
         worker = decision.worker
         if decision.HasField("prefill_worker"):
-            return self._disaggregated(decision, request_id, prompt_ids, sampling, trace_headers)
+            return self._disaggregated(decision, request_id, prompt_ids, sampling, trace_headers, response_interval_ms)
         # A decode instance asked to run a whole request prefills it locally ({}).
         local = {} if worker.role == worker_pb2.ROLE_DECODE else None
-        return self.engines.stream(worker, request_id, prompt_ids, sampling, trace_headers, local)
+        return self.engines.stream(worker, request_id, prompt_ids, sampling, trace_headers, local, response_interval_ms)
 
-    async def _disaggregated(self, decision, request_id, prompt_ids, sampling, trace_headers):
+    async def _disaggregated(self, decision, request_id, prompt_ids, sampling, trace_headers, response_interval_ms):
         first = await self._prefill(decision.prefill_worker, request_id, prompt_ids, sampling, trace_headers)
         if first is not None:
             if first.finish_reason == "stop":  # the first token ended it (EOS or a stop token)
@@ -50,7 +52,7 @@ class Phases:
         transfer = first.kv_transfer_params if first and first.kv_transfer_params is not None else {}
         skip = list(first.token_ids) if first else []
         decode = self.engines.stream(
-            decision.worker, f"{request_id}-decode", prompt_ids, sampling, trace_headers, transfer
+            decision.worker, f"{request_id}-decode", prompt_ids, sampling, trace_headers, transfer, response_interval_ms
         )
         try:
             async for chunk in decode:

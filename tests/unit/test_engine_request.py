@@ -78,3 +78,11 @@ def test_vllm_decode_refuses_params_not_from_a_vllm_prefill(params, words):
 
     with pytest.raises(BadRequest, match=words):
         check_kv_transfer(params)
+
+
+def test_response_interval_is_read_from_the_parameters_and_checked():
+    assert p(params='{"response_interval_ms": 250}').response_interval_s == 0.25
+    assert p().response_interval_s == 0
+    for bad in ('"soon"', "-1", "true", "60001"):
+        with pytest.raises(BadRequest, match="response_interval_ms"):
+            p(params=f'{{"response_interval_ms": {bad}}}')

@@ -33,7 +33,7 @@ async def never():
     return False
 
 
-async def run(engine, cancelled=never):
+async def run(engine, cancelled=never, request=REQ):
     sent, errors = [], []
 
     async def send(delta, final):
@@ -42,7 +42,7 @@ async def run(engine, cancelled=never):
     async def send_error(message):
         errors.append(message)
 
-    outcome = await serve_request(engine, REQ, send, send_error, cancelled)
+    outcome = await serve_request(engine, request, send, send_error, cancelled)
     return outcome, sent, errors
 
 
@@ -96,3 +96,33 @@ async def test_a_slow_send_lets_the_engine_merge_tokens():
     engine = FakeEngine([d([i]) for i in range(5)] + [d([9], "stop")])
     assert await serve_request(engine, REQ, slow_send, no_error, never) == "finished"
     assert overlaps == 0
+
+
+async def test_a_response_interval_sends_the_first_token_at_once_and_merges_the_rest_into_the_final():
+    deltas = [d([5]), d([6]), d([]), d([7, 8]), d([9], "length")]
+    request = EngineRequest("r1", [1, 2], SamplingSpec(), response_interval_s=60)
+    outcome, sent, _ = await run(FakeEngine(deltas), request=request)
+    assert outcome == "finished"
+    assert [(x.token_ids, final) for x, final in sent] == [([5], False), ([6, 7, 8, 9], True)]
+    assert sent[-1][0].finish_reason == "length"
+
+
+class PausingEngine(FakeEngine):
+    """Yields its deltas at once, but sleeps `pause_s` before the one at `pause_before`."""
+
+    def __init__(self, deltas, pause_before, pause_s):
+        super().__init__(deltas)
+        self.pause_before, self.pause_s = pause_before, pause_s
+
+    async def generate(self, request):
+        for i, delta in enumerate(self.deltas):
+            if i == self.pause_before:
+                await asyncio.sleep(self.pause_s)
+            yield delta
+
+
+async def test_a_response_interval_sends_what_it_holds_once_the_interval_passed():
+    request = EngineRequest("r1", [1, 2], SamplingSpec(), response_interval_s=0.1)
+    engine = PausingEngine([d([5]), d([6]), d([7]), d([8], "stop")], pause_before=2, pause_s=0.15)
+    _, sent, _ = await run(engine, request=request)
+    assert [x.token_ids for x, _ in sent] == [[5], [6, 7], [8]]

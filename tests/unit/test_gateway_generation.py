@@ -55,8 +55,9 @@ class FakeEngines:
     scripts: dict[str, list]
     calls: list[dict] = field(default_factory=list)
 
-    async def stream(self, worker, request_id, ids, sampling, trace, kv_transfer_params=None):
-        self.calls.append({"worker": worker.id, "ids": ids, "sampling": sampling, "transfer": kv_transfer_params})
+    async def stream(self, worker, request_id, ids, sampling, trace, kv_transfer_params=None, response_interval_ms=0):
+        self.calls.append({"worker": worker.id, "ids": ids, "sampling": sampling, "transfer": kv_transfer_params,
+                           "interval_ms": response_interval_ms})  # fmt: skip
         for item in self.scripts[worker.id]:
             if isinstance(item, Exception):
                 raise item
@@ -72,10 +73,10 @@ def chunk(ids, finish=None, transfer=None, cached=0):
     return EngineChunk(list(ids), finish, len(PROMPT), cached, transfer)
 
 
-async def run(model, router, engines, max_tokens=4):
-    generator = Generator(router, None, FakeServed())
+async def run(model, router, engines, max_tokens=4, whole=False):
+    generator = Generator(router, None, FakeServed(), whole_answer_interval_ms=200)
     generator.phases.engines = engines
-    out = [c async for c in generator.generate(model, PROMPT, {"max_tokens": max_tokens}, "r")]
+    out = [c async for c in generator.generate(model, PROMPT, {"max_tokens": max_tokens}, "r", whole=whole)]
     return [t for c in out for t in c.token_ids], out[-1]
 
 
@@ -106,6 +107,14 @@ async def test_failed_prefill_falls_back_to_local_prefill_on_the_decode_worker(m
     tokens, _ = await run(model, FakeRouter([disaggregated()]), engines)
     assert tokens == [5, 6, 7, 8]
     assert engines.calls[1]["transfer"] == {}  # prefill there
+
+
+@pytest.mark.parametrize("whole, interval_ms", [(False, 0), (True, 200)])
+async def test_only_a_caller_that_wants_the_whole_answer_lets_the_engines_merge_tokens(model, whole, interval_ms):
+    engines = FakeEngines({"p": [chunk([7], "length", TRANSFER)], "d": [chunk([7, 8, 9, 10], "length")]})
+    tokens, _ = await run(model, FakeRouter([disaggregated()]), engines, whole=whole)
+    assert tokens == [7, 8, 9, 10]
+    assert [c["interval_ms"] for c in engines.calls] == [0, interval_ms]  # a prefill answers once anyway
 
 
 async def test_a_whole_request_on_a_decode_worker_asks_it_to_prefill(model):

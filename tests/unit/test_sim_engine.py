@@ -4,13 +4,14 @@ scheduler (continuous batching, cached prefixes skip prefill, timing, abort)."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
 from engines.request import BadRequest, EngineRequest, SamplingSpec
 from engines.sim.block_manager import BlockManager, NoSpace
 from engines.sim.engine import SimEngine
-from engines.sim.timing import Timing
+from engines.sim.timing import MIN_SLEEP_S, Pacer, Timing
 from kvmesh import hashing
 from kvmesh.kv_events import BlockRemoved, BlockStored
 
@@ -178,3 +179,17 @@ def test_prefill_and_decode_roles_hand_over_like_vllms():
     finally:
         for e in (prefill, decode, aggregated):
             e.shutdown()
+
+
+@pytest.mark.parametrize("step_s", [0.0001, 0.0003, 0.004])
+def test_the_pacer_lets_the_simulated_time_pass_on_average_even_for_steps_under_a_millisecond(step_s):
+    steps = round(0.08 / step_s)  # 80 ms of simulated time; slept one by one, 0.1 ms steps took 800 ms
+
+    async def run() -> float:
+        pacer, start = Pacer(), time.perf_counter()
+        for _ in range(steps):
+            await pacer.wait(step_s)
+        return time.perf_counter() - start
+
+    elapsed = asyncio.run(run())
+    assert 0.08 - MIN_SLEEP_S <= elapsed < 0.08 * 2

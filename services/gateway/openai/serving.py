@@ -99,7 +99,7 @@ class OpenAIServing:
         )
         request_id = fmt.id_prefix + new_request_id()
         parent = telemetry.extract(request.headers)  # a caller's traceparent, if any
-        chunks = self.generator.generate(model, prompt_ids, engine, request_id, parent)
+        chunks = self.generator.generate(model, prompt_ids, engine, request_id, parent, whole=not body.stream)
         created = int(time.time())
         if body.stream:
             # Routing failures must still be an HTTP error: wait for the first chunk before answering 200.
