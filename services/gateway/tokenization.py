@@ -1,19 +1,44 @@
-"""The model's own tokenizer and chat template (transformers), loaded offline."""
+"""The model's own tokenizer and chat template (transformers), loaded offline.
+
+A chat prompt is encoded piece by piece between the special tokens the template writes, each piece
+through a cache: the tokenizer cuts its input at those tokens before anything else, so the pieces
+encode exactly as the whole does, and a system prompt many requests share is tokenized once.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import AutoTokenizer
 
 from kvmesh.errors import InvalidArgument
 
+# Distinct pieces kept: shared system prompts stay, one-off questions come and go.
+PIECE_CACHE_SIZE = 4096
+
 
 @dataclass
 class ModelTokenizer:
     name: str
     hf: Any  # a transformers fast tokenizer
+    _special: re.Pattern | None = field(init=False, repr=False)
+    _special_ids: dict[str, int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Only tokens matched verbatim cut the text: one that strips its neighbours' spaces would
+        # change the pieces around it.
+        verbatim = {
+            t.content: i
+            for i, t in self.backend.get_added_tokens_decoder().items()
+            if not (t.lstrip or t.rstrip or t.single_word or t.normalized)
+        }
+        self._special_ids = verbatim
+        longest_first = sorted(verbatim, key=len, reverse=True)
+        self._special = re.compile("(" + "|".join(map(re.escape, longest_first)) + ")") if verbatim else None
+        self.encode_piece = functools.lru_cache(PIECE_CACHE_SIZE)(self._encode_piece)
 
     @classmethod
     def load(cls, name: str, path: str) -> ModelTokenizer:
@@ -37,4 +62,15 @@ class ModelTokenizer:
         except Exception as e:  # the template itself rejects what it cannot render
             raise InvalidArgument(f"messages: the chat template refused them: {e}", param="messages") from None
         # The template already wrote the special tokens.
-        return self.hf.encode(text, add_special_tokens=False)
+        if self._special is None:
+            return self.hf.encode(text, add_special_tokens=False)
+        ids: list[int] = []
+        for piece in self._special.split(text):
+            if piece in self._special_ids:
+                ids.append(self._special_ids[piece])
+            elif piece:
+                ids += self.encode_piece(piece)
+        return ids
+
+    def _encode_piece(self, piece: str) -> tuple[int, ...]:
+        return tuple(self.backend.encode(piece, add_special_tokens=False).ids)
