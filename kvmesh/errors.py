@@ -66,3 +66,12 @@ def from_rpc_error(error: grpc.RpcError) -> KvmeshError:
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = error.details() if hasattr(error, "details") else str(error)
     return _BY_GRPC_CODE.get(code, KvmeshError)(details or code.name)
+
+
+_BY_CODE_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def from_status(code: int, message: str) -> KvmeshError:
+    """The error a status sent as data (a code number and a message) stands for."""
+    status = _BY_CODE_NUMBER.get(code, grpc.StatusCode.UNKNOWN)
+    return _BY_GRPC_CODE.get(status, KvmeshError)(message or status.name)

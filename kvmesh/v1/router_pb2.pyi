@@ -9,7 +9,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RouteRequest(_message.Message):
-    __slots__ = ("model", "request_id", "num_tokens", "block_hashes", "policy", "block_size", "exclude_worker_ids", "aggregated_only")
+    __slots__ = ("model", "request_id", "num_tokens", "block_hashes", "policy", "block_size", "exclude_worker_ids", "aggregated_only", "trace_context")
+    class TraceContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -18,6 +25,7 @@ class RouteRequest(_message.Message):
     BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_WORKER_IDS_FIELD_NUMBER: _ClassVar[int]
     AGGREGATED_ONLY_FIELD_NUMBER: _ClassVar[int]
+    TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     model: str
     request_id: str
     num_tokens: int
@@ -26,7 +34,8 @@ class RouteRequest(_message.Message):
     block_size: int
     exclude_worker_ids: _containers.RepeatedScalarFieldContainer[str]
     aggregated_only: bool
-    def __init__(self, model: _Optional[str] = ..., request_id: _Optional[str] = ..., num_tokens: _Optional[int] = ..., block_hashes: _Optional[_Iterable[int]] = ..., policy: _Optional[str] = ..., block_size: _Optional[int] = ..., exclude_worker_ids: _Optional[_Iterable[str]] = ..., aggregated_only: _Optional[bool] = ...) -> None: ...
+    trace_context: _containers.ScalarMap[str, str]
+    def __init__(self, model: _Optional[str] = ..., request_id: _Optional[str] = ..., num_tokens: _Optional[int] = ..., block_hashes: _Optional[_Iterable[int]] = ..., policy: _Optional[str] = ..., block_size: _Optional[int] = ..., exclude_worker_ids: _Optional[_Iterable[str]] = ..., aggregated_only: _Optional[bool] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class RouteResponse(_message.Message):
     __slots__ = ("worker", "policy", "overlap_blocks", "prefill_worker", "prefill_overlap_blocks", "disaggregation_reason")
@@ -150,3 +159,31 @@ class ReleaseRequest(_message.Message):
 class ReleaseResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class SessionRequest(_message.Message):
+    __slots__ = ("route", "prefilled", "released")
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    PREFILLED_FIELD_NUMBER: _ClassVar[int]
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    route: RouteRequest
+    prefilled: str
+    released: str
+    def __init__(self, route: _Optional[_Union[RouteRequest, _Mapping]] = ..., prefilled: _Optional[str] = ..., released: _Optional[str] = ...) -> None: ...
+
+class SessionResponse(_message.Message):
+    __slots__ = ("request_id", "route", "error")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    route: RouteResponse
+    error: RouteError
+    def __init__(self, request_id: _Optional[str] = ..., route: _Optional[_Union[RouteResponse, _Mapping]] = ..., error: _Optional[_Union[RouteError, _Mapping]] = ...) -> None: ...
+
+class RouteError(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...

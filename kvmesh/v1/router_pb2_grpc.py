@@ -62,6 +62,11 @@ class RouterStub:
                 request_serializer=kvmesh_dot_v1_dot_router__pb2.ReleaseRequest.SerializeToString,
                 response_deserializer=kvmesh_dot_v1_dot_router__pb2.ReleaseResponse.FromString,
                 _registered_method=True)
+        self.Session = channel.stream_stream(
+                '/kvmesh.v1.Router/Session',
+                request_serializer=kvmesh_dot_v1_dot_router__pb2.SessionRequest.SerializeToString,
+                response_deserializer=kvmesh_dot_v1_dot_router__pb2.SessionResponse.FromString,
+                _registered_method=True)
 
 
 class RouterServicer:
@@ -103,6 +108,16 @@ class RouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Session(self, request_iterator, context):
+        """Route, MarkPrefilled and Release on one long-lived stream (the gateway
+        keeps one open): a message on an open stream costs both ends about half
+        what a call does. Each Route is answered, in any order, by a response
+        naming its request_id; MarkPrefilled and Release get no answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +145,11 @@ def add_RouterServicer_to_server(servicer, server):
                     servicer.Release,
                     request_deserializer=kvmesh_dot_v1_dot_router__pb2.ReleaseRequest.FromString,
                     response_serializer=kvmesh_dot_v1_dot_router__pb2.ReleaseResponse.SerializeToString,
+            ),
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
+                    request_deserializer=kvmesh_dot_v1_dot_router__pb2.SessionRequest.FromString,
+                    response_serializer=kvmesh_dot_v1_dot_router__pb2.SessionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -270,6 +290,33 @@ class Router:
             '/kvmesh.v1.Router/Release',
             kvmesh_dot_v1_dot_router__pb2.ReleaseRequest.SerializeToString,
             kvmesh_dot_v1_dot_router__pb2.ReleaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Session(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/kvmesh.v1.Router/Session',
+            kvmesh_dot_v1_dot_router__pb2.SessionRequest.SerializeToString,
+            kvmesh_dot_v1_dot_router__pb2.SessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

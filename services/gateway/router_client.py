@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
-
-import grpc
-
 from kvmesh import grpc_server
-from kvmesh.errors import from_rpc_error
 from kvmesh.v1 import router_pb2, router_pb2_grpc
-
-log = logging.getLogger(__name__)
+from services.gateway.router_session import RouterSession
 
 ROUTE_TIMEOUT_S = 5.0
 
 
 class RouterClient:
+    """Routes over one Router.Session stream (services/gateway/router_session.py), opened on first
+    use and again after it breaks."""
+
     def __init__(self, address: str):
         self.channel = grpc_server.channel(address)
         self.stub = router_pb2_grpc.RouterStub(self.channel)
-        self._background: set[asyncio.Task] = set()
+        self._session: RouterSession | None = None
+
+    def _open(self) -> RouterSession:
+        if self._session is None or self._session.closed:
+            self._session = RouterSession(self.stub)
+        return self._session
 
     async def route(
         self,
@@ -41,36 +42,19 @@ class RouterClient:
             block_size=block_size,
             exclude_worker_ids=exclude,
             aggregated_only=aggregated_only,
+            trace_context=trace_headers,
         )
-        try:
-            return await self.stub.Route(
-                request,
-                timeout=ROUTE_TIMEOUT_S,
-                metadata=tuple(trace_headers.items()),
-            )
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
+        return await self._open().route(request, ROUTE_TIMEOUT_S)
 
     def mark_prefilled(self, request_id: str) -> None:
-        self._fire(self.stub.MarkPrefilled(router_pb2.MarkPrefilledRequest(request_id=request_id), timeout=2))
+        """Never holds up a token stream; a lost one is bounded by the router's in-flight lease."""
+        self._open().send(router_pb2.SessionRequest(prefilled=request_id))
 
     def release(self, request_id: str) -> None:
-        self._fire(self.stub.Release(router_pb2.ReleaseRequest(request_id=request_id), timeout=2))
-
-    def _fire(self, call) -> None:
-        """Bookkeeping calls never hold up a token stream; a lost one is bounded by the router's lease."""
-
-        async def run() -> None:
-            try:
-                await call
-            except grpc.RpcError as e:
-                log.warning("router bookkeeping failed: %s", e.details())
-
-        task = asyncio.ensure_future(run())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._open().send(router_pb2.SessionRequest(released=request_id))
 
     async def close(self) -> None:
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        if self._session is not None:
+            await self._session.drain()
+            await self._session.close()
         await self.channel.close()

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
+import grpc
+from opentelemetry import trace
 from prometheus_client import Counter
 
+from kvmesh import telemetry
 from kvmesh.errors import InvalidArgument, KvmeshError, ResourceExhausted, Unavailable
 from kvmesh.grpc_server import abort_with
 from kvmesh.registry import now_ms
@@ -16,6 +22,8 @@ from services.router.framework.types import Request
 
 DECISIONS = Counter("kvmesh_router_decisions", "Routing decisions", ["policy", "worker"])
 DISAGGREGATED = Counter("kvmesh_router_disaggregated", "Requests split into prefill and decode", ["policy"])
+TRACER = trace.get_tracer("kvmesh.router")
+log = logging.getLogger(__name__)
 NO_WORKER = Counter("kvmesh_router_no_worker", "Requests no worker could take", ["reason"])
 
 
@@ -73,13 +81,15 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
 
     async def Route(self, message, context):
         try:
-            profile, request, decision, split = await self._decide(message, dry_run=False)
-            chosen = decision.chosen
-            if chosen is None:
-                raise _no_worker(request, decision)
+            return await self._route(message)
         except KvmeshError as e:
             await abort_with(context, e)
-            return
+
+    async def _route(self, message: router_pb2.RouteRequest) -> router_pb2.RouteResponse:
+        profile, request, decision, split = await self._decide(message, dry_run=False)
+        chosen = decision.chosen
+        if chosen is None:
+            raise _no_worker(request, decision)
         blocks = request.blocks_on(chosen)
         response = router_pb2.RouteResponse(
             worker=chosen.record,
@@ -146,14 +156,64 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         return router_pb2.WorkersResponse(workers=sorted(out, key=lambda w: w.record.id))
 
     async def MarkPrefilled(self, message, context):
-        self.accounting.mark_prefilled(message.request_id)
-        self.accounting.release(prefill_entry(message.request_id))
+        self._prefilled(message.request_id)
         return router_pb2.MarkPrefilledResponse()
 
     async def Release(self, message, context):
-        self.accounting.release(message.request_id)
-        self.accounting.release(prefill_entry(message.request_id))
+        self._released(message.request_id)
         return router_pb2.ReleaseResponse()
+
+    def _prefilled(self, request_id: str) -> None:
+        self.accounting.mark_prefilled(request_id)
+        self.accounting.release(prefill_entry(request_id))
+
+    def _released(self, request_id: str) -> None:
+        self.accounting.release(request_id)
+        self.accounting.release(prefill_entry(request_id))
+
+    async def Session(self, requests, context):
+        """Routes concurrently as the messages come; answers go out as the decisions are made."""
+        answers: asyncio.Queue[router_pb2.SessionResponse | None] = asyncio.Queue()
+        routing: set[asyncio.Task] = set()
+
+        async def route(message: router_pb2.RouteRequest) -> None:
+            with TRACER.start_as_current_span(
+                "kvmesh.route", context=telemetry.extract(dict(message.trace_context)), kind=trace.SpanKind.SERVER
+            ):
+                try:
+                    answer = router_pb2.SessionResponse(request_id=message.request_id, route=await self._route(message))
+                except KvmeshError as e:
+                    error = router_pb2.RouteError(code=e.grpc_code.value[0], message=e.message)
+                    answer = router_pb2.SessionResponse(request_id=message.request_id, error=error)
+                except Exception as e:  # noqa: BLE001 - the request is answered whatever happened
+                    log.exception("route %s failed", message.request_id)
+                    error = router_pb2.RouteError(code=grpc.StatusCode.INTERNAL.value[0], message=f"router: {e}")
+                    answer = router_pb2.SessionResponse(request_id=message.request_id, error=error)
+            answers.put_nowait(answer)
+
+        async def read() -> None:
+            async for message in requests:
+                kind = message.WhichOneof("kind")
+                if kind == "route":
+                    task = asyncio.create_task(route(message.route))
+                    routing.add(task)
+                    task.add_done_callback(routing.discard)
+                elif kind == "prefilled":
+                    self._prefilled(message.prefilled)
+                elif kind == "released":
+                    self._released(message.released)
+            await asyncio.gather(*routing)
+            answers.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (answer := await answers.get()) is not None:
+                yield answer
+            await reader  # its failure (a broken stream) ends the call with it
+        finally:
+            reader.cancel()
+            for task in routing:
+                task.cancel()
 
 
 def prefill_entry(request_id: str) -> str:

@@ -14,7 +14,7 @@ def test_a_callers_trace_continues_through_router_and_engine(mesh, traces):
     assert r.status_code == 200
     expected = {
         ("kvmesh-gateway", "kvmesh.generate"),
-        ("kvmesh-router", "/kvmesh.v1.Router/Route"),
+        ("kvmesh-router", "kvmesh.route"),
         ("kvmesh-vllm-engine", "engine.request"),
     }
     deadline = time.monotonic() + 15
@@ -23,5 +23,5 @@ def test_a_callers_trace_continues_through_router_and_engine(mesh, traces):
         time.sleep(0.2)
     spans = {s.name: s for s in traces.trace(trace_id)}
     generate = spans["kvmesh.generate"]
-    assert spans["/kvmesh.v1.Router/Route"].parent_span_id == generate.span_id
+    assert spans["kvmesh.route"].parent_span_id == generate.span_id
     assert spans["engine.request"].parent_span_id == generate.span_id

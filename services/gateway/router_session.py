@@ -1,0 +1,77 @@
+"""The gateway's one long-lived Router.Session stream: Route requests wait for the answer that
+names them; MarkPrefilled and Release are sent and forgotten. One writer task sends everything in
+order. When the stream breaks, the Routes waiting fail as UNAVAILABLE (the gateway's retry path)
+and the next message opens a new stream; bookkeeping lost with it is bounded by the router's
+in-flight lease."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+
+from kvmesh.errors import Unavailable, from_status
+from kvmesh.v1 import router_pb2, router_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+class RouterSession:
+    def __init__(self, stub: router_pb2_grpc.RouterStub):
+        self._outgoing: asyncio.Queue[router_pb2.SessionRequest] = asyncio.Queue()
+        self._waiting: dict[str, asyncio.Future] = {}
+        self._call = stub.Session(self._messages())
+        self._reader = asyncio.ensure_future(self._read())
+        self.closed = False
+
+    async def _messages(self):
+        while True:
+            yield await self._outgoing.get()
+
+    async def _read(self) -> None:
+        try:
+            async for answer in self._call:
+                future = self._waiting.pop(answer.request_id, None)
+                if future is None or future.done():
+                    continue  # its caller gave up
+                if answer.HasField("route"):
+                    future.set_result(answer.route)
+                else:
+                    future.set_exception(from_status(answer.error.code, answer.error.message))
+            reason = "the router ended the session"
+        except grpc.RpcError as e:
+            reason = f"router session: {e.details() or e.code().name}"
+        self.closed = True
+        log.warning("%s; routing opens a new one", reason)
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(Unavailable(reason))
+        self._waiting.clear()
+
+    def send(self, message: router_pb2.SessionRequest) -> None:
+        self._outgoing.put_nowait(message)
+
+    async def route(self, request: router_pb2.RouteRequest, timeout_s: float) -> router_pb2.RouteResponse:
+        if self.closed:  # broke after the caller took it
+            raise Unavailable("router session: closed")
+        future = asyncio.get_running_loop().create_future()
+        self._waiting[request.request_id] = future
+        self.send(router_pb2.SessionRequest(route=request))
+        try:
+            return await asyncio.wait_for(future, timeout_s)
+        except TimeoutError:
+            raise Unavailable(f"the router did not answer within {timeout_s:g}s") from None
+        finally:
+            self._waiting.pop(request.request_id, None)
+
+    async def drain(self, timeout_s: float = 2.0) -> None:
+        """Waits (a bounded time) until the messages queued are handed to gRPC."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not self._outgoing.empty() and not self.closed and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+
+    async def close(self) -> None:
+        self.closed = True
+        self._call.cancel()
+        await asyncio.gather(self._reader, return_exceptions=True)
