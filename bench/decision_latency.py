@@ -5,9 +5,10 @@
 A real redis-server and a real router process; the workers are registry records only (no
 engines: this measures the decision). The index is filled through the same Redis functions
 kvindex uses: prefixes of 128 blocks, each held by 1–8 workers, the deeper blocks by fewer.
-Prints p50/p99 of `Router.Route` as a client sees it (gRPC round trip included), of the router's
-Redis read alone (the pipelined match + load read) and of an empty gRPC call to the same server
-(the floor of any RPC from Python here), in one run.
+Prints p50/p99 of `Router.Route` as a client sees it (gRPC round trip included), of a Route over
+the gateway's Router.Session stream, of the router's Redis read alone (the pipelined match + load
+read) and of an empty gRPC call to the same server (the floor of any RPC from Python here), in one
+run.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from kvmesh.block_index import BlockChange, BlockIndex
 from kvmesh.net import free_ports
 from kvmesh.redis_server import RedisServer
 from kvmesh.v1 import router_pb2, router_pb2_grpc, worker_pb2
+from services.gateway.router_client import RouterClient
 from services.router import shared_load
 
 BLOCK = 64
@@ -95,6 +97,20 @@ def route_calls(address: str, prefixes: list[list[int]], n: int, rng: random.Ran
     return times
 
 
+async def session_routes(address: str, prefixes: list[list[int]], n: int, rng: random.Random) -> list[float]:
+    """The gateway's way: Route and Release as messages on one Router.Session stream."""
+    client, times = RouterClient(address), []
+    try:
+        for i in range(n):
+            start = time.perf_counter()
+            await client.route("m", f"s{i}", REQUEST_BLOCKS * BLOCK, rng.choice(prefixes), BLOCK, {})
+            times.append(time.perf_counter() - start)
+            client.release(f"s{i}")
+    finally:
+        await client.close()
+    return times
+
+
 def health_calls(address: str, n: int) -> list[float]:
     """The floor: a unary gRPC call that does nothing (the standard health check), same server."""
     times = []
@@ -138,6 +154,7 @@ def main() -> None:
             "block_keys": len(prefixes) * REQUEST_BLOCKS,
             "request_blocks": REQUEST_BLOCKS,
             "route_at_client": figures(route_calls(address, prefixes, args.requests, rng)),
+            "route_over_session": figures(asyncio.run(session_routes(address, prefixes, args.requests, rng))),
             "redis_read_alone": figures(asyncio.run(redis_alone(server.url, prefixes, args.requests, rng))),
             "empty_grpc_call": figures(health_calls(address, args.requests)),
         }

@@ -112,7 +112,8 @@ class RouterServicer:
         """Route, MarkPrefilled and Release on one long-lived stream (the gateway
         keeps one open): a message on an open stream costs both ends about half
         what a call does. Each Route is answered, in any order, by a response
-        naming its request_id; MarkPrefilled and Release get no answer.
+        naming its request_id; MarkPrefilled and Release get no answer. When the
+        caller ends its side, a last response sums up the session.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

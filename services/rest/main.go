@@ -16,6 +16,8 @@ import (
 	"github.com/grpc-ecosystem/grpc-gateway/runtime"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	kvmesh "kvmesh/v1"
 )
@@ -32,6 +34,16 @@ func main() {
 	flag.Parse()
 
 	ctx := context.Background()
+	// A body grpc-gateway cannot decode comes back as a plain error, which it answers with 500,
+	// for the first message of a client-streaming call (Router.Session): it is the caller's
+	// bad input, like the same body sent to a unary call (400).
+	runtime.HTTPError = func(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter,
+		r *http.Request, err error) {
+		if _, ok := status.FromError(err); !ok {
+			err = status.Error(codes.InvalidArgument, err.Error())
+		}
+		runtime.DefaultHTTPError(ctx, mux, m, w, r, err)
+	}
 	// Field names as in the protos (snake_case) and zero values written out: what the
 	// OpenAPI document describes, and what a client reading `usage.cached_tokens` expects.
 	mux := runtime.NewServeMux(runtime.WithMarshalerOption(runtime.MIMEWildcard,

@@ -174,46 +174,64 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     async def Session(self, requests, context):
         """Routes concurrently as the messages come; answers go out as the decisions are made."""
         answers: asyncio.Queue[router_pb2.SessionResponse | None] = asyncio.Queue()
-        routing: set[asyncio.Task] = set()
+        routing: dict[str, asyncio.Task] = {}  # request id → its Route, while it runs
+        summary = router_pb2.SessionSummary()
 
-        async def route(message: router_pb2.RouteRequest) -> None:
-            with TRACER.start_as_current_span(
-                "kvmesh.route", context=telemetry.extract(dict(message.trace_context)), kind=trace.SpanKind.SERVER
-            ):
-                try:
-                    answer = router_pb2.SessionResponse(request_id=message.request_id, route=await self._route(message))
-                except KvmeshError as e:
-                    error = router_pb2.RouteError(code=e.grpc_code.value[0], message=e.message)
-                    answer = router_pb2.SessionResponse(request_id=message.request_id, error=error)
-                except Exception as e:  # noqa: BLE001 - the request is answered whatever happened
-                    log.exception("route %s failed", message.request_id)
-                    error = router_pb2.RouteError(code=grpc.StatusCode.INTERNAL.value[0], message=f"router: {e}")
-                    answer = router_pb2.SessionResponse(request_id=message.request_id, error=error)
-            answers.put_nowait(answer)
+        def after_route(request_id: str, bookkeeping) -> None:
+            # A caller may send a request's Release before its Route is decided: apply it after.
+            task = routing.get(request_id)
+            if task is None:
+                bookkeeping(request_id)
+            else:
+                task.add_done_callback(lambda _: bookkeeping(request_id))
 
         async def read() -> None:
-            async for message in requests:
-                kind = message.WhichOneof("kind")
-                if kind == "route":
-                    task = asyncio.create_task(route(message.route))
-                    routing.add(task)
-                    task.add_done_callback(routing.discard)
-                elif kind == "prefilled":
-                    self._prefilled(message.prefilled)
-                elif kind == "released":
-                    self._released(message.released)
-            await asyncio.gather(*routing)
-            answers.put_nowait(None)
+            try:
+                async for message in requests:
+                    kind = message.WhichOneof("kind")
+                    if kind == "route":
+                        summary.routed += 1
+                        request_id = message.route.request_id
+                        task = routing[request_id] = asyncio.create_task(self._session_route(message.route, answers))
+                        task.add_done_callback(lambda _, r=request_id: routing.pop(r, None))
+                    elif kind == "prefilled":
+                        summary.prefilled += 1
+                        after_route(message.prefilled, self._prefilled)
+                    elif kind == "released":
+                        summary.released += 1
+                        after_route(message.released, self._released)
+                    else:
+                        raise InvalidArgument("SessionRequest: one of route, prefilled, released is required")
+                await asyncio.gather(*routing.values())
+            finally:
+                answers.put_nowait(None)
 
         reader = asyncio.create_task(read())
         try:
             while (answer := await answers.get()) is not None:
                 yield answer
-            await reader  # its failure (a broken stream) ends the call with it
+            await reader  # its failure (a bad message, a broken stream) ends the call with it
+            yield router_pb2.SessionResponse(summary=summary)
+        except KvmeshError as e:
+            await abort_with(context, e)
         finally:
             reader.cancel()
-            for task in routing:
+            for task in list(routing.values()):
                 task.cancel()
+
+    async def _session_route(self, message: router_pb2.RouteRequest, answers: asyncio.Queue) -> None:
+        parent = telemetry.extract(dict(message.trace_context))
+        with TRACER.start_as_current_span("kvmesh.route", context=parent, kind=trace.SpanKind.SERVER):
+            try:
+                answer = router_pb2.SessionResponse(request_id=message.request_id, route=await self._route(message))
+            except KvmeshError as e:
+                error = router_pb2.RouteError(code=e.grpc_code.value[0], message=e.message)
+                answer = router_pb2.SessionResponse(request_id=message.request_id, error=error)
+            except Exception as e:  # noqa: BLE001 - the request is answered whatever happened
+                log.exception("route %s failed", message.request_id)
+                error = router_pb2.RouteError(code=grpc.StatusCode.INTERNAL.value[0], message=f"router: {e}")
+                answer = router_pb2.SessionResponse(request_id=message.request_id, error=error)
+        answers.put_nowait(answer)
 
 
 def prefill_entry(request_id: str) -> str:
