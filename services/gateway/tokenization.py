@@ -16,8 +16,10 @@ from transformers import AutoTokenizer
 
 from kvmesh.errors import InvalidArgument
 
-# Distinct pieces kept: shared system prompts stay, one-off questions come and go.
-PIECE_CACHE_SIZE = 4096
+# Distinct pieces kept: shared system prompts stay, one-off questions come and go. Longer pieces
+# are not kept, so a client sending huge unique prompts holds at most 1024 × 32 KiB here.
+PIECE_CACHE_SIZE = 1024
+MAX_CACHED_PIECE_CHARS = 32_768
 
 
 @dataclass
@@ -38,7 +40,7 @@ class ModelTokenizer:
         self._special_ids = verbatim
         longest_first = sorted(verbatim, key=len, reverse=True)
         self._special = re.compile("(" + "|".join(map(re.escape, longest_first)) + ")") if verbatim else None
-        self.encode_piece = functools.lru_cache(PIECE_CACHE_SIZE)(self._encode_piece)
+        self._cached_piece = functools.lru_cache(PIECE_CACHE_SIZE)(self._encode_piece)
 
     @classmethod
     def load(cls, name: str, path: str) -> ModelTokenizer:
@@ -71,6 +73,11 @@ class ModelTokenizer:
             elif piece:
                 ids += self.encode_piece(piece)
         return ids
+
+    def encode_piece(self, piece: str) -> tuple[int, ...]:
+        if len(piece) > MAX_CACHED_PIECE_CHARS:
+            return self._encode_piece(piece)
+        return self._cached_piece(piece)
 
     def _encode_piece(self, piece: str) -> tuple[int, ...]:
         return tuple(self.backend.encode(piece, add_special_tokens=False).ids)

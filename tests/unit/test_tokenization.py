@@ -5,7 +5,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from kvmesh import models
-from services.gateway.tokenization import ModelTokenizer
+from services.gateway.tokenization import MAX_CACHED_PIECE_CHARS, ModelTokenizer
 
 SYSTEM = "You are a terse assistant. Answer in one sentence; never use lists.  Trailing spaces: "
 CHATS = [
@@ -37,6 +37,16 @@ def test_pieces_encode_as_the_whole_prompt(tokenizer, messages):
 
 def test_a_shared_system_prompt_is_tokenized_once(tokenizer):
     tokenizer.encode_chat([{"role": "system", "content": SYSTEM * 20}, {"role": "user", "content": "one"}])
-    hits = tokenizer.encode_piece.cache_info().hits
+    hits = tokenizer._cached_piece.cache_info().hits
     tokenizer.encode_chat([{"role": "system", "content": SYSTEM * 20}, {"role": "user", "content": "two"}])
-    assert tokenizer.encode_piece.cache_info().hits >= hits + 1
+    assert tokenizer._cached_piece.cache_info().hits >= hits + 1
+
+
+def test_a_huge_piece_is_encoded_but_not_kept(tokenizer):
+    messages = [{"role": "user", "content": "word " * (MAX_CACHED_PIECE_CHARS // 5 + 10)}]
+    text = tokenizer.hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    pieces = [p for p in tokenizer._special.split(text) if p and p not in tokenizer._special_ids]
+    before = tokenizer._cached_piece.cache_info()
+    assert tokenizer.encode_chat(messages) == tokenizer.hf.encode(text, add_special_tokens=False)
+    after = tokenizer._cached_piece.cache_info()
+    assert (after.hits + after.misses) - (before.hits + before.misses) == len(pieces) - 1  # all but the huge one
