@@ -42,8 +42,9 @@ class RouterSession:
             reason = "the router ended the session"
         except grpc.RpcError as e:
             reason = f"router session: {e.details() or e.code().name}"
+        if not self.closed:  # not our own close()
+            log.warning("%s; routing opens a new one", reason)
         self.closed = True
-        log.warning("%s; routing opens a new one", reason)
         for future in self._waiting.values():
             if not future.done():
                 future.set_exception(Unavailable(reason))
