@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import grpc
@@ -101,6 +102,7 @@ def run_config(name: str, extra: tuple[str, ...], workers: int, requests, args) 
         "worker_seconds": round(float(np.trapz(counts, times)) if len(times) > 1 else 0.0, 1),
         "scaling_actions": actions,
         "errors": sum(bool(o.error) for o in outcomes),
+        "error_messages": dict(Counter(o.error for o in outcomes if o.error).most_common(5)),
         "ttft_ms_p50": round(float(np.percentile(ttfts, 50)), 1) if ttfts else None,
         "ttft_ms_p99": round(float(np.percentile(ttfts, 99)), 1) if ttfts else None,
         "wall_s": round(wall_s, 1),
