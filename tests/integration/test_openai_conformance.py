@@ -7,8 +7,6 @@ import openai
 import pytest
 
 CHAT = [{"role": "user", "content": "Write a short poem about the sea."}]
-# Long enough for three 128-token KV blocks: the repeat finds them cached.
-LONG_SYSTEM = "You are a careful assistant. " + " ".join(f"Rule {i}: answer briefly and kindly." for i in range(60))
 
 
 @pytest.fixture(scope="module")
@@ -89,15 +87,6 @@ def test_different_seeds_sample_differently(client, mesh):
         for seed in (1, 2, 3)
     }
     assert len(texts) > 1
-
-
-def test_cached_tokens_come_from_the_engine(client, mesh):
-    messages = [{"role": "system", "content": LONG_SYSTEM}, {"role": "user", "content": "Hello!"}]
-    first = client.chat.completions.create(model=mesh.model, messages=messages, max_tokens=2)
-    again = client.chat.completions.create(model=mesh.model, messages=messages, max_tokens=2)
-    assert first.usage.prompt_tokens >= 3 * 128
-    # The repeat goes to the worker holding the prefix; all its full blocks but the last are reused.
-    assert again.usage.prompt_tokens_details.cached_tokens >= 2 * 128
 
 
 @pytest.mark.parametrize(
