@@ -19,6 +19,7 @@ class FakeRouter(router_pb2_grpc.RouterServicer):
 
     def __init__(self):
         self.bookkeeping: list[tuple[str, str]] = []
+        self.routed: list[str] = []
         self.sessions = 0
 
     async def Session(self, requests, context):
@@ -29,6 +30,7 @@ class FakeRouter(router_pb2_grpc.RouterServicer):
             if kind != "route":
                 self.bookkeeping.append((kind, getattr(message, kind)))
                 continue
+            self.routed.append(message.route.request_id)
             if message.route.request_id == "break":
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "router going away")
             held.append(message.route)
@@ -89,7 +91,8 @@ async def test_bookkeeping_arrives_in_order_on_the_same_stream(router):
 async def test_a_broken_stream_fails_its_waiting_routes_and_the_next_route_opens_another(router):
     fake, client = router
     waiting = asyncio.ensure_future(route(client, "r1"))  # held for a partner that never comes
-    await asyncio.sleep(0.1)
+    while "r1" not in fake.routed:
+        await asyncio.sleep(0.01)
     with pytest.raises(Unavailable):
         await route(client, "break")
     with pytest.raises(Unavailable, match="router going away"):
