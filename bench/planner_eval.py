@@ -3,7 +3,7 @@
 a fresh `kvmesh up --disagg` mesh.
 
     .venv/bin/python -m bench.planner_eval [--time-scale 0.1] [--limit 4400] [--budget 4]
-        [--ttft-ms 1000] [--itl-ms 60] [--speedup 5]
+        [--ttft-ms 1000] [--itl-ms 60] [--speedup 5] [--only fixed planner triton]
 
 Reports per configuration: SLA attainment (requests with TTFT and mean ITL within the targets;
 failed requests count as misses), worker-seconds (the workers registered, sampled every second),
@@ -142,6 +142,9 @@ def _checkpoint(results: dict) -> None:
     (RESULTS / "planner_eval.partial.json").write_text(json.dumps(partial, indent=2) + "\n")
 
 
+RUNS = ("fixed", "planner", "triton")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--time-scale", type=float, default=0.1)
@@ -152,11 +155,12 @@ def main() -> None:
     parser.add_argument("--speedup", type=float, default=5.0)
     parser.add_argument("--disagg-threshold", type=int, default=256)
     parser.add_argument("--max-output-tokens", type=int, default=256)
+    parser.add_argument("--only", nargs="+", choices=RUNS, default=list(RUNS), help="configurations to run")
     args = parser.parse_args()
     requests = traces.load(TRACE, limit=args.limit)
     profile = measure_profile(args)
     results = {}
-    for prefill in range(1, args.budget):
+    for prefill in range(1, args.budget) if "fixed" in args.only else ():
         decode = args.budget - prefill
         extra = ("--prefill-workers", str(prefill), "--decode-workers", str(decode))
         results[f"fixed {prefill}P+{decode}D"] = run_config(
@@ -165,23 +169,18 @@ def main() -> None:
         _checkpoint(results)
     planner_args = (f"--interval-s 2 --cooldown-s 10 --down-after 3 --ttft-ms {args.ttft_ms} "
                     f"--itl-ms {args.itl_ms} --max-replicas {args.budget}")  # fmt: skip
-    extra = ("--planner", "--planner-profile", str(profile), "--planner-args", planner_args)
-    results["planner"] = run_config("planner", extra, 2, requests, args)
-    _checkpoint(results)
-    # The same planner on a fixed fleet of the whole budget, changing roles instead of starting workers.
-    half = args.budget // 2
-    fleet = ("--prefill-workers", str(half), "--decode-workers", str(args.budget - half))
-    extra = (
-        *fleet,
-        "--planner",
-        "--planner-profile",
-        str(profile),
-        "--planner-args",
-        f"{planner_args} --connector triton",
-    )
-    results[f"planner, triton (roles of {half}P+{args.budget - half}D)"] = run_config(
-        "planner-triton", extra, args.budget, requests, args
-    )
+    planner = ("--planner", "--planner-profile", str(profile), "--planner-args")
+    if "planner" in args.only:
+        results["planner"] = run_config("planner", (*planner, planner_args), 2, requests, args)
+        _checkpoint(results)
+    if "triton" in args.only:
+        # The same planner on a fixed fleet of the whole budget, changing roles instead of starting workers.
+        half = args.budget // 2
+        fleet = ("--prefill-workers", str(half), "--decode-workers", str(args.budget - half))
+        extra = (*fleet, *planner, f"{planner_args} --connector triton")
+        results[f"planner, triton (roles of {half}P+{args.budget - half}D)"] = run_config(
+            "planner-triton", extra, args.budget, requests, args
+        )
     png = plot(results, requests, args, RESULTS / "planner_eval.png")
     meeting = {n: r for n, r in results.items() if n.startswith("fixed") and r["sla_attainment"] >= SLA_GOAL}
     best = min(meeting.items(), key=lambda kv: kv[1]["worker_seconds"]) if meeting else None

@@ -33,6 +33,19 @@ class EngineError(KvmeshError):
     """The engine failed the request."""
 
 
+# Triton's answer for a model it does not have loaded: the worker changed roles (unloaded this
+# model) after the request was routed to it, e.g. while the request's prefill ran elsewhere.
+UNKNOWN_MODEL = "Request for unknown model"
+
+
+def stream_error(worker: worker_pb2.WorkerRecord, message: str) -> KvmeshError:
+    """An error Triton sent on the stream: Unavailable (try another worker) if this worker no
+    longer runs the model, else the engine's failure."""
+    if UNKNOWN_MODEL in message:
+        return Unavailable(f"worker {worker.id} no longer runs {worker.triton_model}: {message}")
+    return EngineError(f"worker {worker.id}: {message}")
+
+
 class TritonPool:
     def __init__(self) -> None:
         self._clients: dict[str, triton_aio.InferenceServerClient] = {}
@@ -78,7 +91,7 @@ class TritonPool:
         try:
             async for result, error in responses:
                 if error is not None:
-                    raise EngineError(f"worker {worker.id}: {error.message()}")
+                    raise stream_error(worker, error.message())
                 chunk = _chunk(result.get_response())
                 answered = chunk.finish_reason is not None
                 yield chunk

@@ -25,7 +25,7 @@ from tests.support.waiting import wait_for
 MAX_TOKENS = 48
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
     args = ("--engine", "sim", "--disagg", "--prefill-workers", "1", "--decode-workers", "2")
     mesh = LocalMesh.start(tmp_path_factory.mktemp("role-change-logs"), extra_args=args)
@@ -34,10 +34,13 @@ def fleet(tmp_path_factory):
     assert mesh.stop() == 0, mesh.log("up")
 
 
-def records(mesh) -> dict[str, worker_pb2.WorkerRecord]:
+def statuses(mesh) -> list[router_pb2.WorkerStatus]:
     with grpc.insecure_channel(mesh.router) as channel:
-        workers = router_pb2_grpc.RouterStub(channel).Workers(router_pb2.WorkersRequest(), timeout=5).workers
-    return {w.record.id: w.record for w in workers}
+        return list(router_pb2_grpc.RouterStub(channel).Workers(router_pb2.WorkersRequest(), timeout=5).workers)
+
+
+def records(mesh) -> dict[str, worker_pb2.WorkerRecord]:
+    return {w.record.id: w.record for w in statuses(mesh)}
 
 
 def connector(mesh) -> TritonConnector:
@@ -119,6 +122,50 @@ def test_a_decode_worker_serving_streams_becomes_prefill_and_back_without_a_fail
     logs = fleet.worker_logs()
     assert f"worker {moved} now runs sim_prefill (ROLE_PREFILL)" in logs
     assert f"worker {moved} now runs sim_decode (ROLE_DECODE)" in logs
+
+
+def test_a_decode_worker_that_changes_role_while_its_request_prefills_elsewhere_hands_the_request_on(fleet):
+    """The router picks the decode worker when the request comes in, but the decode phase reaches
+    it only once the prefill worker is done (here ~7 s: 4,000 tokens at the simulated engine's CPU
+    timing). Meanwhile the worker drains, unloads sim_decode and loads sim_prefill: the decode
+    phase finds no sim_decode there and the request moves on to the other decode worker."""
+    move = connector(fleet)
+    assert move.current() == {"prefill": 1, "decode": 2}
+    request = inference_pb2.GenerateRequest(
+        model=fleet.model,
+        token_ids=inference_pb2.TokenIds(ids=[3000 + i for i in range(4000)]),  # ≥ the 2,048 threshold
+        sampling=inference_pb2.SamplingParams(max_tokens=wrappers_pb2.UInt32Value(value=MAX_TOKENS), ignore_eos=True),
+    )
+    answer: dict = {}
+
+    def generate() -> None:
+        with grpc.insecure_channel(fleet.grpc) as channel:
+            try:
+                answer["responses"] = list(inference_pb2_grpc.InferenceStub(channel).Generate(request, timeout=120))
+            except grpc.RpcError as e:
+                answer["error"] = e.details()
+
+    client = threading.Thread(target=generate)
+    client.start()
+    decode_ids = {w for w, r in records(fleet).items() if r.role == worker_pb2.ROLE_DECODE}
+    picked: list[str] = []
+
+    def routed() -> bool:
+        picked[:] = [w.record.id for w in statuses(fleet) if w.record.id in decode_ids and w.in_flight]
+        return bool(picked)
+
+    wait_for(routed, timeout_s=10, what="the request routed")
+    move.assign(picked[0], "sim_prefill")
+    wait_for(lambda: records(fleet)[picked[0]].role == worker_pb2.ROLE_PREFILL, timeout_s=60, what="the role change")
+    client.join(120)
+    assert "error" not in answer, answer["error"]
+    responses = answer["responses"]
+    assert sum(len(r.token_ids) for r in responses) == MAX_TOKENS
+    assert responses[-1].worker_id in decode_ids - {picked[0]}
+    assert "no longer runs sim_decode" in fleet.log("gateway")  # the decode phase did reach it too late
+
+    move.scale("decode", 2)  # the fleet as it was
+    wait_for(lambda: records(fleet)[picked[0]].role == worker_pb2.ROLE_DECODE, timeout_s=60, what="the way back")
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from transformers import AutoTokenizer
 from kvmesh import models
 from kvmesh.errors import Unavailable
 from kvmesh.v1 import router_pb2, worker_pb2
-from services.gateway.engine_client import EngineChunk, EngineError
+from services.gateway.engine_client import EngineChunk, EngineError, stream_error
 from services.gateway.generation import Generator
 from services.gateway.served import ServedModel
 from services.gateway.tokenization import ModelTokenizer
@@ -137,6 +137,22 @@ async def test_a_dying_worker_hands_the_request_on_without_losing_or_repeating_t
     assert engines.calls[-1]["ids"] == PROMPT + [7, 8] and engines.calls[-1]["sampling"]["max_tokens"] == 2
     assert router.routed[1]["exclude"] == ["d"]
     assert router.released == ["r", "r-m1"]
+
+
+async def test_a_decode_worker_that_changed_role_during_the_prefill_hands_the_request_on(model):
+    # Routed while it was a decode worker; by the time the prefill is done it runs sim_prefill.
+    gone = stream_error(DECODE, "Request for unknown model: 'sim_decode' has no available versions")
+    assert isinstance(gone, Unavailable) and "no longer runs" in str(gone)
+    engines = FakeEngines({"p": [chunk([7], "length", TRANSFER)], "d": [gone], "d2": [chunk([8, 9, 10], "length")]})
+    router = FakeRouter([disaggregated(), router_pb2.RouteResponse(worker=OTHER)])
+    tokens, _ = await run(model, router, engines)
+    assert tokens == [7, 8, 9, 10]
+    assert engines.calls[-1]["ids"] == PROMPT + [7] and router.routed[1]["exclude"] == ["d"]
+
+
+def test_other_engine_errors_stay_engine_errors():
+    error = stream_error(DECODE, "in 0: prompt too long")
+    assert type(error) is EngineError and str(error) == "worker d: in 0: prompt too long"
 
 
 async def test_a_second_failure_reaches_the_client(model):
