@@ -98,8 +98,15 @@ class Registry:
         return live
 
 
-def connect(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2, health_check_interval=10)
+def connect(url: str, timeout_s: float = 2.0, max_connections: int = 64) -> redis.Redis:
+    """A client whose commands wait (up to `timeout_s`) for one of `max_connections` connections:
+    redis-py's default pool fails the 101st concurrent command at once ("Too many connections"),
+    which under load looked like Redis being down."""
+    pool = redis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=timeout_s, socket_connect_timeout=timeout_s,
+        socket_timeout=timeout_s, health_check_interval=10,
+    )  # fmt: skip
+    return redis.Redis.from_pool(pool)
 
 
 LIVE_WORKERS = Gauge("kvmesh_registry_live_workers", "Workers in the registry")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import redis.asyncio as aioredis
-
 from kvmesh import grpc_server, registry, telemetry
 from kvmesh.block_index import BlockIndex
 from kvmesh.registry import Watcher
@@ -21,7 +19,7 @@ async def run(settings: KvIndexSettings) -> None:
     metrics_port = telemetry.start_metrics_server(settings.host, settings.metrics_port)
     workers = Watcher(registry.Registry(registry.connect(settings.redis_url)), settings.refresh_ms / 1000)
     await workers.start()
-    index = BlockIndex(aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5))
+    index = BlockIndex(registry.connect(settings.redis_url, timeout_s=5.0))
     await index.load_functions()
     ingestor = Ingestor(workers, index, settings.refresh_ms / 1000)
     await ingestor.start()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import redis.asyncio as aioredis
-
 from kvmesh import block_index, grpc_server, redis_functions, registry, telemetry
 from kvmesh.registry import Watcher
 from kvmesh.settings import load
@@ -26,7 +24,7 @@ async def run(settings: RouterSettings) -> None:
     workers = Watcher(registry.Registry(registry.connect(settings.redis_url)), settings.refresh_ms / 1000)
     await workers.start()
     profiles = {name: build(name, spec) for name, spec in settings.policies.items()}
-    client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=1)
+    client = registry.connect(settings.redis_url, timeout_s=1.0)
     try:
         await redis_functions.load(client, [block_index.LIBRARY, shared_load.LIBRARY])
     except Exception as e:  # noqa: BLE001 - they load on first use once Redis is back

@@ -79,3 +79,11 @@ async def _until(condition, timeout_s: float = 5.0) -> None:
     while not condition():
         assert loop.time() < deadline, "condition not met in time"
         await asyncio.sleep(0.02)
+
+
+async def test_more_concurrent_commands_than_connections_wait_for_one(redis_url):
+    client = registry.connect(redis_url, max_connections=4)
+    try:
+        assert await asyncio.gather(*(client.ping() for _ in range(200))) == [True] * 200
+    finally:
+        await client.aclose()
