@@ -14,10 +14,10 @@ from importlib import resources
 import redis.asyncio as aioredis
 
 from kvmesh import redis_functions
+from kvmesh.shared_load import KEYS
 from services.router.framework.types import Load
 
 LIBRARY = resources.files("services.router").joinpath("shared_load.lua").read_text()
-KEYS = ("kvload:{load}:workers", "kvload:{load}:requests", "kvload:{load}:deadlines")
 FIELDS = {b"n": "in_flight", b"p": "prefill_blocks", b"d": "decode_blocks"}
 # A function call: (name, arguments).
 Op = tuple[str, tuple]

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import psutil
 import tritonclient.grpc.aio as triton_aio
+from redis.exceptions import RedisError
 
-from kvmesh import grpc_server, registry
+from kvmesh import grpc_server, registry, shared_load
 from kvmesh.net import free_ports
 from kvmesh.settings import load
 from kvmesh.v1 import worker_pb2
@@ -107,6 +108,25 @@ class _Worker:
                 "%s: %d stub processes still running %.0fs after its unload", triton_model, len(alive), timeout_s
             )
 
+    async def routed_requests_done(self, poll_s: float = 0.2) -> None:
+        """Waits (up to drain_timeout_s) until the routers count no request on this worker: a
+        disaggregated request routed here reaches this worker only once its prefill elsewhere is
+        done, and the unload would not wait for it."""
+        deadline = time.monotonic() + self.settings.drain_timeout_s
+        while True:
+            try:
+                routed = await shared_load.routed_requests(self.reg.redis, self.worker_id)
+            except (RedisError, OSError) as e:
+                log.warning("worker %s: cannot read its routed requests (%s); unloading without", self.worker_id, e)
+                return
+            if routed == 0:
+                return
+            if time.monotonic() > deadline:
+                log.warning("worker %s: %d routed requests still open after %.0fs", self.worker_id, routed,
+                            self.settings.drain_timeout_s)  # fmt: skip
+                return
+            await asyncio.sleep(poll_s)
+
     async def register(self) -> None:
         await self.reg.register(self.record, self.settings.lease_ms)
 
@@ -120,6 +140,7 @@ class _Worker:
             self.record.draining = True
             await self.register()
             await asyncio.sleep(self.settings.drain_settle_ms / 1000)
+            await self.routed_requests_done()
             self.record = await role_change.swap(self.unload, self.load, old.triton_model, triton_model)
             log.info("worker %s now runs %s (%s)", self.worker_id, triton_model, worker_pb2.Role.Name(self.record.role))
         except role_change.NothingLoaded:

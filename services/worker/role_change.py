@@ -2,7 +2,9 @@
 `triton` connector asks for through the registry — without failing a request:
 
 1. it registers as draining: routers send it nothing new once they have re-read the registry,
-   and it waits a settle time for requests routed before that;
+   and it waits a settle time for requests routed before that, then until the routers' shared
+   load counts no request on it (a disaggregated request's decode phase arrives only once its
+   prefill elsewhere is done);
 2. it unloads its model through Triton's repository API: Triton takes no new request for it and
    keeps the instance until every request in flight has been answered; the worker waits until the
    instance's stub processes are gone;

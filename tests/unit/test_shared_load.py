@@ -8,6 +8,7 @@ import asyncio
 import pytest
 import redis.asyncio as aioredis
 
+from kvmesh.shared_load import routed_requests
 from services.router.shared_load import SharedLoad
 
 
@@ -33,6 +34,19 @@ async def test_two_replicas_see_one_load(client):
     assert await a.release("r1") and await a.release("r2")
     assert not await a.release("r1")
     assert figures((await b.loads())["w"]) == (0, 0, 0)
+
+
+async def test_a_worker_reads_how_many_routed_requests_it_still_has(client):
+    load = SharedLoad(client, lease_s=60)
+    assert await routed_requests(client, "w") == 0  # never routed to
+    await load.add("r1", "w", 1, 1)
+    await load.add("r2", "w", 1, 1)
+    await load.add("r3", "other", 1, 1)
+    await load.mark_prefilled("r1")  # counted until released, whatever its phase
+    assert await routed_requests(client, "w") == 2
+    await load.release("r1")
+    await load.release("r2")
+    assert await routed_requests(client, "w") == 0
 
 
 async def test_retried_id_replaces_its_entry(client):
