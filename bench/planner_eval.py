@@ -1,16 +1,19 @@
-"""The planner against fixed allocations of the same budget, in one run: the Azure 2023 code trace
-(time-compressed) on simulated prefill/decode workers (GPU-class timing), every configuration on
-a fresh `kvmesh up --disagg` mesh.
+"""The planner against fixed allocations within the same budget, in one run: the Azure 2023 code
+trace (time-compressed) on simulated prefill/decode workers (GPU-class timing), every configuration
+on a fresh `kvmesh up --disagg` mesh.
 
-    .venv/bin/python -m bench.planner_eval [--time-scale 0.1] [--limit 4400] [--budget 4]
-        [--ttft-ms 1000] [--itl-ms 60] [--speedup 5] [--only fixed planner triton]
+    .venv/bin/python -m bench.planner_eval [--time-scale 0.5] [--limit 1500] [--budget 6]
+        [--ttft-ms 1000] [--itl-ms 60] [--speedup 3] [--only fixed planner triton]
 
-Reports per configuration: SLA attainment (requests with TTFT and mean ITL within the targets;
-failed requests count as misses), worker-seconds (the workers registered, sampled every second),
-scaling actions; the planner's worker-seconds against the cheapest fixed allocation that meets
-95%. The planner runs twice: starting and stopping workers (local connector), and changing the
-roles of a fixed fleet of the whole budget (triton connector). Plots load, workers and TTFT over
-time. The profile is measured first (`kvmesh profile`) on the same engine configuration.
+Fixed allocations: one decode worker (the trace's outputs are short) and the fewest prefill workers
+that meet the SLA goal within the budget, found by bisection (the runs on the way are reported). Per
+configuration: SLA attainment (requests with TTFT and mean ITL within the targets; failed requests
+count as misses), worker-seconds (the workers registered, sampled every second), scaling actions,
+the machine's CPU use (a saturated machine measures itself, not the pools); the planner's
+worker-seconds against the cheapest fixed allocation that meets 95%. The planner runs twice:
+starting and stopping workers (local connector), and changing the roles of a fixed fleet of the
+whole budget (triton connector). Plots load, workers and TTFT over time. The profile is measured
+first (`kvmesh profile`) on the same engine configuration.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import psutil
 
 from bench.common import GPU_LIKE, RESULTS, save
 from kvmesh.cli.local_mesh import LocalMesh
@@ -53,17 +57,19 @@ def measure_profile(args) -> Path:
 
 
 class WorkerSampler(threading.Thread):
-    """Registered workers by role, once a second."""
+    """Registered workers by role and the machine's CPU use, once a second."""
 
     def __init__(self, router: str):
         super().__init__(daemon=True)
-        self.router, self.samples, self.stop = router, [], threading.Event()
+        self.router, self.samples, self.cpu_percent, self.stop = router, [], [], threading.Event()
 
     def run(self) -> None:
         start = time.perf_counter()
+        psutil.cpu_percent()
         with grpc.insecure_channel(self.router) as channel:
             stub = router_pb2_grpc.RouterStub(channel)
             while not self.stop.wait(1.0):
+                self.cpu_percent.append(psutil.cpu_percent())
                 try:
                     workers = stub.Workers(router_pb2.WorkersRequest(), timeout=2).workers
                 except grpc.RpcError:
@@ -106,6 +112,7 @@ def run_config(name: str, extra: tuple[str, ...], workers: int, requests, args) 
         "ttft_ms_p50": round(float(np.percentile(ttfts, 50)), 1) if ttfts else None,
         "ttft_ms_p99": round(float(np.percentile(ttfts, 99)), 1) if ttfts else None,
         "wall_s": round(wall_s, 1),
+        "cpu_percent_p50_p90": [round(float(np.percentile(sampler.cpu_percent, q)), 1) for q in (50, 90)],
         "_series": {"workers": sampler.samples, "ttft": [(o.sent_s, o.ttft_s) for o in outcomes if o.ttft_s]},
     }
 
@@ -145,14 +152,29 @@ def _checkpoint(results: dict) -> None:
 RUNS = ("fixed", "planner", "triton")
 
 
+def fixed_search(results: dict, requests, args) -> None:
+    """The fewest prefill workers (beside one decode worker) that meet the SLA goal, by bisection:
+    attainment only grows with workers, so the cheapest meeting allocation takes ~log2(budget) runs."""
+    low, high = 1, args.budget - 1  # the answer, if any, is in [low, high]
+    while low <= high:
+        prefill = (low + high) // 2
+        extra = ("--prefill-workers", str(prefill), "--decode-workers", "1")
+        result = results[f"fixed {prefill}P+1D"] = run_config(f"fixed-{prefill}-1", extra, prefill + 1, requests, args)
+        _checkpoint(results)
+        if result["sla_attainment"] >= SLA_GOAL:
+            high = prefill - 1
+        else:
+            low = prefill + 1
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--time-scale", type=float, default=0.1)
-    parser.add_argument("--limit", type=int, default=4400)
-    parser.add_argument("--budget", type=int, default=4)
+    parser.add_argument("--time-scale", type=float, default=0.5)
+    parser.add_argument("--limit", type=int, default=1500)
+    parser.add_argument("--budget", type=int, default=6)
     parser.add_argument("--ttft-ms", type=float, default=1000.0)
     parser.add_argument("--itl-ms", type=float, default=60.0)
-    parser.add_argument("--speedup", type=float, default=5.0)
+    parser.add_argument("--speedup", type=float, default=3.0)
     parser.add_argument("--disagg-threshold", type=int, default=256)
     parser.add_argument("--max-output-tokens", type=int, default=256)
     parser.add_argument("--only", nargs="+", choices=RUNS, default=list(RUNS), help="configurations to run")
@@ -160,15 +182,12 @@ def main() -> None:
     requests = traces.load(TRACE, limit=args.limit)
     profile = measure_profile(args)
     results = {}
-    for prefill in range(1, args.budget) if "fixed" in args.only else ():
-        decode = args.budget - prefill
-        extra = ("--prefill-workers", str(prefill), "--decode-workers", str(decode))
-        results[f"fixed {prefill}P+{decode}D"] = run_config(
-            f"fixed-{prefill}-{decode}", extra, args.budget, requests, args
-        )
-        _checkpoint(results)
-    planner_args = (f"--interval-s 2 --cooldown-s 10 --down-after 3 --ttft-ms {args.ttft_ms} "
-                    f"--itl-ms {args.itl_ms} --max-replicas {args.budget}")  # fmt: skip
+    if "fixed" in args.only:
+        fixed_search(results, requests, args)
+    # The trace comes in bursts of seconds, shorter than a worker takes to start: the planner sizes
+    # for the busiest interval of the last minute and holds that between bursts.
+    planner_args = (f"--interval-s 2 --cooldown-s 10 --down-after 3 --forecaster peak --forecast-window 30 "
+                    f"--ttft-ms {args.ttft_ms} --itl-ms {args.itl_ms} --max-replicas {args.budget}")  # fmt: skip
     planner = ("--planner", "--planner-profile", str(profile), "--planner-args")
     if "planner" in args.only:
         results["planner"] = run_config("planner", (*planner, planner_args), 2, requests, args)

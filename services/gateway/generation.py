@@ -112,6 +112,7 @@ class Generator:
         failed: list[str] = []
         interval_ms = self.whole_answer_interval_ms if whole else 0.0
         metrics.IN_FLIGHT.inc()
+        metrics.PROMPT_LENGTH.observe(len(prompt_ids))
         try:
             while True:
                 attempt = self._attempt(model, prompt_ids, sampling, request_id, progress, failed, span, interval_ms)
@@ -166,7 +167,6 @@ class Generator:
                 metrics.E2E.observe(time.perf_counter() - progress.start)
                 metrics.PROMPT_TOKENS.inc(usage.prompt_tokens)
                 metrics.COMPLETION_TOKENS.inc(usage.completion_tokens)
-                metrics.PROMPT_LENGTH.observe(usage.prompt_tokens)
                 metrics.OUTPUT_LENGTH.observe(usage.completion_tokens)
                 metrics.CACHED_TOKENS.inc(usage.cached_tokens)
                 yield Chunk(delta + progress.text.flush(), chunk.token_ids, finish, usage, worker.id)

@@ -14,7 +14,10 @@ ITL = Histogram("kvmesh_gateway_itl_seconds", "Inter-token latency", buckets=ITL
 E2E = Histogram("kvmesh_gateway_e2e_seconds", "Request latency, start to last token", buckets=LATENCY_BUCKETS)
 PROMPT_TOKENS = Counter("kvmesh_gateway_prompt_tokens", "Prompt tokens")
 COMPLETION_TOKENS = Counter("kvmesh_gateway_completion_tokens", "Generated tokens")
-PROMPT_LENGTH = Histogram("kvmesh_gateway_prompt_length_tokens", "Prompt tokens per request", buckets=LENGTH_BUCKETS)
+# Observed on arrival: its count is the demand, which finished requests understate under overload.
+PROMPT_LENGTH = Histogram(
+    "kvmesh_gateway_prompt_length_tokens", "Prompt tokens per arriving request", buckets=LENGTH_BUCKETS
+)
 OUTPUT_LENGTH = Histogram(
     "kvmesh_gateway_output_length_tokens", "Generated tokens per finished request", buckets=LENGTH_BUCKETS
 )

@@ -34,6 +34,18 @@ class MovingAverage:
 
 
 @dataclass(frozen=True)
+class Peak:
+    """The next interval may be as busy as the busiest of the last `window`: for loads that come
+    in bursts shorter than a worker takes to start, capacity is held between them."""
+
+    window: int = 30
+
+    def predict(self, history: Sequence[float]) -> float:
+        tail = history[-self.window :]
+        return float(max(tail)) if len(tail) else 0.0
+
+
+@dataclass(frozen=True)
 class HoltWinters:
     """Additive trend, plus an additive season of `season` intervals when given."""
 
@@ -78,12 +90,19 @@ class Arima:
 FORECASTERS: dict[str, type] = {
     "constant": Constant,
     "moving-average": MovingAverage,
+    "peak": Peak,
     "holt-winters": HoltWinters,
     "arima": Arima,
 }
 
 
-def make(name: str, **options) -> Forecaster:
+# The forecasters that look back over a window of intervals.
+WINDOWED = ("moving-average", "peak")
+
+
+def make(name: str, window: int | None = None, **options) -> Forecaster:
     if name not in FORECASTERS:
         raise ValueError(f"forecaster {name!r}: one of {', '.join(FORECASTERS)}")
+    if window is not None and name in WINDOWED:
+        options["window"] = window
     return FORECASTERS[name](**options)

@@ -58,7 +58,7 @@ async def run(settings: PlannerSettings) -> None:
         GatewayMetrics(settings.gateway_metrics, settings.percentile),
         Profile.load(settings.profile),
         targets,
-        forecast.make(settings.forecaster),
+        forecast.make(settings.forecaster, settings.forecast_window),
         connector,
         Stabilizer(down_after=settings.down_after, cooldown_s=settings.cooldown_s),
         dry_run=settings.dry_run,

@@ -1,7 +1,8 @@
-"""What the planner measures each interval, from the gateways' Prometheus metrics: finished
-requests per second, prompt and output length (mean and the targets' percentile), TTFT and ITL at
-that percentile, requests in flight. Counters and histograms are differenced between scrapes, so
-each observation covers one interval only."""
+"""What the planner measures each interval, from the gateways' Prometheus metrics: requests
+arriving per second (the demand; under overload the finished ones are capped by the capacity
+that falls short), prompt length of arrivals, output length of finished requests, TTFT and ITL
+at the targets' percentile, requests in flight. Counters and histograms are differenced between
+scrapes, so each observation covers one interval only."""
 
 from __future__ import annotations
 
@@ -133,10 +134,10 @@ class GatewayMetrics:
         q = self.percentile / 100.0
         isl, osl = merged.get("isl"), merged.get("osl")
         ttft, itl = merged.get("ttft"), merged.get("itl")
-        finished = osl.count if osl else 0.0
+        arrived = isl.count if isl else 0.0
         return Observation(
             interval_s=elapsed,
-            requests_per_s=finished / elapsed,
+            requests_per_s=arrived / elapsed,
             isl_mean=_or0(isl.mean if isl else math.nan),
             isl_p=_or0(isl.quantile(q) if isl else math.nan),
             osl_mean=_or0(osl.mean if osl else math.nan),

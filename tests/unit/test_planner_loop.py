@@ -159,3 +159,16 @@ def test_pool_by_pool_connectors_shrink_a_pool_before_growing_the_other():
     connector.pools = {"prefill": 1, "decode": 3}
     connector.resize({"prefill": 3, "decode": 1}, dict(connector.pools))
     assert connector.calls == [("decode", 1), ("prefill", 3)]
+
+
+def test_the_request_rate_counts_arrivals_not_only_the_requests_that_finished(gateway_metrics):
+    url, series = gateway_metrics
+    source = GatewayMetrics([url], percentile=50)
+    with pytest.raises(MetricsUnavailable):
+        source.observe()
+    for _ in range(6):  # an overloaded interval: six arrive, two finish
+        series["isl"].observe(1000)
+    for _ in range(2):
+        series["osl"].observe(50)
+    o = source.observe()
+    assert o.requests_per_s * o.interval_s == pytest.approx(6)

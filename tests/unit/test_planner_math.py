@@ -40,6 +40,14 @@ def test_moving_average_and_constant():
     assert forecast.make("constant").predict([]) == 0.0
 
 
+def test_peak_holds_the_busiest_interval_of_its_window():
+    burst = [0, 0, 40, 0, 0, 0]
+    assert forecast.make("peak", window=4).predict(burst) == 40
+    assert forecast.make("peak", window=3).predict(burst) == 0
+    assert forecast.make("peak").predict([]) == 0.0
+    assert forecast.make("holt-winters", window=3) == forecast.make("holt-winters")  # not windowed
+
+
 def test_holt_winters_follows_a_trend_and_a_season():
     assert forecast.make("holt-winters").predict([2.0 * i for i in range(30)]) == pytest.approx(60.0, abs=0.5)
     season = [10 + 5 * math.sin(2 * math.pi * i / 8) for i in range(48)]
