@@ -96,7 +96,9 @@ class Planner:
         for pool in POOLS:
             wanted[pool], rule = stabilizers[pool].decide(current[pool], needs[pool].replicas, now_s)
             reasons[pool] = f"{needs[pool].reason}; {rule}"
-        prefill, decode, squeezed = fit_budget(wanted["prefill"], wanted["decode"], self.targets.max_replicas)
+        prefill, decode, squeezed = fit_budget(
+            wanted["prefill"], wanted["decode"], self.targets.max_replicas, (current["prefill"], current["decode"])
+        )
         for pool in POOLS if squeezed else ():
             reasons[pool] += f"; budget: {squeezed}"
         pools = [PoolDecision(p, current[p], n, reasons[p]) for p, n in (("prefill", prefill), ("decode", decode))]

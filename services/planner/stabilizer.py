@@ -42,11 +42,19 @@ class Stabilizer:
         return target, f"need {need:.2f} below {current} for {self.down_after} intervals: scale down"
 
 
-def fit_budget(prefill: int, decode: int, budget: int) -> tuple[int, int, str | None]:
-    """Both pools within `budget` workers, shrunk in proportion, each keeping at least one."""
+def fit_budget(
+    prefill: int, decode: int, budget: int, current: tuple[int, int] | None = None
+) -> tuple[int, int, str | None]:
+    """Both pools within `budget` workers, shrunk in proportion, each keeping at least one. When the
+    budget binds and the pools already use it, a split one worker off the current is kept: both
+    needs exceed the budget then, their ratio swings with each interval's noise, and moving a
+    worker back and forth between the pools costs a stop and a start each time."""
     if prefill + decode <= budget:
         return prefill, decode, None
     if budget < 2:
         raise ValueError("a budget below 2 cannot hold a prefill and a decode pool")
     scaled_prefill = min(max(1, round(budget * prefill / (prefill + decode))), budget - 1)
-    return scaled_prefill, budget - scaled_prefill, f"wanted {prefill}+{decode}, budget {budget}"
+    squeezed = f"wanted {prefill}+{decode}, budget {budget}"
+    if current is not None and sum(current) == budget and abs(current[0] - scaled_prefill) <= 1:
+        return current[0], current[1], f"{squeezed}; the split stays {current[0]}+{current[1]}"
+    return scaled_prefill, budget - scaled_prefill, squeezed

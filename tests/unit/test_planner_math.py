@@ -120,3 +120,10 @@ def test_budget_shrinks_both_pools_in_proportion():
     assert fit_budget(2, 3, 8) == (2, 3, None)
     assert fit_budget(6, 10, 8)[:2] == (3, 5)
     assert fit_budget(9, 1, 4)[:2] == (3, 1)
+
+
+def test_a_binding_budget_keeps_a_split_one_worker_off_and_moves_one_further_off():
+    assert fit_budget(139, 18, 6, current=(4, 2))[:2] == (4, 2)  # in proportion 5+1: one off
+    assert fit_budget(9, 15, 6, current=(5, 1))[:2] == (2, 4)  # in proportion 2+4: three off
+    assert fit_budget(9, 15, 6, current=(2, 2))[:2] == (2, 4)  # the budget is not used yet
+    assert fit_budget(2, 3, 6, current=(4, 2)) == (2, 3, None)  # within the budget: as wanted
