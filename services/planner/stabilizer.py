@@ -47,9 +47,9 @@ def fit_budget(
 ) -> tuple[int, int, str | None]:
     """Both pools within `budget` workers, shrunk in proportion, each keeping at least one. When the
     budget binds and the pools already use it, the current split is kept while it is at most one
-    worker off the proportional one: both
-    needs exceed the budget then, their ratio swings with each interval's noise, and moving a
-    worker back and forth between the pools costs a stop and a start each time."""
+    worker off the proportional one: both needs exceed the budget then, their ratio swings with
+    each interval's noise, and moving a worker back and forth between the pools costs a stop and a
+    start each time."""
     if prefill + decode <= budget:
         return prefill, decode, None
     if budget < 2:
