@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from engines import mux
 from engines import request as engine_request
 from engines.outbox import Outbox
 from engines.serving import serve_request
@@ -49,20 +50,33 @@ class EngineModel:
         self.role = parameters["role"]["string_value"]
         self.engine = self.make_engine(engine, json.loads(parameters["engine_args"]["string_value"]))
         self.outbox = Outbox()
+        self.muxes = mux.MuxHub()
 
     def execute(self, requests):
         final = self.pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         for request in requests:
             sender = request.get_response_sender()
+            parameters = json.loads(request.parameters() or "{}")
+            io = _RequestIO(self.pb_utils, request, sender, self.outbox)
+            if mux.MUX_OPEN in parameters:
+                self.engine.submit(self.muxes.open(str(parameters[mux.MUX_OPEN]), io.send_batch, io.is_cancelled))
+                continue
             try:
                 parsed = self._parse(request)
             except engine_request.BadRequest as e:
                 error = self.pb_utils.TritonError(str(e), self.pb_utils.TritonError.INVALID_ARG)
                 sender.send(self.pb_utils.InferenceResponse(error=error), flags=final)
                 continue
-            io = _RequestIO(self.pb_utils, request, sender, self.outbox)
-            self.engine.submit(serve_request(self.engine, parsed, io.send, io.send_error, io.is_cancelled))
+            self.engine.submit(self._serve(parsed, io, parameters.get(mux.MUX)))
         return None
+
+    async def _serve(self, parsed, io, mux_id: str | None):
+        """On the engine's loop: a request naming an open mux sends its deltas there."""
+        joined = self.muxes.get(mux_id)
+        send = io.send
+        if joined is not None:
+            send = mux.member_send(joined, parsed.request_id, lambda: io.send_batch(mux.encode([]), True))
+        await serve_request(self.engine, parsed, send, io.send_error, io.is_cancelled)
 
     def _parse(self, request):
         parsed = self._parse_tensors(request)
@@ -109,6 +123,14 @@ class _RequestIO:
         if final:
             return self._call(lambda: self._final(self._response(delta)))
         return self._call(lambda: self.sender.send(self._response(delta)))
+
+    def send_batch(self, payload: bytes, final: bool):
+        """A mux's batch (engines/mux.py) on this request's stream."""
+        tensor = self.pb_utils.Tensor(mux.OUTPUT, np.asarray([payload], dtype=np.object_))
+        response = self.pb_utils.InferenceResponse(output_tensors=[tensor])
+        if final:
+            return self._call(lambda: self._final(response))
+        return self._call(lambda: self.sender.send(response))
 
     def send_error(self, message):
         error = self.pb_utils.TritonError(message)

@@ -40,6 +40,12 @@ OUTPUTS = (
     TensorSpec("finish_reason", "TYPE_STRING", (1,), comment='on the last response: "stop", "length" or "abort"'),
     TensorSpec("prompt_tokens", "TYPE_INT32", (1,)),
     TensorSpec("cached_tokens", "TYPE_INT32", (1,), comment="prompt tokens served from the engine's prefix cache"),
+    TensorSpec(
+        "mux_deltas",
+        "TYPE_STRING",
+        (1,),
+        comment="JSON: a batch of several requests' deltas, on a mux's stream (engines/mux.py)",
+    ),
 )
 KV_TRANSFER_OUT = TensorSpec(
     "kv_transfer_params",

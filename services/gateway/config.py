@@ -24,6 +24,11 @@ class GatewaySettings(CommonSettings):
         30.0, gt=0, description="a disaggregated request's prefill after which its decode worker prefills instead"
     )
     max_migrations: int = Field(1, ge=0, description="times a request moves to another worker when its worker fails")
+    mux: bool = Field(
+        True,
+        description="receive each worker model's tokens for all requests on one stream, a response per engine "
+        "step (engines/mux.py); off: a response per request and token",
+    )
     whole_answer_interval_ms: float = Field(
         200, ge=0, le=60_000,
         description="a non-streaming request's engine responses after the first token come at most this often "

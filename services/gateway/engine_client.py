@@ -1,5 +1,6 @@
 """Streams a request from a worker's Triton (KServe v2 gRPC, decoupled model) with
-`tritonclient.grpc.aio`. Leaving the iteration before the final response cancels the gRPC stream,
+`tritonclient.grpc.aio`, its deltas by the worker model's mux when there is one. Leaving the
+iteration before the final response cancels the request's gRPC stream,
 which Triton turns into `request.is_cancelled()` in the model, which aborts the request in the
 engine."""
 
@@ -7,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -17,6 +20,9 @@ from tritonclient.utils import InferenceServerException, deserialize_bytes_tenso
 
 from kvmesh.errors import KvmeshError, Unavailable
 from kvmesh.v1 import worker_pb2
+from services.gateway.engine_mux import MUX, EngineMux, has_batch
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -47,14 +53,51 @@ def stream_error(worker: worker_pb2.WorkerRecord, message: str) -> KvmeshError:
 
 
 class TritonPool:
-    def __init__(self) -> None:
+    """Triton clients by address, and a mux (engines/mux.py) per worker model, opened on first use:
+    the engine sends each step's tokens of all of this gateway's requests on it as one response."""
+
+    def __init__(self, mux: bool = True, mux_open_timeout_s: float = 5.0) -> None:
         self._clients: dict[str, triton_aio.InferenceServerClient] = {}
+        self.use_mux = mux
+        self.mux_open_timeout_s = mux_open_timeout_s
+        self._muxes: dict[tuple[str, str], EngineMux] = {}
+        self._opening: dict[tuple[str, str], asyncio.Future] = {}
+        self._mux_retry_at: dict[tuple[str, str], float] = {}
 
     def _client(self, address: str) -> triton_aio.InferenceServerClient:
         client = self._clients.get(address)
         if client is None:
             client = self._clients[address] = triton_aio.InferenceServerClient(address)
         return client
+
+    async def _mux(self, worker: worker_pb2.WorkerRecord) -> EngineMux | None:
+        """The worker model's open mux, opened if need be; None (stream on the request's own
+        stream) if muxes are off or the last try to open one failed less than MUX_RETRY_S ago."""
+        key = (worker.triton_grpc_address, worker.triton_model)
+        mux = self._muxes.get(key)
+        if mux is not None and mux.open:
+            return mux
+        if not self.use_mux or time.monotonic() < self._mux_retry_at.get(key, 0.0):
+            return None
+        opening = self._opening.get(key)
+        if opening is None:
+            opening = self._opening[key] = asyncio.ensure_future(self._open(key))
+        return await asyncio.shield(opening)
+
+    async def _open(self, key: tuple[str, str]) -> EngineMux | None:
+        address, model = key
+        mux = EngineMux(self._client(address), model, address)
+        try:
+            await mux.start(self.mux_open_timeout_s)
+            self._muxes[key] = mux
+            return mux
+        except (Unavailable, TimeoutError, InferenceServerException, grpc.aio.AioRpcError) as e:
+            log.warning("no mux to %s on %s (requests stream on their own): %s", model, address, e)
+            self._muxes.pop(key, None)
+            self._mux_retry_at[key] = time.monotonic() + MUX_RETRY_S
+            return None
+        finally:
+            del self._opening[key]
 
     async def stream(
         self,
@@ -74,54 +117,94 @@ class TritonPool:
         inputs = [ids, _json_input("sampling_params", sampling)]
         if kv_transfer_params is not None:
             inputs.append(_json_input("kv_transfer_params", kv_transfer_params))
+        parameters: dict = dict(trace_headers)
+        if response_interval_ms:
+            parameters["response_interval_ms"] = response_interval_ms
+        # Deltas come from the mux's reader or from the request's own stream (errors, its end, and
+        # its deltas when it has no mux) into one queue.
+        queue: asyncio.Queue = asyncio.Queue()
+        mux = await self._mux(worker)
+        if mux is not None:
+            parameters[MUX] = mux.id
+            mux.members[request_id] = queue
         request = {
             "model_name": worker.triton_model,
             "inputs": inputs,
             "request_id": request_id,
-            "parameters": {**trace_headers, "response_interval_ms": response_interval_ms}
-            if response_interval_ms
-            else trace_headers or None,
+            "parameters": parameters or None,
         }
 
         async def one_request():
             yield request
 
         responses = self._client(worker.triton_grpc_address).stream_infer(one_request(), headers=trace_headers)
+        own = asyncio.create_task(_pump(worker, responses, queue))
         answered = False
         try:
-            async for result, error in responses:
-                if error is not None:
-                    raise stream_error(worker, error.message())
-                chunk = _chunk(result.get_response())
+            while True:
+                item = await queue.get()
+                if isinstance(item, Exception):
+                    raise item
+                chunk = item if isinstance(item, EngineChunk) else _muxed_chunk(item)
                 answered = chunk.finish_reason is not None
                 yield chunk
                 if answered:
                     return
-            raise EngineError(f"worker {worker.id}: the stream ended without a final response")
-        except InferenceServerException as e:
-            raise Unavailable(f"worker {worker.id} at {worker.triton_grpc_address}: {e.message()}") from None
-        except grpc.aio.AioRpcError as e:
-            raise Unavailable(f"worker {worker.id} at {worker.triton_grpc_address}: {e.details()}") from None
         finally:
-            if not answered or not await _ended(responses):
+            if mux is not None:
+                mux.members.pop(request_id, None)
+            if not answered or not await _ended(own):
                 responses.cancel()
+                own.cancel()
 
     async def close(self) -> None:
+        for mux in self._muxes.values():
+            await mux.close()
         for client in self._clients.values():
             await client.close()
 
 
-async def _ended(responses, timeout_s: float = 5.0) -> bool:
-    """Lets an answered request's stream end by itself (Triton closes it right after the final
-    response). Cancelling it there instead can leave Triton 2.51 holding the model for good: its
-    unload (a role change) and Triton's exit then never finish (tests/integration/test_model_unload.py)."""
+# After a failed try to open a mux to a worker model, its requests stream on their own this long.
+MUX_RETRY_S = 5.0
+
+
+async def _pump(worker: worker_pb2.WorkerRecord, responses, queue: asyncio.Queue) -> None:
+    """A request's own stream into its queue, read to its end: Triton closes it right after the
+    final response. Cancelling it there instead can leave Triton 2.51 holding the model for good:
+    its unload (a role change) and Triton's exit then never finish (tests/integration/test_model_unload.py)."""
+    ended = False  # a final response, or a muxed request's end (its deltas came by the mux)
     try:
-        async with asyncio.timeout(timeout_s):
-            async for _ in responses:
-                pass
+        async for result, error in responses:
+            if error is not None:
+                queue.put_nowait(stream_error(worker, error.message()))
+                return
+            response = result.get_response()
+            if has_batch(response):
+                ended = True
+                continue
+            chunk = _chunk(response)
+            ended = chunk.finish_reason is not None
+            queue.put_nowait(chunk)
+        if not ended:
+            queue.put_nowait(EngineError(f"worker {worker.id}: the stream ended without a final response"))
+    except InferenceServerException as e:
+        queue.put_nowait(Unavailable(f"worker {worker.id} at {worker.triton_grpc_address}: {e.message()}"))
+    except grpc.aio.AioRpcError as e:
+        queue.put_nowait(Unavailable(f"worker {worker.id} at {worker.triton_grpc_address}: {e.details()}"))
+
+
+async def _ended(own: asyncio.Task, timeout_s: float = 5.0) -> bool:
+    """Waits for an answered request's own stream to end by itself."""
+    try:
+        await asyncio.wait_for(asyncio.shield(own), timeout_s)
         return True
-    except (TimeoutError, grpc.aio.AioRpcError):
+    except TimeoutError:
         return False
+
+
+def _muxed_chunk(delta: list) -> EngineChunk:
+    token_ids, finish_reason, prompt_tokens, cached_tokens, kv_transfer_params = delta
+    return EngineChunk(token_ids, finish_reason, prompt_tokens, cached_tokens, kv_transfer_params)
 
 
 def _json_input(name: str, value: dict) -> triton_aio.InferInput:

@@ -29,7 +29,7 @@ async def run(settings: GatewaySettings) -> None:
     await watcher.start()
     served = ServedModels(settings.models, watcher)
     router = RouterClient(settings.router_address)
-    engines = TritonPool()
+    engines = TritonPool(mux=settings.mux)
     generator = Generator(
         router, engines, served, settings.prefill_timeout_s, settings.max_migrations, settings.whole_answer_interval_ms
     )

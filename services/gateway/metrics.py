@@ -30,3 +30,5 @@ DISAGG_FIRST_TOKEN_MISMATCH = Counter(
     "kvmesh_gateway_disagg_first_token_mismatch", "Decode instances whose first token differed from the prefill's"
 )
 MIGRATIONS = Counter("kvmesh_gateway_migrations", "Requests moved to another worker after theirs failed")
+MUX_BATCHES = Counter("kvmesh_gateway_mux_batches", "Responses received on workers' muxes (each a batch of deltas)")
+MUX_DELTAS = Counter("kvmesh_gateway_mux_deltas", "Request deltas received in mux batches")

@@ -1,0 +1,188 @@
+"""Batched delivery: one Triton response per turn of the engine's loop carries the new tokens of
+every request a client sent through its mux, instead of one response per request per token.
+
+Every response a decoupled model sends is an IPC round trip from the stub to tritonserver, a gRPC
+message, and a wake-up of the client; on a machine whose cores the engine uses, that serving CPU
+slows the engine itself (bench/e2e_vs_vllm.py). vLLM's own server gets one message per engine
+step for all requests; a mux gives kvmesh the same.
+
+The protocol (a client's side: services/gateway/engine_mux.py):
+- A client opens a mux with a request carrying the parameter `mux_open` = an id it chose (its
+  `input_ids` are ignored). The model answers at once with an empty batch (the mux is open), then
+  with batches, all on that request's stream.
+- A request carrying the parameter `mux` = that id sends all its deltas, the final one too, in the
+  mux's batches; on its own stream it only ends, with an empty batch (or with an error).
+- A batch is the `mux_deltas` output: JSON, a list of
+  [request id, token ids, finish reason or null, prompt tokens, cached tokens, kv_transfer_params or null].
+  The mux's last response, when the model ends it, is JSON `null`.
+- A mux with no request in flight for IDLE_CLOSE_S is ended, so that Triton can unload the model
+  (it waits for every request in flight, a mux included). A request naming a mux that is not open
+  streams on its own stream as without one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from engines.request import EngineDelta
+
+log = logging.getLogger(__name__)
+
+MUX_OPEN = "mux_open"
+MUX = "mux"
+OUTPUT = "mux_deltas"
+IDLE_CLOSE_S = 5.0
+CHECK_S = 1.0
+
+# Sends one mux_deltas payload on the mux's stream (final: its last); resolves once Triton has it.
+SendBatch = Callable[[bytes, bool], Awaitable[None]]
+IsCancelled = Callable[[], Awaitable[bool]]
+
+
+def encode(batch: list[tuple[str, EngineDelta]] | None) -> bytes:
+    if batch is None:
+        return b"null"
+    return json.dumps(
+        [
+            [rid, d.token_ids, d.finish_reason, d.prompt_tokens, d.cached_tokens, d.kv_transfer_params]
+            for rid, d in batch
+        ]
+    ).encode()
+
+
+class Mux:
+    """One client's batches. At most one batch is in flight: deltas that come meanwhile gather
+    into the next, so a slower client gets fewer, larger responses instead of a queue."""
+
+    def __init__(self, mux_id: str, send_batch: SendBatch, is_cancelled: IsCancelled):
+        self.id = mux_id
+        self._send_batch = send_batch
+        self.is_cancelled = is_cancelled
+        self.members = 0
+        self.idle_since = time.monotonic()
+        self._batch: list[tuple[str, EngineDelta]] = []
+        self._batch_sent: asyncio.Future | None = None
+        self._busy = False  # a batch is in flight or a flush is scheduled
+        self.broken: BaseException | None = None
+
+    def join(self) -> None:
+        self.members += 1
+
+    def leave(self) -> None:
+        self.members -= 1
+        if self.members == 0:
+            self.idle_since = time.monotonic()
+
+    def add(self, request_id: str, delta: EngineDelta) -> asyncio.Future:
+        """Queues a delta; the future resolves when the batch holding it is sent."""
+        if self.broken is not None:
+            raise ConnectionError(f"mux {self.id}: {self.broken}")
+        loop = asyncio.get_running_loop()
+        if self._batch_sent is None:
+            self._batch_sent = loop.create_future()
+        self._batch.append((request_id, delta))
+        if not self._busy:
+            # After this turn of the loop: the other requests woken by the same engine step add theirs.
+            self._busy = True
+            loop.call_soon(self._flush)
+        return self._batch_sent
+
+    def _flush(self) -> None:
+        batch, done = self._batch, self._batch_sent
+        self._batch, self._batch_sent = [], None
+        assert done is not None
+        sent = asyncio.ensure_future(self._send_batch(encode(batch), False))
+        sent.add_done_callback(lambda f: self._sent(f, done))
+
+    def _sent(self, sent: asyncio.Future, done: asyncio.Future) -> None:
+        error = sent.exception()
+        if error is None:
+            done.set_result(None)
+            if self._batch:
+                self._flush()
+            else:
+                self._busy = False
+            return
+        self.broken = error
+        log.warning("mux %s: a batch failed: %s", self.id, error)
+        for waiting in (done, self._batch_sent):
+            if waiting is not None and not waiting.done():
+                waiting.set_exception(error)
+        self._batch, self._batch_sent = [], None
+
+    async def close(self) -> None:
+        await self._send_batch(encode(None), True)
+
+
+class MuxHub:
+    """The open muxes of one model instance; lives on the engine's loop."""
+
+    def __init__(self, idle_close_s: float = IDLE_CLOSE_S, check_s: float = CHECK_S):
+        self.muxes: dict[str, Mux] = {}
+        self.idle_close_s = idle_close_s
+        self.check_s = check_s
+        self._watcher: asyncio.Task | None = None
+
+    async def open(self, mux_id: str, send_batch: SendBatch, is_cancelled: IsCancelled) -> None:
+        if mux_id in self.muxes:
+            await send_batch(encode(None), True)  # one stream per id: the second one ends at once
+            return
+        mux = self.muxes[mux_id] = Mux(mux_id, send_batch, is_cancelled)
+        await send_batch(encode([]), False)
+        if self._watcher is None:
+            self._watcher = asyncio.create_task(self._watch())
+        log.info("mux %s opened", mux.id)
+
+    def get(self, mux_id: str | None) -> Mux | None:
+        mux = self.muxes.get(mux_id) if mux_id else None
+        return mux if mux is not None and mux.broken is None else None
+
+    async def _watch(self) -> None:
+        while self.muxes:
+            await asyncio.sleep(self.check_s)
+            for mux in list(self.muxes.values()):
+                await self._check(mux)
+        self._watcher = None
+
+    async def _check(self, mux: Mux) -> None:
+        """Ends a mux that is idle, broken, or whose client went away."""
+        try:
+            if mux.members and mux.broken is None:
+                return
+            if mux.broken is None and time.monotonic() - mux.idle_since < self.idle_close_s:
+                if not await mux.is_cancelled():
+                    return
+            del self.muxes[mux.id]
+            await mux.close()
+            log.info("mux %s closed", mux.id)
+        except Exception as e:  # noqa: BLE001 - a client gone mid-call; the mux is dropped either way
+            self.muxes.pop(mux.id, None)
+            log.info("mux %s dropped: %s", mux.id, e)
+
+
+def member_send(mux: Mux, request_id: str, send_end: Callable[[], Awaitable[None]]):
+    """A muxed request's Send (engines.serving.Send): deltas in the mux's batches; after the final
+    one, the request's own stream ends. If the mux fails, the request fails (serving sends the
+    error on its own stream)."""
+    mux.join()
+    joined = True
+
+    async def send(delta: EngineDelta, final: bool) -> None:
+        nonlocal joined
+        try:
+            await mux.add(request_id, delta)
+        except BaseException:
+            if joined:
+                joined = False
+                mux.leave()
+            raise
+        if final:
+            joined = False
+            mux.leave()
+            await send_end()
+
+    return send

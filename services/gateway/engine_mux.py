@@ -1,0 +1,127 @@
+"""The gateway's end of a worker model's mux (engines/mux.py): one long-lived Triton stream on
+which the model sends every step's new tokens of all the gateway's requests on it as one response,
+dispatched here to each request's queue."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+
+import grpc
+import numpy as np
+import tritonclient.grpc.aio as triton_aio
+from tritonclient.utils import InferenceServerException, deserialize_bytes_tensor
+
+from kvmesh.errors import Unavailable
+from services.gateway import metrics
+
+log = logging.getLogger(__name__)
+
+# The names engines/mux.py defines (the gateway does not import engine code).
+MUX_OPEN = "mux_open"
+MUX = "mux"
+OUTPUT = "mux_deltas"
+
+
+def batch_of(response) -> list | None:
+    """A response's mux batch (a list of [request id, token ids, finish reason, prompt tokens,
+    cached tokens, kv_transfer_params]; None: the mux ended), or [] when it carries none."""
+    for output, content in zip(response.outputs, response.raw_output_contents, strict=True):
+        if output.name == OUTPUT:
+            return json.loads(deserialize_bytes_tensor(content)[0])
+    return []
+
+
+def has_batch(response) -> bool:
+    return any(output.name == OUTPUT for output in response.outputs)
+
+
+class EngineMux:
+    """One model on one worker. `members` maps a request id to the queue its deltas go to; the
+    items are ([token ids, finish reason, prompt tokens, cached tokens, kv_transfer_params]) lists,
+    or an exception when the mux broke under the request."""
+
+    def __init__(self, client: triton_aio.InferenceServerClient, model: str, address: str):
+        self.id = uuid.uuid4().hex
+        self.model = model
+        self.address = address
+        self.members: dict[str, asyncio.Queue] = {}
+        self.open = False
+        self._client = client
+        self._ended = asyncio.Event()
+        self._reader: asyncio.Task | None = None
+        self._responses = None
+
+    async def start(self, timeout_s: float) -> None:
+        """Returns once the model has answered that the mux is open."""
+        opening = {
+            "model_name": self.model,
+            "inputs": [_ignored_input()],
+            "request_id": f"mux-{self.id}",
+            "parameters": {MUX_OPEN: self.id},
+        }
+
+        async def requests():
+            yield opening
+            await self._ended.wait()  # the stream stays open for the mux's life
+
+        responses = self._client.stream_infer(requests())
+        try:
+            async with asyncio.timeout(timeout_s):
+                result, error = await anext(responses)
+        except BaseException:
+            responses.cancel()
+            raise
+        if error is not None or batch_of(result.get_response()) != []:
+            responses.cancel()
+            raise Unavailable(f"{self.address}: {self.model} did not open a mux: {error.message() if error else 'no'}")
+        self.open = True
+        self._responses = responses
+        self._reader = asyncio.create_task(self._read(responses))
+
+    async def _read(self, responses) -> None:
+        try:
+            async for result, error in responses:
+                if error is not None:
+                    raise Unavailable(f"mux on {self.address}: {error.message()}")
+                batch = batch_of(result.get_response())
+                if batch is None:  # the model ended it (idle): requests sent since stream on their own
+                    return
+                metrics.MUX_BATCHES.inc()
+                metrics.MUX_DELTAS.inc(len(batch))
+                for rid, *delta in batch:
+                    queue = self.members.get(rid)
+                    if queue is not None:
+                        queue.put_nowait(delta)
+            self._fail(Unavailable(f"mux on {self.address}: the stream ended"))
+        except Unavailable as e:
+            self._fail(e)
+        except (InferenceServerException, grpc.aio.AioRpcError) as e:
+            self._fail(Unavailable(f"mux on {self.address}: {e}"))
+        finally:
+            self.open = False
+            self._ended.set()
+
+    def _fail(self, error: Unavailable) -> None:
+        for queue in self.members.values():
+            queue.put_nowait(error)
+        if self.members:
+            log.warning("%s; %d requests on it fail", error, len(self.members))
+
+    async def close(self) -> None:
+        self.open = False
+        self._ended.set()
+        if self._responses is not None:
+            self._responses.cancel()
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+
+
+def _ignored_input() -> triton_aio.InferInput:
+    """Triton requires input_ids on every request; a mux-open request's are not read."""
+    ids = triton_aio.InferInput("input_ids", [1], "INT32")
+    ids.set_data_from_numpy(np.zeros(1, dtype=np.int32))
+    return ids
