@@ -3,13 +3,17 @@ once per test session, on free loopback ports, exporting its traces to an in-tes
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from kvmesh.cli.local_mesh import LocalMesh
+from kvmesh.net import free_ports
+from services.worker import model_config, triton_server
 from tests.support import otlp_collector
 
 SHM_REGIONS = "triton_python_backend_shm_region_*"
@@ -17,6 +21,38 @@ SHM_REGIONS = "triton_python_backend_shm_region_*"
 WORKERS = 2
 # The context length at which the simulated engine's profile measures decode (and the tests read it).
 PROFILE_CONTEXT = 128
+REPOSITORY = Path(__file__).parents[2] / "triton_models"
+SIM_MODEL = "sim"
+
+
+@pytest.fixture(scope="module")
+def triton(tmp_path_factory):
+    """A bare tritonserver on kvmesh's repository, nothing loaded: (process, gRPC address)."""
+    grpc_port, http_port, metrics_port = free_ports(3, "127.0.0.1")
+    log = tmp_path_factory.mktemp("triton") / "triton.log"
+    process = triton_server.start(
+        REPOSITORY, "127.0.0.1", triton_server.TritonPorts(grpc_port, http_port, metrics_port), {}, log
+    )
+    yield process, f"127.0.0.1:{grpc_port}"
+    process.terminate()
+    assert process.wait(40) == 0, log.read_text()[-3000:]
+
+
+async def load_sim(client) -> None:
+    """Waits for the `triton` fixture's server, then loads the simulated engine's model."""
+    deadline = time.monotonic() + 60
+    while not await _live(client):
+        assert time.monotonic() < deadline, "Triton did not come up"
+        await asyncio.sleep(0.1)
+    config = model_config.with_engine_args(model_config.read(REPOSITORY / SIM_MODEL), {})
+    await client.load_model(SIM_MODEL, config=config)
+
+
+async def _live(client) -> bool:
+    try:
+        return await client.is_server_live()
+    except Exception:  # noqa: BLE001 - not listening yet
+        return False
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,8 @@ def test_shipped_vllm_model_is_decoupled_python_with_token_io():
     assert config.name == "vllm" and config.backend == "python"
     assert config.model_transaction_policy.decoupled
     assert [i.name for i in config.input] == ["input_ids", "sampling_params"]
-    assert [o.name for o in config.output] == ["output_ids", "finish_reason", "prompt_tokens", "cached_tokens", "mux_deltas"]
+    outputs = ["output_ids", "finish_reason", "prompt_tokens", "cached_tokens", "mux_deltas"]
+    assert [o.name for o in config.output] == outputs
 
 
 def test_engine_args_override_merges_over_the_file():

@@ -1,0 +1,123 @@
+"""engines/mux.py with a fake Triton: one batch per turn of the loop, at most one in flight, a
+failed batch fails its requests, idle and abandoned muxes end."""
+
+import asyncio
+import json
+
+import pytest
+
+from engines.mux import Mux, MuxHub, encode, member_send
+from engines.request import EngineDelta
+
+
+class FakeStream:
+    """The mux request's stream: records payloads; a send takes `delay` and may fail."""
+
+    def __init__(self, delay=0.0, fail=False, cancelled=False):
+        self.payloads: list = []
+        self.finals = 0
+        self.delay, self.fail, self.cancelled = delay, fail, cancelled
+
+    async def send(self, payload: bytes, final: bool) -> None:
+        await asyncio.sleep(self.delay)
+        if self.fail:
+            raise ConnectionError("stream gone")
+        self.payloads.append(json.loads(payload))
+        self.finals += final
+
+    async def is_cancelled(self) -> bool:
+        return self.cancelled
+
+
+def delta(ids, finish=None):
+    return EngineDelta(ids, finish, 7, 3)
+
+
+def test_encoding_carries_every_field_of_each_delta():
+    d = EngineDelta([5, 6], "stop", 7, 3, {"remote_port": 1})
+    assert json.loads(encode([("r1", d)])) == [["r1", [5, 6], "stop", 7, 3, {"remote_port": 1}]]
+    assert json.loads(encode([])) == [] and json.loads(encode(None)) is None
+
+
+async def test_deltas_of_one_loop_turn_go_out_as_one_batch():
+    stream = FakeStream()
+    mux = Mux("m", stream.send, stream.is_cancelled)
+    sent = [mux.add(f"r{i}", delta([i])) for i in range(8)]
+    await asyncio.gather(*sent)
+    assert stream.payloads == [[[f"r{i}", [i], None, 7, 3, None] for i in range(8)]]
+
+
+async def test_deltas_that_come_while_a_batch_is_in_flight_wait_for_it_and_go_together():
+    stream = FakeStream(delay=0.05)
+    mux = Mux("m", stream.send, stream.is_cancelled)
+    first = mux.add("r1", delta([1]))
+    await asyncio.sleep(0.01)  # the first batch is in flight now
+    later = [mux.add("r2", delta([2])), mux.add("r3", delta([3]))]
+    assert not first.done()
+    await asyncio.gather(first, *later)
+    assert [[d[0] for d in batch] for batch in stream.payloads] == [["r1"], ["r2", "r3"]]
+
+
+async def test_a_failed_batch_fails_its_requests_and_breaks_the_mux():
+    stream = FakeStream(fail=True)
+    mux = Mux("m", stream.send, stream.is_cancelled)
+    with pytest.raises(ConnectionError):
+        await mux.add("r1", delta([1]))
+    assert mux.broken is not None
+    with pytest.raises(ConnectionError):
+        mux.add("r2", delta([2]))
+
+
+async def test_a_member_ends_its_own_stream_after_its_final_delta_and_leaves():
+    stream, ended = FakeStream(), []
+    mux = Mux("m", stream.send, stream.is_cancelled)
+
+    async def end():
+        ended.append(len(stream.payloads))  # how many batches were out when the request's own stream ended
+
+    send = member_send(mux, "r1", end)
+    assert mux.members == 1
+    await send(delta([1]), False)
+    await send(delta([2], "length"), True)
+    assert ended == [2] and mux.members == 0
+
+
+async def test_a_member_whose_batch_fails_leaves_the_mux():
+    stream = FakeStream(fail=True)
+    mux = Mux("m", stream.send, stream.is_cancelled)
+    send = member_send(mux, "r1", lambda: asyncio.sleep(0))
+    with pytest.raises(ConnectionError):
+        await send(delta([1]), False)
+    assert mux.members == 0
+
+
+async def test_the_hub_opens_with_an_empty_batch_and_ends_an_idle_mux():
+    hub, stream = MuxHub(idle_close_s=0.05, check_s=0.02), FakeStream()
+    await hub.open("m", stream.send, stream.is_cancelled)
+    assert stream.payloads == [[]] and hub.get("m") is not None
+    await asyncio.sleep(0.2)
+    assert stream.payloads == [[], None] and stream.finals == 1
+    assert hub.get("m") is None
+
+
+async def test_the_hub_keeps_a_mux_with_requests_in_flight():
+    hub, stream = MuxHub(idle_close_s=0.05, check_s=0.02), FakeStream()
+    await hub.open("m", stream.send, stream.is_cancelled)
+    hub.get("m").join()
+    await asyncio.sleep(0.2)
+    assert hub.get("m") is not None and stream.finals == 0
+
+
+async def test_the_hub_ends_a_mux_whose_client_went_away():
+    hub, stream = MuxHub(idle_close_s=60, check_s=0.02), FakeStream(cancelled=True)
+    await hub.open("m", stream.send, stream.is_cancelled)
+    await asyncio.sleep(0.1)
+    assert hub.get("m") is None
+
+
+async def test_a_second_mux_with_the_same_id_ends_at_once():
+    hub, first, second = MuxHub(), FakeStream(), FakeStream()
+    await hub.open("m", first.send, first.is_cancelled)
+    await hub.open("m", second.send, second.is_cancelled)
+    assert second.payloads == [None] and second.finals == 1
+    assert hub.get("m") is not None and hub.get(None) is None and hub.get("other") is None
