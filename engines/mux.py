@@ -15,6 +15,10 @@ The protocol (a client's side: services/gateway/engine_mux.py):
 - A batch is the `mux_deltas` output: JSON, a list of
   [request id, token ids, finish reason or null, prompt tokens, cached tokens, kv_transfer_params or null].
   The mux's last response, when the model ends it, is JSON `null`.
+- Cancelling a muxed request: a request on the mux's stream carrying `mux` = the mux's id and
+  `mux_cancel` = the request's id (answered with an empty batch). The model asks Triton whether
+  the mux's own request was cancelled once every CHECK_S, not each request a few times a second
+  (an IPC round trip each); when the mux's client is gone, all its requests are aborted.
 - A mux with no request in flight for IDLE_CLOSE_S is ended, so that Triton can unload the model
   (it waits for every request in flight, a mux included). A request naming a mux that is not open
   streams on its own stream as without one.
@@ -34,6 +38,7 @@ log = logging.getLogger(__name__)
 
 MUX_OPEN = "mux_open"
 MUX = "mux"
+MUX_CANCEL = "mux_cancel"
 OUTPUT = "mux_deltas"
 IDLE_CLOSE_S = 5.0
 CHECK_S = 1.0
@@ -62,20 +67,30 @@ class Mux:
         self.id = mux_id
         self._send_batch = send_batch
         self.is_cancelled = is_cancelled
-        self.members = 0
+        self.members: set[str] = set()  # request ids in flight
+        self.cancelled: set[str] = set()  # members whose client went away
+        self.abandoned = False  # the mux's client went away: every member is cancelled
         self.idle_since = time.monotonic()
         self._batch: list[tuple[str, EngineDelta]] = []
         self._batch_sent: asyncio.Future | None = None
         self._busy = False  # a batch is in flight or a flush is scheduled
         self.broken: BaseException | None = None
 
-    def join(self) -> None:
-        self.members += 1
+    def join(self, request_id: str) -> None:
+        self.members.add(request_id)
 
-    def leave(self) -> None:
-        self.members -= 1
-        if self.members == 0:
+    def leave(self, request_id: str) -> None:
+        self.members.discard(request_id)
+        self.cancelled.discard(request_id)
+        if not self.members:
             self.idle_since = time.monotonic()
+
+    def cancel(self, request_id: str) -> None:
+        if request_id in self.members:
+            self.cancelled.add(request_id)
+
+    def member_cancelled(self, request_id: str) -> bool:
+        return self.abandoned or request_id in self.cancelled
 
     def add(self, request_id: str, delta: EngineDelta) -> asyncio.Future:
         """Queues a delta; the future resolves when the batch holding it is sent."""
@@ -137,9 +152,13 @@ class MuxHub:
             self._watcher = asyncio.create_task(self._watch())
         log.info("mux %s opened", mux.id)
 
+    def cancel(self, mux_id: str, request_id: str) -> None:
+        if (mux := self.muxes.get(mux_id)) is not None:
+            mux.cancel(request_id)
+
     def get(self, mux_id: str | None) -> Mux | None:
         mux = self.muxes.get(mux_id) if mux_id else None
-        return mux if mux is not None and mux.broken is None else None
+        return mux if mux is not None and mux.broken is None and not mux.abandoned else None
 
     async def _watch(self) -> None:
         while self.muxes:
@@ -149,13 +168,16 @@ class MuxHub:
         self._watcher = None
 
     async def _check(self, mux: Mux) -> None:
-        """Ends a mux that is idle, broken, or whose client went away."""
+        """Cancels the requests of a mux whose client went away; ends a mux that is idle, broken,
+        or whose client went away, once it has no request in flight."""
         try:
+            if mux.broken is None and not mux.abandoned and await mux.is_cancelled():
+                mux.abandoned = True
+                log.info("mux %s: its client went away; cancelling its %d requests", mux.id, len(mux.members))
             if mux.members and mux.broken is None:
                 return
-            if mux.broken is None and time.monotonic() - mux.idle_since < self.idle_close_s:
-                if not await mux.is_cancelled():
-                    return
+            if mux.broken is None and not mux.abandoned and time.monotonic() - mux.idle_since < self.idle_close_s:
+                return
             del self.muxes[mux.id]
             await mux.close()
             log.info("mux %s closed", mux.id)
@@ -168,21 +190,25 @@ def member_send(mux: Mux, request_id: str, send_end: Callable[[], Awaitable[None
     """A muxed request's Send (engines.serving.Send): deltas in the mux's batches; after the final
     one, the request's own stream ends. If the mux fails, the request fails (serving sends the
     error on its own stream)."""
-    mux.join()
-    joined = True
+    mux.join(request_id)
 
     async def send(delta: EngineDelta, final: bool) -> None:
-        nonlocal joined
         try:
             await mux.add(request_id, delta)
         except BaseException:
-            if joined:
-                joined = False
-                mux.leave()
+            mux.leave(request_id)
             raise
         if final:
-            joined = False
-            mux.leave()
+            mux.leave(request_id)
             await send_end()
 
     return send
+
+
+def member_is_cancelled(mux: Mux, request_id: str) -> IsCancelled:
+    """A muxed request's IsCancelled: a look at the mux, no call to Triton."""
+
+    async def is_cancelled() -> bool:
+        return mux.member_cancelled(request_id)
+
+    return is_cancelled

@@ -61,6 +61,9 @@ class EngineModel:
             if mux.MUX_OPEN in parameters:
                 self.engine.submit(self.muxes.open(str(parameters[mux.MUX_OPEN]), io.send_batch, io.is_cancelled))
                 continue
+            if mux.MUX_CANCEL in parameters:
+                self.engine.submit(self._cancel(str(parameters.get(mux.MUX)), str(parameters[mux.MUX_CANCEL]), io))
+                continue
             try:
                 parsed = self._parse(request)
             except engine_request.BadRequest as e:
@@ -73,10 +76,16 @@ class EngineModel:
     async def _serve(self, parsed, io, mux_id: str | None):
         """On the engine's loop: a request naming an open mux sends its deltas there."""
         joined = self.muxes.get(mux_id)
-        send = io.send
+        send, is_cancelled = io.send, io.is_cancelled
         if joined is not None:
             send = mux.member_send(joined, parsed.request_id, lambda: io.send_batch(mux.encode([]), True))
-        await serve_request(self.engine, parsed, send, io.send_error, io.is_cancelled)
+            is_cancelled = mux.member_is_cancelled(joined, parsed.request_id)
+        await serve_request(self.engine, parsed, send, io.send_error, is_cancelled)
+
+    async def _cancel(self, mux_id: str, request_id: str, io) -> None:
+        """A client cancelling one of its muxed requests; the answer is an empty batch."""
+        self.muxes.cancel(mux_id, request_id)
+        await io.send_batch(mux.encode([]), True)
 
     def _parse(self, request):
         parsed = self._parse_tensors(request)

@@ -153,6 +153,11 @@ class TritonPool:
         finally:
             if mux is not None:
                 mux.members.pop(request_id, None)
+                if not answered and mux.open:
+                    # The model aborts it and ends its stream: cancelling that stream too could meet
+                    # its final response, the moment at which Triton 2.51 holds the model (_pump).
+                    mux.cancel(request_id)
+                    answered = True
             if not answered or not await _ended(own):
                 responses.cancel()
                 own.cancel()

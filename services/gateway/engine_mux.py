@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 # The names engines/mux.py defines (the gateway does not import engine code).
 MUX_OPEN = "mux_open"
 MUX = "mux"
+MUX_CANCEL = "mux_cancel"
 OUTPUT = "mux_deltas"
 
 
@@ -50,7 +51,7 @@ class EngineMux:
         self.members: dict[str, asyncio.Queue] = {}
         self.open = False
         self._client = client
-        self._ended = asyncio.Event()
+        self._requests: asyncio.Queue[dict | None] = asyncio.Queue()  # after the opening: cancels
         self._reader: asyncio.Task | None = None
         self._responses = None
 
@@ -65,7 +66,8 @@ class EngineMux:
 
         async def requests():
             yield opening
-            await self._ended.wait()  # the stream stays open for the mux's life
+            while (request := await self._requests.get()) is not None:  # open for the mux's life
+                yield request
 
         responses = self._client.stream_infer(requests())
         try:
@@ -102,7 +104,7 @@ class EngineMux:
             self._fail(Unavailable(f"mux on {self.address}: {e}"))
         finally:
             self.open = False
-            self._ended.set()
+            self._requests.put_nowait(None)
 
     def _fail(self, error: Unavailable) -> None:
         for queue in self.members.values():
@@ -110,9 +112,21 @@ class EngineMux:
         if self.members:
             log.warning("%s; %d requests on it fail", error, len(self.members))
 
+    def cancel(self, request_id: str) -> None:
+        """Tells the model that a request on this mux lost its client (the model aborts it)."""
+        if self.open:
+            self._requests.put_nowait(
+                {
+                    "model_name": self.model,
+                    "inputs": [_ignored_input()],
+                    "request_id": f"cancel-{request_id}",
+                    "parameters": {MUX: self.id, MUX_CANCEL: request_id},
+                }
+            )
+
     async def close(self) -> None:
         self.open = False
-        self._ended.set()
+        self._requests.put_nowait(None)
         if self._responses is not None:
             self._responses.cancel()
         if self._reader is not None:
@@ -121,7 +135,7 @@ class EngineMux:
 
 
 def _ignored_input() -> triton_aio.InferInput:
-    """Triton requires input_ids on every request; a mux-open request's are not read."""
+    """Triton requires input_ids on every request; a mux's own requests (open, cancel) are not read."""
     ids = triton_aio.InferInput("input_ids", [1], "INT32")
     ids.set_data_from_numpy(np.zeros(1, dtype=np.int32))
     return ids

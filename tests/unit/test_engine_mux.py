@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from engines.mux import Mux, MuxHub, encode, member_send
+from engines.mux import Mux, MuxHub, encode, member_is_cancelled, member_send
 from engines.request import EngineDelta
 
 
@@ -76,10 +76,10 @@ async def test_a_member_ends_its_own_stream_after_its_final_delta_and_leaves():
         ended.append(len(stream.payloads))  # how many batches were out when the request's own stream ended
 
     send = member_send(mux, "r1", end)
-    assert mux.members == 1
+    assert mux.members == {"r1"}
     await send(delta([1]), False)
     await send(delta([2], "length"), True)
-    assert ended == [2] and mux.members == 0
+    assert ended == [2] and not mux.members
 
 
 async def test_a_member_whose_batch_fails_leaves_the_mux():
@@ -88,7 +88,7 @@ async def test_a_member_whose_batch_fails_leaves_the_mux():
     send = member_send(mux, "r1", lambda: asyncio.sleep(0))
     with pytest.raises(ConnectionError):
         await send(delta([1]), False)
-    assert mux.members == 0
+    assert not mux.members
 
 
 async def test_the_hub_opens_with_an_empty_batch_and_ends_an_idle_mux():
@@ -103,14 +103,33 @@ async def test_the_hub_opens_with_an_empty_batch_and_ends_an_idle_mux():
 async def test_the_hub_keeps_a_mux_with_requests_in_flight():
     hub, stream = MuxHub(idle_close_s=0.05, check_s=0.02), FakeStream()
     await hub.open("m", stream.send, stream.is_cancelled)
-    hub.get("m").join()
+    hub.get("m").join("r1")
     await asyncio.sleep(0.2)
     assert hub.get("m") is not None and stream.finals == 0
 
 
-async def test_the_hub_ends_a_mux_whose_client_went_away():
+async def test_a_cancel_reaches_only_the_request_it_names_and_only_while_in_flight():
+    hub, stream = MuxHub(), FakeStream()
+    await hub.open("m", stream.send, stream.is_cancelled)
+    mux = hub.get("m")
+    one, two = member_send(mux, "r1", lambda: asyncio.sleep(0)), member_send(mux, "r2", lambda: asyncio.sleep(0))
+    hub.cancel("m", "r1")
+    hub.cancel("m", "gone")  # finished already: nothing to remember
+    hub.cancel("other-mux", "r2")
+    assert await member_is_cancelled(mux, "r1")() and not await member_is_cancelled(mux, "r2")()
+    await one(delta([1], "abort"), True)
+    await two(delta([2], "length"), True)
+    assert not mux.members and not mux.cancelled
+
+
+async def test_when_the_mux_client_goes_away_its_requests_are_cancelled_then_the_mux_ends():
     hub, stream = MuxHub(idle_close_s=60, check_s=0.02), FakeStream(cancelled=True)
     await hub.open("m", stream.send, stream.is_cancelled)
+    mux = hub.get("m")
+    send = member_send(mux, "r1", lambda: asyncio.sleep(0))
+    await asyncio.sleep(0.1)
+    assert await member_is_cancelled(mux, "r1")() and hub.get("m") is not None  # r1 still in flight
+    await send(delta([], "abort"), True)
     await asyncio.sleep(0.1)
     assert hub.get("m") is None
 
