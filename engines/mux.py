@@ -104,7 +104,8 @@ class Mux:
             # After this turn of the loop: the other requests woken by the same engine step add theirs.
             self._busy = True
             loop.call_soon(self._flush)
-        return self._batch_sent
+        # Shielded: a request cancelled while it waits must not cancel its batch-mates' wait.
+        return asyncio.shield(self._batch_sent)
 
     def _flush(self) -> None:
         batch, done = self._batch, self._batch_sent
@@ -116,7 +117,8 @@ class Mux:
     def _sent(self, sent: asyncio.Future, done: asyncio.Future) -> None:
         error = sent.exception()
         if error is None:
-            done.set_result(None)
+            if not done.done():
+                done.set_result(None)
             if self._batch:
                 self._flush()
             else:

@@ -103,3 +103,29 @@ def test_an_idle_mux_ends_and_the_next_request_opens_another(triton):
     first, still_open, second, tokens = asyncio.run(idle_then_again(address))
     assert not still_open, "the model ends a mux idle for IDLE_CLOSE_S"
     assert second != first and len(tokens) == SAMPLING["max_tokens"]
+
+
+async def some_leave_early(address: str) -> tuple[list, list]:
+    client = triton_aio.InferenceServerClient(address)
+    await load_sim(client)
+    worker = worker_pb2.WorkerRecord(id="w-mux", triton_grpc_address=address, triton_model=SIM_MODEL)
+    own, muxed = TritonPool(mux=False), TritonPool(mux=True)
+
+    async def leave_early(n: int) -> None:
+        async for _ in muxed.stream(worker, f"leaver-{n}", prompt(n), SAMPLING, {}):
+            return  # its client went away after the first chunk
+
+    try:
+        alone = await asyncio.gather(*(generate(own, worker, n) for n in range(6)))
+        results = await asyncio.gather(*(generate(muxed, worker, n) for n in range(6)), leave_early(6), leave_early(7))
+        return alone, results[:6]
+    finally:
+        for pool in (own, muxed):
+            await pool.close()
+        await client.close()
+
+
+def test_requests_leaving_a_mux_early_do_not_disturb_the_others_on_it(triton):
+    _, address = triton
+    alone, stayed = asyncio.run(some_leave_early(address))
+    assert stayed == alone

@@ -128,10 +128,22 @@ async def test_when_the_mux_client_goes_away_its_requests_are_cancelled_then_the
     mux = hub.get("m")
     send = member_send(mux, "r1", lambda: asyncio.sleep(0))
     await asyncio.sleep(0.1)
-    assert await member_is_cancelled(mux, "r1")() and hub.get("m") is not None  # r1 still in flight
+    assert await member_is_cancelled(mux, "r1")() and "m" in hub.muxes  # r1 still in flight
+    assert hub.get("m") is None, "no new request joins a mux whose client is gone"
     await send(delta([], "abort"), True)
     await asyncio.sleep(0.1)
-    assert hub.get("m") is None
+    assert "m" not in hub.muxes
+
+
+async def test_a_request_cancelled_while_its_batch_is_out_leaves_its_batch_mates_and_the_mux_working():
+    stream = FakeStream(delay=0.05)
+    mux = Mux("m", stream.send, stream.is_cancelled)
+    waits = [asyncio.ensure_future(mux.add(f"r{i}", delta([i]))) for i in range(3)]
+    await asyncio.sleep(0.01)
+    waits[0].cancel()  # its client went away
+    await asyncio.gather(*waits[1:])
+    await mux.add("r1", delta([9]))
+    assert [[d[0] for d in batch] for batch in stream.payloads] == [["r0", "r1", "r2"], ["r1"]]
 
 
 async def test_a_second_mux_with_the_same_id_ends_at_once():
