@@ -63,6 +63,7 @@ class TritonPool:
         self._muxes: dict[tuple[str, str], EngineMux] = {}
         self._opening: dict[tuple[str, str], asyncio.Future] = {}
         self._mux_retry_at: dict[tuple[str, str], float] = {}
+        self._in_flight: dict[tuple[str, str], int] = {}
 
     def _client(self, address: str) -> triton_aio.InferenceServerClient:
         client = self._clients.get(address)
@@ -123,7 +124,15 @@ class TritonPool:
         # Deltas come from the mux's reader or from the request's own stream (errors, its end, and
         # its deltas when it has no mux) into one queue.
         queue: asyncio.Queue = asyncio.Queue()
-        mux = await self._mux(worker)
+        key = (worker.triton_grpc_address, worker.triton_model)
+        self._in_flight[key] = self._in_flight.get(key, 0) + 1
+        # A request alone on its worker model gains nothing from batches and would pay the mux's
+        # extra end response (bench.overhead at c=1): it streams on its own.
+        try:
+            mux = await self._mux(worker) if self._in_flight[key] > 1 else None
+        except BaseException:  # cancelled while the mux opened
+            self._in_flight[key] -= 1
+            raise
         if mux is not None:
             parameters[MUX] = mux.id
             mux.members[request_id] = queue
@@ -151,6 +160,7 @@ class TritonPool:
                 if answered:
                     return
         finally:
+            self._in_flight[key] -= 1
             if mux is not None:
                 mux.members.pop(request_id, None)
                 if not answered and mux.open:

@@ -86,7 +86,9 @@ async def idle_then_again(address: str) -> tuple[str, bool, str, list[int]]:
     worker = worker_pb2.WorkerRecord(id="w-mux", triton_grpc_address=address, triton_model=SIM_MODEL)
     pool = TritonPool()
     try:
+        deltas = metrics.MUX_DELTAS._value.get()
         await generate(pool, worker, 3)
+        assert metrics.MUX_DELTAS._value.get() == deltas, "a request alone on its worker streams on its own"
         first = await pool._mux(worker)
         await asyncio.sleep(engine_mux.IDLE_CLOSE_S + 2 * engine_mux.CHECK_S + 0.5)
         still_open = first.open
@@ -98,7 +100,7 @@ async def idle_then_again(address: str) -> tuple[str, bool, str, list[int]]:
         await client.close()
 
 
-def test_an_idle_mux_ends_and_the_next_request_opens_another(triton):
+def test_a_request_alone_needs_no_mux_and_an_idle_mux_ends_and_another_opens(triton):
     _, address = triton
     first, still_open, second, tokens = asyncio.run(idle_then_again(address))
     assert not still_open, "the model ends a mux idle for IDLE_CLOSE_S"
