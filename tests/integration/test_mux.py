@@ -1,8 +1,10 @@
 """The mux (engines/mux.py) on a real Triton with the simulated engine's model, through the
 gateway's own Triton client: the same tokens as one stream a request, in fewer responses; a
-request naming no open mux streams on its own; an idle mux ends and the next request opens another."""
+request naming no open mux, or alone on its worker, streams on its own; an idle mux ends and the
+next one opens; requests leaving a mux early do not disturb the others on it."""
 
 import asyncio
+import contextlib
 
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
@@ -29,27 +31,33 @@ async def generate(pool: TritonPool, worker, n: int) -> list[int]:
     return tokens
 
 
-async def both_ways(address: str) -> tuple[list, list, float, float]:
+@contextlib.asynccontextmanager
+async def sim_on(address: str):
+    """The sim model loaded on the `triton` fixture's server: (worker, a pool without muxes, one with)."""
     client = triton_aio.InferenceServerClient(address)
     await load_sim(client)
-    worker = worker_pb2.WorkerRecord(id="w-mux", triton_grpc_address=address, triton_model=SIM_MODEL)
     own, muxed = TritonPool(mux=False), TritonPool(mux=True)
     try:
-        alone = await asyncio.gather(*(generate(own, worker, n) for n in range(8)))
-        batches, deltas = metrics.MUX_BATCHES._value.get(), metrics.MUX_DELTAS._value.get()
-        together = await asyncio.gather(*(generate(muxed, worker, n) for n in range(8)))
-        return alone, together, metrics.MUX_BATCHES._value.get() - batches, metrics.MUX_DELTAS._value.get() - deltas
+        yield worker_pb2.WorkerRecord(id="w-mux", triton_grpc_address=address, triton_model=SIM_MODEL), own, muxed
     finally:
         for pool in (own, muxed):
             await pool.close()
         await client.close()
 
 
+async def both_ways(address: str) -> tuple[list, list, float, float]:
+    async with sim_on(address) as (worker, own, muxed):
+        alone = await asyncio.gather(*(generate(own, worker, n) for n in range(8)))
+        batches, deltas = metrics.MUX_BATCHES._value.get(), metrics.MUX_DELTAS._value.get()
+        together = await asyncio.gather(*(generate(muxed, worker, n) for n in range(8)))
+        return alone, together, metrics.MUX_BATCHES._value.get() - batches, metrics.MUX_DELTAS._value.get() - deltas
+
+
 def test_concurrent_requests_get_their_own_tokens_in_shared_responses(triton):
     _, address = triton
     alone, together, batches, deltas = asyncio.run(both_ways(address))
     assert together == alone and all(len(t) == SAMPLING["max_tokens"] for t in together)
-    assert deltas >= 8, "every request's deltas came by the mux"
+    assert deltas >= 8, "the requests' deltas came by the mux (all but the first, which started alone)"
     assert batches < deltas / 2, f"{batches} responses for {deltas} deltas: the engine steps were not batched"
 
 
@@ -81,11 +89,7 @@ def test_a_request_naming_no_open_mux_streams_on_its_own(triton):
 
 
 async def idle_then_again(address: str) -> tuple[str, bool, str, list[int]]:
-    client = triton_aio.InferenceServerClient(address)
-    await load_sim(client)
-    worker = worker_pb2.WorkerRecord(id="w-mux", triton_grpc_address=address, triton_model=SIM_MODEL)
-    pool = TritonPool()
-    try:
+    async with sim_on(address) as (worker, _, pool):
         deltas = metrics.MUX_DELTAS._value.get()
         await generate(pool, worker, 3)
         assert metrics.MUX_DELTAS._value.get() == deltas, "a request alone on its worker streams on its own"
@@ -95,9 +99,6 @@ async def idle_then_again(address: str) -> tuple[str, bool, str, list[int]]:
         tokens = await generate(pool, worker, 3)
         second = await pool._mux(worker)
         return first.id, still_open, second.id, tokens
-    finally:
-        await pool.close()
-        await client.close()
 
 
 def test_a_request_alone_needs_no_mux_and_an_idle_mux_ends_and_another_opens(triton):
@@ -108,23 +109,15 @@ def test_a_request_alone_needs_no_mux_and_an_idle_mux_ends_and_another_opens(tri
 
 
 async def some_leave_early(address: str) -> tuple[list, list]:
-    client = triton_aio.InferenceServerClient(address)
-    await load_sim(client)
-    worker = worker_pb2.WorkerRecord(id="w-mux", triton_grpc_address=address, triton_model=SIM_MODEL)
-    own, muxed = TritonPool(mux=False), TritonPool(mux=True)
+    async with sim_on(address) as (worker, own, muxed):
 
-    async def leave_early(n: int) -> None:
-        async for _ in muxed.stream(worker, f"leaver-{n}", prompt(n), SAMPLING, {}):
-            return  # its client went away after the first chunk
+        async def leave_early(n: int) -> None:
+            async for _ in muxed.stream(worker, f"leaver-{n}", prompt(n), SAMPLING, {}):
+                return  # its client went away after the first chunk
 
-    try:
         alone = await asyncio.gather(*(generate(own, worker, n) for n in range(6)))
         results = await asyncio.gather(*(generate(muxed, worker, n) for n in range(6)), leave_early(6), leave_early(7))
         return alone, results[:6]
-    finally:
-        for pool in (own, muxed):
-            await pool.close()
-        await client.close()
 
 
 def test_requests_leaving_a_mux_early_do_not_disturb_the_others_on_it(triton):
