@@ -115,7 +115,7 @@ class Mux:
         sent.add_done_callback(lambda f: self._sent(f, done))
 
     def _sent(self, sent: asyncio.Future, done: asyncio.Future) -> None:
-        error = sent.exception()
+        error = ConnectionError("the send was cancelled") if sent.cancelled() else sent.exception()
         if error is None:
             if not done.done():
                 done.set_result(None)

@@ -53,8 +53,9 @@ def stream_error(worker: worker_pb2.WorkerRecord, message: str) -> KvmeshError:
 
 
 class TritonPool:
-    """Triton clients by address, and a mux (engines/mux.py) per worker model, opened on first use:
-    the engine sends each step's tokens of all of this gateway's requests on it as one response."""
+    """Triton clients by address, and a mux (engines/mux.py) per worker model, opened once two of
+    this gateway's requests run there at a time: the engine then sends each step's tokens of all of
+    them as one response."""
 
     def __init__(self, mux: bool = True, mux_open_timeout_s: float = 5.0) -> None:
         self._clients: dict[str, triton_aio.InferenceServerClient] = {}
