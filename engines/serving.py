@@ -93,5 +93,8 @@ async def _forward(engine: Engine, request: EngineRequest, send: Send) -> None:
 
 
 async def _wait_cancelled(is_cancelled: IsCancelled) -> None:
-    while not await is_cancelled():
+    # First look after one interval: a request done sooner never costs a call.
+    while True:
         await asyncio.sleep(CANCEL_POLL_S)
+        if await is_cancelled():
+            return

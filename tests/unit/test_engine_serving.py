@@ -72,6 +72,17 @@ async def test_client_cancellation_aborts_in_the_engine():
     assert len(sent) < 100
 
 
+async def test_a_request_done_within_the_poll_interval_never_asks_whether_it_was_cancelled():
+    asked = []
+
+    async def cancelled():
+        asked.append(True)
+        return False
+
+    outcome, _, _ = await run(FakeEngine([d([1]), d([2], "stop")]), cancelled)
+    assert outcome == "finished" and not asked
+
+
 async def test_engine_failure_is_one_error_and_an_abort():
     engine = FakeEngine([d([1]), d([2])], fail_after=1)
     outcome, sent, errors = await run(engine)
