@@ -15,8 +15,8 @@ The protocol (a client's side: services/gateway/engine_mux.py):
 - A batch is the `mux_deltas` output: JSON, a list of
   [request id, token ids, finish reason or null, prompt tokens, cached tokens, kv_transfer_params or null].
   The mux's last response, when the model ends it, is JSON `null`.
-- Cancelling a muxed request: a request on the mux's stream carrying `mux` = the mux's id and
-  `mux_cancel` = the request's id (answered with an empty batch). The model asks Triton whether
+- Cancelling a muxed request: a request carrying `mux` = the mux's id and `mux_cancel` = the
+  request's id, on a stream of its own (answered with an empty batch). The model asks Triton whether
   the mux's own request was cancelled once every CHECK_S, not each request a few times a second
   (an IPC round trip each); when the mux's client is gone, all its requests are aborted.
 - A mux with no request in flight for IDLE_CLOSE_S is ended, so that Triton can unload the model

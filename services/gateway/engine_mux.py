@@ -51,7 +51,8 @@ class EngineMux:
         self.members: dict[str, asyncio.Queue] = {}
         self.open = False
         self._client = client
-        self._requests: asyncio.Queue[dict | None] = asyncio.Queue()  # after the opening: cancels
+        self._ended = asyncio.Event()
+        self._cancels: set[asyncio.Task] = set()
         self._reader: asyncio.Task | None = None
         self._responses = None
 
@@ -66,8 +67,9 @@ class EngineMux:
 
         async def requests():
             yield opening
-            while (request := await self._requests.get()) is not None:  # open for the mux's life
-                yield request
+            # One request a stream: Triton 2.51 aborts (gRPC's "!byte_buffer->Valid()") when the
+            # responses of two requests in flight on one stream are written at once.
+            await self._ended.wait()  # the stream stays open for the mux's life
 
         responses = self._client.stream_infer(requests())
         try:
@@ -104,7 +106,7 @@ class EngineMux:
             self._fail(Unavailable(f"mux on {self.address}: {e}"))
         finally:
             self.open = False
-            self._requests.put_nowait(None)
+            self._ended.set()
 
     def _fail(self, error: Unavailable) -> None:
         for queue in self.members.values():
@@ -113,20 +115,32 @@ class EngineMux:
             log.warning("%s; %d requests on it fail", error, len(self.members))
 
     def cancel(self, request_id: str) -> None:
-        """Tells the model that a request on this mux lost its client (the model aborts it)."""
+        """Tells the model that a request on this mux lost its client (the model aborts it), on a
+        stream of its own that ends with the model's answer."""
         if self.open:
-            self._requests.put_nowait(
-                {
-                    "model_name": self.model,
-                    "inputs": [_ignored_input()],
-                    "request_id": f"cancel-{request_id}",
-                    "parameters": {MUX: self.id, MUX_CANCEL: request_id},
-                }
-            )
+            task = asyncio.create_task(self._cancel(request_id))
+            self._cancels.add(task)
+            task.add_done_callback(self._cancels.discard)
+
+    async def _cancel(self, request_id: str) -> None:
+        async def one_request():
+            yield {
+                "model_name": self.model,
+                "inputs": [_ignored_input()],
+                "request_id": f"cancel-{request_id}",
+                "parameters": {MUX: self.id, MUX_CANCEL: request_id},
+            }
+
+        try:
+            async for _, error in self._client.stream_infer(one_request()):  # read to its end
+                if error is not None:
+                    log.warning("cancel of %s on %s: %s", request_id, self.address, error.message())
+        except (InferenceServerException, grpc.aio.AioRpcError) as e:
+            log.warning("cancel of %s on %s: %s", request_id, self.address, e)
 
     async def close(self) -> None:
         self.open = False
-        self._requests.put_nowait(None)
+        self._ended.set()
         if self._responses is not None:
             self._responses.cancel()
         if self._reader is not None:
