@@ -139,9 +139,11 @@ class EngineMux:
             log.warning("cancel of %s on %s: %s", request_id, self.address, e)
 
     async def close(self) -> None:
-        self.open = False
+        was_open, self.open = self.open, False
         self._ended.set()
-        if self._responses is not None:
+        if was_open and self._responses is not None:
+            # Only a live mux: cancelling a stream just after its final response (the model ended
+            # the mux) can leave Triton 2.51 holding the model (engine_client._pump).
             self._responses.cancel()
         if self._reader is not None:
             self._reader.cancel()
