@@ -6,7 +6,8 @@ A real redis-server and a real router process; the workers are registry records 
 engines: this measures the decision). The index is filled through the same Redis functions
 kvindex uses: prefixes of 128 blocks, each held by 1–8 workers, the deeper blocks by fewer.
 Prints p50/p99 of `Router.Route` as a client sees it (gRPC round trip included), of a Route over
-the gateway's Router.Session stream, of the router's Redis read alone (the pipelined match + load
+the gateway's Router.Session stream, of the decision alone (the router's code in process, Redis
+included, no RPC), of the router's Redis read alone (the pipelined match + load
 read) and of an empty gRPC call to the same server (the floor of any RPC from Python here), in one
 run.
 """
@@ -29,7 +30,9 @@ from kvmesh.net import free_ports
 from kvmesh.redis_server import RedisServer
 from kvmesh.v1 import router_pb2, router_pb2_grpc, worker_pb2
 from services.gateway.router_client import RouterClient
+from services.router import main as router_main
 from services.router import shared_load
+from services.router.config import RouterSettings
 
 BLOCK = 64
 REQUEST_BLOCKS = 128
@@ -81,19 +84,40 @@ async def redis_alone(url: str, prefixes: list[list[int]], n: int, rng: random.R
     return times
 
 
+def route_request(request_id: str, seqs: list[int]) -> router_pb2.RouteRequest:
+    return router_pb2.RouteRequest(
+        model="m", request_id=request_id, num_tokens=REQUEST_BLOCKS * BLOCK, block_hashes=seqs, block_size=BLOCK
+    )
+
+
 def route_calls(address: str, prefixes: list[list[int]], n: int, rng: random.Random) -> list[float]:
     times = []
     with grpc.insecure_channel(address) as channel:
         stub = router_pb2_grpc.RouterStub(channel)
         for i in range(n):
-            seqs = rng.choice(prefixes)
-            request = router_pb2.RouteRequest(
-                model="m", request_id=f"r{i}", num_tokens=REQUEST_BLOCKS * BLOCK, block_hashes=seqs, block_size=BLOCK
-            )
+            request = route_request(f"r{i}", rng.choice(prefixes))
             start = time.perf_counter()
             stub.Route(request)
             times.append(time.perf_counter() - start)
             stub.Release(router_pb2.ReleaseRequest(request_id=f"r{i}"))
+    return times
+
+
+async def decisions(url: str, prefixes: list[list[int]], n: int, rng: random.Random) -> list[float]:
+    """The decision alone: the router's own servicer in this process, its Redis read included,
+    no RPC (what a router inside the gateway would pay)."""
+    servicer, stop_background = await router_main.assemble(RouterSettings(redis_url=url))
+    times = []
+    try:
+        for i in range(-200, n):  # the first 200 warm up
+            request = route_request(f"d{i}", rng.choice(prefixes))
+            start = time.perf_counter()
+            await servicer.Route(request, None)
+            if i >= 0:
+                times.append(time.perf_counter() - start)
+            await servicer.Release(router_pb2.ReleaseRequest(request_id=f"d{i}"), None)
+    finally:
+        await stop_background()
     return times
 
 
@@ -155,6 +179,7 @@ def main() -> None:
             "request_blocks": REQUEST_BLOCKS,
             "route_at_client": figures(route_calls(address, prefixes, args.requests, rng)),
             "route_over_session": figures(asyncio.run(session_routes(address, prefixes, args.requests, rng))),
+            "decision_in_process": figures(asyncio.run(decisions(server.url, prefixes, args.requests, rng))),
             "redis_read_alone": figures(asyncio.run(redis_alone(server.url, prefixes, args.requests, rng))),
             "empty_grpc_call": figures(health_calls(address, args.requests)),
         }

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import redis.asyncio as redis
@@ -41,6 +42,7 @@ def now_ms() -> int:
 class LiveWorker:
     record: worker_pb2.WorkerRecord
     lease_expires_ms: int
+    raw: bytes = b""  # the record as stored, to tell when it changed
 
 
 class Registry:
@@ -67,35 +69,48 @@ class Registry:
 
     async def assignment(self, worker_id: str) -> str | None:
         value = await self.redis.get(ASSIGN + worker_id)
-        return value.decode() if isinstance(value, bytes) else value
+        return None if value is None else _text(value)
 
     async def clear_assignment(self, worker_id: str) -> None:
         await self.redis.delete(ASSIGN + worker_id)
 
-    async def epoch(self) -> str:
-        """This registry's identity; the first caller after Redis lost its data makes a new one."""
+    async def read(self, known: Mapping[str, LiveWorker] | None = None) -> Snapshot:
+        """The registry's epoch and live workers. One round trip unless a worker joined since
+        `known` (the caller's last read), whose records are read alongside; a record that did not
+        change is not parsed again. The first caller after Redis lost its data makes a new epoch."""
+        known = known or {}
+        token = secrets.token_hex(8)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.set(EPOCH, secrets.token_hex(8), nx=True)
-            pipe.get(EPOCH)
-            _, value = await pipe.execute()
-        return value.decode() if isinstance(value, bytes) else value
-
-    async def live_workers(self) -> list[LiveWorker]:
-        now = now_ms()
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zremrangebyscore(INDEX, "-inf", now)
+            pipe.set(EPOCH, token, nx=True, get=True)
+            pipe.zremrangebyscore(INDEX, "-inf", now_ms())
             pipe.zrange(INDEX, 0, -1, withscores=True)
-            _, members = await pipe.execute()
-        if not members:
-            return []
-        ids = [m.decode() if isinstance(m, bytes) else m for m, _ in members]
-        blobs = await self.redis.mget([RECORD + i for i in ids])
+            if known:
+                pipe.mget([RECORD + i for i in known])
+            replies = await pipe.execute()
+        epoch = _text(replies[0]) if replies[0] is not None else token
+        blobs = dict(zip(known, replies[3], strict=True)) if known else {}
+        members = [(_text(m), int(expiry)) for m, expiry in replies[2]]
+        if joined := [i for i, _ in members if i not in blobs]:
+            blobs.update(zip(joined, await self.redis.mget([RECORD + i for i in joined]), strict=True))
         live = []
-        for (_, expiry), blob in zip(members, blobs, strict=True):
+        for worker_id, expiry in members:
+            blob = blobs[worker_id]
             if blob is None:  # the record expired between the two calls
                 continue
-            live.append(LiveWorker(worker_pb2.WorkerRecord.FromString(blob), int(expiry)))
-        return live
+            seen = known.get(worker_id)
+            record = seen.record if seen is not None and seen.raw == blob else worker_pb2.WorkerRecord.FromString(blob)
+            live.append(LiveWorker(record, expiry, blob))
+        return Snapshot(epoch, live)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    epoch: str
+    workers: list[LiveWorker]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def connect(url: str, timeout_s: float = 2.0, max_connections: int = 64) -> redis.Redis:
@@ -133,8 +148,7 @@ class Watcher:
 
     async def refresh(self) -> None:
         try:
-            epoch = await self.registry.epoch()
-            live = {w.record.id: w for w in await self.registry.live_workers()}
+            snapshot = await self.registry.read(self.workers)
         except Exception as e:  # noqa: BLE001 - any Redis failure means "keep what we knew"
             if self.reachable:  # log once per outage
                 log.warning("registry unreachable; routing on the %d workers last seen: %s", len(self.workers), e)
@@ -145,6 +159,7 @@ class Watcher:
             log.info("registry reachable again")
         self.reachable = True
         REGISTRY_OK.set(1)
+        epoch, live = snapshot.epoch, {w.record.id: w for w in snapshot.workers}
         if self.epoch is not None and epoch != self.epoch:
             log.warning("registry reset (Redis lost its data): keeping %d workers for their leases", len(self.workers))
             self._carried = dict(self.workers)

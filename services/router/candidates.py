@@ -6,6 +6,8 @@ Without Redis: no overlap, and this router's own in-flight counts as the load.
 
 from __future__ import annotations
 
+import time
+
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
@@ -15,15 +17,21 @@ from services.router import shared_load
 from services.router.accounting import Accounting
 from services.router.framework.types import Candidate, Load, Request
 
+EXPIRY_INTERVAL_S = 1.0
+
 
 class CandidateSource:
     def __init__(self, workers: Watcher, client: aioredis.Redis, accounting: Accounting):
         self.workers = workers
         self.redis = client
         self.accounting = accounting
+        self._next_expiry = 0.0
 
     async def gather(self, request: Request) -> list[Candidate]:
-        self.accounting.local.expire(set(self.workers.workers))
+        # Leases last minutes: a sweep a second is enough, and a sweep walks every request in flight.
+        if (now := time.monotonic()) >= self._next_expiry:
+            self._next_expiry = now + EXPIRY_INTERVAL_S
+            self.accounting.local.expire(set(self.workers.workers))
         try:
             overlaps, loads = await redis_functions.call(self.redis, [block_index.LIBRARY], lambda: self._read(request))
             self.accounting.health.ok()

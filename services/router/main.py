@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from kvmesh import block_index, grpc_server, redis_functions, registry, telemetry
 from kvmesh.registry import Watcher
@@ -18,9 +19,8 @@ from services.router.redis_health import RedisHealth
 from services.router.servicer import RouterServicer
 
 
-async def run(settings: RouterSettings) -> None:
-    telemetry.setup_tracing("router")
-    metrics_port = telemetry.start_metrics_server(settings.host, settings.metrics_port)
+async def assemble(settings: RouterSettings) -> tuple[RouterServicer, Callable[[], Awaitable[None]]]:
+    """The servicer with its background work started, and what stops that work."""
     workers = Watcher(registry.Registry(registry.connect(settings.redis_url)), settings.refresh_ms / 1000)
     await workers.start()
     profiles = {name: build(name, spec) for name, spec in settings.policies.items()}
@@ -39,16 +39,23 @@ async def run(settings: RouterSettings) -> None:
         settings.policy,
         settings.disagg_threshold_tokens,
     )
-    served = await grpc_server.serve(
-        "router", settings.host, settings.port, lambda s: router_pb2_grpc.add_RouterServicer_to_server(servicer, s)
-    )
-    print(f"router ready on {settings.host}:{served.port} (metrics on :{metrics_port}/metrics)", flush=True)
-    await grpc_server.wait_for_signal()
 
     async def stop_background() -> None:
         await accounting.stop()
         await workers.stop()
 
+    return servicer, stop_background
+
+
+async def run(settings: RouterSettings) -> None:
+    telemetry.setup_tracing("router")
+    metrics_port = telemetry.start_metrics_server(settings.host, settings.metrics_port)
+    servicer, stop_background = await assemble(settings)
+    served = await grpc_server.serve(
+        "router", settings.host, settings.port, lambda s: router_pb2_grpc.add_RouterServicer_to_server(servicer, s)
+    )
+    print(f"router ready on {settings.host}:{served.port} (metrics on :{metrics_port}/metrics)", flush=True)
+    await grpc_server.wait_for_signal()
     await grpc_server.drain(served, grace_s=2.0, before_stop=stop_background)
 
 

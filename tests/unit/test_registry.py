@@ -20,12 +20,30 @@ async def reg(redis_url):
 async def test_register_list_deregister(reg):
     await reg.register(record("a"), lease_ms=5000)
     await reg.register(record("b", model="other"), lease_ms=5000)
-    live = {w.record.id: w for w in await reg.live_workers()}
+    live = {w.record.id: w for w in (await reg.read()).workers}
     assert set(live) == {"a", "b"}
     assert live["b"].record.model == "other"
     assert live["a"].lease_expires_ms > registry.now_ms()
     await reg.deregister("a")
-    assert [w.record.id for w in await reg.live_workers()] == ["b"]
+    assert await ids(reg) == ["b"]
+
+
+async def ids(reg) -> list[str]:
+    return [w.record.id for w in (await reg.read()).workers]
+
+
+async def test_a_read_given_the_last_one_sees_joins_changes_and_leaves(reg):
+    await reg.register(record("a"), lease_ms=5000)
+    await reg.register(record("b"), lease_ms=5000)
+    first = {w.record.id: w for w in (await reg.read()).workers}
+    await reg.register(record("b", model="other"), lease_ms=5000)  # a changed record (a role flip)
+    await reg.register(record("c"), lease_ms=5000)  # joined
+    await reg.deregister("a")
+    second = {w.record.id: w for w in (await reg.read(first)).workers}
+    assert {i: w.record.model for i, w in second.items()} == {"b": "other", "c": "m"}
+    third = {w.record.id: w for w in (await reg.read(second)).workers}
+    assert third["c"].record is second["c"].record  # unchanged: not parsed again
+    assert (await reg.read(second)).epoch == (await reg.read()).epoch
 
 
 async def test_expired_lease_disappears_and_heartbeat_keeps_alive(reg):
@@ -34,7 +52,7 @@ async def test_expired_lease_disappears_and_heartbeat_keeps_alive(reg):
     for _ in range(4):
         await asyncio.sleep(0.15)
         await reg.register(record("kept"), lease_ms=300)  # the heartbeat
-    assert [w.record.id for w in await reg.live_workers()] == ["kept"]
+    assert await ids(reg) == ["kept"]
 
 
 async def test_watcher_sees_joins_and_leaves_and_survives_redis_loss(reg, redis_server):
