@@ -7,8 +7,15 @@ from kvmesh.settings import CommonSettings
 from services.router.framework.plugins import ProfileSpec, build
 
 DEFAULT_POLICIES = {
-    # Dynamo's cost: prefill_weight · max(prefill + request − overlap, 0) + decode; lowest wins.
+    # Dynamo's cost, then the overlap once more: on the Mooncake trace this keeps 98% of the pooled
+    # cache's hits against Dynamo's cost's 89% (bench.routing_quality, README).
     "kv-aware": ProfileSpec(
+        scorers={"prefill_load": 1.0, "decode_load": 1.0, "kv_overlap": 1.0},
+        picker="softmax",
+        params={"softmax": {"temperature": 0.0}},
+    ),
+    # Dynamo's cost: prefill_weight · max(prefill + request − overlap, 0) + decode; lowest wins.
+    "dynamo": ProfileSpec(
         scorers={"prefill_load": 1.0, "decode_load": 1.0}, picker="softmax", params={"softmax": {"temperature": 0.0}}
     ),
     "least-loaded": ProfileSpec(scorers={"least_loaded": 1.0}, picker="max_score"),

@@ -99,8 +99,8 @@ KV_REQ = Request(model="m", request_id="r", num_tokens=160, block_hashes=tuple(r
         ([kv_cand("a", overlap=10, decode=9), kv_cand("b", decode=5)], "a", {"a": 9, "b": 15}),
     ],
 )
-def test_kv_aware_cost(candidates, expected, costs):
-    decision = build("kv-aware", DEFAULT_POLICIES["kv-aware"]).run(KV_REQ, candidates)
+def test_dynamo_cost(candidates, expected, costs):
+    decision = build("dynamo", DEFAULT_POLICIES["dynamo"]).run(KV_REQ, candidates)
     assert decision.chosen.id == expected
     assert {v.candidate.id: -v.total for v in decision.verdicts} == costs
 
@@ -110,6 +110,13 @@ def test_prefill_weight_is_config():
     candidates = [kv_cand("a", overlap=10, decode=25), kv_cand("b", decode=0)]
     # weight 1: a costs 25, b 10 → b; weight 3: a costs 25, b 30 → a
     assert build("p", spec).run(KV_REQ, candidates).chosen.id == "a"
+
+
+def test_kv_overlap_weight_buys_affinity_against_load():
+    candidates = [kv_cand("a", overlap=8, prefill=12), kv_cand("b")]
+    # Dynamo's cost: a 14, b 10 → b; kv-aware counts the overlap once more: a 14 − 8, b 10 → a
+    assert build("d", DEFAULT_POLICIES["dynamo"]).run(KV_REQ, candidates).chosen.id == "b"
+    assert build("k", DEFAULT_POLICIES["kv-aware"]).run(KV_REQ, candidates).chosen.id == "a"
 
 
 def test_softmax_temperature_spreads_near_equal_workers():

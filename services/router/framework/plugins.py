@@ -19,6 +19,7 @@ from services.router.plugins.pickers.random_pick import RandomPicker
 from services.router.plugins.pickers.round_robin import RoundRobinPicker
 from services.router.plugins.pickers.softmax import SoftmaxPicker
 from services.router.plugins.scorers.decode_load import DecodeLoadScorer
+from services.router.plugins.scorers.kv_overlap import KvOverlapScorer
 from services.router.plugins.scorers.least_loaded import LeastLoadedScorer
 from services.router.plugins.scorers.prefill_load import PrefillLoadScorer
 
@@ -33,6 +34,7 @@ SCORERS: dict[str, Callable[..., Any]] = {
     "least_loaded": LeastLoadedScorer,
     "prefill_load": PrefillLoadScorer,
     "decode_load": DecodeLoadScorer,
+    "kv_overlap": KvOverlapScorer,
 }
 PICKERS: dict[str, Callable[..., Any]] = {
     "max_score": MaxScorePicker,
