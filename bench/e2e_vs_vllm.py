@@ -34,6 +34,11 @@ from kvmesh.cli.local_mesh import LocalMesh
 from kvmesh.net import free_port
 
 RESULTS = Path(__file__).parent / "results"
+# After its last request a vLLM engine's worker keeps spinning on one core for a second (its shm
+# queue busy-polls for busy_loop_s = 1 s, vllm/distributed/device_communicators/shm_broadcast.py),
+# both vLLM's server and the engine inside Triton. A turn that starts within that second runs on
+# one core: measured, the next request's TTFT went from ~62 ms to ~1 s. Each turn waits it out.
+SETTLE_S = 1.5
 QUESTIONS = [
     "Explain how a hash table works.",
     "Write a short poem about the sea.",
@@ -150,6 +155,7 @@ def main() -> None:
             for c in args.levels:
                 for system in ("kvmesh", "vllm") if r % 2 == 0 else ("vllm", "kvmesh"):
                     base, pid = servers[system]
+                    time.sleep(SETTLE_S)
                     n = c * args.requests_per_slot
                     level = asyncio.run(measure(base, pid, bodies(name, n, args.max_tokens, first=1000 * r), c))
                     runs[system][c].append(level)

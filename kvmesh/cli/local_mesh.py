@@ -3,6 +3,7 @@ benchmarks start, exactly as a user would."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -111,5 +112,8 @@ class LocalMesh:
         try:
             return self.process.wait(timeout_s)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            # Its services run in their own process groups: killing kvmesh up alone would orphan them.
+            for process in [*psutil.Process(self.process.pid).children(recursive=True), self.process]:
+                with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+                    process.kill()
             raise

@@ -70,8 +70,11 @@ def up(
             redis = RedisServer(redis_port, host).start()
         redis_url = redis.url
     supervisor = Supervisor(log_dir, env={"REDIS_URL": redis_url})
-    # Our children stop on our terms; SIGTERM is handled like Ctrl-C.
+    # Our children stop on our terms; SIGTERM is handled like Ctrl-C. SIGINT explicitly too: a
+    # launcher that ran us in the background (`cmd &` in a script, nohup) left it ignored, and
+    # Python then never raises KeyboardInterrupt, so Ctrl-C or a bench's SIGINT did nothing.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         if model in models.CATALOG:
             with console.status(f"preparing {model}…"):

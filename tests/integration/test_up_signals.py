@@ -1,0 +1,21 @@
+"""`kvmesh up` stops everything on SIGINT even when its launcher ran it with SIGINT ignored, as a
+shell does for `kvmesh up &` in a script: Python then installs no KeyboardInterrupt handler."""
+
+import signal
+
+import psutil
+
+from kvmesh.cli.local_mesh import LocalMesh
+
+
+def test_sigint_stops_a_mesh_started_with_sigint_ignored(tmp_path):
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the child inherits it
+    try:
+        mesh = LocalMesh.start(tmp_path, extra_args=("--engine", "sim"), ready_timeout_s=300)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    services = psutil.Process(mesh.process.pid).children(recursive=True)
+    assert any("services.worker" in " ".join(p.cmdline()) for p in services)
+    assert mesh.stop(timeout_s=60) == 0, mesh.log("up")
+    left = [p for p in services if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not left, [p.cmdline() for p in left]
