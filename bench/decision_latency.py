@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 
 from bench.common import save, start_service, stop
 from kvmesh import block_index, registry
-from kvmesh.block_index import BlockChange, BlockIndex
+from kvmesh.block_index import BlockIndex, BlockRun
 from kvmesh.net import free_ports
 from kvmesh.redis_server import RedisServer
 from kvmesh.v1 import router_pb2, router_pb2_grpc, worker_pb2
@@ -50,7 +50,7 @@ async def fill(url: str, workers: list[str], total_blocks: int, rng: random.Rand
         holders = rng.sample(workers, rng.randint(1, 8))
         for depth_rank, worker in enumerate(holders):
             depth = REQUEST_BLOCKS >> depth_rank  # 128, 64, 32 … blocks
-            await index.apply(worker, [BlockChange(True, seqs[0], s) for s in seqs[:depth]])
+            await index.apply(worker, [BlockRun(True, seqs[0], seqs[:depth])])
         keys += REQUEST_BLOCKS
     await client.aclose()
     return prefixes

@@ -31,22 +31,28 @@ local function match(keys, args)
   return out
 end
 
--- KEYS: pairs (block key, reverse key); ARGV[1]: worker id; ARGV[i+1]: '+' (stored) or '-'
--- (removed) for the i-th pair, then the pair's seq hash. One call applies one event batch.
--- Returns how many memberships changed.
+-- One event batch, as runs of changes of one kind under one root. KEYS: per run, the root's reverse
+-- key then the run's block keys; ARGV[1]: worker id, then per run '+' (stored) or '-' (removed) and
+-- its block count. A block's seq is the last 16 characters of its key. Returns how many
+-- memberships changed.
 local function apply(keys, args)
   local worker = args[1]
   local changed = 0
-  for i = 1, #keys, 2 do
-    local op = args[i + 1]
-    local seq = args[i + 2]
-    if op == '+' then
-      changed = changed + redis.call('SADD', keys[i], worker)
-      redis.call('SADD', keys[i + 1], seq)
-    else
-      changed = changed + redis.call('SREM', keys[i], worker)
-      redis.call('SREM', keys[i + 1], seq)
+  local k = 1
+  for r = 2, #args, 2 do
+    local verb = args[r] == '+' and 'SADD' or 'SREM'
+    local count = tonumber(args[r + 1])
+    local reverse = keys[k]
+    local seqs = {}
+    for i = k + 1, k + count do
+      changed = changed + redis.call(verb, keys[i], worker)
+      seqs[#seqs + 1] = string.sub(keys[i], -16)
     end
+    -- unpack() is bounded by Lua's C stack: a long run goes in slices.
+    for first = 1, #seqs, 1000 do
+      redis.call(verb, reverse, unpack(seqs, first, math.min(first + 999, #seqs)))
+    end
+    k = k + count + 1
   end
   return changed
 end

@@ -11,8 +11,8 @@ from __future__ import annotations
 import binascii
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
 from importlib import resources
+from typing import NamedTuple
 
 import redis.asyncio as aioredis
 
@@ -34,11 +34,12 @@ def reverse_key(root: int, worker_id: str) -> str:
     return f"{PREFIX}:{{{_hex(root)}}}:w:{worker_id}"
 
 
-@dataclass(frozen=True)
-class BlockChange:
+class BlockRun(NamedTuple):
+    """Blocks of one prefix (its root) that a worker stored, or removed, in order."""
+
     stored: bool  # False: removed
     root: int
-    seq: int
+    seqs: list[int]
 
 
 class BlockIndex:
@@ -58,15 +59,19 @@ class BlockIndex:
             return {}
         return parse_match(await self._fcall(True, "kvmesh_match", match_keys(seq_hashes), []))
 
-    async def apply(self, worker_id: str, changes: Sequence[BlockChange]) -> int:
-        """Applies one event batch for a worker; returns how many memberships changed."""
-        if not changes:
+    async def apply(self, worker_id: str, runs: Sequence[BlockRun]) -> int:
+        """Applies one event batch for a worker, its runs in order; returns how many memberships
+        changed. A run goes as its root's reverse key and its block keys (kvmesh_apply in
+        block_index.lua): one key a block, built as bytes."""
+        keys: list[str | bytes] = []
+        args: list[str | int] = [worker_id]
+        for run in runs:
+            if run.seqs:
+                keys.append(reverse_key(run.root, worker_id))
+                keys += block_keys(run.root, run.seqs)
+                args += ["+" if run.stored else "-", len(run.seqs)]
+        if not keys:
             return 0
-        keys: list[str] = []
-        args: list[str] = [worker_id]
-        for change in changes:
-            keys += [block_key(change.root, change.seq), reverse_key(change.root, worker_id)]
-            args += ["+" if change.stored else "-", _hex(change.seq)]
         return int(await self._fcall(False, "kvmesh_apply", keys, args))
 
     async def purge(self, worker_id: str, batch: int = 256) -> int:
@@ -85,11 +90,16 @@ class BlockIndex:
 
 
 def match_keys(seq_hashes: Sequence[int]) -> list[bytes]:
-    """`block_key` of every hash, rooted at the first: built in one go and as bytes, because every
-    routing decision builds (and redis-py encodes) ~100 of them."""
-    root = block_key(seq_hashes[0], 0)[:-16].encode()
-    hexes = binascii.hexlify(struct.pack(f">{len(seq_hashes)}Q", *seq_hashes))
-    return [root + hexes[i : i + 16] for i in range(0, len(hexes), 16)]
+    """`block_key` of every hash of a prompt, rooted at its first."""
+    return block_keys(seq_hashes[0], seq_hashes)
+
+
+def block_keys(root: int, seqs: Sequence[int]) -> list[bytes]:
+    """`block_key(root, seq)` of every seq: built in one go and as bytes, because every routing
+    decision and every KV-event batch builds (and redis-py encodes) many of them."""
+    prefix = block_key(root, 0)[:-16].encode()
+    hexes = binascii.hexlify(struct.pack(f">{len(seqs)}Q", *seqs))
+    return [prefix + hexes[i : i + 16] for i in range(0, len(hexes), 16)]
 
 
 def parse_match(flat: list) -> dict[str, int]:

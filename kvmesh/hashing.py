@@ -14,7 +14,7 @@ S is 1337, or, with an identity (kvmesh: the served model name; Dynamo: a LoRA n
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,33 +36,34 @@ def block_seed(identity: str = "") -> int:
     return (SEED + xxhash.xxh3_64_intdigest(identity.encode())) % 2**64
 
 
-def chain(parent_seq: int | None, local: int) -> int:
-    """The sequence hash of a block whose predecessor's sequence hash is `parent_seq`."""
-    if parent_seq is None:
-        return local
-    return xxhash.xxh3_64_intdigest(_PAIR.pack(parent_seq, local), seed=SEED)
-
-
 def block_hashes(
     tokens: Sequence[int], block_size: int, identity: str = "", parent_seq: int | None = None
 ) -> list[BlockHash]:
     """Hashes of the full blocks of `tokens`. `parent_seq` continues a chain whose earlier blocks
     were hashed before."""
+    return [BlockHash(local, seq) for local, seq in _chained(tokens, block_size, identity, parent_seq)]
+
+
+def sequence_hashes(
+    tokens: Sequence[int], block_size: int, identity: str = "", parent_seq: int | None = None
+) -> list[int]:
+    """The sequence hashes of `block_hashes`, without an object per block: every routing decision
+    and every block of every KV event comes through here."""
+    return [seq for _, seq in _chained(tokens, block_size, identity, parent_seq)]
+
+
+def _chained(
+    tokens: Sequence[int], block_size: int, identity: str, parent_seq: int | None
+) -> Iterator[tuple[int, int]]:
+    """(local, sequence) hash of each full block."""
     if block_size <= 0:
         raise ValueError(f"block_size must be positive, got {block_size}")
     data = np.asarray(tokens, dtype="<u4").tobytes()
-    seed = block_seed(identity)
-    step = 4 * block_size
-    out: list[BlockHash] = []
+    seed, step, digest, pack = block_seed(identity), 4 * block_size, xxhash.xxh3_64_intdigest, _PAIR.pack
     for start in range(0, len(data) - step + 1, step):
-        local = xxhash.xxh3_64_intdigest(data[start : start + step], seed=seed)
-        parent_seq = chain(parent_seq, local)
-        out.append(BlockHash(local, parent_seq))
-    return out
-
-
-def sequence_hashes(tokens: Sequence[int], block_size: int, identity: str = "") -> list[int]:
-    return [b.seq for b in block_hashes(tokens, block_size, identity)]
+        local = digest(data[start : start + step], seed=seed)
+        parent_seq = local if parent_seq is None else digest(pack(parent_seq, local), seed=SEED)
+        yield local, parent_seq
 
 
 def parse_tokens(words: Iterable[str]) -> list[int]:

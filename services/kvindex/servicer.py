@@ -46,7 +46,10 @@ class KvIndexServicer(kvindex_pb2_grpc.KvIndexServicer):
     async def Stats(self, message, context):
         subscriptions = sorted(self.ingestor.subscriptions.values(), key=lambda s: s.worker_id)
         since = time.time() - LAG_WINDOW_S
-        lags = [lag for s in subscriptions for at, lag in s.stats.lags_ms if at >= since]
+        for s in subscriptions:  # oldest first: what left the window goes, so a call scans only the window
+            while s.stats.lags_ms and s.stats.lags_ms[0][0] < since:
+                s.stats.lags_ms.popleft()
+        lags = [lag for s in subscriptions for _, lag in s.stats.lags_ms]
         return kvindex_pb2.StatsResponse(
             workers=[
                 kvindex_pb2.WorkerIndexStats(

@@ -18,7 +18,7 @@ import zmq
 import zmq.asyncio
 
 from kvmesh import kv_events
-from kvmesh.block_index import BlockChange, BlockIndex
+from kvmesh.block_index import BlockIndex, BlockRun
 from kvmesh.kv_events import BadMessage, decode
 from kvmesh.v1 import worker_pb2
 from services.kvindex.translate import WorkerBlocks
@@ -73,7 +73,7 @@ class Subscription:
 
     async def handle(self, *messages: list[bytes]) -> None:
         """Applies messages in order; consecutive ones in one Redis call."""
-        pending: list[BlockChange] = []
+        pending: list[BlockRun] = []
         stamps: list[float] = []
         for frames in messages:
             try:
@@ -92,7 +92,7 @@ class Subscription:
             if translation.cleared:
                 await self._flush(pending, stamps)
                 await self.index.purge(self.worker_id)
-            pending += translation.changes
+            pending += translation.runs
             stamps.append(batch.ts)
             self.stats.events += sum(len(getattr(e, "block_hashes", ())) or 1 for e in batch.events)
             self.stats.batches += 1
@@ -100,11 +100,11 @@ class Subscription:
             self.stats.last_seq = seq
         await self._flush(pending, stamps)
 
-    async def _flush(self, changes: list[BlockChange], stamps: list[float]) -> None:
-        await self.index.apply(self.worker_id, changes)
+    async def _flush(self, runs: list[BlockRun], stamps: list[float]) -> None:
+        await self.index.apply(self.worker_id, runs)
         now = time.time()
         self.stats.lags_ms.extend((now, max(now - ts, 0.0) * 1000) for ts in stamps)
-        changes.clear()
+        runs.clear()
         stamps.clear()
 
     async def _resync(self, expected: int, seq: int) -> None:

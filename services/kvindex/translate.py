@@ -11,15 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kvmesh import hashing
-from kvmesh.block_index import BlockChange
+from kvmesh.block_index import BlockRun
 from kvmesh.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, EngineHash, EventBatch
 
 
 @dataclass
 class Translation:
-    # True: forget everything the worker held before `changes`.
+    # True: forget everything the worker held before `runs`.
     cleared: bool = False
-    changes: list[BlockChange] = field(default_factory=list)
+    runs: list[BlockRun] = field(default_factory=list)
     # Blocks that could not be placed (parent never seen, e.g. after a gap) or removals of
     # blocks never seen: dropped, so the index under-reports rather than lies.
     dropped: int = 0
@@ -42,15 +42,10 @@ class WorkerBlocks:
             if isinstance(event, BlockStored):
                 self._stored(event, out)
             elif isinstance(event, BlockRemoved):
-                for engine_hash in event.block_hashes:
-                    known = self._canonical.pop(engine_hash, None)
-                    if known is None:
-                        out.dropped += 1
-                    else:
-                        out.changes.append(BlockChange(False, *known))
+                self._removed(event, out)
             elif isinstance(event, AllBlocksCleared):
                 self._canonical.clear()
-                out.cleared, out.changes = True, []
+                out.cleared, out.runs = True, []
         return out
 
     def _stored(self, event: BlockStored, out: Translation) -> None:
@@ -60,13 +55,26 @@ class WorkerBlocks:
             if parent is None:
                 out.dropped += len(event.block_hashes)
                 return
-        blocks = hashing.block_hashes(
+        seqs = hashing.sequence_hashes(
             event.token_ids, event.block_size, self.identity, parent_seq=parent[1] if parent else None
         )
-        if len(blocks) != len(event.block_hashes):
+        if len(seqs) != len(event.block_hashes):
             out.dropped += len(event.block_hashes)
             return
-        root = parent[0] if parent else blocks[0].seq
-        for engine_hash, block in zip(event.block_hashes, blocks, strict=True):
-            self._canonical[engine_hash] = (root, block.seq)
-            out.changes.append(BlockChange(True, root, block.seq))
+        root = parent[0] if parent else seqs[0]
+        for engine_hash, seq in zip(event.block_hashes, seqs, strict=True):
+            self._canonical[engine_hash] = (root, seq)
+        out.runs.append(BlockRun(True, root, seqs))
+
+    def _removed(self, event: BlockRemoved, out: Translation) -> None:
+        for engine_hash in event.block_hashes:
+            known = self._canonical.pop(engine_hash, None)
+            if known is None:
+                out.dropped += 1
+                continue
+            root, seq = known
+            last = out.runs[-1] if out.runs else None
+            if last is not None and not last.stored and last.root == root:
+                last.seqs.append(seq)
+            else:
+                out.runs.append(BlockRun(False, root, [seq]))

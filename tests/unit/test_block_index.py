@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import redis.asyncio as aioredis
 
-from kvmesh.block_index import BlockChange, BlockIndex, block_key, match_keys
+from kvmesh.block_index import BlockIndex, BlockRun, block_key, match_keys
 from kvmesh.hashing import sequence_hashes
 
 
@@ -18,8 +18,8 @@ async def index(redis_url):
     await client.aclose()
 
 
-def stored(seqs: list[int]) -> list[BlockChange]:
-    return [BlockChange(True, seqs[0], s) for s in seqs]
+def stored(seqs: list[int], root: int | None = None) -> list[BlockRun]:
+    return [BlockRun(True, seqs[0] if root is None else root, seqs)]
 
 
 PROMPT = sequence_hashes(list(range(64)), block_size=8)  # 8 blocks
@@ -33,7 +33,7 @@ def test_match_keys_are_the_block_keys_of_the_prompts_root():
 async def test_match_gives_each_workers_prefix_depth(index):
     await index.apply("a", stored(PROMPT[:5]))
     await index.apply("b", stored(PROMPT))
-    await index.apply("c", stored(PROMPT[:2]) + [BlockChange(True, PROMPT[0], PROMPT[4])])  # a hole at 2
+    await index.apply("c", stored(PROMPT[:2]) + stored([PROMPT[4]], root=PROMPT[0]))  # a hole at 2
     assert await index.match(PROMPT) == {"a": 5, "b": 8, "c": 2}
 
 
@@ -46,7 +46,7 @@ async def test_a_worker_without_the_first_block_has_no_overlap(index):
 async def test_removal_and_purge(index):
     await index.apply("a", stored(PROMPT))
     await index.apply("b", stored(PROMPT[:3]))
-    assert await index.apply("a", [BlockChange(False, PROMPT[0], PROMPT[3])]) == 1
+    assert await index.apply("a", [BlockRun(False, PROMPT[0], [PROMPT[3]])]) == 1
     assert await index.match(PROMPT) == {"a": 3, "b": 3}
     assert await index.purge("a") == 7
     assert await index.match(PROMPT) == {"b": 3}
@@ -73,3 +73,21 @@ async def test_worker_ids_with_glob_characters_purge_only_themselves(index):
     await index.apply("wx", stored(PROMPT[:2]))
     assert await index.purge("w*") == 2
     assert await index.match(PROMPT) == {"wx": 2}
+
+
+async def test_one_batch_mixes_roots_and_kinds_in_order_and_skips_empty_runs(index):
+    other = sequence_hashes(list(range(100, 132)), block_size=8)  # another prompt: another root
+    batch = [*stored(PROMPT[:4]), *stored(other[:2]), BlockRun(False, PROMPT[0], [PROMPT[3]]),
+             *stored(PROMPT[3:5], root=PROMPT[0]), BlockRun(False, other[0], [other[1]]),
+             BlockRun(True, other[0], [])]  # fmt: skip
+    assert await index.apply("a", batch) == 4 + 2 + 1 + 2 + 1
+    assert await index.match(PROMPT) == {"a": 5}
+    assert await index.match(other) == {"a": 1}
+    assert await index.purge("a") == 6
+
+
+async def test_a_run_longer_than_luas_unpack_limit(index):
+    seqs = sequence_hashes(list(range(8 * 2500)), block_size=8)
+    assert await index.apply("a", stored(seqs)) == 2500
+    assert await index.match(seqs[:128]) == {"a": 128}
+    assert await index.purge("a") == 2500

@@ -62,3 +62,10 @@ def test_kvmesh_hash_command_prints_index_local_and_sequence_hash():
     ]
     bad = kvmesh_hash("1 x")
     assert bad.returncode == 2 and "not a token id" in bad.stderr
+
+
+def test_sequence_hashes_are_block_hashes_seqs_with_or_without_a_parent():
+    tokens = list(range(7, 80))
+    for identity, parent in (("", None), ("m", None), ("m", 12345)):
+        blocks = hashing.block_hashes(tokens, 8, identity, parent_seq=parent)
+        assert hashing.sequence_hashes(tokens, 8, identity, parent_seq=parent) == [b.seq for b in blocks]

@@ -12,7 +12,7 @@ import zmq
 import zmq.asyncio
 
 from kvmesh import hashing, kv_events
-from kvmesh.block_index import BlockIndex
+from kvmesh.block_index import BlockIndex, BlockRun
 from kvmesh.kv_events import AllBlocksCleared, BadMessage, BlockRemoved, BlockStored, EventBatch, decode, encode
 from kvmesh.v1 import worker_pb2
 from services.kvindex.subscription import Subscription
@@ -85,27 +85,27 @@ def test_bad_messages_are_rejected_cleanly(frames):
 def test_stored_blocks_chain_from_their_parent_and_removals_map_back():
     blocks = WorkerBlocks(MODEL)
     first = blocks.translate(EventBatch(0, [stored([11, 12], TOKENS[:16])]))
-    assert [(c.stored, c.root, c.seq) for c in first.changes] == [(True, SEQ[0], SEQ[0]), (True, SEQ[0], SEQ[1])]
+    assert first.runs == [BlockRun(True, SEQ[0], SEQ[:2])]
     # bytes hashes (sha256 mode) work the same; the chain continues from the parent's canonical hash
     rest = blocks.translate(EventBatch(0, [stored([b"c", b"d"], TOKENS[16:], parent=12)]))
-    assert [c.seq for c in rest.changes] == SEQ[2:]
-    removed = blocks.translate(EventBatch(0, [BlockRemoved([b"d", 99], medium="GPU")]))
-    assert [(c.stored, c.seq) for c in removed.changes] == [(False, SEQ[3])] and removed.dropped == 1
-    assert len(blocks) == 3
+    assert rest.runs == [BlockRun(True, SEQ[0], SEQ[2:])]
+    removed = blocks.translate(EventBatch(0, [BlockRemoved([b"d", 99, b"c"], medium="GPU")]))
+    assert removed.runs == [BlockRun(False, SEQ[0], [SEQ[3], SEQ[2]])] and removed.dropped == 1
+    assert len(blocks) == 2
 
 
 def test_unknown_parent_or_odd_sizes_are_dropped_not_guessed():
     blocks = WorkerBlocks(MODEL)
     orphan = blocks.translate(EventBatch(0, [stored([5], TOKENS[8:16], parent=4)]))
     short = blocks.translate(EventBatch(0, [stored([6, 7], TOKENS[:12])]))
-    assert orphan.changes == [] and orphan.dropped == 1
-    assert short.changes == [] and short.dropped == 2
+    assert orphan.runs == [] and orphan.dropped == 1
+    assert short.runs == [] and short.dropped == 2
 
 
 def test_all_blocks_cleared_forgets_what_came_before():
     blocks = WorkerBlocks(MODEL)
     out = blocks.translate(EventBatch(0, [stored([1], TOKENS[:8]), AllBlocksCleared(), stored([2], TOKENS[8:16])]))
-    assert out.cleared and out.changes[0].seq == hashing.sequence_hashes(TOKENS[8:16], 8, MODEL)[0]
+    assert out.cleared and out.runs[0].seqs == hashing.sequence_hashes(TOKENS[8:16], 8, MODEL)
     assert len(blocks) == 1
 
 
