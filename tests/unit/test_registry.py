@@ -1,6 +1,7 @@
 import asyncio
 
 import pytest
+import redis.asyncio
 
 from kvmesh import registry
 from kvmesh.v1 import worker_pb2
@@ -105,3 +106,21 @@ async def test_more_concurrent_commands_than_connections_wait_for_one(redis_url)
         assert await asyncio.gather(*(client.ping() for _ in range(200))) == [True] * 200
     finally:
         await client.aclose()
+
+
+async def test_clients_pack_commands_as_redis_py_does(redis_url):
+    client = registry.connect(redis_url)
+    connection = client.connection_pool.make_connection()
+    assert isinstance(connection, registry.HiredisPackingConnection)
+    stock = redis.asyncio.Connection()
+    commands = [
+        ("SET", "k", b"\xffbytes", "PX", 5000),
+        ("FCALL", "f", 2, "a", b"b", 1.5, -7),
+        ("CLIENT SETINFO", "x", "y"),
+    ]
+    for args in commands:
+        assert b"".join(connection.pack_command(*args)) == b"".join(stock.pack_command(*args))
+    # and a real Redis understands them
+    await client.set("k", b"\xff", px=5000)
+    assert await client.get("k") == b"\xff"
+    await client.aclose()
