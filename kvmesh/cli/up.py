@@ -80,13 +80,16 @@ def up(
             with console.status(f"preparing {model}…"):
                 models.prepare(model)
         common = ["--host", host]
+        # A worker picks free ports for its Triton while the services below may not have bound theirs.
+        mesh_ports = [http_port, grpc_port, rest_port, router_port, kvindex_port, planner_port, redis_port]
+        worker_common = [*common, "--reserved-ports", json.dumps(mesh_ports), "--model", model]
         supervisor.start("kvindex", "services.kvindex", [*common, "--port", str(kvindex_port)])
         router_args = ["--port", str(router_port), "--policy", policy, "--disagg-threshold-tokens"]
         supervisor.start("router", "services.router", [*common, *router_args, str(disagg_threshold if disagg else 0)])
         pools = [f"{engine}_prefill"] * prefill_workers + [f"{engine}_decode"] * decode_workers
         triton_models = pools if disagg else [engine] * workers
         for i, (triton_model, cpus) in enumerate(zip(triton_models, _worker_cpus(len(triton_models)), strict=True)):
-            worker_args = [*common, "--model", model, "--triton-model", triton_model, "--engine-args", engine_args]
+            worker_args = [*worker_common, "--triton-model", triton_model, "--engine-args", engine_args]
             worker_args += ["--cpus", cpus]
             supervisor.start(f"worker-{i}", "services.worker", worker_args)
         supervisor.start(
@@ -105,7 +108,7 @@ def up(
             ],
         )
         if planner:
-            worker_args = [*common, "--model", model, "--engine-args", engine_args]
+            worker_args = [*worker_common, "--engine-args", engine_args]
             metrics_urls = json.dumps([f"http://{host}:{http_port}/metrics"])
             planner_argv = [*common, "--port", str(planner_port), "--profile", str(planner_profile),
                             "--gateway-metrics", metrics_urls, "--engine", engine, "--worker-args",

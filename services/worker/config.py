@@ -23,6 +23,9 @@ class WorkerSettings(CommonSettings):
     triton_model: str = "vllm"
     grpc_port: int = Field(0, ge=0, le=65535, description="Triton gRPC port; 0 = a free port")
     http_port: int = Field(0, ge=0, le=65535)
+    reserved_ports: list[int] = Field(
+        default_factory=list, description="ports the rest of the mesh binds: never a free port's pick"
+    )
     engine_args: str = Field("{}", description="JSON vLLM engine-argument overrides")
     cpus: str = Field("0-1", description="cores the engine's OpenMP threads are bound to")
     lease_ms: int = Field(5000, ge=500, description="registry lease; a dead worker vanishes after it")

@@ -155,7 +155,8 @@ class _Worker:
 async def run(settings: WorkerSettings) -> None:
     # Installed first: a stop during the (long) model load still shuts Triton down in order.
     stop = asyncio.create_task(grpc_server.wait_for_signal())
-    spare = iter(free_ports(4, settings.host))
+    # The mesh's other services may not have bound their ports yet (kvmesh up starts the gateway last).
+    spare = iter(free_ports(4, settings.host, avoid=settings.reserved_ports))
     ports = triton_server.TritonPorts(
         grpc=settings.grpc_port or next(spare),
         http=settings.http_port or next(spare),
