@@ -23,6 +23,8 @@ from services.worker import model_config, role_change, triton_server
 from services.worker.config import WorkerSettings
 
 log = logging.getLogger("kvmesh.worker")
+# How long a stopping worker waits for the requests routed to it (the supervisor kills at 45 s).
+EXIT_DRAIN_S = 10.0
 
 
 async def wait_live(client: triton_aio.InferenceServerClient, process: subprocess.Popen, timeout_s: float) -> None:
@@ -108,11 +110,12 @@ class _Worker:
                 "%s: %d stub processes still running %.0fs after its unload", triton_model, len(alive), timeout_s
             )
 
-    async def routed_requests_done(self, poll_s: float = 0.2) -> None:
-        """Waits (up to drain_timeout_s) until the routers count no request on this worker: a
-        disaggregated request routed here reaches this worker only once its prefill elsewhere is
-        done, and the unload would not wait for it."""
-        deadline = time.monotonic() + self.settings.drain_timeout_s
+    async def routed_requests_done(self, poll_s: float = 0.2, timeout_s: float | None = None) -> None:
+        """Waits (up to `timeout_s`, default drain_timeout_s) until the routers count no request on
+        this worker: a disaggregated request routed here reaches this worker only once its prefill
+        elsewhere is done, and the unload would not wait for it."""
+        timeout_s = self.settings.drain_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
         while True:
             try:
                 routed = await shared_load.routed_requests(self.reg.redis, self.worker_id)
@@ -123,12 +126,25 @@ class _Worker:
                 return
             if time.monotonic() > deadline:
                 log.warning("worker %s: %d routed requests still open after %.0fs", self.worker_id, routed,
-                            self.settings.drain_timeout_s)  # fmt: skip
+                            timeout_s)  # fmt: skip
                 return
             await asyncio.sleep(poll_s)
 
     async def register(self) -> None:
         await self.reg.register(self.record, self.settings.lease_ms)
+
+    async def leave(self) -> None:
+        """A stop (a scale-down, Ctrl-C): out of the registry first; then what was routed here on an
+        older registry view (a gateway's is up to 500 ms old) and what the routers still count
+        finish before Triton goes, as it refuses every new request once it stops. Bounded: a count
+        a dead gateway never released must not hold the stop up."""
+        try:
+            await self.reg.deregister(self.worker_id)
+        except (RedisError, OSError) as e:
+            log.warning("could not deregister %s: %s", self.worker_id, e)
+            return
+        await asyncio.sleep(self.settings.drain_settle_ms / 1000)
+        await self.routed_requests_done(timeout_s=min(self.settings.drain_timeout_s, EXIT_DRAIN_S))
 
     async def change_to(self, triton_model: str) -> None:
         """A role change (services/worker/role_change.py); the assignment is done with either way."""
@@ -202,6 +218,7 @@ async def run(settings: WorkerSettings) -> None:
         heartbeat.cancel()
         if heartbeat in done and not heartbeat.cancelled() and heartbeat.exception():
             raise heartbeat.exception()
+        await worker.leave()
     finally:
         stop.cancel()
         try:

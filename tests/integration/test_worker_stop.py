@@ -1,0 +1,48 @@
+"""A worker that stops (a planner's scale-down, Ctrl-C) fails no request: it leaves the registry,
+lets what was routed to it finish, then stops Triton. Two of three simulated decode workers stop at
+once under a load of disaggregated requests, as the planner's local connector stops them."""
+
+import asyncio
+import signal
+
+import httpx
+
+from kvmesh.cli.local_mesh import LocalMesh
+
+BODY = {"messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 8}
+
+
+def test_workers_stopping_under_load_fail_no_request(tmp_path):
+    pools = ("--disagg", "--prefill-workers", "1", "--decode-workers", "3", "--disagg-threshold", "1")
+    mesh = LocalMesh.start(tmp_path, extra_args=("--engine", "sim", *pools), ready_timeout_s=300)
+    try:
+        mesh.wait_for_workers(4, timeout_s=120)
+        served, failures = asyncio.run(load_while_stopping(mesh, stopping=2))
+    finally:
+        mesh.stop()
+    assert served > 100
+    assert failures == [], f"{len(failures)} failed, e.g. {failures[0]}"
+
+
+async def load_while_stopping(mesh, stopping: int) -> tuple[int, list[str]]:
+    served, failures, done = 0, [], asyncio.Event()
+
+    async def client() -> None:
+        nonlocal served
+        async with httpx.AsyncClient(base_url=mesh.http, timeout=30) as http:
+            while not done.is_set():
+                reply = await http.post("/v1/chat/completions", json={"model": mesh.model, **BODY})
+                if reply.status_code == 200:
+                    served += 1
+                else:
+                    failures.append(reply.text)
+
+    clients = [asyncio.create_task(client()) for _ in range(8)]
+    await asyncio.sleep(2.0)
+    decode = [p for p in mesh.service_processes("worker") if "sim_decode" in " ".join(p.cmdline())]
+    for process in decode[:stopping]:
+        process.send_signal(signal.SIGTERM)
+    await asyncio.sleep(4.0)
+    done.set()
+    await asyncio.gather(*clients)
+    return served, failures
