@@ -31,7 +31,7 @@ class WorkerSettings(CommonSettings):
     lease_ms: int = Field(5000, ge=500, description="registry lease; a dead worker vanishes after it")
     load_timeout_s: float = Field(600.0, gt=0)
     drain_settle_ms: int = Field(
-        1000, ge=0, description="on a role change, how long requests routed before the drain may still arrive"
+        1000, ge=0, description="on a role change or a stop, how long requests routed before it may still arrive"
     )
     drain_timeout_s: float = Field(
         300.0, gt=0, description="on a role change, how long the old model's requests may take"
