@@ -38,6 +38,8 @@ async def load_while_stopping(mesh, stopping: int) -> tuple[int, list[str]]:
                     failures.append(reply.text)
 
     clients = [asyncio.create_task(client()) for _ in range(8)]
+    # Not waits for a condition: the load runs 2 s before the stop and 4 s across it (the stop
+    # itself takes ~1–2 s: the settle time, then the routed requests).
     await asyncio.sleep(2.0)
     decode = [p for p in mesh.service_processes("worker") if "sim_decode" in " ".join(p.cmdline())]
     for process in decode[:stopping]:
