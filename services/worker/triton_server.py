@@ -8,10 +8,8 @@ and ignores PYTHONPATH).
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import sysconfig
@@ -22,8 +20,6 @@ from pathlib import Path
 import psutil
 
 from kvmesh.models import cache_dir
-
-PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -58,15 +54,18 @@ def backend_directory() -> Path:
     return target
 
 
-def _die_with_parent() -> None:
-    # A killed worker must not leave its Triton behind.
-    ctypes.CDLL("libc.so.6").prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+# A killed worker must not leave its Triton behind. util-linux's setpriv (Essential in Debian) sets
+# the parent-death signal and execs tritonserver (same pid). Not a preexec_fn: that runs Python in
+# a fork of a process whose gRPC threads may hold locks or be restarted by gRPC's fork handlers;
+# CI saw such a child hang before exec, logging gRPC's "epoll_wait error: Bad file descriptor".
+DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "TERM", "--"]
 
 
 def start(
     model_repository: Path, host: str, ports: TritonPorts, env: dict[str, str], log_file: Path | None
 ) -> subprocess.Popen:
     argv = [
+        *DIE_WITH_PARENT,
         str(triton_home() / "bin" / "tritonserver"),
         f"--model-repository={model_repository}",
         f"--backend-directory={backend_directory()}",
@@ -92,9 +91,7 @@ def start(
         **env,
     }
     out = open(log_file, "ab") if log_file else None  # noqa: SIM115 - handed to the child
-    return subprocess.Popen(
-        argv, env=full_env, stdout=out, stderr=subprocess.STDOUT if out else None, preexec_fn=_die_with_parent
-    )
+    return subprocess.Popen(argv, env=full_env, stdout=out, stderr=subprocess.STDOUT if out else None)
 
 
 def stub_processes(pid: int) -> list[psutil.Process]:

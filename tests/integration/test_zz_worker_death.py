@@ -7,6 +7,7 @@ import time
 
 import grpc
 import httpx
+import psutil
 
 from kvmesh.v1 import kvindex_pb2, kvindex_pb2_grpc, router_pb2, router_pb2_grpc
 from tests.support.waiting import wait_for
@@ -15,12 +16,14 @@ LEASE_S = 5.0
 BODY = {"messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 4}
 
 
-def kill_worker(mesh, index: int) -> str:
-    """SIGKILLs worker-<index> (no deregistration: only the lease can tell); returns its id."""
+def kill_worker(mesh, index: int) -> tuple[str, psutil.Process]:
+    """SIGKILLs worker-<index> (no deregistration: only the lease can tell); returns its id and
+    its Triton (which its parent-death signal stops)."""
     worker_id = re.findall(r"worker (w-\w+) ready", mesh.log(f"worker-{index}"))[-1]  # restarted: the newest
     process = next(p for p in mesh.service_processes("worker") if f"--cpus {index}" in " ".join(p.cmdline()))
+    (triton,) = [p for p in process.children() if p.name() == "tritonserver"]
     process.kill()
-    return worker_id
+    return worker_id, triton
 
 
 def listed(stub) -> set[str]:
@@ -33,7 +36,7 @@ def test_killed_workers_disappear_within_their_lease(mesh):
     with grpc.insecure_channel(mesh.router) as ch, grpc.insecure_channel(mesh.kvindex) as kv:
         stub, index = router_pb2_grpc.RouterStub(ch), kvindex_pb2_grpc.KvIndexStub(kv)
         blocks = {w.worker_id: w.blocks for w in index.Stats(kvindex_pb2.StatsRequest()).workers}
-        first = kill_worker(mesh, 0)
+        first, first_triton = kill_worker(mesh, 0)
         killed = time.monotonic()
         wait_for(lambda: first not in listed(stub), timeout_s=LEASE_S + 1.0, what="the dead worker to leave")
         # Its blocks leave the index with it (Purge of an unknown worker removes nothing).
@@ -48,8 +51,12 @@ def test_killed_workers_disappear_within_their_lease(mesh):
         # The other worker serves on.
         r = httpx.post(f"{mesh.http}/v1/chat/completions", json=body, timeout=60)
         assert r.status_code == 200, r.text
-        kill_worker(mesh, 1)
+        _, second_triton = kill_worker(mesh, 1)
         wait_for(lambda: not listed(stub), timeout_s=LEASE_S + 1.0, what="both workers to leave")
+    tritons = (first_triton, second_triton)
+    wait_for(
+        lambda: not any(t.is_running() for t in tritons), timeout_s=20.0, what="the killed workers' Tritons to exit"
+    )
     # The gateway's own view follows within its refresh interval: no worker → 503, not a hang.
     deadline = time.monotonic() + 3.0
     while (r := httpx.post(f"{mesh.http}/v1/chat/completions", json=body, timeout=10)).status_code != 503:
