@@ -178,16 +178,20 @@ def main() -> None:
     parser.add_argument("--disagg-threshold", type=int, default=256)
     parser.add_argument("--max-output-tokens", type=int, default=256)
     parser.add_argument("--only", nargs="+", choices=RUNS, default=list(RUNS), help="configurations to run")
+    # The trace comes in bursts of seconds, shorter than a worker takes to start: by default the
+    # planner sizes for the busiest interval of the last minute and holds that between bursts.
+    parser.add_argument(
+        "--planner-args",
+        default="--interval-s 2 --cooldown-s 10 --down-after 3 --forecaster peak --forecast-window 30",
+        help="the planner's settings (targets and budget are added)",
+    )
     args = parser.parse_args()
     requests = traces.load(TRACE, limit=args.limit)
     profile = measure_profile(args)
     results = {}
     if "fixed" in args.only:
         fixed_search(results, requests, args)
-    # The trace comes in bursts of seconds, shorter than a worker takes to start: the planner sizes
-    # for the busiest interval of the last minute and holds that between bursts.
-    planner_args = (f"--interval-s 2 --cooldown-s 10 --down-after 3 --forecaster peak --forecast-window 30 "
-                    f"--ttft-ms {args.ttft_ms} --itl-ms {args.itl_ms} --max-replicas {args.budget}")  # fmt: skip
+    planner_args = f"{args.planner_args} --ttft-ms {args.ttft_ms} --itl-ms {args.itl_ms} --max-replicas {args.budget}"
     planner = ("--planner", "--planner-profile", str(profile), "--planner-args")
     if "planner" in args.only:
         results["planner"] = run_config("planner", (*planner, planner_args), 2, requests, args)
