@@ -8,6 +8,7 @@ import functools
 import json
 import random
 import time
+from pathlib import Path
 
 import grpc
 import httpx
@@ -124,8 +125,8 @@ def test_prefill_and_decode_kv_caches_are_on_huge_pages(disagg):
     for worker in disagg.service_processes("worker"):
         engines = [p for p in worker.children(recursive=True) if p.name() == "VLLM::Worker"]
         assert engines, f"no vLLM worker process under {worker.cmdline()}"
-        huge_kib = [int(line.split()[1]) for p in engines for line in open(f"/proc/{p.pid}/smaps_rollup")
-                    if line.startswith("AnonHugePages:")]  # fmt: skip
+        rollups = [Path(f"/proc/{p.pid}/smaps_rollup").read_text().splitlines() for p in engines]
+        huge_kib = [int(line.split()[1]) for lines in rollups for line in lines if line.startswith("AnonHugePages:")]
         # SmolLM2's KV cache alone is 512 MiB (kvmesh's engine arguments).
         assert max(huge_kib) >= 256 * 1024, (worker.cmdline(), huge_kib)
 
