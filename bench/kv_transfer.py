@@ -70,7 +70,7 @@ def request_indices(block_ids: list[int], num_blocks: int) -> np.ndarray:
 
 def stamp(buffer: np.ndarray, num_blocks: int) -> None:
     """Each (tensor, block) of the prefill side starts with its descriptor index, to check reads."""
-    chunks = buffer[: REGIONS * num_blocks * REGION].reshape(REGIONS * num_blocks, REGION)
+    chunks = buffer.reshape(REGIONS * num_blocks, REGION)
     chunks[:, :8] = np.arange(REGIONS * num_blocks, dtype=np.uint64)[:, None].view(np.uint8)
 
 
@@ -83,9 +83,9 @@ def _target(conn, num_blocks: int, threads: int, huge_pages: bool) -> None:
     kv = host_buffer(REGIONS * num_blocks * REGION, huge_pages)
     kv[:] = 1
     stamp(kv, num_blocks)
-    agent.register_memory(agent.get_reg_descs(block_descriptors(kv, num_blocks), "DRAM"))
-    conn.send((agent.get_agent_metadata(), agent.get_serialized_descs(agent.get_xfer_descs(
-        block_descriptors(kv, num_blocks), "DRAM"))))  # fmt: skip
+    descs = block_descriptors(kv, num_blocks)
+    agent.register_memory(agent.get_reg_descs(descs, "DRAM"))
+    conn.send((agent.get_agent_metadata(), agent.get_serialized_descs(agent.get_xfer_descs(descs, "DRAM"))))
     conn.recv()  # done
     conn.close()
 
