@@ -28,6 +28,16 @@ class CommonSettings(BaseSettings):
     log_level: str = "INFO"
 
 
+class WatcherSettings(CommonSettings):
+    """For the services that keep the live worker set (kvmesh.registry.Watcher)."""
+
+    refresh_ms: int = Field(
+        250, ge=10,
+        description="shortest time between two reads of the worker registry (it is read when a worker "
+        "announces a change and when a lease runs out)",
+    )  # fmt: skip
+
+
 def load(cls: type[S], argv: list[str] | None = None) -> S:
     """Parse flags and environment; bad config stops the service with a message naming the field."""
     try:

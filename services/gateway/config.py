@@ -4,10 +4,10 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from kvmesh import models
-from kvmesh.settings import CommonSettings
+from kvmesh.settings import WatcherSettings
 
 
-class GatewaySettings(CommonSettings):
+class GatewaySettings(WatcherSettings):
     model_config = SettingsConfigDict(env_prefix="KVMESH_GATEWAY_", cli_prog_name="kvmesh gateway")
 
     http_port: int = Field(8080, ge=0, le=65535, description="OpenAI-compatible HTTP; 0 = a free port")
@@ -18,7 +18,6 @@ class GatewaySettings(CommonSettings):
         description="catalog names or folders whose tokenizers this gateway serves",
     )
     default_max_tokens: int = Field(512, ge=1, description="when a chat request names no max_tokens")
-    refresh_ms: int = Field(500, ge=10)
     http_keep_alive_s: int = Field(75, ge=1, description="idle HTTP keep-alive before the server closes")
     prefill_timeout_s: float = Field(
         30.0, gt=0, description="a disaggregated request's prefill after which its decode worker prefills instead"

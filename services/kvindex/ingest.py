@@ -15,24 +15,30 @@ log = logging.getLogger(__name__)
 
 
 class Ingestor:
-    def __init__(self, workers: Watcher, index: BlockIndex, sync_s: float):
+    def __init__(self, workers: Watcher, index: BlockIndex, retry_s: float):
         self.workers = workers
         self.index = index
-        self.sync_s = sync_s
+        self.retry_s = retry_s
         self.ctx = zmq.asyncio.Context()
         self.subscriptions: dict[str, Subscription] = {}
         self._tasks: dict[str, asyncio.Task] = {}
         self._loop_task: asyncio.Task | None = None
         self._epoch: str | None = None
+        self._wake = asyncio.Event()  # the worker set changed, or a subscription ended
 
     async def start(self) -> None:
+        self.workers.on_change(self._wake.set)
         await self.sync()
         self._loop_task = asyncio.create_task(self._loop())
 
     async def _loop(self) -> None:
         while True:
-            await asyncio.sleep(self.sync_s)
+            await self._wake.wait()
+            self._wake.clear()
             await self.sync()
+            if any(task.done() for task in self._tasks.values()):
+                self._wake.set()  # not restarted (the registry is unreachable): try again
+            await asyncio.sleep(self.retry_s)
 
     async def sync(self) -> None:
         if not self.workers.reachable:
@@ -51,7 +57,8 @@ class Ingestor:
                 if task is not None:
                     _log_end(worker_id, task)
                 subscription = self.subscriptions[worker_id] = Subscription(self.ctx, record, self.index)
-                self._tasks[worker_id] = asyncio.create_task(subscription.run())
+                self._tasks[worker_id] = task = asyncio.create_task(subscription.run())
+                task.add_done_callback(lambda _: self._wake.set())
                 log.info("subscribed to %s's KV events at %s", worker_id, record.kv_events_endpoint)
 
     async def _cancel(self, worker_ids: list[str]) -> None:

@@ -5,10 +5,10 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from kvmesh.settings import CommonSettings
+from kvmesh.settings import WatcherSettings
 
 
-class PlannerSettings(CommonSettings):
+class PlannerSettings(WatcherSettings):
     model_config = SettingsConfigDict(env_prefix="KVMESH_PLANNER_", cli_prog_name="kvmesh planner")
 
     port: int = Field(8092, ge=0, le=65535, description="gRPC port; 0 = a free port")

@@ -29,7 +29,7 @@ async def run(settings: PlannerSettings) -> None:
     telemetry.setup_tracing("planner")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per scrape otherwise
     metrics_port = telemetry.start_metrics_server(settings.host, settings.metrics_port)
-    workers = Watcher(registry.Registry(registry.connect(settings.redis_url)), 1.0)
+    workers = Watcher(registry.Registry(registry.connect(settings.redis_url)), settings.refresh_ms / 1000)
     await workers.start()
 
     def live() -> dict[str, worker_pb2.WorkerRecord]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from kvmesh.settings import CommonSettings
+from kvmesh.settings import WatcherSettings
 from services.router.framework.plugins import ProfileSpec, build
 
 DEFAULT_POLICIES = {
@@ -26,13 +26,12 @@ DEFAULT_POLICIES = {
 }
 
 
-class RouterSettings(CommonSettings):
+class RouterSettings(WatcherSettings):
     model_config = SettingsConfigDict(env_prefix="KVMESH_ROUTER_", cli_prog_name="kvmesh router")
 
     port: int = Field(8090, ge=0, le=65535, description="gRPC port; 0 = a free port")
     policy: str = Field("kv-aware", description="the default policy")
     policies: dict[str, ProfileSpec] = Field(default_factory=lambda: dict(DEFAULT_POLICIES))
-    refresh_ms: int = Field(250, ge=10, description="how often the worker set is read from the registry")
     request_lease_s: float = Field(900.0, gt=0, description="forget a routed request never released after this")
     disagg_threshold_tokens: int = Field(
         2048, ge=0, description="prefill on a prefill worker from this many uncached prompt tokens on; 0: never"

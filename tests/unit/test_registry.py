@@ -57,7 +57,7 @@ async def test_expired_lease_disappears_and_heartbeat_keeps_alive(reg):
 
 
 async def test_watcher_sees_joins_and_leaves_and_survives_redis_loss(reg, redis_server):
-    watcher = registry.Watcher(reg, refresh_s=0.05)
+    watcher = registry.Watcher(reg, min_interval_s=0.05)
     await watcher.start()
     try:
         await reg.register(record("a"), lease_ms=5000)
@@ -75,7 +75,7 @@ async def test_watcher_sees_joins_and_leaves_and_survives_redis_loss(reg, redis_
 
 
 async def test_watcher_keeps_workers_through_a_registry_reset_until_their_leases_end(reg):
-    watcher = registry.Watcher(reg, refresh_s=0.05)
+    watcher = registry.Watcher(reg, min_interval_s=0.05)
     await watcher.start()
     try:
         await reg.register(record("quiet"), lease_ms=800)
@@ -83,11 +83,54 @@ async def test_watcher_keeps_workers_through_a_registry_reset_until_their_leases
         await _until(lambda: {"quiet", "beating"} <= watcher.workers.keys())
         first_epoch = watcher.epoch
         await reg.redis.flushall()  # Redis restarted empty
+        await reg.register(record("beating"), lease_ms=5000)  # its next heartbeat announces it again
         await _until(lambda: watcher.epoch != first_epoch)
         assert {"quiet", "beating"} <= watcher.workers.keys()  # not dropped: they only lost their keys
-        await reg.register(record("beating"), lease_ms=5000)  # its next heartbeat
         await _until(lambda: "quiet" not in watcher.workers)  # never came back: gone with its lease
         assert watcher.workers["beating"].lease_expires_ms > registry.now_ms() + 3000
+    finally:
+        await watcher.stop()
+
+
+async def test_only_joins_changes_and_leaves_are_announced(reg):
+    async with reg.redis.pubsub() as pubsub:
+        await pubsub.subscribe(registry.CHANGED)
+        await reg.register(record("a"), lease_ms=5000)  # joined
+        await reg.register(record("a"), lease_ms=5000)  # a heartbeat: nothing to announce
+        await reg.register(record("a", model="other"), lease_ms=5000)  # a role flip
+        await reg.redis.delete(registry.INDEX)  # the registry lost it (as in a Redis restart)
+        await reg.register(record("a", model="other"), lease_ms=5000)  # back with the same record
+        await reg.deregister("a")
+        announced = []
+        while len(announced) < 5 and (message := await pubsub.get_message(timeout=0.5)) is not None:
+            if message["type"] == "message":
+                announced.append(message["data"])
+    assert announced == [b"a"] * 4
+
+
+async def test_an_idle_watcher_reads_once_per_lease_and_sees_a_lapsed_lease_at_once(reg):
+    reads = 0
+    read = reg.read
+
+    async def counted_read(known=None):
+        nonlocal reads
+        reads += 1
+        return await read(known)
+
+    reg.read = counted_read
+    await reg.register(record("beating"), lease_ms=1000)
+    watcher = registry.Watcher(reg, min_interval_s=0.01)
+    await watcher.start()
+    try:
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 2.0
+        while loop.time() < until:  # two leases; the heartbeat renews without announcing
+            await reg.register(record("beating"), lease_ms=1000)
+            await asyncio.sleep(0.3)
+        assert reads <= 6  # one per lease run-out, one after subscribing, the first: polling made 200
+        await reg.register(record("dying"), lease_ms=400)  # announced, then never renewed
+        await _until(lambda: "dying" in watcher.workers, timeout_s=1.0)
+        await _until(lambda: "dying" not in watcher.workers, timeout_s=0.8)
     finally:
         await watcher.stop()
 
