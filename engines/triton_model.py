@@ -19,6 +19,7 @@ from engines import request as engine_request
 from engines.outbox import Outbox
 from engines.serving import serve_request
 from kvmesh import telemetry
+from kvmesh.gc_heap import freeze_startup_heap
 from kvmesh.repo.interface import ENGINE_CLASS
 from kvmesh.repo.spec import Engine
 
@@ -51,6 +52,7 @@ class EngineModel:
         self.engine = self.make_engine(engine, json.loads(parameters["engine_args"]["string_value"]))
         self.outbox = Outbox()
         self.muxes = mux.MuxHub()
+        freeze_startup_heap()
 
     def execute(self, requests):
         final = self.pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL

@@ -1,5 +1,6 @@
 """Serving a gRPC service: port 0 binds a free port, the standard health service, telemetry
-interceptors, SIGTERM/SIGINT → NOT_SERVING → drain → stop(grace)."""
+interceptors, the start-up heap frozen out of the garbage collector, SIGTERM/SIGINT → NOT_SERVING
+→ drain → stop(grace)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from kvmesh.errors import KvmeshError
+from kvmesh.gc_heap import freeze_startup_heap
 from kvmesh.telemetry import ClientInterceptor, ServerInterceptor
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,7 @@ async def serve(service_name: str, host: str, port: int, register: Callable[[grp
     if bound == 0:
         raise SystemExit(f"{service_name}: cannot listen on {host}:{port}")
     await server.start()
+    freeze_startup_heap()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     log.info("%s listening on %s:%d", service_name, host, bound)
     return Served(server, bound, health_servicer)
