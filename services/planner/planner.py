@@ -14,7 +14,7 @@ from kvmesh.profile import Profile
 from services.planner.connectors import Connector
 from services.planner.forecast import Forecaster
 from services.planner.observe import MetricsUnavailable, Observation
-from services.planner.replicas import Load, Targets, decode_need, prefill_need
+from services.planner.replicas import Load, Need, Targets, decode_need, prefill_need
 from services.planner.stabilizer import Stabilizer, fit_budget
 
 log = logging.getLogger(__name__)
@@ -22,6 +22,7 @@ POOLS = ("prefill", "decode")
 # A correction beyond these says the profile is for another machine, not that the load changed.
 CORRECTION_BOUNDS = (0.5, 4.0)
 HISTORY = 288
+NEEDS = {"prefill": prefill_need, "decode": decode_need}
 
 
 @dataclass(frozen=True)
@@ -87,11 +88,7 @@ class Planner:
             self._learn(observed, current)
         if not self.history["requests_per_s"]:
             return self._hold(at, "no observation yet")
-        load = Load(**{k: self.forecaster.predict(list(v)) for k, v in self.history.items()})
-        needs = {
-            "prefill": prefill_need(load, self.profile, self.targets, self.correction["prefill"]),
-            "decode": decode_need(load, self.profile, self.targets, self.correction["decode"]),
-        }
+        needs = {pool: self._forecast_need(pool) for pool in POOLS}
         wanted, reasons = {}, {}
         for pool in POOLS:
             wanted[pool], rule = stabilizers[pool].decide(current[pool], needs[pool].replicas, now_s)
@@ -102,9 +99,22 @@ class Planner:
         for pool in POOLS if squeezed else ():
             reasons[pool] += f"; budget: {squeezed}"
         pools = [PoolDecision(p, current[p], n, reasons[p]) for p, n in (("prefill", prefill), ("decode", decode))]
-        decision = Decision(at, pools, degraded=False, inputs={"load": load.__dict__, "correction": self.correction})
+        last = {k: v[-1] for k, v in self.history.items()}
+        inputs = {"load": last, "needs": {p: needs[p].replicas for p in POOLS}, "correction": self.correction}
+        decision = Decision(at, pools, degraded=False, inputs=inputs)
         log.info("decision: %s", "; ".join(f"{p.pool} {p.current}→{p.desired} ({p.reason})" for p in pools))
         return decision
+
+    def _forecast_need(self, pool: str) -> Need:
+        """The forecast of the pool's need, not the need of forecast inputs: each past interval's
+        load gives a need, and the forecaster extends that series. Forecasting rate, prompt and
+        output lengths apart and multiplying took maxima that never occurred together (a peak
+        forecast asked for 52 req/s × 3.1k-token prompts × 253-token outputs, 2026-12-02)."""
+        need, correction = NEEDS[pool], self.correction[pool]
+        loads = (Load(**dict(zip(self.history, v, strict=True))) for v in zip(*self.history.values(), strict=True))
+        past = [need(load, self.profile, self.targets, correction) for load in loads]
+        replicas = self.forecaster.predict([n.replicas for n in past])
+        return Need(replicas, f"forecast need {replicas:.2f} over {len(past)} intervals; the last: {past[-1].reason}")
 
     def _learn(self, o: Observation, current: dict[str, int]) -> None:
         for key in self.history:

@@ -12,7 +12,7 @@ from services.planner import forecast
 from services.planner.connectors import PoolByPool
 from services.planner.observe import GatewayMetrics, MetricsUnavailable, Observation
 from services.planner.planner import Planner
-from services.planner.replicas import Targets
+from services.planner.replicas import Load, Targets, decode_need, prefill_need
 from services.planner.stabilizer import Stabilizer
 from tests.unit.test_planner_math import PROFILE
 
@@ -172,3 +172,25 @@ def test_the_request_rate_counts_arrivals_not_only_the_requests_that_finished(ga
         series["osl"].observe(50)
     o = source.observe()
     assert o.requests_per_s * o.interval_s == pytest.approx(6)
+
+
+def test_a_peak_forecast_takes_the_busiest_intervals_need_not_the_product_of_each_inputs_peak():
+    connector, metrics = FakeConnector(), FakeMetrics()
+    targets = Targets(ttft_ms=400, itl_ms=20, max_replicas=64)
+    p = Planner(metrics, PROFILE, targets, forecast.make("peak", window=10), connector, Stabilizer(), dry_run=True)
+    many_short = Observation(10, 10, isl_mean=100, isl_p=100, osl_mean=10, osl_p=10, ttft_p_ms=None, itl_p_ms=None,
+                             in_flight=0)  # fmt: skip
+    few_long = Observation(10, 1, isl_mean=1000, isl_p=2000, osl_mean=100, osl_p=200, ttft_p_ms=None, itl_p_ms=None,
+                           in_flight=0)  # fmt: skip
+    for observation in (many_short, few_long):
+        metrics.next = observation
+        decision = p.step(now_s=0)
+
+    def load(o: Observation) -> Load:
+        return Load(o.requests_per_s, o.isl_mean, o.isl_p, o.osl_mean, o.osl_p)
+
+    for pool, need in (("prefill", prefill_need), ("decode", decode_need)):
+        busiest = max(need(load(o), PROFILE, targets).replicas for o in (many_short, few_long))
+        both_peaks = need(Load(10, 1000, 2000, 100, 200), PROFILE, targets).replicas
+        assert decision.inputs["needs"][pool] == pytest.approx(busiest)
+        assert busiest < both_peaks / 2
