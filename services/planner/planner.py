@@ -53,6 +53,7 @@ class Planner:
         self.dry_run = dry_run
         self.history: dict[str, deque[float]] = {k: deque(maxlen=HISTORY) for k in Load.__dataclass_fields__}
         self.correction = {"prefill": 1.0, "decode": 1.0}
+        self.corrections: dict[str, deque[float]] = {pool: deque(maxlen=HISTORY) for pool in POOLS}  # per interval
         self.last: Decision | None = None
 
     def set_targets(self, targets: Targets) -> None:
@@ -75,6 +76,7 @@ class Planner:
         planner = copy.copy(self)
         planner.history = {k: deque(v, maxlen=HISTORY) for k, v in self.history.items()}
         planner.correction = dict(self.correction)
+        planner.corrections = {pool: deque(v, maxlen=HISTORY) for pool, v in self.corrections.items()}
         return planner._decide(time.monotonic(), copy.deepcopy(self.stabilizers), record=False)
 
     def _decide(self, now_s: float, stabilizers: dict[str, Stabilizer], record: bool) -> Decision:
@@ -107,12 +109,14 @@ class Planner:
 
     def _forecast_need(self, pool: str) -> Need:
         """The forecast of the pool's need, not the need of forecast inputs: each past interval's
-        load gives a need, and the forecaster extends that series. Forecasting rate, prompt and
-        output lengths apart and multiplying took maxima that never occurred together (a peak
-        forecast asked for 52 req/s × 3.1k-token prompts × 253-token outputs, 2026-12-02)."""
-        need, correction = NEEDS[pool], self.correction[pool]
+        load, with the correction of its time, gives a need, and the forecaster extends that series.
+        Forecasting rate, prompt and output lengths apart and multiplying took maxima that never
+        occurred together (a peak forecast asked for 52 req/s × 3.1k-token prompts × 253-token
+        outputs, 2026-12-02); applying today's correction to every past interval let a burst's
+        need vanish with the latency it caused (2026-12-03)."""
+        need, corrections = NEEDS[pool], self.corrections[pool]
         loads = (Load(**dict(zip(self.history, v, strict=True))) for v in zip(*self.history.values(), strict=True))
-        past = [need(load, self.profile, self.targets, correction) for load in loads]
+        past = [need(load, self.profile, self.targets, c) for load, c in zip(loads, corrections, strict=True)]
         replicas = self.forecaster.predict([n.replicas for n in past])
         return Need(replicas, f"forecast need {replicas:.2f} over {len(past)} intervals; the last: {past[-1].reason}")
 
@@ -127,6 +131,8 @@ class Planner:
             batch = max(o.in_flight / decode_workers, 1.0)
             predicted = self.profile.itl_ms(batch, o.isl_p + o.osl_p / 2)
             self.correction["decode"] = _bounded(o.itl_p_ms / predicted)
+        for pool in POOLS:
+            self.corrections[pool].append(self.correction[pool])
 
     def _hold(self, at: int, why: str) -> Decision:
         log.warning("planner %s", why)

@@ -194,3 +194,19 @@ def test_a_peak_forecast_takes_the_busiest_intervals_need_not_the_product_of_eac
         both_peaks = need(Load(10, 1000, 2000, 100, 200), PROFILE, targets).replicas
         assert decision.inputs["needs"][pool] == pytest.approx(busiest)
         assert busiest < both_peaks / 2
+
+
+def test_a_bursts_need_is_remembered_with_the_correction_of_its_time():
+    connector, metrics = FakeConnector(), FakeMetrics()
+    targets = Targets(ttft_ms=400, itl_ms=20, max_replicas=64)
+    p = Planner(metrics, PROFILE, targets, forecast.make("peak", window=10), connector, Stabilizer(), dry_run=True)
+    burst = Observation(10, 10, isl_mean=1000, isl_p=2000, osl_mean=100, osl_p=200, ttft_p_ms=1e6, itl_p_ms=None,
+                        in_flight=0)  # fmt: skip
+    calm = Observation(10, 0.1, isl_mean=1000, isl_p=2000, osl_mean=100, osl_p=200, ttft_p_ms=1.0, itl_p_ms=None,
+                       in_flight=0)  # fmt: skip
+    for observation in (burst, calm):
+        metrics.next = observation
+        decision = p.step(now_s=0)
+    assert p.correction["prefill"] == 0.5  # the calm interval's latency: the profile flatters nothing now
+    at_the_time = prefill_need(Load(10, 1000, 2000, 100, 200), PROFILE, targets, correction=4.0).replicas
+    assert decision.inputs["needs"]["prefill"] == pytest.approx(at_the_time)
