@@ -47,15 +47,17 @@ def fit_budget(
 ) -> tuple[int, int, str | None]:
     """Both pools within `budget` workers, shrunk in proportion, each keeping at least one. When the
     budget binds and the pools already use it, the current split is kept while it is at most one
-    worker off the proportional one: both needs exceed the budget then, their ratio swings with
-    each interval's noise, and moving a worker back and forth between the pools costs a stop and a
-    start each time."""
+    worker off the proportional one and neither pool holds more than it wants: both needs exceed
+    the budget then, their ratio swings with each interval's noise, and moving a worker back and
+    forth between the pools costs a stop and a start each time. A pool with workers to spare gives
+    them up."""
     if prefill + decode <= budget:
         return prefill, decode, None
     if budget < 2:
         raise ValueError("a budget below 2 cannot hold a prefill and a decode pool")
     scaled_prefill = min(max(1, round(budget * prefill / (prefill + decode))), budget - 1)
     squeezed = f"wanted {prefill}+{decode}, budget {budget}"
-    if current is not None and sum(current) == budget and abs(current[0] - scaled_prefill) <= 1:
+    short_in_both = current is not None and current[0] <= prefill and current[1] <= decode
+    if short_in_both and sum(current) == budget and abs(current[0] - scaled_prefill) <= 1:
         return current[0], current[1], f"{squeezed}; the split stays {current[0]}+{current[1]}"
     return scaled_prefill, budget - scaled_prefill, squeezed

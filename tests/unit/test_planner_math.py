@@ -127,3 +127,4 @@ def test_a_binding_budget_keeps_a_split_one_worker_off_and_moves_one_further_off
     assert fit_budget(9, 15, 6, current=(5, 1))[:2] == (2, 4)  # in proportion 2+4: three off
     assert fit_budget(9, 15, 6, current=(2, 2))[:2] == (2, 4)  # the budget is not used yet
     assert fit_budget(2, 3, 6, current=(4, 2)) == (2, 3, None)  # within the budget: as wanted
+    assert fit_budget(1, 4, 3, current=(2, 1))[:2] == (1, 2)  # prefill has a worker to spare: it moves
