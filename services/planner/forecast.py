@@ -46,6 +46,32 @@ class Peak:
 
 
 @dataclass(frozen=True)
+class Bursts:
+    """For loads that come in bursts with silences longer than any useful window: the peak of the
+    last `window` intervals, each averaged with its `smooth` - 1 predecessors (a burst's queue
+    spreads over the intervals after it, so one 2-s spike does not need its own workers), and never
+    less than the `quantile` of the busy intervals' smoothed values over the whole history. Between
+    bursts that holds what bursts here usually need: a worker takes longer to start than a burst
+    takes to miss its targets, so capacity must be there when the next one arrives, and a plain
+    peak either lets it go in the silence or holds the largest burst's through it."""
+
+    window: int = 30
+    smooth: int = 2
+    quantile: float = 0.9
+
+    def predict(self, history: Sequence[float]) -> float:
+        if not len(history):
+            return 0.0
+        sums = np.concatenate(([0.0], np.cumsum(np.asarray(history, dtype=float))))
+        end = np.arange(1, len(history) + 1)
+        start = np.maximum(end - self.smooth, 0)
+        smoothed = (sums[end] - sums[start]) / (end - start)
+        busy = smoothed[smoothed > 0]
+        floor = float(np.quantile(busy, self.quantile)) if len(busy) else 0.0
+        return max(float(smoothed[-self.window :].max()), floor)
+
+
+@dataclass(frozen=True)
 class HoltWinters:
     """Additive trend, plus an additive season of `season` intervals when given."""
 
@@ -91,13 +117,14 @@ FORECASTERS: dict[str, type] = {
     "constant": Constant,
     "moving-average": MovingAverage,
     "peak": Peak,
+    "bursts": Bursts,
     "holt-winters": HoltWinters,
     "arima": Arima,
 }
 
 
 # The forecasters that look back over a window of intervals.
-WINDOWED = ("moving-average", "peak")
+WINDOWED = ("moving-average", "peak", "bursts")
 
 
 def make(name: str, window: int | None = None, **options) -> Forecaster:

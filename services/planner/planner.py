@@ -21,6 +21,11 @@ log = logging.getLogger(__name__)
 POOLS = ("prefill", "decode")
 # A correction beyond these says the profile is for another machine, not that the load changed.
 CORRECTION_BOUNDS = (0.5, 4.0)
+# The prefill profile is checked only against intervals the pool was not queueing in: a busy
+# interval's TTFT is mostly the queue, which the need already sizes for through the utilisation
+# bound; taken as the profile's error it compounded (a correction of 2 at a 2-s burst asked for 28
+# workers, 2026-12-03). Decode's check already reads the profile at the observed batch.
+QUIET_UTILISATION = 0.5
 HISTORY = 288
 NEEDS = {"prefill": prefill_need, "decode": decode_need}
 
@@ -123,7 +128,7 @@ class Planner:
     def _learn(self, o: Observation, current: dict[str, int]) -> None:
         for key in self.history:
             self.history[key].append(getattr(o, key))
-        if o.ttft_p_ms and o.isl_p:
+        if o.ttft_p_ms and o.isl_p and self._prefill_utilisation(o, current["prefill"]) <= QUIET_UTILISATION:
             predicted = self.profile.ttft_ms(o.isl_p)
             self.correction["prefill"] = _bounded(o.ttft_p_ms / predicted)
         if o.itl_p_ms and o.isl_p:
@@ -133,6 +138,10 @@ class Planner:
             self.correction["decode"] = _bounded(o.itl_p_ms / predicted)
         for pool in POOLS:
             self.corrections[pool].append(self.correction[pool])
+
+    def _prefill_utilisation(self, o: Observation, workers: int) -> float:
+        capacity = self.profile.prefill_tokens_per_s(o.isl_mean) / self.correction["prefill"] * max(workers, 1)
+        return o.requests_per_s * o.isl_mean / capacity
 
     def _hold(self, at: int, why: str) -> Decision:
         log.warning("planner %s", why)

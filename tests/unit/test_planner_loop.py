@@ -96,13 +96,19 @@ def test_dry_run_decides_but_never_acts_and_plan_changes_nothing():
     assert {k: list(v) for k, v in p.history.items()} == history
 
 
-def test_observed_latency_corrects_the_profile():
+def test_observed_latency_corrects_the_profile_only_when_the_pool_was_not_queueing():
     p, connector, metrics = planner()
-    slow = load(10)
-    metrics.next = Observation(**{**slow.__dict__, "ttft_p_ms": 400.0})  # profile says 200 ms at ISL 2000
+    quiet = load(5)  # half of one worker's 10k prompt tokens/s
+    metrics.next = Observation(**{**quiet.__dict__, "ttft_p_ms": 400.0})  # profile says 200 ms at ISL 2000
     decision = p.step(now_s=0)
     assert p.correction["prefill"] == 2.0
     assert "cannot be met" in decision.pools[0].reason
+    # 20 req/s on the budget's 7 prefill workers at the corrected 5k tokens/s each is 0.57 busy:
+    # the queue, not the profile, explains its latency.
+    metrics.next = Observation(**{**load(20).__dict__, "ttft_p_ms": 4000.0})
+    assert connector.pools["prefill"] == 7
+    p.step(now_s=10)
+    assert p.correction["prefill"] == 2.0
 
 
 @pytest.fixture
@@ -200,11 +206,13 @@ def test_a_bursts_need_is_remembered_with_the_correction_of_its_time():
     connector, metrics = FakeConnector(), FakeMetrics()
     targets = Targets(ttft_ms=400, itl_ms=20, max_replicas=64)
     p = Planner(metrics, PROFILE, targets, forecast.make("peak", window=10), connector, Stabilizer(), dry_run=True)
-    burst = Observation(10, 10, isl_mean=1000, isl_p=2000, osl_mean=100, osl_p=200, ttft_p_ms=1e6, itl_p_ms=None,
+    slow = Observation(10, 0.1, isl_mean=1000, isl_p=2000, osl_mean=100, osl_p=200, ttft_p_ms=1e6, itl_p_ms=None,
+                       in_flight=0)  # fmt: skip
+    burst = Observation(10, 10, isl_mean=1000, isl_p=2000, osl_mean=100, osl_p=200, ttft_p_ms=None, itl_p_ms=None,
                         in_flight=0)  # fmt: skip
     calm = Observation(10, 0.1, isl_mean=1000, isl_p=2000, osl_mean=100, osl_p=200, ttft_p_ms=1.0, itl_p_ms=None,
                        in_flight=0)  # fmt: skip
-    for observation in (burst, calm):
+    for observation in (slow, burst, calm):
         metrics.next = observation
         decision = p.step(now_s=0)
     assert p.correction["prefill"] == 0.5  # the calm interval's latency: the profile flatters nothing now

@@ -48,6 +48,20 @@ def test_peak_holds_the_busiest_interval_of_its_window():
     assert forecast.make("holt-winters", window=3) == forecast.make("holt-winters")  # not windowed
 
 
+def test_bursts_smooths_spikes_and_holds_the_usual_burst_through_a_silence():
+    # Two bursts, then a silence longer than the window: a peak forgets them, bursts does not.
+    series = [0, 2, 2, 0, 0, 6, 6, 0, 0, 0, 0, 0]
+    assert forecast.make("peak", window=4).predict(series) == 0
+    # Smoothed over 2: [0, 1, 2, 1, 0, 3, 6, 3, 0, ...]; busy values 1, 2, 1, 3, 6, 3.
+    assert forecast.Bursts(window=4, quantile=0.5).predict(series) == 2.5
+    assert forecast.Bursts(window=4, quantile=1.0).predict(series) == 6
+    # Within the window the smoothed peak counts: a lone 2-s spike of 8 asks for 4, not 8.
+    assert forecast.Bursts(window=4, quantile=0.5).predict([0, 0, 0, 8]) == 4
+    assert forecast.make("bursts", window=3) == forecast.Bursts(window=3)
+    assert forecast.make("bursts").predict([]) == 0.0
+    assert forecast.make("bursts").predict([0, 0, 0]) == 0.0
+
+
 def test_holt_winters_follows_a_trend_and_a_season():
     assert forecast.make("holt-winters").predict([2.0 * i for i in range(30)]) == pytest.approx(60.0, abs=0.5)
     season = [10 + 5 * math.sin(2 * math.pi * i / 8) for i in range(48)]
