@@ -111,6 +111,14 @@ def test_observed_latency_corrects_the_profile_only_when_the_pool_was_not_queuei
     assert p.correction["prefill"] == 2.0
 
 
+def test_one_slow_interval_does_not_move_the_correction():
+    p, connector, metrics = planner()
+    for ttft_ms in (200.0, 200.0, 2000.0, 220.0):  # the profile says 200 ms; one interval's few requests were slow
+        metrics.next = Observation(**{**load(1).__dict__, "ttft_p_ms": ttft_ms})
+        p.step(now_s=0)
+    assert p.correction["prefill"] == pytest.approx(1.05)  # the median of 1, 1, 10, 1.1
+
+
 @pytest.fixture
 def gateway_metrics():
     registry = CollectorRegistry()
@@ -212,9 +220,9 @@ def test_a_bursts_need_is_remembered_with_the_correction_of_its_time():
                         in_flight=0)  # fmt: skip
     calm = Observation(10, 0.1, isl_mean=1000, isl_p=2000, osl_mean=100, osl_p=200, ttft_p_ms=1.0, itl_p_ms=None,
                        in_flight=0)  # fmt: skip
-    for observation in (slow, burst, calm):
+    for observation in (slow, burst, calm, calm):
         metrics.next = observation
         decision = p.step(now_s=0)
-    assert p.correction["prefill"] == 0.5  # the calm interval's latency: the profile flatters nothing now
+    assert p.correction["prefill"] == 0.5  # the calm intervals' latency: the profile flatters nothing now
     at_the_time = prefill_need(Load(10, 1000, 2000, 100, 200), PROFILE, targets, correction=4.0).replicas
     assert decision.inputs["needs"]["prefill"] == pytest.approx(at_the_time)
