@@ -103,10 +103,10 @@ def test_observed_latency_corrects_the_profile_only_when_the_pool_was_not_queuei
     decision = p.step(now_s=0)
     assert p.correction["prefill"] == 2.0
     assert "cannot be met" in decision.pools[0].reason
-    # 20 req/s on the budget's 7 prefill workers at the corrected 5k tokens/s each is 0.57 busy:
+    # 20 req/s on the 4 prefill workers at the corrected 5k tokens/s each keeps them all busy:
     # the queue, not the profile, explains its latency.
     metrics.next = Observation(**{**load(20).__dict__, "ttft_p_ms": 4000.0})
-    assert connector.pools["prefill"] == 7
+    assert connector.pools["prefill"] == 4
     p.step(now_s=10)
     assert p.correction["prefill"] == 2.0
 
