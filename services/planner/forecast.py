@@ -57,7 +57,7 @@ class Bursts:
 
     window: int = 30
     smooth: int = 2
-    quantile: float = 0.75
+    quantile: float = 0.9
 
     def predict(self, history: Sequence[float]) -> float:
         if not len(history):

@@ -10,8 +10,6 @@ import time
 from collections import deque
 from dataclasses import dataclass, field, replace
 
-import numpy as np
-
 from kvmesh.profile import Profile
 from services.planner.connectors import Connector
 from services.planner.forecast import Forecaster
@@ -23,14 +21,6 @@ log = logging.getLogger(__name__)
 POOLS = ("prefill", "decode")
 # A correction beyond these says the profile is for another machine, not that the load changed.
 CORRECTION_BOUNDS = (0.5, 4.0)
-# The prefill profile is checked only against intervals the pool was not queueing in: a busy
-# interval's TTFT is mostly the queue, which the need already sizes for through the utilisation
-# bound; taken as the profile's error it compounded (a correction of 2 at a 2-s burst asked for 28
-# workers, 2026-12-03). Decode's check already reads the profile at the observed batch.
-QUIET_UTILISATION = 0.5
-# The correction is the median of the last checks: one interval's p90 latency comes from a few
-# requests, and a single slow one moved the whole profile (2026-12-03).
-CHECKS = 15
 HISTORY = 288
 NEEDS = {"prefill": prefill_need, "decode": decode_need}
 
@@ -63,7 +53,6 @@ class Planner:
         self.dry_run = dry_run
         self.history: dict[str, deque[float]] = {k: deque(maxlen=HISTORY) for k in Load.__dataclass_fields__}
         self.correction = {"prefill": 1.0, "decode": 1.0}
-        self.checks: dict[str, deque[float]] = {pool: deque(maxlen=CHECKS) for pool in POOLS}  # observed/predicted
         self.corrections: dict[str, deque[float]] = {pool: deque(maxlen=HISTORY) for pool in POOLS}  # per interval
         self.last: Decision | None = None
 
@@ -87,7 +76,6 @@ class Planner:
         planner = copy.copy(self)
         planner.history = {k: deque(v, maxlen=HISTORY) for k, v in self.history.items()}
         planner.correction = dict(self.correction)
-        planner.checks = {pool: deque(v, maxlen=CHECKS) for pool, v in self.checks.items()}
         planner.corrections = {pool: deque(v, maxlen=HISTORY) for pool, v in self.corrections.items()}
         return planner._decide(time.monotonic(), copy.deepcopy(self.stabilizers), record=False)
 
@@ -135,24 +123,16 @@ class Planner:
     def _learn(self, o: Observation, current: dict[str, int]) -> None:
         for key in self.history:
             self.history[key].append(getattr(o, key))
-        if o.ttft_p_ms and o.isl_p and self._prefill_utilisation(o, current["prefill"]) <= QUIET_UTILISATION:
+        if o.ttft_p_ms and o.isl_p:
             predicted = self.profile.ttft_ms(o.isl_p)
-            self._check("prefill", o.ttft_p_ms / predicted)
+            self.correction["prefill"] = _bounded(o.ttft_p_ms / predicted)
         if o.itl_p_ms and o.isl_p:
             decode_workers = max(current["decode"], 1)  # read once per step: a connector call is I/O
             batch = max(o.in_flight / decode_workers, 1.0)
             predicted = self.profile.itl_ms(batch, o.isl_p + o.osl_p / 2)
-            self._check("decode", o.itl_p_ms / predicted)
+            self.correction["decode"] = _bounded(o.itl_p_ms / predicted)
         for pool in POOLS:
             self.corrections[pool].append(self.correction[pool])
-
-    def _check(self, pool: str, observed_over_predicted: float) -> None:
-        self.checks[pool].append(observed_over_predicted)
-        self.correction[pool] = _bounded(float(np.median(self.checks[pool])))
-
-    def _prefill_utilisation(self, o: Observation, workers: int) -> float:
-        capacity = self.profile.prefill_tokens_per_s(o.isl_mean) / self.correction["prefill"] * max(workers, 1)
-        return o.requests_per_s * o.isl_mean / capacity
 
     def _hold(self, at: int, why: str) -> Decision:
         log.warning("planner %s", why)

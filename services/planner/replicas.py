@@ -14,10 +14,7 @@ from dataclasses import dataclass
 
 from kvmesh.profile import Profile
 
-# The floor caps what a prompt near the target costs: when its own prefill nearly fills the target
-# the queueing bound asks for idle workers, which buy that prompt nothing (at 0.05 four requests of
-# a 2-s interval asked for 22 workers and held the budget for a minute, 2026-12-03).
-MIN_UTILISATION, MAX_UTILISATION = 0.25, 0.95
+MIN_UTILISATION, MAX_UTILISATION = 0.05, 0.95
 
 
 @dataclass(frozen=True)

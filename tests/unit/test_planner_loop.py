@@ -96,27 +96,13 @@ def test_dry_run_decides_but_never_acts_and_plan_changes_nothing():
     assert {k: list(v) for k, v in p.history.items()} == history
 
 
-def test_observed_latency_corrects_the_profile_only_when_the_pool_was_not_queueing():
+def test_observed_latency_corrects_the_profile():
     p, connector, metrics = planner()
-    quiet = load(5)  # half of one worker's 10k prompt tokens/s
-    metrics.next = Observation(**{**quiet.__dict__, "ttft_p_ms": 400.0})  # profile says 200 ms at ISL 2000
+    slow = load(10)
+    metrics.next = Observation(**{**slow.__dict__, "ttft_p_ms": 400.0})  # profile says 200 ms at ISL 2000
     decision = p.step(now_s=0)
     assert p.correction["prefill"] == 2.0
     assert "cannot be met" in decision.pools[0].reason
-    # 20 req/s on the 4 prefill workers at the corrected 5k tokens/s each keeps them all busy:
-    # the queue, not the profile, explains its latency.
-    metrics.next = Observation(**{**load(20).__dict__, "ttft_p_ms": 4000.0})
-    assert connector.pools["prefill"] == 4
-    p.step(now_s=10)
-    assert p.correction["prefill"] == 2.0
-
-
-def test_one_slow_interval_does_not_move_the_correction():
-    p, connector, metrics = planner()
-    for ttft_ms in (200.0, 200.0, 2000.0, 220.0):  # the profile says 200 ms; one interval's few requests were slow
-        metrics.next = Observation(**{**load(1).__dict__, "ttft_p_ms": ttft_ms})
-        p.step(now_s=0)
-    assert p.correction["prefill"] == pytest.approx(1.05)  # the median of 1, 1, 10, 1.1
 
 
 @pytest.fixture
@@ -214,15 +200,13 @@ def test_a_bursts_need_is_remembered_with_the_correction_of_its_time():
     connector, metrics = FakeConnector(), FakeMetrics()
     targets = Targets(ttft_ms=400, itl_ms=20, max_replicas=64)
     p = Planner(metrics, PROFILE, targets, forecast.make("peak", window=10), connector, Stabilizer(), dry_run=True)
-    slow = Observation(10, 0.1, isl_mean=1000, isl_p=2000, osl_mean=100, osl_p=200, ttft_p_ms=1e6, itl_p_ms=None,
-                       in_flight=0)  # fmt: skip
-    burst = Observation(10, 10, isl_mean=1000, isl_p=2000, osl_mean=100, osl_p=200, ttft_p_ms=None, itl_p_ms=None,
+    burst = Observation(10, 10, isl_mean=1000, isl_p=2000, osl_mean=100, osl_p=200, ttft_p_ms=1e6, itl_p_ms=None,
                         in_flight=0)  # fmt: skip
     calm = Observation(10, 0.1, isl_mean=1000, isl_p=2000, osl_mean=100, osl_p=200, ttft_p_ms=1.0, itl_p_ms=None,
                        in_flight=0)  # fmt: skip
-    for observation in (slow, burst, calm, calm):
+    for observation in (burst, calm):
         metrics.next = observation
         decision = p.step(now_s=0)
-    assert p.correction["prefill"] == 0.5  # the calm intervals' latency: the profile flatters nothing now
+    assert p.correction["prefill"] == 0.5  # the calm interval's latency: the profile flatters nothing now
     at_the_time = prefill_need(Load(10, 1000, 2000, 100, 200), PROFILE, targets, correction=4.0).replicas
     assert decision.inputs["needs"]["prefill"] == pytest.approx(at_the_time)

@@ -99,9 +99,6 @@ def test_prefill_need_by_hand():
     # Observed TTFT twice the profile's: the p90 prompt alone eats the whole target.
     corrected = prefill_need(LOAD, PROFILE, TARGETS, correction=2.0)
     assert not corrected.feasible and "cannot be met" in corrected.reason
-    # ... and sizing for idle workers would buy it nothing: a quarter busy at most, 10,000 tok/s on
-    # workers of 5,000 → 8 workers.
-    assert corrected.replicas == pytest.approx(8.0)
 
 
 def test_decode_need_by_hand():
