@@ -19,7 +19,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import hiredis
 import redis.asyncio as redis
@@ -203,10 +203,16 @@ class Watcher:
         self.reachable = True
         REGISTRY_OK.set(1)
         epoch, live = snapshot.epoch, {w.record.id: w for w in snapshot.workers}
+        now = now_ms()
         if self.epoch is not None and epoch != self.epoch:
             log.warning("registry reset (Redis lost its data): keeping %d workers for their leases", len(self.workers))
-            self._carried = dict(self.workers)
-        now = now_ms()
+            # Renewals are not announced, so a lease known here may be a read period old, and it
+            # ran on while Redis was away: each worker gets until its next heartbeat can have
+            # registered it again (a fresh Redis restarted by `kvmesh up` had the mesh drop them all).
+            grace = now + int(self.RESYNC_S * 1000)
+            self._carried = {
+                i: replace(w, lease_expires_ms=max(w.lease_expires_ms, grace)) for i, w in self.workers.items()
+            }
         self._carried = {i: w for i, w in self._carried.items() if i not in live and w.lease_expires_ms > now}
         live = {**self._carried, **live}
         for joined in live.keys() - self.workers.keys():

@@ -76,6 +76,7 @@ async def test_watcher_sees_joins_and_leaves_and_survives_redis_loss(reg, redis_
 
 async def test_watcher_keeps_workers_through_a_registry_reset_until_their_leases_end(reg):
     watcher = registry.Watcher(reg, min_interval_s=0.05)
+    watcher.RESYNC_S = 1.0  # the grace after a reset
     await watcher.start()
     try:
         await reg.register(record("quiet"), lease_ms=800)
@@ -83,6 +84,7 @@ async def test_watcher_keeps_workers_through_a_registry_reset_until_their_leases
         await _until(lambda: {"quiet", "beating"} <= watcher.workers.keys())
         first_epoch = watcher.epoch
         await reg.redis.flushall()  # Redis restarted empty
+        await asyncio.sleep(0.9)  # and took longer than the leases known here (renewals are silent)
         await reg.register(record("beating"), lease_ms=5000)  # its next heartbeat announces it again
         await _until(lambda: watcher.epoch != first_epoch)
         assert {"quiet", "beating"} <= watcher.workers.keys()  # not dropped: they only lost their keys
