@@ -168,8 +168,8 @@ class Watcher:
 
     If Redis is unreachable the last known set is kept (and said so in logs and metrics) until
     it answers again: whoever reads it keeps going on what we knew. If Redis comes back empty
-    (a new epoch), the workers last seen stay until their leases would have run out: they
-    re-register on their next heartbeat, and requests meanwhile still find them.
+    (a new epoch), the workers last seen stay until their leases would have run out, and at least
+    RESYNC_S: they re-register on their next heartbeat, and requests meanwhile still find them.
     """
 
     RESYNC_S = 5.0
