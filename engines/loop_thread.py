@@ -9,10 +9,12 @@ from collections.abc import Coroutine
 from concurrent.futures import Future
 from typing import Any
 
+import uvloop
+
 
 class LoopThread:
     def __init__(self, name: str):
-        self.loop = asyncio.new_event_loop()
+        self.loop = uvloop.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
         self._thread.start()
 

@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 import uvicorn
+import uvloop
 
 from kvmesh import grpc_server, registry, telemetry
 from kvmesh.settings import load
@@ -75,4 +76,4 @@ async def run(settings: GatewaySettings) -> None:
 
 
 def main() -> None:
-    asyncio.run(run(load(GatewaySettings)))
+    uvloop.run(run(load(GatewaySettings)))

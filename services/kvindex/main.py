@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import uvloop
 
 from kvmesh import grpc_server, registry, telemetry
 from kvmesh.block_index import BlockIndex
@@ -38,4 +38,4 @@ async def run(settings: KvIndexSettings) -> None:
 
 
 def main() -> None:
-    asyncio.run(run(load(KvIndexSettings)))
+    uvloop.run(run(load(KvIndexSettings)))

@@ -6,6 +6,8 @@ import asyncio
 import logging
 import shlex
 
+import uvloop
+
 from kvmesh import grpc_server, registry, telemetry
 from kvmesh.profile import Profile
 from kvmesh.registry import Watcher
@@ -102,4 +104,4 @@ def _assigner(reg: registry.Registry, ttl_s: float):
 
 
 def main() -> None:
-    asyncio.run(run(load(PlannerSettings)))
+    uvloop.run(run(load(PlannerSettings)))

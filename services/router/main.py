@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
+
+import uvloop
 
 from kvmesh import block_index, grpc_server, redis_functions, registry, telemetry
 from kvmesh.registry import Watcher
@@ -60,4 +61,4 @@ async def run(settings: RouterSettings) -> None:
 
 
 def main() -> None:
-    asyncio.run(run(load(RouterSettings)))
+    uvloop.run(run(load(RouterSettings)))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psutil
 import tritonclient.grpc.aio as triton_aio
+import uvloop
 from redis.exceptions import RedisError
 
 from kvmesh import grpc_server, registry, shared_load
@@ -289,4 +290,4 @@ def _stop_triton(process: subprocess.Popen) -> None:
 
 
 def main() -> None:
-    asyncio.run(run(load(WorkerSettings)))
+    uvloop.run(run(load(WorkerSettings)))
