@@ -2,10 +2,11 @@
 
 from prometheus_client import Counter, Gauge, Histogram
 
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# The planner reads percentiles of TTFT and of sequence lengths from these, interpolating within a
+# bucket: finer where TTFT targets sit (0.1-2 s), and lengths in steps of √2, not 2.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.35, 0.5, 0.75, 1, 1.5, 2, 2.5, 5, 10, 30, 60)
 ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
-# Sequence lengths: the planner reads their percentiles.
-LENGTH_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
+LENGTH_BUCKETS = tuple(sorted({*(2**k for k in range(4, 18)), *(3 * 2**k for k in range(3, 16))}))
 
 REQUESTS = Counter("kvmesh_gateway_requests", "Requests by front and outcome", ["front", "status"])
 IN_FLIGHT = Gauge("kvmesh_gateway_in_flight", "Requests being generated")

@@ -178,7 +178,7 @@ def test_a_peak_forecast_takes_the_busiest_intervals_need_not_the_product_of_eac
     connector, metrics = FakeConnector(), FakeMetrics()
     targets = Targets(ttft_ms=400, itl_ms=20, max_replicas=64)
     p = Planner(metrics, PROFILE, targets, forecast.make("peak", window=10), connector, Stabilizer(), dry_run=True)
-    many_short = Observation(10, 10, isl_mean=100, isl_p=100, osl_mean=10, osl_p=10, ttft_p_ms=None, itl_p_ms=None,
+    many_short = Observation(10, 100, isl_mean=100, isl_p=100, osl_mean=10, osl_p=10, ttft_p_ms=None, itl_p_ms=None,
                              in_flight=0)  # fmt: skip
     few_long = Observation(10, 1, isl_mean=1000, isl_p=2000, osl_mean=100, osl_p=200, ttft_p_ms=None, itl_p_ms=None,
                            in_flight=0)  # fmt: skip
@@ -191,7 +191,7 @@ def test_a_peak_forecast_takes_the_busiest_intervals_need_not_the_product_of_eac
 
     for pool, need in (("prefill", prefill_need), ("decode", decode_need)):
         busiest = max(need(load(o), PROFILE, targets).replicas for o in (many_short, few_long))
-        both_peaks = need(Load(10, 1000, 2000, 100, 200), PROFILE, targets).replicas
+        both_peaks = need(Load(100, 1000, 2000, 100, 200), PROFILE, targets).replicas
         assert decision.inputs["needs"][pool] == pytest.approx(busiest)
         assert busiest < both_peaks / 2
 

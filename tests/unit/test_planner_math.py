@@ -8,7 +8,7 @@ import pytest
 
 from kvmesh.profile import DecodePoint, PrefillPoint, Profile
 from services.planner import forecast
-from services.planner.replicas import Load, Targets, decode_need, prefill_need
+from services.planner.replicas import MAX_UTILISATION, Load, Targets, decode_need, prefill_need, waiting_workers
 from services.planner.stabilizer import Stabilizer, fit_budget
 
 PROFILE = Profile(
@@ -92,13 +92,43 @@ def test_profile_refuses_a_ragged_decode_grid():
 
 
 def test_prefill_need_by_hand():
-    # ISL p90 2000 alone: 200 ms of the 400 ms target; slack 200 vs a 100 ms mean service → ρ ≤ 2/3;
-    # 10 req/s × 1000 tokens = 10,000 tok/s on workers of 10,000 tok/s at ρ 2/3 → 1.5 workers.
+    # 10 req/s × 1000-token prompts on workers of 10,000 tok/s: 0.1 s each, 1 Erlang. ISL p90 2000
+    # alone: 200 ms of the 400 ms target, 200 ms (2 services) of slack. 2 workers: Erlang B 0.2,
+    # C = 2·0.2 / (2 - 0.8) = 1/3, P(wait > slack) = e^-2 / 3 = 0.045 ≤ 0.1 (1 worker: 100% busy).
     need = prefill_need(LOAD, PROFILE, TARGETS)
-    assert need.replicas == pytest.approx(1.5) and need.feasible
-    # Observed TTFT twice the profile's: the p90 prompt alone eats the whole target.
+    assert need.replicas == 2 and need.feasible
+    # Observed TTFT 1.5× the profile's: 1.5 Erlangs, slack 100 ms of 150 ms services. 2 workers:
+    # C 0.643, P 0.461; 3 workers: C 0.237, P = 0.237·e^-1 = 0.087 → 3.
+    assert prefill_need(LOAD, PROFILE, TARGETS, correction=1.5).replicas == 3
+    # Twice the profile's: the p90 prompt alone eats the whole target; then nobody should wait
+    # (C ≤ 0.1): 2 Erlangs → C(4) 0.174, C(5) 0.060 → 5.
     corrected = prefill_need(LOAD, PROFILE, TARGETS, correction=2.0)
-    assert not corrected.feasible and "cannot be met" in corrected.reason
+    assert not corrected.feasible and "cannot be met" in corrected.reason and corrected.replicas == 5
+
+
+def _wait_beyond(c: int, offered: float, slack_in_services: float) -> float:
+    """P(wait > slack) in M/M/c, from the textbook sum (not the recurrence the planner uses)."""
+    top = offered**c / math.factorial(c) * c / (c - offered)
+    erlang_c = top / (sum(offered**k / math.factorial(k) for k in range(c)) + top)
+    return erlang_c * math.exp(-(c - offered) * slack_in_services)
+
+
+@pytest.mark.parametrize("offered", [0.3, 1.0, 4.2, 17.0, 60.0])
+@pytest.mark.parametrize("slack", [0.0, 0.5, 3.0])
+def test_waiting_workers_is_the_fewest_that_meet_the_tail(offered, slack):
+    c = waiting_workers(offered, slack, 0.1)
+    assert offered / c <= MAX_UTILISATION and _wait_beyond(c, offered, slack) <= 0.1
+    fewer = c - 1
+    assert offered / max(fewer, 1e-9) > MAX_UTILISATION or _wait_beyond(fewer, offered, slack) > 0.1
+
+
+def test_a_short_burst_of_long_prompts_needs_a_worker_each_not_a_queue_each():
+    # Four ~7k-token prompts in 2 s, each taking 980 ms of a 1,000 ms target (2026-12-03's eval):
+    # the per-worker queue model asked for 22 workers; one for each and a spare is what it takes.
+    profile = Profile(engine="sim", model="m", prefill=[PrefillPoint(isl=7000, ttft_ms=980, tokens_per_s=7000 / 0.98),
+                      PrefillPoint(isl=1, ttft_ms=1, tokens_per_s=1000)], decode=PROFILE.decode)  # fmt: skip
+    burst = Load(requests_per_s=2, isl_mean=7000, isl_p=7000, osl_mean=10, osl_p=10)
+    assert prefill_need(burst, profile, Targets(ttft_ms=1000, itl_ms=60)).replicas == 5
 
 
 def test_decode_need_by_hand():
