@@ -21,6 +21,9 @@ class PlannerSettings(WatcherSettings):
     max_replicas: int = Field(2, ge=2, description="workers over both pools")
     forecaster: str = Field("moving-average", description="constant, moving-average, peak, bursts, holt-winters, arima")
     forecast_window: int | None = Field(None, ge=1, description="moving-average, peak, bursts: intervals back")
+    forecast_smooth: int | None = Field(
+        None, ge=1, description="peak, bursts: intervals averaged before the peak (bursts: 2 unless given)"
+    )
     cooldown_s: float = Field(60.0, ge=0)
     down_after: int = Field(3, ge=1, description="intervals of lower need before a pool shrinks")
     dry_run: bool = Field(False, description="decide and log, never act")

@@ -33,16 +33,27 @@ class MovingAverage:
         return float(np.mean(tail)) if len(tail) else 0.0
 
 
+def smoothed(history: Sequence[float], smooth: int) -> np.ndarray:
+    """Each value averaged with its `smooth` - 1 predecessors (fewer at the start)."""
+    sums = np.concatenate(([0.0], np.cumsum(np.asarray(history, dtype=float))))
+    end = np.arange(1, len(history) + 1)
+    start = np.maximum(end - smooth, 0)
+    return (sums[end] - sums[start]) / (end - start)
+
+
 @dataclass(frozen=True)
 class Peak:
     """The next interval may be as busy as the busiest of the last `window`: for loads that come
-    in bursts shorter than a worker takes to start, capacity is held between them."""
+    in bursts shorter than a worker takes to start, capacity is held between them. With `smooth`
+    > 1 each interval is averaged with its predecessors first: short intervals see a burst early,
+    and a one-interval spike of a handful of requests does not ask for workers of its own."""
 
     window: int = 30
+    smooth: int = 1
 
     def predict(self, history: Sequence[float]) -> float:
-        tail = history[-self.window :]
-        return float(max(tail)) if len(tail) else 0.0
+        tail = smoothed(history, self.smooth)[-self.window :]
+        return float(tail.max()) if len(tail) else 0.0
 
 
 @dataclass(frozen=True)
@@ -62,13 +73,10 @@ class Bursts:
     def predict(self, history: Sequence[float]) -> float:
         if not len(history):
             return 0.0
-        sums = np.concatenate(([0.0], np.cumsum(np.asarray(history, dtype=float))))
-        end = np.arange(1, len(history) + 1)
-        start = np.maximum(end - self.smooth, 0)
-        smoothed = (sums[end] - sums[start]) / (end - start)
-        busy = smoothed[smoothed > 0]
+        values = smoothed(history, self.smooth)
+        busy = values[values > 0]
         floor = float(np.quantile(busy, self.quantile)) if len(busy) else 0.0
-        return max(float(smoothed[-self.window :].max()), floor)
+        return max(float(values[-self.window :].max()), floor)
 
 
 @dataclass(frozen=True)
@@ -123,13 +131,18 @@ FORECASTERS: dict[str, type] = {
 }
 
 
-# The forecasters that look back over a window of intervals.
+# The forecasters that look back over a window of intervals, and those that smooth it.
 WINDOWED = ("moving-average", "peak", "bursts")
+SMOOTHED = ("peak", "bursts")
 
 
-def make(name: str, window: int | None = None, **options) -> Forecaster:
+def make(name: str, window: int | None = None, smooth: int | None = None, **options) -> Forecaster:
     if name not in FORECASTERS:
         raise ValueError(f"forecaster {name!r}: one of {', '.join(FORECASTERS)}")
     if window is not None and name in WINDOWED:
         options["window"] = window
+    if smooth is not None:
+        if name not in SMOOTHED:
+            raise ValueError(f"forecaster {name!r} does not smooth; only {', '.join(SMOOTHED)} do")
+        options["smooth"] = smooth
     return FORECASTERS[name](**options)

@@ -56,11 +56,15 @@ async def run(settings: PlannerSettings) -> None:
     else:
         raise SystemExit(f"connector {settings.connector!r}: local, triton or kubernetes")
     targets = Targets(settings.ttft_ms, settings.itl_ms, settings.percentile, settings.max_replicas)
+    try:
+        forecaster = forecast.make(settings.forecaster, settings.forecast_window, settings.forecast_smooth)
+    except ValueError as e:
+        raise SystemExit(f"kvmesh planner: {e}") from None
     planner = Planner(
         GatewayMetrics(settings.gateway_metrics, settings.percentile),
         Profile.load(settings.profile),
         targets,
-        forecast.make(settings.forecaster, settings.forecast_window),
+        forecaster,
         connector,
         Stabilizer(down_after=settings.down_after, cooldown_s=settings.cooldown_s),
         dry_run=settings.dry_run,

@@ -28,19 +28,25 @@ log = logging.getLogger("kvmesh.worker")
 EXIT_DRAIN_S = 10.0
 
 
-async def wait_live(client: triton_aio.InferenceServerClient, process: subprocess.Popen, timeout_s: float) -> None:
+async def wait_live(
+    client: triton_aio.InferenceServerClient, process: subprocess.Popen, port: int, host: str, timeout_s: float
+) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         if process.poll() is not None:
             raise SystemExit(f"tritonserver exited with code {process.returncode} before it was live")
         try:
+            # Asked only once the port listens: a gRPC call refused before that puts the channel
+            # into a 1-s reconnect backoff, a second of every worker's start.
+            _, writer = await asyncio.open_connection(host, port)
+            writer.close()
             if await client.is_server_live():
                 return
         except Exception:  # noqa: BLE001 - not listening yet
             pass
         if time.monotonic() > deadline:
             raise SystemExit("tritonserver did not become live in time")
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.02)
 
 
 async def load_engine(
@@ -190,7 +196,7 @@ async def run(settings: WorkerSettings) -> None:
     worker_id = settings.worker_id or f"w-{secrets.token_hex(3)}"
     worker = _Worker(settings, worker_id, client, process, registry.Registry(redis_client), address, ports)
     try:
-        await wait_live(client, process, timeout_s=60)
+        await wait_live(client, process, ports.grpc, settings.host, timeout_s=60)
         started = time.monotonic()
         loading = asyncio.ensure_future(worker.load(settings.triton_model))
         await asyncio.wait({loading, stop}, return_when=asyncio.FIRST_COMPLETED)

@@ -48,6 +48,18 @@ def test_peak_holds_the_busiest_interval_of_its_window():
     assert forecast.make("holt-winters", window=3) == forecast.make("holt-winters")  # not windowed
 
 
+def test_smoothed_peak_halves_a_lone_spike_and_sees_a_burst_in_its_first_interval():
+    # 1-s intervals averaged over 2: a burst shows at half its rate at once; a spike of one
+    # interval counts half.
+    assert forecast.make("peak", window=4, smooth=2).predict([0, 0, 0, 0, 30]) == 15
+    assert forecast.make("peak", window=4, smooth=2).predict([0, 0, 40, 40, 0]) == 40
+    assert forecast.make("peak", window=2, smooth=2).predict([0, 40, 0, 0]) == 20  # [0, 20, 20, 0]
+    assert forecast.make("peak", window=1, smooth=2).predict([0, 40, 0, 0]) == 0
+    assert forecast.make("peak", smooth=3).predict([]) == 0.0
+    with pytest.raises(ValueError, match="arima"):
+        forecast.make("arima", smooth=2)
+
+
 def test_bursts_smooths_spikes_and_holds_the_usual_burst_through_a_silence():
     # Two bursts, then a silence longer than the window: a peak forgets them, bursts does not.
     series = [0, 2, 2, 0, 0, 6, 6, 0, 0, 0, 0, 0]
