@@ -44,6 +44,10 @@ class LocalMesh:
     ) -> LocalMesh:
         ports = dict(zip(("http", "grpc", "rest", "router", "kvindex", "planner", "redis"), free_ports(7), strict=True))
         log_dir.mkdir(parents=True, exist_ok=True)
+        # The services append to their logs and benchmarks reuse their directories: what a caller
+        # reads or counts in a log must be this mesh's alone.
+        for stale in log_dir.glob("*.log"):
+            stale.unlink()
         argv = [sys.executable, "-m", "kvmesh", "up", "--log-dir", str(log_dir), *extra_args]
         for name, port in ports.items():
             argv += [f"--{name}-port", str(port)]

@@ -1,5 +1,9 @@
-"""`kvmesh up` stops everything on SIGINT even when its launcher ran it with SIGINT ignored, as a
-shell does for `kvmesh up &` in a script: Python then installs no KeyboardInterrupt handler."""
+"""`kvmesh up` as the tests and benchmarks start it (kvmesh/cli/local_mesh.py): it stops everything
+on SIGINT even when its launcher ran it with SIGINT ignored, as a shell does for `kvmesh up &` in a
+script (Python then installs no KeyboardInterrupt handler); and a mesh started in a directory that
+holds an earlier mesh's logs reads only its own (the benchmarks reuse their directories and count
+events in the logs: planner_eval's scaling actions counted every earlier run's until 2026-12-06).
+One mesh for both: starting one takes most of a minute."""
 
 import signal
 
@@ -8,12 +12,16 @@ import psutil
 from kvmesh.cli.local_mesh import LocalMesh
 
 
-def test_sigint_stops_a_mesh_started_with_sigint_ignored(tmp_path):
+def test_sigint_stops_a_mesh_started_with_sigint_ignored_and_its_logs_are_its_own(tmp_path):
+    stale = "prefill: 1 → 5: started w-pstale0 (an earlier run)"
+    (tmp_path / "gateway.log").write_text(stale + "\n")
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the child inherits it
     try:
         mesh = LocalMesh.start(tmp_path, extra_args=("--engine", "sim"), ready_timeout_s=300)
     finally:
         signal.signal(signal.SIGINT, previous)
+    gateway_log = mesh.log("gateway")
+    assert gateway_log and stale not in gateway_log
     services = psutil.Process(mesh.process.pid).children(recursive=True)
     assert any("services.worker" in " ".join(p.cmdline()) for p in services)
     assert mesh.stop(timeout_s=60) == 0, mesh.log("up")
