@@ -184,6 +184,7 @@ class Watcher:
         self._announced = asyncio.Event()
         self._on_change: list[Callable[[], None]] = []
         self._tasks: list[asyncio.Task] = []
+        self._stopping = False
 
     def on_change(self, callback: Callable[[], None]) -> None:
         """Calls `callback` whenever the worker set, a record or the epoch changes."""
@@ -241,9 +242,10 @@ class Watcher:
         self._tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._loop())]
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._announced.wait(), self._next_read_in())
+                async with asyncio.timeout(self._next_read_in()):
+                    await self._announced.wait()
             self._announced.clear()
             await self.refresh()
             await asyncio.sleep(self.min_interval_s)
@@ -257,7 +259,7 @@ class Watcher:
         return min(self.RESYNC_S, max(0.0, (soonest - now_ms()) / 1000))
 
     async def _listen(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 async with self.registry.redis.pubsub() as pubsub:
                     await pubsub.subscribe(CHANGED)
@@ -270,6 +272,12 @@ class Watcher:
             await asyncio.sleep(self.min_interval_s)
 
     async def stop(self) -> None:
+        # Cancelling alone is not enough: a cancel that meets an announcement is lost on the way
+        # (the loop went back to waiting, and the router and kvindex ran on until `kvmesh up`
+        # killed them 45 s later, 2026-12-06); the flag and the wake-up end the loops whatever
+        # became of it.
+        self._stopping = True
+        self._announced.set()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
