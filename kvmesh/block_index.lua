@@ -9,23 +9,35 @@
 local function match(keys, args)
   if #keys == 0 then return {} end
   local active = redis.call('SMEMBERS', keys[1])
+  local n = #active
   local out = {}
   for i = 2, #keys do
-    if #active == 0 then return out end
+    if n == 0 then return out end
     local hits = redis.call('SMISMEMBER', keys[i], unpack(active))
-    local still = {}
-    for j, worker in ipairs(active) do
-      if hits[j] == 1 then
-        still[#still + 1] = worker
-      else
-        out[#out + 1] = worker
-        out[#out + 1] = i - 1
+    -- Usually every active worker holds the block: then the active set stays as it is.
+    local missed = false
+    for j = 1, n do
+      if hits[j] == 0 then
+        missed = true
+        break
       end
     end
-    active = still
+    if missed then
+      local still, kept = {}, 0
+      for j = 1, n do
+        if hits[j] == 1 then
+          kept = kept + 1
+          still[kept] = active[j]
+        else
+          out[#out + 1] = active[j]
+          out[#out + 1] = i - 1
+        end
+      end
+      active, n = still, kept
+    end
   end
-  for _, worker in ipairs(active) do
-    out[#out + 1] = worker
+  for j = 1, n do
+    out[#out + 1] = active[j]
     out[#out + 1] = #keys
   end
   return out

@@ -15,7 +15,8 @@ from kvmesh import block_index, redis_functions
 from kvmesh.registry import Watcher
 from services.router import shared_load
 from services.router.accounting import Accounting
-from services.router.framework.types import Candidate, Load, Request
+from services.router.framework.types import Candidate, Request
+from services.router.shared_load import LoadTable
 
 EXPIRY_INTERVAL_S = 1.0
 
@@ -40,12 +41,12 @@ class CandidateSource:
             overlaps, loads = {}, None
         out = []
         for worker_id, live in self.workers.workers.items():
-            load = loads.get(worker_id, Load()) if loads is not None else self.accounting.local.load(worker_id)
+            load = loads[worker_id] if loads is not None else self.accounting.local.load(worker_id)
             same_blocks = live.record.kv_block_size == request.block_size
             out.append(Candidate(live.record, load, overlaps.get(worker_id, 0) if same_blocks else 0))
         return out
 
-    async def _read(self, request: Request) -> tuple[dict[str, int], dict[str, Load]]:
+    async def _read(self, request: Request) -> tuple[dict[str, int], LoadTable]:
         pipe = self.redis.pipeline(transaction=False)
         if request.block_hashes:
             keys = block_index.match_keys(request.block_hashes)
@@ -53,4 +54,4 @@ class CandidateSource:
         pipe.hgetall(shared_load.KEYS[0])
         replies = await pipe.execute()
         overlaps = block_index.parse_match(replies[0]) if request.block_hashes else {}
-        return overlaps, shared_load.SharedLoad.parse(replies[-1])
+        return overlaps, LoadTable(replies[-1])

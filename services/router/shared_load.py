@@ -7,8 +7,8 @@ requests whose gateway vanished.
 
 from __future__ import annotations
 
+import functools
 import time
-from collections import defaultdict
 from importlib import resources
 
 import redis.asyncio as aioredis
@@ -18,7 +18,6 @@ from kvmesh.shared_load import KEYS
 from services.router.framework.types import Load
 
 LIBRARY = resources.files("services.router").joinpath("shared_load.lua").read_text()
-FIELDS = {b"n": "in_flight", b"p": "prefill_blocks", b"d": "decode_blocks"}
 # A function call: (name, arguments).
 Op = tuple[str, tuple]
 
@@ -61,16 +60,31 @@ class SharedLoad:
     async def release(self, request_id: str) -> bool:
         return bool((await self.apply([self.release_op(request_id)]))[0])
 
-    @staticmethod
-    def parse(raw: dict[bytes, bytes]) -> dict[str, Load]:
-        loads: dict[str, Load] = defaultdict(Load)
-        for key, value in raw.items():
-            worker, _, field = key.rpartition(b":")
-            setattr(loads[worker.decode()], FIELDS[field], max(int(value), 0))
-        return dict(loads)
+    async def loads(self) -> LoadTable:
+        return LoadTable(await self.redis.hgetall(KEYS[0]))
 
-    async def loads(self) -> dict[str, Load]:
-        return self.parse(await self.redis.hgetall(KEYS[0]))
+
+class LoadTable:
+    """The shared load as Redis returned it (HGETALL), read per worker: a decision asks only for
+    its live workers, so the fields of workers long gone are never parsed."""
+
+    def __init__(self, raw: dict[bytes, bytes]):
+        self.raw = raw
+
+    def __getitem__(self, worker_id: str) -> Load:
+        in_flight, prefill, decode = _field_keys(worker_id)
+        raw = self.raw
+        return Load(_count(raw.get(in_flight)), _count(raw.get(prefill)), _count(raw.get(decode)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _field_keys(worker_id: str) -> tuple[bytes, bytes, bytes]:
+    worker = worker_id.encode()
+    return worker + b":n", worker + b":p", worker + b":d"
+
+
+def _count(value: bytes | None) -> int:
+    return max(int(value), 0) if value else 0
 
 
 def _now_ms() -> int:

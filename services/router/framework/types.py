@@ -22,10 +22,11 @@ class Candidate:
     load: Load = field(default_factory=Load)
     # Prompt blocks the worker already holds (from the KV index).
     overlap_blocks: int = 0
+    # The record's id, read once: every filter, scorer and picker asks for it.
+    id: str = field(init=False)
 
-    @property
-    def id(self) -> str:
-        return self.record.id
+    def __post_init__(self) -> None:
+        self.id = self.record.id
 
 
 @dataclass(frozen=True)
