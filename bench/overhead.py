@@ -1,14 +1,18 @@
 """The mesh's own overhead: OpenAI chat completions through the whole mesh onto simulated workers
 at speed-up 1000 (engine time ≈ 0), streaming and not, at several concurrencies.
 
-    .venv/bin/python -m bench.overhead [--levels 1 16 64] [--requests-per-slot 25] [--profile DIR]
+    .venv/bin/python -m bench.overhead [--levels 1 16 64] [--requests-per-slot 25] [--wrk-seconds 8] [--profile DIR]
 
 Prompts are ~830 tokens: one of 4 shared system prompts plus a unique user suffix, never
 repeated; max_tokens 16. Reports requests/s, e2e p50/p99, TTFT p50 and the CPU milliseconds per
 request of every mesh process (gateway, router, kvindex, workers with their Triton servers and
 engines; not the load generator), in all and by process, next to NVIDIA Dynamo 1.6.1's figures measured on this
 machine with the same workload (from the issue). Also times the official `openai` client at
-concurrency 1, streaming, to show there is no per-request stall. `--profile DIR`: a py-spy flame
+concurrency 1, streaming, to show there is no per-request stall.
+
+Each level runs twice with two load generators. The Python one (bench/loadgen.py) times TTFT and
+e2e, but spends ~2 CPU-ms a request of the two cores the mesh runs on; wrk (bench/wrk.py, native,
+e2e only) then measures the rate the mesh sustains with the cores to itself. `--profile DIR`: a py-spy flame
 graph (SVG) of every Python process of the mesh for each level.
 """
 
@@ -26,6 +30,7 @@ from pathlib import Path
 import openai
 import psutil
 
+from bench import wrk
 from bench.common import GPU_LIKE, RESULTS, cpu_since, save, service_of, tree_cpu_s
 from bench.loadgen import run_level
 from kvmesh.cli.local_mesh import LocalMesh
@@ -96,13 +101,40 @@ def stop_profiles(spies: list[subprocess.Popen]) -> None:
         spy.wait(30)
 
 
+def rate(figures: dict, concurrency: int) -> str:
+    dynamo = DYNAMO.get(concurrency, {}).get("requests_per_s")
+    return f"{figures['requests_per_s']:.0f}" + (f" ({figures['requests_per_s'] / dynamo:.2f}×)" if dynamo else "")
+
+
+def print_table(levels: list[dict]) -> None:
+    print("\nstream | c  | req/s (× Dynamo) | e2e p50 / p99 ms | TTFT p50 ms | CPU ms/req", end="")
+    print(" | wrk: req/s (× Dynamo) | e2e p50 / p99 ms | CPU ms/req")
+    for s in levels:
+        c = s["concurrency"]
+        row = [
+            "yes   " if s["stream"] else "no    ",
+            f"{c:<2}",
+            rate(s, c),
+            f"{s['e2e_ms_p50']:.1f} / {s['e2e_ms_p99']:.1f}",
+            f"{s['ttft_ms_p50']:.1f}",
+            str(s["cpu_ms_per_request"]),
+        ]
+        if native := s.get("wrk"):
+            e2e = f"{native['e2e_ms_p50']:.1f} / {native['e2e_ms_p99']:.1f}"
+            row += [rate(native, c), e2e, str(native["cpu_ms_per_request"])]
+        print(" | ".join(row))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--requests-per-slot", type=int, default=25)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--wrk-seconds", type=int, default=8, help="each level's wrk run (0: none)")
     parser.add_argument("--profile", type=Path, help="py-spy flame graphs of every Python process, per level, here")
     args = parser.parse_args()
+    if args.wrk_seconds and not wrk.available():
+        raise SystemExit("wrk is not installed: apt-get install wrk (scripts/setup.sh does), or --wrk-seconds 0")
     engine_args = {"timing": {**GPU_LIKE, "speedup": 1000}}
     mesh = LocalMesh.start(
         RESULTS / "overhead",
@@ -136,20 +168,22 @@ def main() -> None:
                 # It shares the two cores with the mesh.
                 loadgen_s = sum(loadgen_after[:2]) - sum(loadgen_before[:2])
                 summary["load_generator_cpu_ms_per_request"] = round(loadgen_s * 1000 / n, 2)
+                if args.wrk_seconds:
+                    # Enough bodies for 1,000 requests/s, so that none repeats.
+                    n = int(args.wrk_seconds * 1000)
+                    cpu_before = tree_cpu_s(mesh.process.pid, service_of)
+                    native = wrk.run(url, bodies(mesh.model, n, stream, offset), c, args.wrk_seconds)
+                    offset += n
+                    cpu_s = cpu_since(mesh.process.pid, cpu_before, service_of)
+                    native["cpu_ms_per_request"] = round(sum(cpu_s.values()) * 1000 / native["requests"], 2)
+                    summary["wrk"] = native
                 results["levels"].append(summary)
                 print(json.dumps(summary), flush=True)
         times = asyncio.run(openai_client_stream(mesh.http, mesh.model, 100))
         results["openai_client_stream_c1_e2e_ms"] = {"p50": round(times[50], 2), "p99": round(times[98], 2)}
     finally:
         mesh.stop()
-    print("\nstream | c  | req/s (× Dynamo) | e2e p50 / p99 ms | TTFT p50 ms | CPU ms/req")
-    for s in results["levels"]:
-        dyn = DYNAMO.get(s["concurrency"], {}).get("requests_per_s")
-        ratio = f"({s['requests_per_s'] / dyn:.2f}×)" if dyn else ""
-        print(
-            f"{'yes' if s['stream'] else 'no ':<6} | {s['concurrency']:<2} | {s['requests_per_s']:.0f} {ratio} | "
-            f"{s['e2e_ms_p50']:.1f} / {s['e2e_ms_p99']:.1f} | {s['ttft_ms_p50']:.1f} | {s['cpu_ms_per_request']}"
-        )
+    print_table(results["levels"])
     print(f"openai client, streaming, c=1: e2e {results['openai_client_stream_c1_e2e_ms']}")
     save("overhead", results)
 

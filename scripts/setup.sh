@@ -13,6 +13,8 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 }
 apt_install redis-server
+# bench.overhead's second load generator: native, so it leaves the two cores to the mesh.
+apt_install wrk
 # The REST front: Go and grpc-gateway from Debian (GOPATH mode, offline). Without them the rest of
 # the mesh still runs and `kvmesh up` says REST is off.
 apt_install golang-go protobuf-compiler golang-grpc-gateway golang-github-grpc-ecosystem-grpc-gateway-dev \
