@@ -13,15 +13,17 @@ S is 1337, or, with an identity (kvmesh: the served model name; Dynamo: a LoRA n
 
 from __future__ import annotations
 
+import array
 import struct
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import xxhash
 
 SEED = 1337
 _PAIR = struct.Struct("<QQ")
+_U32 = next(code for code in "IL" if array.array(code).itemsize == 4)
 
 
 @dataclass(frozen=True)
@@ -58,12 +60,21 @@ def _chained(
     """(local, sequence) hash of each full block."""
     if block_size <= 0:
         raise ValueError(f"block_size must be positive, got {block_size}")
-    data = np.asarray(tokens, dtype="<u4").tobytes()
+    data = _u32_le(tokens)
     seed, step, digest, pack = block_seed(identity), 4 * block_size, xxhash.xxh3_64_intdigest, _PAIR.pack
     for start in range(0, len(data) - step + 1, step):
         local = digest(data[start : start + step], seed=seed)
         parent_seq = local if parent_seq is None else digest(pack(parent_seq, local), seed=SEED)
         yield local, parent_seq
+
+
+def _u32_le(tokens: Sequence[int]) -> memoryview:
+    """The tokens as u32 little-endian bytes. array.array, not numpy: from a list it is ~3× faster,
+    and every KV event's tokens come through here. Raises OverflowError outside u32."""
+    data = array.array(_U32, tokens)
+    if sys.byteorder == "big":
+        data.byteswap()
+    return memoryview(data).cast("B")
 
 
 def parse_tokens(words: Iterable[str]) -> list[int]:

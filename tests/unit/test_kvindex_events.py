@@ -67,6 +67,12 @@ def test_decodes_vllms_wire_format():
     assert seq == 7 and batch.ts == 1.5 and batch.events == [AllBlocksCleared()]
 
 
+def stored_event(token_ids: list[int]) -> dict:
+    """A BlockStored as vLLM writes it, with whatever token ids."""
+    return {"type": "BlockStored", "block_hashes": [1], "parent_block_hash": None, "token_ids": token_ids,
+            "block_size": len(token_ids), "lora_id": None, "medium": None, "lora_name": None}  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "frames",
     [
@@ -75,6 +81,8 @@ def test_decodes_vllms_wire_format():
         [b"", bytes(8), b"\xc1 not msgpack"],
         [b"", bytes(8), msgspec.msgpack.encode([1.0, [{"type": "NoSuchEvent"}]])],
         [b"", bytes(8), msgspec.msgpack.encode({"ts": 1.0})],
+        [b"", bytes(8), msgspec.msgpack.encode([1.0, [stored_event(token_ids=[1, -1])]])],
+        [b"", bytes(8), msgspec.msgpack.encode([1.0, [stored_event(token_ids=[1, 2**32])]])],
     ],
 )
 def test_bad_messages_are_rejected_cleanly(frames):
