@@ -62,11 +62,16 @@ class Subscription:
             # Whatever the index holds for this worker predates us: start clean, replay from 0.
             await self.index.purge(self.worker_id)
             await self.catch_up()
+            # Whatever else already arrived is read without asyncio's machinery (a plain socket
+            # over the same one) and goes into the same Redis call.
+            waiting = zmq.Socket.shadow(sub.underlying)
             while True:
                 messages = [await sub.recv_multipart()]
-                # Whatever else already arrived goes into the same Redis call.
-                while len(messages) < MAX_COALESCED and sub.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                    messages.append(await sub.recv_multipart())
+                while len(messages) < MAX_COALESCED:
+                    try:
+                        messages.append(waiting.recv_multipart(zmq.NOBLOCK))
+                    except zmq.Again:
+                        break
                 await self.handle(*messages)
         finally:
             sub.close()
