@@ -8,19 +8,15 @@ ints (VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES, the default) or bytes.
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import msgspec
 
 EngineHash = int | bytes
-# Block hashing reads token ids as u32: anything else makes the message a bad one.
-TokenId = Annotated[int, msgspec.Meta(ge=0, lt=2**32)]
 
 
 class BlockStored(msgspec.Struct, tag=True, omit_defaults=True):
     block_hashes: list[EngineHash]
     parent_block_hash: EngineHash | None
-    token_ids: list[TokenId]
+    token_ids: list[int]
     block_size: int
     lora_id: int | None
     medium: str | None

@@ -55,9 +55,12 @@ class WorkerBlocks:
             if parent is None:
                 out.dropped += len(event.block_hashes)
                 return
-        seqs = hashing.sequence_hashes(
-            event.token_ids, event.block_size, self.identity, parent_seq=parent[1] if parent else None
-        )
+        try:
+            seqs = hashing.sequence_hashes(
+                event.token_ids, event.block_size, self.identity, parent_seq=parent[1] if parent else None
+            )
+        except OverflowError:  # a token id outside u32
+            seqs = []
         if len(seqs) != len(event.block_hashes):
             out.dropped += len(event.block_hashes)
             return
