@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import redis.asyncio as aioredis
 
-from kvmesh.block_index import BlockIndex, BlockRun, block_key, match_keys
+from kvmesh.block_index import BlockIndex, BlockRun, block_key, block_keys, match_keys
 from kvmesh.hashing import sequence_hashes
 
 
@@ -28,6 +28,7 @@ PROMPT = sequence_hashes(list(range(64)), block_size=8)  # 8 blocks
 def test_match_keys_are_the_block_keys_of_the_prompts_root():
     seqs = [7, 0, 2**64 - 1, *PROMPT]
     assert match_keys(seqs) == [block_key(7, s).encode() for s in seqs]
+    assert block_keys(7, []) == []
 
 
 async def test_match_gives_each_workers_prefix_depth(index):
