@@ -161,26 +161,30 @@ class ReleaseResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class SessionRequest(_message.Message):
-    __slots__ = ("route", "prefilled", "released")
+    __slots__ = ("route", "prefilled", "released", "more")
     ROUTE_FIELD_NUMBER: _ClassVar[int]
     PREFILLED_FIELD_NUMBER: _ClassVar[int]
     RELEASED_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
     route: RouteRequest
     prefilled: str
     released: str
-    def __init__(self, route: _Optional[_Union[RouteRequest, _Mapping]] = ..., prefilled: _Optional[str] = ..., released: _Optional[str] = ...) -> None: ...
+    more: _containers.RepeatedCompositeFieldContainer[SessionRequest]
+    def __init__(self, route: _Optional[_Union[RouteRequest, _Mapping]] = ..., prefilled: _Optional[str] = ..., released: _Optional[str] = ..., more: _Optional[_Iterable[_Union[SessionRequest, _Mapping]]] = ...) -> None: ...
 
 class SessionResponse(_message.Message):
-    __slots__ = ("request_id", "route", "error", "summary")
+    __slots__ = ("request_id", "route", "error", "summary", "more")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ROUTE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     route: RouteResponse
     error: RouteError
     summary: SessionSummary
-    def __init__(self, request_id: _Optional[str] = ..., route: _Optional[_Union[RouteResponse, _Mapping]] = ..., error: _Optional[_Union[RouteError, _Mapping]] = ..., summary: _Optional[_Union[SessionSummary, _Mapping]] = ...) -> None: ...
+    more: _containers.RepeatedCompositeFieldContainer[SessionResponse]
+    def __init__(self, request_id: _Optional[str] = ..., route: _Optional[_Union[RouteResponse, _Mapping]] = ..., error: _Optional[_Union[RouteError, _Mapping]] = ..., summary: _Optional[_Union[SessionSummary, _Mapping]] = ..., more: _Optional[_Iterable[_Union[SessionResponse, _Mapping]]] = ...) -> None: ...
 
 class SessionSummary(_message.Message):
     __slots__ = ("routed", "prefilled", "released")

@@ -113,7 +113,9 @@ class RouterServicer:
         keeps one open): a message on an open stream costs both ends about half
         what a call does. Each Route is answered, in any order, by a response
         naming its request_id; MarkPrefilled and Release get no answer. When the
-        caller ends its side, a last response sums up the session.
+        caller ends its side, a last response sums up the session. Either side
+        may send what it has queued as one message (`more`): a stream message
+        costs each end ~0.2 ms of CPU in Python gRPC, a nested one next to nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

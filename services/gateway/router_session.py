@@ -1,8 +1,8 @@
 """The gateway's one long-lived Router.Session stream: Route requests wait for the answer that
 names them; MarkPrefilled and Release are sent and forgotten. One writer task sends everything in
-order. When the stream breaks, the Routes waiting fail as UNAVAILABLE (the gateway's retry path)
-and the next message opens a new stream; bookkeeping lost with it is bounded by the router's
-in-flight lease."""
+order, what has queued meanwhile as one message. When the stream breaks, the Routes waiting fail
+as UNAVAILABLE (the gateway's retry path) and the next message opens a new stream; bookkeeping
+lost with it is bounded by the router's in-flight lease."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import logging
 import grpc
 
 from kvmesh.errors import Unavailable, from_status
+from kvmesh.streams import coalesce
 from kvmesh.v1 import router_pb2, router_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -27,18 +28,19 @@ class RouterSession:
 
     async def _messages(self):
         while True:
-            yield await self._outgoing.get()
+            yield coalesce(await self._outgoing.get(), self._outgoing, router_pb2.SessionRequest)
 
     async def _read(self) -> None:
         try:
-            async for answer in self._call:
-                future = self._waiting.pop(answer.request_id, None)
-                if future is None or future.done():
-                    continue  # its caller gave up
-                if answer.HasField("route"):
-                    future.set_result(answer.route)
-                else:
-                    future.set_exception(from_status(answer.error.code, answer.error.message))
+            async for message in self._call:
+                for answer in (message, *message.more):
+                    future = self._waiting.pop(answer.request_id, None)
+                    if future is None or future.done():
+                        continue  # its caller gave up, or a message that only carries `more`
+                    if answer.HasField("route"):
+                        future.set_result(answer.route)
+                    else:
+                        future.set_exception(from_status(answer.error.code, answer.error.message))
             reason = "the router ended the session"
         except grpc.RpcError as e:
             reason = f"router session: {e.details() or e.code().name}"

@@ -13,6 +13,7 @@ from kvmesh import telemetry
 from kvmesh.errors import InvalidArgument, KvmeshError, ResourceExhausted, Unavailable
 from kvmesh.grpc_server import abort_with
 from kvmesh.registry import now_ms
+from kvmesh.streams import coalesce
 from kvmesh.v1 import router_pb2, router_pb2_grpc, worker_pb2
 from services.router import disaggregation
 from services.router.accounting import Accounting
@@ -185,23 +186,28 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             else:
                 task.add_done_callback(lambda _: bookkeeping(request_id))
 
+        def handle(message: router_pb2.SessionRequest) -> None:
+            kind = message.WhichOneof("kind")
+            if kind == "route":
+                summary.routed += 1
+                request_id = message.route.request_id
+                task = routing[request_id] = asyncio.create_task(self._session_route(message.route, answers))
+                task.add_done_callback(lambda _, r=request_id: routing.pop(r, None))
+            elif kind == "prefilled":
+                summary.prefilled += 1
+                after_route(message.prefilled, self._prefilled)
+            elif kind == "released":
+                summary.released += 1
+                after_route(message.released, self._released)
+            elif not message.more:
+                raise InvalidArgument("SessionRequest: one of route, prefilled, released (or more) is required")
+            for further in message.more:
+                handle(further)
+
         async def read() -> None:
             try:
                 async for message in requests:
-                    kind = message.WhichOneof("kind")
-                    if kind == "route":
-                        summary.routed += 1
-                        request_id = message.route.request_id
-                        task = routing[request_id] = asyncio.create_task(self._session_route(message.route, answers))
-                        task.add_done_callback(lambda _, r=request_id: routing.pop(r, None))
-                    elif kind == "prefilled":
-                        summary.prefilled += 1
-                        after_route(message.prefilled, self._prefilled)
-                    elif kind == "released":
-                        summary.released += 1
-                        after_route(message.released, self._released)
-                    else:
-                        raise InvalidArgument("SessionRequest: one of route, prefilled, released is required")
+                    handle(message)
                 await asyncio.gather(*routing.values())
             finally:
                 answers.put_nowait(None)
@@ -209,7 +215,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         reader = asyncio.create_task(read())
         try:
             while (answer := await answers.get()) is not None:
-                yield answer
+                yield coalesce(answer, answers, router_pb2.SessionResponse)
             await reader  # its failure (a bad message, a broken stream) ends the call with it
             yield router_pb2.SessionResponse(summary=summary)
         except KvmeshError as e:

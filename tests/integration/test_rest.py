@@ -96,17 +96,18 @@ def test_a_router_session_answers_each_route_and_sums_up(rest, mesh):
     messages = [
         {"route": {"model": mesh.model, "request_id": "s1", "num_tokens": 4}},
         {"route": {"model": "no-such-model", "request_id": "s2"}},
-        {"released": "s1"},
+        {"more": [{"released": "s1"}, {"route": {"model": mesh.model, "request_id": "s3", "num_tokens": 4}}]},
     ]
     response = rest.post("/v1/router/session", content="\n".join(json.dumps(m) for m in messages))
     assert response.status_code == 200, response.text
     answers = [line["result"] for line in lines(response)]
-    by_id = {a["request_id"]: a for a in answers if a.get("request_id")}
-    assert by_id["s1"]["route"]["worker"]["model"] == mesh.model
+    nested = [a for answer in answers for a in answer.get("more", [])]  # answers decided together
+    by_id = {a["request_id"]: a for a in answers + nested if a.get("request_id")}
+    assert by_id["s1"]["route"]["worker"]["model"] == by_id["s3"]["route"]["worker"]["model"] == mesh.model
     assert by_id["s2"]["error"]["code"] == grpc.StatusCode.UNAVAILABLE.value[0] and "no-such-model" in str(by_id["s2"])
-    assert answers[-1]["summary"] == {"routed": 2, "prefilled": 0, "released": 1}
+    assert answers[-1]["summary"] == {"routed": 3, "prefilled": 0, "released": 1}
     refused = rest.post("/v1/router/session", json={})
-    assert refused.status_code == 400 and "one of route, prefilled, released" in refused.text
+    assert refused.status_code == 400 and "one of route, prefilled, released (or more)" in refused.text
 
 
 def test_closing_the_connection_cancels_the_request_in_the_engine(mesh):

@@ -15,30 +15,35 @@ from services.gateway.router_client import RouterClient
 
 
 class FakeRouter(router_pb2_grpc.RouterServicer):
-    """Answers Routes in pairs, the second first; "bad" fails; "break" ends the stream with an error."""
+    """Answers Routes in pairs, the second first, as one message; "bad" fails alone; "break" ends
+    the stream with an error."""
 
     def __init__(self):
         self.bookkeeping: list[tuple[str, str]] = []
         self.routed: list[str] = []
         self.sessions = 0
+        self.stream_messages = 0
 
     async def Session(self, requests, context):
         self.sessions += 1
         held = []
-        async for message in requests:
-            kind = message.WhichOneof("kind")
-            if kind != "route":
-                self.bookkeeping.append((kind, getattr(message, kind)))
-                continue
-            self.routed.append(message.route.request_id)
-            if message.route.request_id == "break":
-                await context.abort(grpc.StatusCode.UNAVAILABLE, "router going away")
-            held.append(message.route)
-            if len(held) < 2 and message.route.request_id != "bad":
-                continue
-            for route in reversed(held):
-                yield answer(route)
-            held = []
+        async for received in requests:
+            self.stream_messages += 1
+            for message in (received, *received.more):
+                kind = message.WhichOneof("kind")
+                if kind is None:
+                    continue  # only carries `more`
+                if kind != "route":
+                    self.bookkeeping.append((kind, getattr(message, kind)))
+                    continue
+                self.routed.append(message.route.request_id)
+                if message.route.request_id == "break":
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "router going away")
+                held.append(message.route)
+                if len(held) < 2 and message.route.request_id != "bad":
+                    continue
+                yield router_pb2.SessionResponse(more=[answer(route) for route in reversed(held)])
+                held = []
 
 
 def answer(route: router_pb2.RouteRequest) -> router_pb2.SessionResponse:
@@ -66,9 +71,13 @@ def route(client: RouterClient, request_id: str):
     return client.route("m", request_id, 4, [], 0, {"traceparent": "00-ab-cd-01"})
 
 
+def route_pair(client: RouterClient, first: str, second: str):
+    return asyncio.gather(route(client, first), route(client, second))
+
+
 async def test_answers_out_of_order_reach_their_own_routes(router):
     _, client = router
-    first, second = await asyncio.gather(route(client, "r1"), route(client, "r2"))
+    first, second = await route_pair(client, "r1", "r2")
     assert (first.worker.id, second.worker.id) == ("worker-for-r1", "worker-for-r2")
 
 
@@ -83,9 +92,20 @@ async def test_bookkeeping_arrives_in_order_on_the_same_stream(router):
     client.mark_prefilled("r1")
     client.release("r1")
     client.release("r2")
-    await asyncio.gather(route(client, "r3"), route(client, "r4"))  # after the bookkeeping, on one stream
+    await route_pair(client, "r3", "r4")  # after the bookkeeping, on one stream
     assert fake.bookkeeping == [("prefilled", "r1"), ("released", "r1"), ("released", "r2")]
     assert fake.sessions == 1
+
+
+async def test_what_queues_while_the_stream_is_busy_goes_as_one_message(router):
+    fake, client = router
+    await route_pair(client, "r1", "r2")  # the stream is open
+    sent = fake.stream_messages
+    for n in range(20):
+        client.release(f"r{n}")
+    await route_pair(client, "r3", "r4")
+    assert fake.bookkeeping == [("released", f"r{n}") for n in range(20)]
+    assert fake.stream_messages - sent < 20  # the writer found most of them queued together
 
 
 async def test_a_broken_stream_fails_its_waiting_routes_and_the_next_route_opens_another(router):
@@ -97,6 +117,6 @@ async def test_a_broken_stream_fails_its_waiting_routes_and_the_next_route_opens
         await route(client, "break")
     with pytest.raises(Unavailable, match="router going away"):
         await waiting
-    first, second = await asyncio.gather(route(client, "r5"), route(client, "r6"))
+    first, second = await route_pair(client, "r5", "r6")
     assert (first.worker.id, second.worker.id) == ("worker-for-r5", "worker-for-r6")
     assert fake.sessions == 2
