@@ -10,18 +10,22 @@ The protocol (a client's side: services/gateway/engine_mux.py):
 - A client opens a mux with a request carrying the parameter `mux_open` = an id it chose (its
   `input_ids` are ignored). The model answers at once with an empty batch (the mux is open), then
   with batches, all on that request's stream.
-- A request carrying the parameter `mux` = that id sends all its deltas, the final one too, in the
-  mux's batches; on its own stream it only ends, with an empty batch (or with an error).
+- The client sends its requests on that same stream, each carrying the parameter `mux` = that id:
+  a request sends all its deltas, the final one too, and its error if it fails, in the mux's
+  batches, and on its own only the final flag, which Triton does not send by default. So the
+  stream carries the responses of one request only (Triton 2.51 aborts when the responses of two
+  requests on one stream are written at once), and a request costs no stream of its own.
 - A batch is the `mux_deltas` output: JSON, a list of
-  [request id, token ids, finish reason or null, prompt tokens, cached tokens, kv_transfer_params or null].
-  The mux's last response, when the model ends it, is JSON `null`.
+  [request id, token ids, finish reason or null, prompt tokens, cached tokens, kv_transfer_params or null],
+  or [request id, error message] for a request that failed. The mux's last response, when the
+  model ends it, is JSON `null`.
 - Cancelling a muxed request: a request carrying `mux` = the mux's id and `mux_cancel` = the
   request's id, on a stream of its own (answered with an empty batch). The model asks Triton whether
   the mux's own request was cancelled once every CHECK_S, not each request a few times a second
   (an IPC round trip each); when the mux's client is gone, all its requests are aborted.
 - A mux with no request in flight for IDLE_CLOSE_S is ended, so that Triton can unload the model
-  (it waits for every request in flight, a mux included). A request naming a mux that is not open
-  streams on its own stream as without one.
+  (it waits for every request in flight, a mux included); a client sends no request on a mux idle
+  for half that. A request naming a mux that is not open fails with an error response of its own.
 """
 
 from __future__ import annotations
@@ -48,12 +52,14 @@ SendBatch = Callable[[bytes, bool], Awaitable[None]]
 IsCancelled = Callable[[], Awaitable[bool]]
 
 
-def encode(batch: list[tuple[str, EngineDelta]] | None) -> bytes:
+def encode(batch: list[tuple[str, EngineDelta | str]] | None) -> bytes:
+    """A batch's payload; a str in place of a delta is the request's error message."""
     if batch is None:
         return b"null"
     return json.dumps(
         [
-            [rid, d.token_ids, d.finish_reason, d.prompt_tokens, d.cached_tokens, d.kv_transfer_params]
+            [rid, d] if isinstance(d, str)
+            else [rid, d.token_ids, d.finish_reason, d.prompt_tokens, d.cached_tokens, d.kv_transfer_params]
             for rid, d in batch
         ]
     ).encode()
@@ -71,7 +77,7 @@ class Mux:
         self.cancelled: set[str] = set()  # members whose client went away
         self.abandoned = False  # the mux's client went away: every member is cancelled
         self.idle_since = time.monotonic()
-        self._batch: list[tuple[str, EngineDelta]] = []
+        self._batch: list[tuple[str, EngineDelta | str]] = []
         self._batch_sent: asyncio.Future | None = None
         self._busy = False  # a batch is in flight or a flush is scheduled
         self.broken: BaseException | None = None
@@ -92,8 +98,8 @@ class Mux:
     def member_cancelled(self, request_id: str) -> bool:
         return self.abandoned or request_id in self.cancelled
 
-    def add(self, request_id: str, delta: EngineDelta) -> asyncio.Future:
-        """Queues a delta; the future resolves when the batch holding it is sent."""
+    def add(self, request_id: str, delta: EngineDelta | str) -> asyncio.Future:
+        """Queues a delta (or an error message); the future resolves when the batch holding it is sent."""
         if self.broken is not None:
             raise ConnectionError(f"mux {self.id}: {self.broken}")
         loop = asyncio.get_running_loop()
@@ -190,8 +196,7 @@ class MuxHub:
 
 def member_send(mux: Mux, request_id: str, send_end: Callable[[], Awaitable[None]]):
     """A muxed request's Send (engines.serving.Send): deltas in the mux's batches; after the final
-    one, the request's own stream ends. If the mux fails, the request fails (serving sends the
-    error on its own stream)."""
+    one, the request ends (the final flag alone). If the mux fails, the request fails."""
     mux.join(request_id)
 
     async def send(delta: EngineDelta, final: bool) -> None:
@@ -205,6 +210,20 @@ def member_send(mux: Mux, request_id: str, send_end: Callable[[], Awaitable[None
             await send_end()
 
     return send
+
+
+def member_send_error(mux: Mux, request_id: str, send_end: Callable[[], Awaitable[None]]):
+    """A muxed request's SendError: its error in the mux's batch, then its end."""
+
+    async def send_error(message: str) -> None:
+        mux.join(request_id)  # a request refused before it ran has not joined
+        try:
+            await mux.add(request_id, message)
+        finally:
+            mux.leave(request_id)
+            await send_end()
+
+    return send_error
 
 
 def member_is_cancelled(mux: Mux, request_id: str) -> IsCancelled:

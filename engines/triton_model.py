@@ -67,22 +67,31 @@ class EngineModel:
                 self.engine.submit(self._cancel(str(parameters.get(mux.MUX)), str(parameters[mux.MUX_CANCEL]), io))
                 continue
             try:
-                parsed = self._parse(request)
+                parsed, refused = self._parse(request), None
             except engine_request.BadRequest as e:
-                error = self.pb_utils.TritonError(str(e), self.pb_utils.TritonError.INVALID_ARG)
+                parsed, refused = None, str(e)
+            if mux.MUX in parameters:
+                muxed = self._serve_muxed(str(parameters[mux.MUX]), request.request_id(), parsed, refused, io)
+                self.engine.submit(muxed)
+            elif refused is not None:
+                error = self.pb_utils.TritonError(refused, self.pb_utils.TritonError.INVALID_ARG)
                 sender.send(self.pb_utils.InferenceResponse(error=error), flags=final)
-                continue
-            self.engine.submit(self._serve(parsed, io, parameters.get(mux.MUX)))
+            else:
+                self.engine.submit(serve_request(self.engine, parsed, io.send, io.send_error, io.is_cancelled))
         return None
 
-    async def _serve(self, parsed, io, mux_id: str | None):
-        """On the engine's loop: a request naming an open mux sends its deltas there."""
+    async def _serve_muxed(self, mux_id: str, request_id: str, parsed, refused: str | None, io):
+        """On the engine's loop: everything of a request on a mux goes in its batches."""
         joined = self.muxes.get(mux_id)
-        send, is_cancelled = io.send, io.is_cancelled
-        if joined is not None:
-            send = mux.member_send(joined, parsed.request_id, lambda: io.send_batch(mux.encode([]), True))
-            is_cancelled = mux.member_is_cancelled(joined, parsed.request_id)
-        await serve_request(self.engine, parsed, send, io.send_error, is_cancelled)
+        if joined is None:  # ended before the request came: the one response on its stream
+            await io.send_error(f"mux {mux_id} is not open")
+            return
+        send_error = mux.member_send_error(joined, request_id, io.end)
+        if refused is not None:
+            await send_error(refused)
+            return
+        send = mux.member_send(joined, request_id, io.end)
+        await serve_request(self.engine, parsed, send, send_error, mux.member_is_cancelled(joined, request_id))
 
     async def _cancel(self, mux_id: str, request_id: str, io) -> None:
         """A client cancelling one of its muxed requests; the answer is an empty batch."""
@@ -134,6 +143,10 @@ class _RequestIO:
         if final:
             return self._call(lambda: self._final(self._response(delta)))
         return self._call(lambda: self.sender.send(self._response(delta)))
+
+    def end(self):
+        """The final flag and no response: Triton sends a client nothing for it."""
+        return self._call(lambda: self._final(None))
 
     def send_batch(self, payload: bytes, final: bool):
         """A mux's batch (engines/mux.py) on this request's stream."""

@@ -1,8 +1,8 @@
 """Streams a request from a worker's Triton (KServe v2 gRPC, decoupled model) with
-`tritonclient.grpc.aio`, its deltas by the worker model's mux when there is one. Leaving the
-iteration before the final response cancels the request's gRPC stream,
-which Triton turns into `request.is_cancelled()` in the model, which aborts the request in the
-engine."""
+`tritonclient.grpc.aio`: on the worker model's mux when there is one, else on a stream of its own.
+Leaving the iteration before the final response cancels the request (its own gRPC stream, which
+Triton turns into `request.is_cancelled()` in the model, or a cancel through the mux), which
+aborts it in the engine."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from tritonclient.utils import InferenceServerException, deserialize_bytes_tenso
 
 from kvmesh.errors import KvmeshError, Unavailable
 from kvmesh.v1 import worker_pb2
-from services.gateway.engine_mux import MUX, EngineMux, has_batch
+from services.gateway.engine_mux import MUX, EngineMux
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ class TritonPool:
         self._muxes: dict[tuple[str, str], EngineMux] = {}
         self._opening: dict[tuple[str, str], asyncio.Future] = {}
         self._mux_retry_at: dict[tuple[str, str], float] = {}
+        self._retired: set[EngineMux] = set()
         self._in_flight: dict[tuple[str, str], int] = {}
 
     def _client(self, address: str) -> triton_aio.InferenceServerClient:
@@ -73,11 +74,11 @@ class TritonPool:
         return client
 
     async def _mux(self, worker: worker_pb2.WorkerRecord) -> EngineMux | None:
-        """The worker model's open mux, opened if need be; None (stream on the request's own
+        """The worker model's usable mux, opened if need be; None (stream on the request's own
         stream) if muxes are off or the last try to open one failed less than MUX_RETRY_S ago."""
         key = (worker.triton_grpc_address, worker.triton_model)
         mux = self._muxes.get(key)
-        if mux is not None and mux.open:
+        if mux is not None and mux.usable():
             return mux
         if not self.use_mux or time.monotonic() < self._mux_retry_at.get(key, 0.0):
             return None
@@ -91,6 +92,8 @@ class TritonPool:
         mux = EngineMux(self._client(address), model, address)
         try:
             await mux.start(self.mux_open_timeout_s)
+            if (idle := self._muxes.get(key)) is not None:
+                self._retired.add(idle)  # the model ends it; closed with the pool if it has not
             self._muxes[key] = mux
             return mux
         except (Unavailable, TimeoutError, InferenceServerException, grpc.aio.AioRpcError) as e:
@@ -122,39 +125,44 @@ class TritonPool:
         parameters: dict = dict(trace_headers)
         if response_interval_ms:
             parameters["response_interval_ms"] = response_interval_ms
-        # Deltas come from the mux's reader or from the request's own stream (errors, its end, and
-        # its deltas when it has no mux) into one queue.
+        # Deltas come from the mux's reader or from the request's own stream into one queue.
         queue: asyncio.Queue = asyncio.Queue()
         key = (worker.triton_grpc_address, worker.triton_model)
         self._in_flight[key] = self._in_flight.get(key, 0) + 1
-        # A request alone on its worker model gains nothing from batches and would pay the mux's
-        # extra end response (bench.overhead at c=1): it streams on its own.
-        try:
-            mux = await self._mux(worker) if self._in_flight[key] > 1 else None
-        except BaseException:  # cancelled while the mux opened
-            self._in_flight[key] -= 1
-            raise
+        # A mux is opened once two requests run on a worker model at a time; one open is used by
+        # a request alone too (no stream of its own to open).
+        mux = self._muxes.get(key)
+        if mux is None or not mux.usable():
+            try:
+                mux = await self._mux(worker) if self._in_flight[key] > 1 else None
+            except BaseException:  # cancelled while the mux opened
+                self._in_flight[key] -= 1
+                raise
         if mux is not None:
             parameters[MUX] = mux.id
-            mux.members[request_id] = queue
         request = {
             "model_name": worker.triton_model,
             "inputs": inputs,
             "request_id": request_id,
             "parameters": parameters or None,
         }
+        if mux is not None:
+            mux.submit(request_id, request, queue)
+        else:
 
-        async def one_request():
-            yield request
+            async def one_request():
+                yield request
 
-        responses = self._client(worker.triton_grpc_address).stream_infer(one_request(), headers=trace_headers)
-        own = asyncio.create_task(_pump(worker, responses, queue))
+            responses = self._client(worker.triton_grpc_address).stream_infer(one_request(), headers=trace_headers)
+            own = asyncio.create_task(_pump(worker, responses, queue))
         answered = False
         try:
             while True:
                 item = await queue.get()
                 if isinstance(item, Exception):
                     raise item
+                if isinstance(item, str):  # the engine's error, by the mux
+                    raise stream_error(worker, item)
                 chunk = item if isinstance(item, EngineChunk) else _muxed_chunk(item)
                 answered = chunk.finish_reason is not None
                 yield chunk
@@ -163,18 +171,15 @@ class TritonPool:
         finally:
             self._in_flight[key] -= 1
             if mux is not None:
-                mux.members.pop(request_id, None)
+                mux.leave(request_id)
                 if not answered and mux.open:
-                    # The model aborts it and ends its stream: cancelling that stream too could meet
-                    # its final response, the moment at which Triton 2.51 holds the model (_pump).
-                    mux.cancel(request_id)
-                    answered = True
-            if not answered or not await _ended(own):
+                    mux.cancel(request_id)  # the model aborts it
+            elif not answered or not await _ended(own):
                 responses.cancel()
                 own.cancel()
 
     async def close(self) -> None:
-        for mux in self._muxes.values():
+        for mux in [*self._muxes.values(), *self._retired]:
             await mux.close()
         for client in self._clients.values():
             await client.close()
@@ -188,17 +193,13 @@ async def _pump(worker: worker_pb2.WorkerRecord, responses, queue: asyncio.Queue
     """A request's own stream into its queue, read to its end: Triton closes it right after the
     final response. Cancelling it there instead can leave Triton 2.51 holding the model for good:
     its unload (a role change) and Triton's exit then never finish (tests/integration/test_model_unload.py)."""
-    ended = False  # a final response, or a muxed request's end (its deltas came by the mux)
+    ended = False
     try:
         async for result, error in responses:
             if error is not None:
                 queue.put_nowait(stream_error(worker, error.message()))
                 return
-            response = result.get_response()
-            if has_batch(response):
-                ended = True
-                continue
-            chunk = _chunk(response)
+            chunk = _chunk(result.get_response())
             ended = chunk.finish_reason is not None
             queue.put_nowait(chunk)
         if not ended:

@@ -1,12 +1,13 @@
 """The gateway's end of a worker model's mux (engines/mux.py): one long-lived Triton stream on
-which the model sends every step's new tokens of all the gateway's requests on it as one response,
-dispatched here to each request's queue."""
+which the gateway sends its requests to that model and the model sends every step's new tokens of
+all of them as one response, dispatched here to each request's queue."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import time
 import uuid
 
 import grpc
@@ -24,25 +25,26 @@ MUX_OPEN = "mux_open"
 MUX = "mux"
 MUX_CANCEL = "mux_cancel"
 OUTPUT = "mux_deltas"
+# The model ends a mux idle for 5 s (engines/mux.py IDLE_CLOSE_S); a request sent on one idle
+# for half that reaches it open.
+REUSE_IDLE_S = 2.5
 
 
 def batch_of(response) -> list | None:
     """A response's mux batch (a list of [request id, token ids, finish reason, prompt tokens,
-    cached tokens, kv_transfer_params]; None: the mux ended), or [] when it carries none."""
+    cached tokens, kv_transfer_params] or [request id, error message]; None: the mux ended), or []
+    when it carries none."""
     for output, content in zip(response.outputs, response.raw_output_contents, strict=True):
         if output.name == OUTPUT:
             return json.loads(deserialize_bytes_tensor(content)[0])
     return []
 
 
-def has_batch(response) -> bool:
-    return any(output.name == OUTPUT for output in response.outputs)
-
-
 class EngineMux:
     """One model on one worker. `members` maps a request id to the queue its deltas go to; the
     items are ([token ids, finish reason, prompt tokens, cached tokens, kv_transfer_params]) lists,
-    or an exception when the mux broke under the request."""
+    the engine's error message (a str) when the request failed, or an exception when the mux broke
+    under it."""
 
     def __init__(self, client: triton_aio.InferenceServerClient, model: str, address: str):
         self.id = uuid.uuid4().hex
@@ -50,8 +52,10 @@ class EngineMux:
         self.address = address
         self.members: dict[str, asyncio.Queue] = {}
         self.open = False
+        self.idle_since = time.monotonic()
         self._client = client
-        self._ended = asyncio.Event()
+        self._outgoing: asyncio.Queue[dict | None] = asyncio.Queue()  # None: no more requests
+        self._ended = False
         self._cancels: set[asyncio.Task] = set()
         self._reader: asyncio.Task | None = None
         self._responses = None
@@ -67,9 +71,8 @@ class EngineMux:
 
         async def requests():
             yield opening
-            # One request a stream: Triton 2.51 aborts (gRPC's "!byte_buffer->Valid()") when the
-            # responses of two requests in flight on one stream are written at once.
-            await self._ended.wait()  # the stream stays open for the mux's life
+            while (request := await self._outgoing.get()) is not None:
+                yield request
 
         responses = self._client.stream_infer(requests())
         try:
@@ -85,30 +88,53 @@ class EngineMux:
         self._responses = responses
         self._reader = asyncio.create_task(self._read(responses))
 
+    def usable(self) -> bool:
+        """Open, and not idle so long that the model may end it before a request gets there."""
+        return self.open and (bool(self.members) or time.monotonic() - self.idle_since < REUSE_IDLE_S)
+
+    def submit(self, request_id: str, request: dict, queue: asyncio.Queue) -> None:
+        if self._ended:  # while the caller waited for it to open
+            queue.put_nowait(Unavailable(f"mux on {self.address}: ended before the request was sent"))
+            return
+        self.members[request_id] = queue
+        self._outgoing.put_nowait(request)
+
+    def leave(self, request_id: str) -> None:
+        self.members.pop(request_id, None)
+        if not self.members:
+            self.idle_since = time.monotonic()
+
     async def _read(self, responses) -> None:
+        """Dispatches batches until the model ends the mux or the stream fails, then reads the
+        stream to its end: Triton ends it once the requests sent on it are answered (_end)."""
         try:
             async for result, error in responses:
-                if error is not None:
-                    raise Unavailable(f"mux on {self.address}: {error.message()}")
+                if self._ended:
+                    continue
+                if error is not None:  # the mux's own request, or one that came after it ended
+                    self._end(Unavailable(f"mux on {self.address}: {error.message()}"))
+                    continue
                 batch = batch_of(result.get_response())
-                if batch is None:  # the model ended it (idle): requests sent since stream on their own
-                    return
+                if batch is None:
+                    # Every request the model took ended before this: the rest never reached it.
+                    self._end(Unavailable(f"mux on {self.address}: it ended before the request reached it"))
+                    continue
                 metrics.MUX_BATCHES.inc()
                 metrics.MUX_DELTAS.inc(len(batch))
                 for rid, *delta in batch:
                     queue = self.members.get(rid)
                     if queue is not None:
-                        queue.put_nowait(delta)
-            self._fail(Unavailable(f"mux on {self.address}: the stream ended"))
-        except Unavailable as e:
-            self._fail(e)
+                        queue.put_nowait(delta if len(delta) > 1 else delta[0])
+            self._end(Unavailable(f"mux on {self.address}: the stream ended"))
         except (InferenceServerException, grpc.aio.AioRpcError) as e:
-            self._fail(Unavailable(f"mux on {self.address}: {e}"))
-        finally:
-            self.open = False
-            self._ended.set()
+            self._end(Unavailable(f"mux on {self.address}: {e}"))
 
-    def _fail(self, error: Unavailable) -> None:
+    def _end(self, error: Unavailable) -> None:
+        """No more requests on this mux; those waiting on it fail."""
+        if self._ended:
+            return
+        self._ended, self.open = True, False
+        self._outgoing.put_nowait(None)
         for queue in self.members.values():
             queue.put_nowait(error)
         if self.members:
@@ -139,8 +165,8 @@ class EngineMux:
             log.warning("cancel of %s on %s: %s", request_id, self.address, e)
 
     async def close(self) -> None:
-        was_open, self.open = self.open, False
-        self._ended.set()
+        was_open = self.open
+        self._end(Unavailable(f"mux on {self.address}: the gateway is closing"))
         if was_open and self._responses is not None:
             # Only a live mux: cancelling a stream just after its final response (the model ended
             # the mux) can leave Triton 2.51 holding the model (engine_client._pump).

@@ -1,7 +1,8 @@
 """The mux (engines/mux.py) on a real Triton with the simulated engine's model, through the
 gateway's own Triton client: the same tokens as one stream a request, in fewer responses; a
-request naming no open mux, or alone on its worker, streams on its own; an idle mux ends and the
-next one opens; requests leaving a mux early do not disturb the others on it."""
+request naming no open mux fails with an error of its own; one alone on its worker streams on its
+own; an idle mux ends and the next one opens; requests leaving a mux early do not disturb the
+others on it; an engine's refusal of a muxed request comes back as its error."""
 
 import asyncio
 import contextlib
@@ -12,7 +13,7 @@ import tritonclient.grpc.aio as triton_aio
 from engines import mux as engine_mux
 from kvmesh.v1 import worker_pb2
 from services.gateway import metrics
-from services.gateway.engine_client import TritonPool
+from services.gateway.engine_client import EngineError, TritonPool
 from tests.integration.conftest import SIM_MODEL, load_sim
 
 SAMPLING = {"max_tokens": 12, "ignore_eos": True}
@@ -61,7 +62,7 @@ def test_concurrent_requests_get_their_own_tokens_in_shared_responses(triton):
     assert batches < deltas / 2, f"{batches} responses for {deltas} deltas: the engine steps were not batched"
 
 
-async def own_stream_with_unknown_mux(address: str) -> list:
+async def unknown_mux(address: str) -> list:
     client = triton_aio.InferenceServerClient(address)
     await load_sim(client)
     ids = triton_aio.InferInput("input_ids", [40], "INT32")
@@ -70,22 +71,19 @@ async def own_stream_with_unknown_mux(address: str) -> list:
     async def requests():
         yield {"model_name": SIM_MODEL, "inputs": [ids], "request_id": "lost", "parameters": {engine_mux.MUX: "nope"}}
 
-    outputs = []
+    answers = []
     try:
         async for result, error in client.stream_infer(requests()):
-            assert error is None
-            outputs.append({o.name for o in result.get_response().outputs})
-            if "finish_reason" in outputs[-1]:
-                break
+            answers.append(error.message() if error is not None else result.get_response())
+            break
     finally:
         await client.close()
-    return outputs
+    return answers
 
 
-def test_a_request_naming_no_open_mux_streams_on_its_own(triton):
+def test_a_request_naming_no_open_mux_fails_with_an_error_of_its_own(triton):
     _, address = triton
-    outputs = asyncio.run(own_stream_with_unknown_mux(address))
-    assert outputs and all("output_ids" in names and engine_mux.OUTPUT not in names for names in outputs)
+    assert asyncio.run(unknown_mux(address)) == ["mux nope is not open"]
 
 
 async def idle_then_again(address: str) -> tuple[str, bool, str, list[int]]:
@@ -124,3 +122,29 @@ def test_requests_leaving_a_mux_early_do_not_disturb_the_others_on_it(triton):
     _, address = triton
     alone, stayed = asyncio.run(some_leave_early(address))
     assert stayed == alone
+
+
+async def refused_on_the_mux(address: str):
+    async with sim_on(address) as (worker, _, muxed):
+        await asyncio.gather(*(generate(muxed, worker, n) for n in range(2)))  # opens the mux
+
+        async def refused() -> str:
+            try:
+                async for _ in muxed.stream(worker, "refused", prompt(9), {"max_tokens": -5}, {}):
+                    pass
+            except EngineError as e:
+                return str(e)
+            return "not refused"
+
+        deltas = metrics.MUX_DELTAS._value.get()
+        refusal = await refused()  # alone, on the mux that is open
+        by_mux = metrics.MUX_DELTAS._value.get() - deltas
+        return refusal, by_mux, await asyncio.gather(refused(), *(generate(muxed, worker, n) for n in range(4)))
+
+
+def test_an_engine_refusal_on_a_mux_is_that_requests_error_and_the_others_go_on(triton):
+    _, address = triton
+    refusal, by_mux, (again, *others) = asyncio.run(refused_on_the_mux(address))
+    assert "w-mux" in refusal and "sampling_params.max_tokens" in refusal, refusal
+    assert by_mux == 1, "the refusal came in a batch of the open mux"
+    assert again == refusal and all(len(tokens) == SAMPLING["max_tokens"] for tokens in others)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from engines.mux import Mux, MuxHub, encode, member_is_cancelled, member_send
+from engines.mux import Mux, MuxHub, encode, member_is_cancelled, member_send, member_send_error
 from engines.request import EngineDelta
 
 
@@ -35,7 +35,10 @@ def delta(ids, finish=None):
 
 def test_encoding_carries_every_field_of_each_delta():
     d = EngineDelta([5, 6], "stop", 7, 3, {"remote_port": 1})
-    assert json.loads(encode([("r1", d)])) == [["r1", [5, 6], "stop", 7, 3, {"remote_port": 1}]]
+    assert json.loads(encode([("r1", d), ("r2", "engine error: boom")])) == [
+        ["r1", [5, 6], "stop", 7, 3, {"remote_port": 1}],
+        ["r2", "engine error: boom"],
+    ]
     assert json.loads(encode([])) == [] and json.loads(encode(None)) is None
 
 
@@ -80,6 +83,17 @@ async def test_a_member_ends_its_own_stream_after_its_final_delta_and_leaves():
     await send(delta([1]), False)
     await send(delta([2], "length"), True)
     assert ended == [2] and not mux.members
+
+
+async def test_a_members_error_goes_in_the_batch_then_it_ends_and_leaves():
+    stream, ended = FakeStream(), []
+    mux = Mux("m", stream.send, stream.is_cancelled)
+
+    async def end():
+        ended.append(len(stream.payloads))
+
+    await member_send_error(mux, "r1", end)("prompt too long")  # refused before it ran: never joined
+    assert stream.payloads == [[["r1", "prompt too long"]]] and ended == [1] and not mux.members
 
 
 async def test_a_member_whose_batch_fails_leaves_the_mux():
