@@ -96,7 +96,8 @@ def test_a_router_session_answers_each_route_and_sums_up(rest, mesh):
     messages = [
         {"route": {"model": mesh.model, "request_id": "s1", "num_tokens": 4}},
         {"route": {"model": "no-such-model", "request_id": "s2"}},
-        {"more": [{"released": "s1"}, {"route": {"model": mesh.model, "request_id": "s3", "num_tokens": 4}}]},
+        {"more": [{"released": "s1"}, {"route": {"model": mesh.model, "request_id": "s3", "num_tokens": 4}},
+                  {"released": "s3"}]},
     ]
     response = rest.post("/v1/router/session", content="\n".join(json.dumps(m) for m in messages))
     assert response.status_code == 200, response.text
@@ -105,9 +106,12 @@ def test_a_router_session_answers_each_route_and_sums_up(rest, mesh):
     by_id = {a["request_id"]: a for a in answers + nested if a.get("request_id")}
     assert by_id["s1"]["route"]["worker"]["model"] == by_id["s3"]["route"]["worker"]["model"] == mesh.model
     assert by_id["s2"]["error"]["code"] == grpc.StatusCode.UNAVAILABLE.value[0] and "no-such-model" in str(by_id["s2"])
-    assert answers[-1]["summary"] == {"routed": 3, "prefilled": 0, "released": 1}
+    assert answers[-1]["summary"] == {"routed": 3, "prefilled": 0, "released": 2}
     refused = rest.post("/v1/router/session", json={})
     assert refused.status_code == 400 and "one of route, prefilled, released (or more)" in refused.text
+    with grpc.insecure_channel(mesh.router) as channel:
+        workers = router_pb2_grpc.RouterStub(channel).Workers(router_pb2.WorkersRequest()).workers
+        assert sum(w.in_flight for w in workers) == 0, "every routed request was released"
 
 
 def test_closing_the_connection_cancels_the_request_in_the_engine(mesh):
