@@ -110,8 +110,12 @@ def test_a_router_session_answers_each_route_and_sums_up(rest, mesh):
     refused = rest.post("/v1/router/session", json={})
     assert refused.status_code == 400 and "one of route, prefilled, released (or more)" in refused.text
     with grpc.insecure_channel(mesh.router) as channel:
-        workers = router_pb2_grpc.RouterStub(channel).Workers(router_pb2.WorkersRequest()).workers
-        assert sum(w.in_flight for w in workers) == 0, "every routed request was released"
+        router = router_pb2_grpc.RouterStub(channel)
+        wait_for(
+            lambda: sum(w.in_flight for w in router.Workers(router_pb2.WorkersRequest()).workers) == 0,
+            timeout_s=10,
+            what="every routed request released",
+        )
 
 
 def test_closing_the_connection_cancels_the_request_in_the_engine(mesh):
