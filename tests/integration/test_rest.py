@@ -109,13 +109,7 @@ def test_a_router_session_answers_each_route_and_sums_up(rest, mesh):
     assert answers[-1]["summary"] == {"routed": 3, "prefilled": 0, "released": 2}
     refused = rest.post("/v1/router/session", json={})
     assert refused.status_code == 400 and "one of route, prefilled, released (or more)" in refused.text
-    with grpc.insecure_channel(mesh.router) as channel:
-        router = router_pb2_grpc.RouterStub(channel)
-        wait_for(
-            lambda: sum(w.in_flight for w in router.Workers(router_pb2.WorkersRequest()).workers) == 0,
-            timeout_s=10,
-            what="every routed request released",
-        )
+    wait_router_idle(mesh, "every routed request released")
 
 
 def test_closing_the_connection_cancels_the_request_in_the_engine(mesh):
@@ -136,12 +130,16 @@ def test_closing_the_connection_cancels_the_request_in_the_engine(mesh):
         timeout_s=10,
         what="the engine aborting the request",
     )
+    wait_router_idle(mesh, "the router releasing it")
+
+
+def wait_router_idle(mesh, what: str) -> None:
     with grpc.insecure_channel(mesh.router) as channel:
         router = router_pb2_grpc.RouterStub(channel)
         wait_for(
             lambda: sum(w.in_flight for w in router.Workers(router_pb2.WorkersRequest()).workers) == 0,
             timeout_s=10,
-            what="the router releasing it",
+            what=what,
         )
 
 
