@@ -93,7 +93,8 @@ class TritonPool:
         try:
             await mux.start(self.mux_open_timeout_s)
             if (idle := self._muxes.get(key)) is not None:
-                self._retired.add(idle)  # the model ends it; closed with the pool if it has not
+                # The model ends it; kept until then, to be closed with the pool.
+                self._retired = {m for m in self._retired if not m.finished()} | {idle}
             self._muxes[key] = mux
             return mux
         except (Unavailable, TimeoutError, InferenceServerException, grpc.aio.AioRpcError) as e:

@@ -92,6 +92,10 @@ class EngineMux:
         """Open, and not idle so long that the model may end it before a request gets there."""
         return self.open and (bool(self.members) or time.monotonic() - self.idle_since < REUSE_IDLE_S)
 
+    def finished(self) -> bool:
+        """Its stream has ended (or it never opened)."""
+        return self._reader is None or self._reader.done()
+
     def submit(self, request_id: str, request: dict, queue: asyncio.Queue) -> None:
         if self._ended:  # while the caller waited for it to open
             queue.put_nowait(Unavailable(f"mux on {self.address}: ended before the request was sent"))
