@@ -73,14 +73,15 @@ class TritonPool:
             client = self._clients[address] = triton_aio.InferenceServerClient(address)
         return client
 
-    async def _mux(self, worker: worker_pb2.WorkerRecord) -> EngineMux | None:
-        """The worker model's usable mux, opened if need be; None (stream on the request's own
-        stream) if muxes are off or the last try to open one failed less than MUX_RETRY_S ago."""
+    async def _mux(self, worker: worker_pb2.WorkerRecord, may_open: bool = True) -> EngineMux | None:
+        """The worker model's usable mux, opened if need be and `may_open`; None (stream on the
+        request's own stream) if there is none to use, muxes are off, or the last try to open one
+        failed less than MUX_RETRY_S ago."""
         key = (worker.triton_grpc_address, worker.triton_model)
         mux = self._muxes.get(key)
         if mux is not None and mux.usable():
             return mux
-        if not self.use_mux or time.monotonic() < self._mux_retry_at.get(key, 0.0):
+        if not may_open or not self.use_mux or time.monotonic() < self._mux_retry_at.get(key, 0.0):
             return None
         opening = self._opening.get(key)
         if opening is None:
@@ -132,13 +133,11 @@ class TritonPool:
         self._in_flight[key] = self._in_flight.get(key, 0) + 1
         # A mux is opened once two requests run on a worker model at a time; one open is used by
         # a request alone too (no stream of its own to open).
-        mux = self._muxes.get(key)
-        if mux is None or not mux.usable():
-            try:
-                mux = await self._mux(worker) if self._in_flight[key] > 1 else None
-            except BaseException:  # cancelled while the mux opened
-                self._in_flight[key] -= 1
-                raise
+        try:
+            mux = await self._mux(worker, may_open=self._in_flight[key] > 1)
+        except BaseException:  # cancelled while the mux opened
+            self._in_flight[key] -= 1
+            raise
         if mux is not None:
             parameters[MUX] = mux.id
         request = {
