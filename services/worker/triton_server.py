@@ -1,9 +1,9 @@
 """Launch the real `tritonserver` from the nvidia-pytriton wheel on a model repository.
 
-The three settings notes/triton-on-cpu.md found necessary are made here: the Python stub copied
-beside the backend, LD_LIBRARY_PATH at this interpreter's libpython (and the wheel's own
-libraries), and this venv first on PATH (the stub takes sys.prefix from the first python3 on PATH
-and ignores PYTHONPATH).
+The three settings Triton's Python backend needs outside NVIDIA's container are made here (see
+docs/versions.md): the Python stub copied beside the backend, LD_LIBRARY_PATH at this interpreter's
+libpython (and the wheel's own libraries), and this venv first on PATH (the stub takes sys.prefix
+from the first python3 on PATH and ignores PYTHONPATH).
 """
 
 from __future__ import annotations

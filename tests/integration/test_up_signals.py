@@ -2,7 +2,7 @@
 on SIGINT even when its launcher ran it with SIGINT ignored, as a shell does for `kvmesh up &` in a
 script (Python then installs no KeyboardInterrupt handler); and a mesh started in a directory that
 holds an earlier mesh's logs reads only its own (the benchmarks reuse their directories and count
-events in the logs: planner_eval's scaling actions counted every earlier run's until 2026-12-06).
+events in the logs, and must not count an earlier run's).
 One mesh for both."""
 
 import signal

@@ -135,7 +135,7 @@ def test_waiting_workers_is_the_fewest_that_meet_the_tail(offered, slack):
 
 
 def test_a_short_burst_of_long_prompts_needs_a_worker_each_not_a_queue_each():
-    # Four ~7k-token prompts in 2 s, each taking 980 ms of a 1,000 ms target (2026-12-03's eval):
+    # Four ~7k-token prompts in 2 s, each taking 980 ms of a 1,000 ms target (a planner_eval case):
     # the per-worker queue model asked for 22 workers; one for each and a spare is what it takes.
     profile = Profile(engine="sim", model="m", prefill=[PrefillPoint(isl=7000, ttft_ms=980, tokens_per_s=7000 / 0.98),
                       PrefillPoint(isl=1, ttft_ms=1, tokens_per_s=1000)], decode=PROFILE.decode)  # fmt: skip
