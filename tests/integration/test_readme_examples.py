@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-DEFAULT_REST, DEFAULT_HTTP = "http://127.0.0.1:8082", "http://127.0.0.1:8080"
+DEFAULT_REST, DEFAULT_HTTP, DEFAULT_GRPC = "http://127.0.0.1:8082", "http://127.0.0.1:8080", "127.0.0.1:8081"
 
 
 def code_blocks(language: str) -> list[str]:
@@ -21,7 +21,7 @@ def curl_examples() -> list[str]:
 
 
 def for_mesh(text: str, mesh) -> str:
-    return text.replace(DEFAULT_REST, mesh.rest).replace(DEFAULT_HTTP, mesh.http)
+    return text.replace(DEFAULT_REST, mesh.rest).replace(DEFAULT_HTTP, mesh.http).replace(DEFAULT_GRPC, mesh.grpc)
 
 
 def test_the_readme_has_curl_examples():
