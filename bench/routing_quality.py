@@ -2,7 +2,7 @@
 policy), each on a fresh mesh of N simulated workers with a fixed KV cache each, in one run; and
 two bounds computed from the trace alone.
 
-    .venv/bin/python -m bench.routing_quality [--trace ../shared/traces/mooncake_synthetic_trace.jsonl]
+    .venv/bin/python -m bench.routing_quality [--trace bench/traces/mooncake_synthetic_trace.jsonl]
         [--workers 8] [--num-blocks 8192] [--time-scale 0.3] [--limit 1500] [--speedup 10]
 
 Bounds: "infinite cache" (every block ever seen stays cached) and "pooled LRU" (one LRU cache
@@ -19,7 +19,7 @@ import json
 from collections import OrderedDict
 from pathlib import Path
 
-from bench.common import GPU_LIKE, RESULTS, save
+from bench.common import GPU_LIKE, MOONCAKE_TRACE, RESULTS, save
 from kvmesh.cli.local_mesh import LocalMesh
 from kvmesh.replay import report, traces
 from kvmesh.replay.runner import ReplayOptions, replay
@@ -69,7 +69,12 @@ def run_policy(policy: str, requests, args) -> tuple[dict, list]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trace", type=Path, default=Path("../shared/traces/mooncake_synthetic_trace.jsonl"))
+    parser.add_argument(
+        "--trace",
+        type=Path,
+        default=MOONCAKE_TRACE,
+        help="Mooncake .jsonl or Azure .csv (only Mooncake shares prefixes)",
+    )
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--num-blocks", type=int, default=8192, help=f"KV cache per worker, {SIM_BLOCK}-token blocks")
     # At 0.1× (37 req/s of 11.7k-token prompts) the two cores saturate and every policy queues for
@@ -86,7 +91,8 @@ def main() -> None:
     for policy in args.policies:
         print(f"== {policy}", flush=True)
         summary, outcomes = run_policy(policy, requests, args)
-        report.write(RESULTS, f"routing-{policy}", summary, outcomes)
+        title = f"{policy} on {args.trace.name} (first {len(requests)} requests, time × {args.time_scale})"
+        report.write(RESULTS, f"routing-{policy}", summary, outcomes, title)
         results[policy] = summary
         print(json.dumps(summary), flush=True)
     base = results.get("round-robin")
@@ -94,14 +100,15 @@ def main() -> None:
     print("policy        | hit ratio (of pooled LRU) | TTFT p50 / p99 ms (× round-robin) | ITL p50 ms | errors")
     for policy in args.policies:
         s = results[policy]
-        of_bound = s["prefix_hit_ratio"] / results["bounds"]["pooled_lru"]
+        bound = results["bounds"]["pooled_lru"]  # 0 on a trace without shared prefixes
+        of_bound = f"{s['prefix_hit_ratio'] / bound:.1%}" if bound else "-"
         ratio = (
             f"({s['ttft_ms']['p50'] / base['ttft_ms']['p50']:.2f} / {s['ttft_ms']['p99'] / base['ttft_ms']['p99']:.2f})"
             if base
             else ""
         )
         print(
-            f"{policy:<13} | {s['prefix_hit_ratio']:.3f} ({of_bound:.1%}) | "
+            f"{policy:<13} | {s['prefix_hit_ratio']:.3f} ({of_bound}) | "
             f"{s['ttft_ms']['p50']:.0f} / {s['ttft_ms']['p99']:.0f} {ratio} | {s['itl_ms']['p50']:.1f} | {s['errors']}"
         )
     save("routing_quality", results)

@@ -39,8 +39,9 @@ def summarize(outcomes: list[Outcome], wall_s: float) -> dict:
     }
 
 
-def write(out_dir: Path, name: str, summary: dict, outcomes: list[Outcome]) -> list[Path]:
-    """`<name>.json` and `<name>.png` (TTFT over time, TTFT CDF, requests per worker)."""
+def write(out_dir: Path, name: str, summary: dict, outcomes: list[Outcome], title: str = "") -> list[Path]:
+    """`<name>.json` and `<name>.png` (TTFT over time, TTFT CDF, requests per worker), the plot titled
+    `title` (default: `name`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -59,7 +60,7 @@ def write(out_dir: Path, name: str, summary: dict, outcomes: list[Outcome]) -> l
     workers = summary["requests_per_worker"]
     axes[2].bar(range(len(workers)), list(workers.values()))
     axes[2].set(xlabel="worker", ylabel="requests", title=f"hit ratio {summary['prefix_hit_ratio']:.1%}")
-    fig.suptitle(name)
+    fig.suptitle(title or name)
     fig.tight_layout()
     png_path = out_dir / f"{name}.png"
     fig.savefig(png_path, dpi=90)
