@@ -1,19 +1,22 @@
-"""The planner against fixed allocations within the same budget, in one run: the Azure 2023 code
-trace (time-compressed) on simulated prefill/decode workers (GPU-class timing), every configuration
-on a fresh `kvmesh up --disagg` mesh.
+"""The planner against fixed allocations within the same budget, in one run: a trace (by default
+the Azure 2023 code trace), time-compressed, on simulated prefill/decode workers (GPU-class
+timing), every configuration on a fresh `kvmesh up --disagg` mesh.
 
-    .venv/bin/python -m bench.planner_eval [--time-scale 0.5] [--limit 1500] [--budget 6]
-        [--ttft-ms 1000] [--itl-ms 60] [--speedup 3] [--only fixed planner triton]
+    .venv/bin/python -m bench.planner_eval [--trace bench/traces/azure_llm_inference_code_2023.csv]
+        [--time-scale 0.5] [--limit 1500] [--budget 6] [--ttft-ms 1000] [--itl-ms 60] [--speedup 3]
+        [--only fixed planner triton]
 
-Fixed allocations: one decode worker (the trace's outputs are short) and the fewest prefill workers
-that meet the SLA goal within the budget, found by bisection (the runs on the way are reported). Per
-configuration: SLA attainment (requests with TTFT and mean ITL within the targets; failed requests
-count as misses), worker-seconds (the workers registered, sampled every second), scaling actions,
-the machine's CPU use (a saturated machine measures itself, not the pools); the planner's
-worker-seconds against the cheapest fixed allocation that meets 95%. The planner runs twice:
-starting and stopping workers (local connector), and changing the roles of a fixed fleet of the
-whole budget (triton connector). Plots load, workers and TTFT over time. The profile is measured
-first (`kvmesh profile`) on the same engine configuration.
+The yardstick is the cheapest fixed allocation that meets the SLA goal: the fewest workers, over
+both pools (P prefill + D decode within the budget), searched by bench/planner_search.py with as
+few runs as monotonicity allows. Per configuration: SLA attainment (requests with TTFT and mean
+ITL within the targets; failed requests count as misses), worker-seconds (the workers registered,
+sampled every second), scaling actions, the machine's CPU use (a saturated machine measures
+itself, not the pools). The planner runs twice: starting and stopping workers (local connector),
+and changing the roles of a fixed fleet of the whole budget (triton connector); its worker-seconds
+are compared with the yardstick's. Prints every configuration run, the fixed allocations in the
+order they were tried, and the yardstick; writes bench/results/planner_eval.json and a plot of load,
+workers and TTFT over time titled with the trace. The planner's profile is measured first
+(`kvmesh profile`) on the same engine configuration.
 """
 
 from __future__ import annotations
@@ -32,13 +35,13 @@ import grpc
 import numpy as np
 import psutil
 
-from bench.common import GPU_LIKE, RESULTS, save
+from bench.common import AZURE_CODE_TRACE, GPU_LIKE, RESULTS, save
+from bench.planner_search import Allocation, cheapest_allocation
 from kvmesh.cli.local_mesh import LocalMesh
 from kvmesh.replay import traces
 from kvmesh.replay.runner import ReplayOptions, replay
 from kvmesh.v1 import router_pb2, router_pb2_grpc, worker_pb2
 
-TRACE = Path(__file__).resolve().parents[2] / "shared" / "traces" / "azure_llm_inference_code_2023.csv"
 SLA_GOAL = 0.95
 
 
@@ -126,7 +129,8 @@ def plot(results: dict, requests, args, path: Path) -> Path:
     fig, (load, workers, ttft) = plt.subplots(3, 1, figsize=(10, 9), sharex=True)
     arrivals = np.array([r.arrival_s - requests[0].arrival_s for r in requests]) * args.time_scale
     load.hist(arrivals, bins=60)
-    load.set(ylabel="requests / bin", title="Azure code trace (compressed)")
+    title = f"{args.trace.name}: first {len(requests)} requests, time × {args.time_scale}"
+    load.set(ylabel="requests / bin", title=title)
     for name, r in results.items():
         series = r["_series"]
         t, total, prefill = zip(*series["workers"], strict=True)
@@ -152,23 +156,32 @@ def _checkpoint(results: dict) -> None:
 RUNS = ("fixed", "planner", "triton")
 
 
-def fixed_search(results: dict, requests, args) -> None:
-    """The fewest prefill workers (beside one decode worker) that meet the SLA goal, by bisection:
-    attainment only grows with workers, so the cheapest meeting allocation takes ~log2(budget) runs."""
-    low, high = 1, args.budget - 1  # the answer, if any, is in [low, high]
-    while low <= high:
-        prefill = (low + high) // 2
-        extra = ("--prefill-workers", str(prefill), "--decode-workers", "1")
-        result = results[f"fixed {prefill}P+1D"] = run_config(f"fixed-{prefill}-1", extra, prefill + 1, requests, args)
+def fixed_search(results: dict, requests, args) -> Allocation | None:
+    """The yardstick: the cheapest fixed allocation that meets the SLA goal (None if none does within
+    the budget); every allocation run goes into `results` as "fixed <P>P+<D>D"."""
+
+    def attainment(a: Allocation) -> float:
+        extra = ("--prefill-workers", str(a.prefill), "--decode-workers", str(a.decode))
+        result = results[f"fixed {a}"] = run_config(f"fixed-{a.prefill}-{a.decode}", extra, a.workers, requests, args)
         _checkpoint(results)
-        if result["sla_attainment"] >= SLA_GOAL:
-            high = prefill - 1
-        else:
-            low = prefill + 1
+        print(f"fixed {a}: SLA attainment {result['sla_attainment']:.1%}", flush=True)
+        return result["sla_attainment"]
+
+    return cheapest_allocation(attainment, args.budget, SLA_GOAL).cheapest
+
+
+def print_table(results: dict, yardstick: Allocation | None) -> None:
+    print("\nconfiguration (fixed: in the order tried) | SLA attainment | worker-s | TTFT p50 / p99 ms | actions")
+    for name, r in results.items():
+        print(f"{name:<42} | {r['sla_attainment']:.1%} | {r['worker_seconds']:.0f} | "
+              f"{r['ttft_ms_p50']} / {r['ttft_ms_p99']} | {r['scaling_actions']}")  # fmt: skip
+    goal = f"the fewest workers meeting {SLA_GOAL:.0%} of requests within the targets"
+    print(f"yardstick: fixed {yardstick} ({goal})" if yardstick else f"yardstick: none ({goal}: no allocation did)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trace", type=Path, default=AZURE_CODE_TRACE, help="a Mooncake .jsonl or Azure .csv trace")
     parser.add_argument("--time-scale", type=float, default=0.5)
     parser.add_argument("--limit", type=int, default=1500)
     parser.add_argument("--budget", type=int, default=6)
@@ -178,9 +191,9 @@ def main() -> None:
     parser.add_argument("--disagg-threshold", type=int, default=256)
     parser.add_argument("--max-output-tokens", type=int, default=256)
     parser.add_argument("--only", nargs="+", choices=RUNS, default=list(RUNS), help="configurations to run")
-    # The trace comes in bursts of seconds that begin within a second: by default the planner looks
-    # every second (a worker starts in ~1.4 s), averages two seconds so that a lone spike does not
-    # start workers, and holds the busiest of the last half minute.
+    # The Azure code trace comes in bursts of seconds that begin within a second: by default the
+    # planner looks every second (a simulated worker starts within two), averages two seconds so that
+    # a lone spike does not start workers, and holds the busiest of the last half minute.
     parser.add_argument(
         "--planner-args",
         default="--interval-s 1 --cooldown-s 10 --down-after 6 --forecaster peak --forecast-window 30 "
@@ -188,11 +201,10 @@ def main() -> None:
         help="the planner's settings (targets, their percentile and the budget are added)",
     )
     args = parser.parse_args()
-    requests = traces.load(TRACE, limit=args.limit)
-    profile = measure_profile(args)
+    requests = traces.load(args.trace, limit=args.limit)
+    profile = measure_profile(args) if {"planner", "triton"} & set(args.only) else None
     results = {}
-    if "fixed" in args.only:
-        fixed_search(results, requests, args)
+    yardstick = fixed_search(results, requests, args) if "fixed" in args.only else None
     # The planner sizes for the share of requests the SLA goal counts: planning for p90 when 95%
     # must meet the targets leaves the tail between them to chance.
     planner_args = (f"{args.planner_args} --ttft-ms {args.ttft_ms} --itl-ms {args.itl_ms} --max-replicas {args.budget} "
@@ -210,18 +222,19 @@ def main() -> None:
             "planner-triton", extra, args.budget, requests, args
         )
     png = plot(results, requests, args, RESULTS / "planner_eval.png")
-    meeting = {n: r for n, r in results.items() if n.startswith("fixed") and r["sla_attainment"] >= SLA_GOAL}
-    best = min(meeting.items(), key=lambda kv: kv[1]["worker_seconds"]) if meeting else None
-    ratio = round(results["planner"]["worker_seconds"] / best[1]["worker_seconds"], 3) if best else None
+    fixed = results[f"fixed {yardstick}"] if yardstick else None
+    planner_ws = results["planner"]["worker_seconds"] if "planner" in results else None
+    ratio = round(planner_ws / fixed["worker_seconds"], 3) if fixed and planner_ws is not None else None
     summary = {
-        "trace": f"{TRACE.name}, first {len(requests)} requests, time × {args.time_scale}",
+        "trace": f"{args.trace.name}, first {len(requests)} requests, time × {args.time_scale}",
         "targets": {"ttft_ms": args.ttft_ms, "itl_ms": args.itl_ms, "budget": args.budget},
         "configs": {n: {k: v for k, v in r.items() if k != "_series"} for n, r in results.items()},
-        "best_fixed_meeting_sla": best[0] if best else None,
+        "best_fixed_meeting_sla": f"fixed {yardstick}" if yardstick else None,
         "planner_worker_seconds_vs_best_fixed": ratio,
         "plot": str(png),
     }  # fmt: skip
     save("planner_eval", summary)
+    print_table(results, yardstick)
 
 
 if __name__ == "__main__":
