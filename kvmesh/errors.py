@@ -19,55 +19,30 @@ class KvmeshError(Exception):
         self.param = param
 
 
+# Each kind: its gRPC code, HTTP status and OpenAI error type.
 class InvalidArgument(KvmeshError):
-    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
-    http_status = 400
-    error_type = "invalid_request_error"
+    grpc_code, http_status, error_type = grpc.StatusCode.INVALID_ARGUMENT, 400, "invalid_request_error"
 
 
 class NotFound(KvmeshError):
-    grpc_code = grpc.StatusCode.NOT_FOUND
-    http_status = 404
-    error_type = "not_found_error"
+    grpc_code, http_status, error_type = grpc.StatusCode.NOT_FOUND, 404, "not_found_error"
 
 
 class FailedPrecondition(KvmeshError):
-    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
-    http_status = 400
-    error_type = "invalid_request_error"
+    grpc_code, http_status, error_type = grpc.StatusCode.FAILED_PRECONDITION, 400, "invalid_request_error"
 
 
 class ResourceExhausted(KvmeshError):
-    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    http_status = 429
-    error_type = "rate_limit_error"
+    grpc_code, http_status, error_type = grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "rate_limit_error"
 
 
 class Unavailable(KvmeshError):
-    grpc_code = grpc.StatusCode.UNAVAILABLE
-    http_status = 503
-    error_type = "service_unavailable"
-
-
-class DeadlineExceeded(KvmeshError):
-    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
-    http_status = 504
-    error_type = "timeout"
+    grpc_code, http_status, error_type = grpc.StatusCode.UNAVAILABLE, 503, "service_unavailable"
 
 
 _BY_GRPC_CODE = {
-    cls.grpc_code: cls
-    for cls in (InvalidArgument, NotFound, FailedPrecondition, ResourceExhausted, Unavailable, DeadlineExceeded)
+    cls.grpc_code: cls for cls in (InvalidArgument, NotFound, FailedPrecondition, ResourceExhausted, Unavailable)
 }
-
-
-def from_rpc_error(error: grpc.RpcError) -> KvmeshError:
-    """Turn a failed call to another service into our own error, keeping its code and message."""
-    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
-    details = error.details() if hasattr(error, "details") else str(error)
-    return _BY_GRPC_CODE.get(code, KvmeshError)(details or code.name)
-
-
 _BY_CODE_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
 
