@@ -14,7 +14,7 @@ class TextPart(BaseModel):
 
 
 class ChatMessage(BaseModel):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: StrictStr  # services/gateway/prompt.py checks it, as for the gRPC front
     content: StrictStr | list[TextPart] | None = None
 
     def text(self) -> str:

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from kvmesh import telemetry
 from kvmesh.errors import InvalidArgument
-from services.gateway import metrics
+from services.gateway import metrics, prompt
 from services.gateway.generation import Chunk, Generator, Usage, new_request_id
 from services.gateway.openai.errors import sse_error
 from services.gateway.openai.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
@@ -64,9 +64,7 @@ class OpenAIServing:
         _refuse(body.n != 1, "n", "kvmesh generates one choice per request; use n=1")
         _refuse(bool(body.logprobs) or body.top_logprobs is not None, "logprobs", "log probabilities are not supported")
         _refuse(bool(body.tools), "tools", "tool calling is not supported")
-        _refuse(not body.messages, "messages", "at least one message is required")
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
-        prompt_ids = model.tokenizer.encode_chat(messages)
+        prompt_ids = prompt.chat_ids(model.tokenizer, [(m.role, m.text()) for m in body.messages])
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         return await self._respond(request, body, model, prompt_ids, max_tokens, ChatFormat())
 
@@ -76,19 +74,14 @@ class OpenAIServing:
         _refuse(body.logprobs is not None, "logprobs", "log probabilities are not supported")
         _refuse(body.echo, "echo", "echo is not supported")
         _refuse(body.suffix is not None, "suffix", "suffix is not supported")
-        prompt = body.prompt
-        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
-            _refuse(len(prompt) != 1, "prompt", "one prompt per request")
-            prompt = prompt[0]
-        if isinstance(prompt, str):
-            prompt_ids = model.tokenizer.encode(prompt)
+        given = body.prompt
+        if isinstance(given, list) and given and isinstance(given[0], str):
+            _refuse(len(given) != 1, "prompt", "one prompt per request")
+            given = given[0]
+        if isinstance(given, str):
+            prompt_ids = model.tokenizer.encode(given)
         else:
-            _refuse(
-                any(t < 0 or t >= model.tokenizer.vocab_size for t in prompt),
-                "prompt",
-                f"token ids must be in [0, {model.tokenizer.vocab_size})",
-            )
-            prompt_ids = list(prompt)
+            prompt_ids = prompt.token_ids(model.tokenizer, given, "prompt")
         max_tokens = body.max_tokens if body.max_tokens is not None else 16  # OpenAI's default here
         return await self._respond(request, body, model, prompt_ids, max_tokens, CompletionFormat())
 
