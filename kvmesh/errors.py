@@ -1,6 +1,7 @@
 """One exception tree carrying both the gRPC status code and the HTTP status.
 
-Servicers abort with `.grpc_code`; the OpenAI front renders `.http_status` with OpenAI's error object.
+Servicers raise them and the gRPC server's interceptor (kvmesh/grpc_server.py) ends the call with
+`.grpc_code`; the OpenAI front renders `.http_status` with OpenAI's error object.
 """
 
 from __future__ import annotations

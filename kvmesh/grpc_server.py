@@ -1,14 +1,16 @@
 """Serving a gRPC service: port 0 binds a free port, the standard health service, telemetry
-interceptors, the start-up heap frozen out of the garbage collector, SIGTERM/SIGINT → NOT_SERVING
-→ drain → stop(grace)."""
+interceptors, a KvmeshError ending a call as its status, the start-up heap frozen out of the
+garbage collector, SIGTERM/SIGINT → NOT_SERVING → drain → stop(grace)."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -28,7 +30,8 @@ class Served:
 
 
 async def serve(service_name: str, host: str, port: int, register: Callable[[grpc.aio.Server], None]) -> Served:
-    server = grpc.aio.server(interceptors=[ServerInterceptor(service_name)])
+    # The first interceptor is the outermost: telemetry sees the status the error interceptor set.
+    server = grpc.aio.server(interceptors=[ServerInterceptor(service_name), ErrorInterceptor()])
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -61,5 +64,50 @@ def channel(address: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(address, interceptors=[ClientInterceptor()])
 
 
-async def abort_with(context: grpc.aio.ServicerContext, error: KvmeshError) -> None:
-    await context.abort(error.grpc_code, error.message)
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """A KvmeshError that escapes a handler ends the call with its code and message (never a
+    traceback), so servicers raise instead of aborting. Unary and streaming handlers alike; any
+    other exception, cancellation included, passes untouched."""
+
+    async def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        for kind, make in _HANDLER_KINDS:
+            behaviour = getattr(handler, kind)
+            if behaviour is not None:
+                return make(_aborting(behaviour), handler.request_deserializer, handler.response_serializer)
+        return handler
+
+
+_HANDLER_KINDS = (
+    ("unary_unary", grpc.unary_unary_rpc_method_handler),
+    ("unary_stream", grpc.unary_stream_rpc_method_handler),
+    ("stream_unary", grpc.stream_unary_rpc_method_handler),
+    ("stream_stream", grpc.stream_stream_rpc_method_handler),
+)
+
+
+def _aborting(behaviour: Callable) -> Callable:
+    """`behaviour` (a request or a request iterator, and the context) with its KvmeshError turned
+    into the call's status; a response generator stays a generator."""
+    if inspect.isasyncgenfunction(behaviour):
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            try:
+                async for response in behaviour(request, context):
+                    yield response
+            except KvmeshError as e:
+                await context.abort(e.grpc_code, e.message)
+
+        return stream
+    if inspect.iscoroutinefunction(behaviour):
+
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await behaviour(request, context)
+            except KvmeshError as e:
+                await context.abort(e.grpc_code, e.message)
+
+        return call
+    return behaviour  # a synchronous handler runs in a thread pool: not one of ours

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from kvmesh.errors import InvalidArgument, KvmeshError
-from kvmesh.grpc_server import abort_with
 from kvmesh.v1 import inference_pb2, inference_pb2_grpc, models_pb2, models_pb2_grpc
-from services.gateway import metrics
+from services.gateway import metrics, prompt
 from services.gateway.generation import Chunk, Generator, new_request_id
 from services.gateway.sampling import Sampling, engine_sampling
 from services.gateway.served import ServedModel, ServedModels
@@ -17,7 +16,6 @@ FINISH = {
     "length": inference_pb2.FINISH_REASON_LENGTH,
     "abort": inference_pb2.FINISH_REASON_ABORT,
 }
-CHAT_ROLES = ("system", "user", "assistant")
 
 
 def _unwrap(message, name: str):
@@ -49,36 +47,26 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         self.generator = generator
         self.default_max_tokens = default_max_tokens
 
-    async def _run(self, model: ServedModel, prompt_ids: list[int], sampling: Sampling, request_id: str, context):
-        """Validate, then stream chunks; errors become gRPC statuses."""
+    async def _run(self, request, request_id: str, prompt_ids: Callable[[ServedModel], list[int]]):
+        """Validate, then stream chunks, counting the call's outcome; a KvmeshError goes on to
+        the server's interceptor, which ends the call with its status."""
         try:
+            model = self.served.get(request.model)
+            ids = prompt_ids(model)
             limit = self.served.max_model_len(model.name)
-            engine = engine_sampling(sampling, len(prompt_ids), limit, self.default_max_tokens, model.defaults)
-            async for chunk in self.generator.generate(model, prompt_ids, engine, request_id):
+            engine = engine_sampling(
+                sampling_from_proto(request.sampling), len(ids), limit, self.default_max_tokens, model.defaults
+            )
+            async for chunk in self.generator.generate(model, ids, engine, request_id):
                 yield chunk
-            metrics.REQUESTS.labels("grpc", "OK").inc()
         except KvmeshError as e:
             metrics.REQUESTS.labels("grpc", e.grpc_code.name).inc()
-            await abort_with(context, e)
+            raise
+        metrics.REQUESTS.labels("grpc", "OK").inc()
 
     async def Generate(self, request, context) -> AsyncIterator[inference_pb2.GenerateResponse]:
         request_id = request.request_id or new_request_id()
-        try:
-            model = self.served.get(request.model)
-            which = request.WhichOneof("prompt")
-            if which == "text":
-                prompt_ids = model.tokenizer.encode(request.text)
-            elif which == "token_ids":
-                prompt_ids = list(request.token_ids.ids)
-                if any(t >= model.tokenizer.vocab_size for t in prompt_ids):
-                    raise InvalidArgument(f"token_ids must be below the vocabulary size {model.tokenizer.vocab_size}")
-            else:
-                raise InvalidArgument("prompt: set text or token_ids", param="prompt")
-        except KvmeshError as e:
-            metrics.REQUESTS.labels("grpc", e.grpc_code.name).inc()
-            await abort_with(context, e)
-            return
-        async for chunk in self._run(model, prompt_ids, sampling_from_proto(request.sampling), request_id, context):
+        async for chunk in self._run(request, request_id, lambda model: _generate_prompt(model, request)):
             yield inference_pb2.GenerateResponse(
                 request_id=request_id,
                 token_ids=chunk.token_ids,
@@ -90,22 +78,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
     async def Chat(self, request, context) -> AsyncIterator[inference_pb2.ChatResponse]:
         request_id = request.request_id or new_request_id()
-        try:
-            model = self.served.get(request.model)
-            if not request.messages:
-                raise InvalidArgument("messages: at least one message is required", param="messages")
-            for i, m in enumerate(request.messages):
-                if m.role not in CHAT_ROLES:
-                    raise InvalidArgument(
-                        f"messages[{i}].role: {m.role!r} is not one of {', '.join(CHAT_ROLES)}", param="messages"
-                    )
-            prompt_ids = model.tokenizer.encode_chat([{"role": m.role, "content": m.content} for m in request.messages])
-        except KvmeshError as e:
-            metrics.REQUESTS.labels("grpc", e.grpc_code.name).inc()
-            await abort_with(context, e)
-            return
+        chat = [(m.role, m.content) for m in request.messages]
         first = True
-        async for chunk in self._run(model, prompt_ids, sampling_from_proto(request.sampling), request_id, context):
+        async for chunk in self._run(request, request_id, lambda model: prompt.chat_ids(model.tokenizer, chat)):
             yield inference_pb2.ChatResponse(
                 request_id=request_id,
                 role="assistant" if first else "",
@@ -116,6 +91,15 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                 worker_id=chunk.worker_id,
             )
             first = False
+
+
+def _generate_prompt(model: ServedModel, request: inference_pb2.GenerateRequest) -> list[int]:
+    which = request.WhichOneof("prompt")
+    if which == "text":
+        return model.tokenizer.encode(request.text)
+    if which == "token_ids":
+        return prompt.token_ids(model.tokenizer, request.token_ids.ids, "token_ids")
+    raise InvalidArgument("prompt: set text or token_ids", param="prompt")
 
 
 class ModelsServicer(models_pb2_grpc.ModelsServicer):

@@ -9,8 +9,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from kvmesh.block_index import BlockIndex
-from kvmesh.errors import InvalidArgument, KvmeshError, Unavailable
-from kvmesh.grpc_server import abort_with
+from kvmesh.errors import InvalidArgument, Unavailable
 from kvmesh.v1 import kvindex_pb2, kvindex_pb2_grpc
 from services.kvindex.ingest import Ingestor
 
@@ -26,16 +25,12 @@ class KvIndexServicer(kvindex_pb2_grpc.KvIndexServicer):
         self._rate_mark = (time.monotonic(), 0)
 
     async def Match(self, message, context):
-        try:
-            if len(message.block_hashes) > self.max_match_blocks:
-                raise InvalidArgument(
-                    f"block_hashes: {len(message.block_hashes)} blocks, at most {self.max_match_blocks}",
-                    param="block_hashes",
-                )
-            overlaps = await _redis(self.index.match(list(message.block_hashes)))
-        except KvmeshError as e:
-            await abort_with(context, e)
-            return
+        if len(message.block_hashes) > self.max_match_blocks:
+            raise InvalidArgument(
+                f"block_hashes: {len(message.block_hashes)} blocks, at most {self.max_match_blocks}",
+                param="block_hashes",
+            )
+        overlaps = await _redis(self.index.match(list(message.block_hashes)))
         return kvindex_pb2.MatchResponse(
             overlaps=[
                 kvindex_pb2.WorkerOverlap(worker_id=w, blocks=n)
@@ -74,13 +69,9 @@ class KvIndexServicer(kvindex_pb2_grpc.KvIndexServicer):
         return max(total - before, 0) / max(now - then, 1e-9)
 
     async def Purge(self, message, context):
-        try:
-            if not message.worker_id:
-                raise InvalidArgument("worker_id: required", param="worker_id")
-            removed = await _redis(self.index.purge(message.worker_id))
-        except KvmeshError as e:
-            await abort_with(context, e)
-            return
+        if not message.worker_id:
+            raise InvalidArgument("worker_id: required", param="worker_id")
+        removed = await _redis(self.index.purge(message.worker_id))
         return kvindex_pb2.PurgeResponse(blocks_removed=removed)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 from kvmesh.errors import InvalidArgument
-from kvmesh.grpc_server import abort_with
 from kvmesh.v1 import planner_pb2, planner_pb2_grpc, worker_pb2
 from services.planner.planner import Decision, Planner
 from services.planner.replicas import Targets
@@ -59,12 +58,7 @@ class PlannerServicer(planner_pb2_grpc.PlannerServicer):
 
     async def SetTargets(self, request, context):
         if not request.HasField("targets"):
-            await abort_with(context, InvalidArgument("targets: required", param="targets"))
-            return
-        try:
-            targets = targets_from_proto(request.targets)
-        except InvalidArgument as e:
-            await abort_with(context, e)
-            return
+            raise InvalidArgument("targets: required", param="targets")
+        targets = targets_from_proto(request.targets)
         self.planner.set_targets(targets)
         return planner_pb2.SetTargetsResponse(targets=targets_to_proto(targets))

@@ -11,7 +11,6 @@ from prometheus_client import Counter
 
 from kvmesh import telemetry
 from kvmesh.errors import InvalidArgument, KvmeshError, ResourceExhausted, Unavailable
-from kvmesh.grpc_server import abort_with
 from kvmesh.registry import now_ms
 from kvmesh.streams import coalesce
 from kvmesh.v1 import router_pb2, router_pb2_grpc, worker_pb2
@@ -81,10 +80,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         return profile, request, decision, split
 
     async def Route(self, message, context):
-        try:
-            return await self._route(message)
-        except KvmeshError as e:
-            await abort_with(context, e)
+        return await self._route(message)
 
     async def _route(self, message: router_pb2.RouteRequest) -> router_pb2.RouteResponse:
         profile, request, decision, split = await self._decide(message, dry_run=False)
@@ -113,11 +109,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         return response
 
     async def Explain(self, message, context):
-        try:
-            profile, _, decision, split = await self._decide(message.request, dry_run=True)
-        except KvmeshError as e:
-            await abort_with(context, e)
-            return
+        profile, _, decision, split = await self._decide(message.request, dry_run=True)
         response = router_pb2.ExplainResponse(
             policy=profile.name,
             chosen_worker_id=decision.chosen.id if decision.chosen else "",
@@ -218,8 +210,6 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 yield coalesce(answer, answers, router_pb2.SessionResponse)
             await reader  # its failure (a bad message, a broken stream) ends the call with it
             yield router_pb2.SessionResponse(summary=summary)
-        except KvmeshError as e:
-            await abort_with(context, e)
         finally:
             reader.cancel()
             for task in list(routing.values()):
