@@ -1,68 +1,27 @@
 """Batched delivery: one Triton response per turn of the engine's loop carries the new tokens of
-every request a client sent through its mux, instead of one response per request per token.
-
-Every response a decoupled model sends is an IPC round trip from the stub to tritonserver, a gRPC
-message, and a wake-up of the client; on a machine whose cores the engine uses, that serving CPU
-slows the engine itself (bench/e2e_vs_vllm.py). vLLM's own server gets one message per engine
-step for all requests; a mux gives kvmesh the same.
-
-The protocol (a client's side: services/gateway/engine_mux.py):
-- A client opens a mux with a request carrying the parameter `mux_open` = an id it chose (its
-  `input_ids` are ignored). The model answers at once with an empty batch (the mux is open), then
-  with batches, all on that request's stream.
-- The client sends its requests on that same stream, each carrying the parameter `mux` = that id:
-  a request sends all its deltas, the final one too, and its error if it fails, in the mux's
-  batches, and on its own only the final flag, which Triton does not send by default. So the
-  stream carries the responses of one request only (Triton 2.51 aborts when the responses of two
-  requests on one stream are written at once), and a request costs no stream of its own.
-- A batch is the `mux_deltas` output: JSON, a list of
-  [request id, token ids, finish reason or null, prompt tokens, cached tokens, kv_transfer_params or null],
-  or [request id, error message] for a request that failed. The mux's last response, when the
-  model ends it, is JSON `null`.
-- Cancelling a muxed request: a request carrying `mux` = the mux's id and `mux_cancel` = the
-  request's id, on a stream of its own (answered with an empty batch). The model asks Triton whether
-  the mux's own request was cancelled once every CHECK_S, not each request a few times a second
-  (an IPC round trip each); when the mux's client is gone, all its requests are aborted.
-- A mux with no request in flight for IDLE_CLOSE_S is ended, so that Triton can unload the model
-  (it waits for every request in flight, a mux included); a client sends no request on a mux idle
-  for half that. A request naming a mux that is not open fails with an error response of its own.
+every request a client sent through its mux, instead of one response per request per token. The
+protocol (opening, requests on the mux's stream, batches, errors, cancelling, idle close, and the
+Triton constraints behind them) is specified in docs/mux.md; the client's side is
+services/gateway/engine_mux.py, the message shapes kvmesh/engine_wire.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from engines.request import EngineDelta
+from kvmesh.engine_wire import MUX_IDLE_CLOSE_S, EngineDelta, MuxDelta, MuxEntry, MuxError, encode_batch
 
 log = logging.getLogger(__name__)
 
-MUX_OPEN = "mux_open"
-MUX = "mux"
-MUX_CANCEL = "mux_cancel"
-OUTPUT = "mux_deltas"
-IDLE_CLOSE_S = 5.0
+# How often the model asks Triton whether a mux's client went away (an IPC round trip each).
 CHECK_S = 1.0
 
 # Sends one mux_deltas payload on the mux's stream (final: its last); resolves once Triton has it.
 SendBatch = Callable[[bytes, bool], Awaitable[None]]
 IsCancelled = Callable[[], Awaitable[bool]]
-
-
-def encode(batch: list[tuple[str, EngineDelta | str]] | None) -> bytes:
-    """A batch's payload; a str in place of a delta is the request's error message."""
-    if batch is None:
-        return b"null"
-    return json.dumps(
-        [
-            [rid, d] if isinstance(d, str)
-            else [rid, d.token_ids, d.finish_reason, d.prompt_tokens, d.cached_tokens, d.kv_transfer_params]
-            for rid, d in batch
-        ]
-    ).encode()
 
 
 class Mux:
@@ -77,7 +36,7 @@ class Mux:
         self.cancelled: set[str] = set()  # members whose client went away
         self.abandoned = False  # the mux's client went away: every member is cancelled
         self.idle_since = time.monotonic()
-        self._batch: list[tuple[str, EngineDelta | str]] = []
+        self._batch: list[MuxEntry] = []
         self._batch_sent: asyncio.Future | None = None
         self._busy = False  # a batch is in flight or a flush is scheduled
         self.broken: BaseException | None = None
@@ -98,14 +57,14 @@ class Mux:
     def member_cancelled(self, request_id: str) -> bool:
         return self.abandoned or request_id in self.cancelled
 
-    def add(self, request_id: str, delta: EngineDelta | str) -> asyncio.Future:
-        """Queues a delta (or an error message); the future resolves when the batch holding it is sent."""
+    def add(self, entry: MuxEntry) -> asyncio.Future:
+        """Queues a request's delta or error; the future resolves when the batch holding it is sent."""
         if self.broken is not None:
             raise ConnectionError(f"mux {self.id}: {self.broken}")
         loop = asyncio.get_running_loop()
         if self._batch_sent is None:
             self._batch_sent = loop.create_future()
-        self._batch.append((request_id, delta))
+        self._batch.append(entry)
         if not self._busy:
             # After this turn of the loop: the other requests woken by the same engine step add theirs.
             self._busy = True
@@ -117,7 +76,7 @@ class Mux:
         batch, done = self._batch, self._batch_sent
         self._batch, self._batch_sent = [], None
         assert done is not None
-        sent = asyncio.ensure_future(self._send_batch(encode(batch), False))
+        sent = asyncio.ensure_future(self._send_batch(encode_batch(batch), False))
         sent.add_done_callback(lambda f: self._sent(f, done))
 
     def _sent(self, sent: asyncio.Future, done: asyncio.Future) -> None:
@@ -138,13 +97,13 @@ class Mux:
         self._batch, self._batch_sent = [], None
 
     async def close(self) -> None:
-        await self._send_batch(encode(None), True)
+        await self._send_batch(encode_batch(None), True)
 
 
 class MuxHub:
     """The open muxes of one model instance; lives on the engine's loop."""
 
-    def __init__(self, idle_close_s: float = IDLE_CLOSE_S, check_s: float = CHECK_S):
+    def __init__(self, idle_close_s: float = MUX_IDLE_CLOSE_S, check_s: float = CHECK_S):
         self.muxes: dict[str, Mux] = {}
         self.idle_close_s = idle_close_s
         self.check_s = check_s
@@ -152,10 +111,10 @@ class MuxHub:
 
     async def open(self, mux_id: str, send_batch: SendBatch, is_cancelled: IsCancelled) -> None:
         if mux_id in self.muxes:
-            await send_batch(encode(None), True)  # one stream per id: the second one ends at once
+            await send_batch(encode_batch(None), True)  # one stream per id: the second one ends at once
             return
         mux = self.muxes[mux_id] = Mux(mux_id, send_batch, is_cancelled)
-        await send_batch(encode([]), False)
+        await send_batch(encode_batch([]), False)
         if self._watcher is None:
             self._watcher = asyncio.create_task(self._watch())
         log.info("mux %s opened", mux.id)
@@ -201,7 +160,7 @@ def member_send(mux: Mux, request_id: str, send_end: Callable[[], Awaitable[None
 
     async def send(delta: EngineDelta, final: bool) -> None:
         try:
-            await mux.add(request_id, delta)
+            await mux.add(MuxDelta.of(request_id, delta))
         except BaseException:
             mux.leave(request_id)
             raise
@@ -218,7 +177,7 @@ def member_send_error(mux: Mux, request_id: str, send_end: Callable[[], Awaitabl
     async def send_error(message: str) -> None:
         mux.join(request_id)  # a request refused before it ran has not joined
         try:
-            await mux.add(request_id, message)
+            await mux.add(MuxError(request_id, message))
         finally:
             mux.leave(request_id)
             await send_end()

@@ -6,25 +6,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-
-class SamplingSpec(BaseModel):
-    """The `sampling_params` input (JSON). Unknown keys are refused so typos do not pass silently."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_tokens: int = Field(16, ge=1)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(0, ge=0)  # 0: off
-    seed: int | None = None
-    stop: list[str] = Field(default_factory=list)
-    stop_token_ids: list[int] = Field(default_factory=list)
-    ignore_eos: bool = False
-    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+from kvmesh.engine_wire import INPUT_IDS, KV_TRANSFER_PARAMS, RESPONSE_INTERVAL_MS, SAMPLING_PARAMS, TRACE_PARAMETERS
+from kvmesh.errors import InvalidArgument
+from kvmesh.sampling import SamplingParams
+from kvmesh.sampling import check as check_sampling
 
 
 class BadRequest(ValueError):
@@ -35,7 +23,7 @@ class BadRequest(ValueError):
 class EngineRequest:
     request_id: str
     prompt_token_ids: list[int]
-    sampling: SamplingSpec
+    sampling: SamplingParams
     # W3C trace context (traceparent/tracestate) carried from the gateway.
     trace_headers: dict[str, str] = field(default_factory=dict)
     # Decode instances: what the prefill instance returned ({}: prefill here). None elsewhere.
@@ -43,18 +31,6 @@ class EngineRequest:
     # After the first token, responses come at most this often (the tokens between ride on the
     # next): a caller that wants only the whole answer spares a response per token.
     response_interval_s: float = 0.0
-
-
-@dataclass
-class EngineDelta:
-    """New output since the previous delta; finish_reason is set on the last one."""
-
-    token_ids: list[int]
-    finish_reason: str | None
-    prompt_tokens: int
-    cached_tokens: int
-    # Prefill instances, on the last delta: how a decode instance fetches this request's KV.
-    kv_transfer_params: dict[str, Any] | None = None
 
 
 def parse(
@@ -69,29 +45,30 @@ def parse(
     role: str = "aggregated",
 ) -> EngineRequest:
     if input_ids is None or input_ids.size == 0:
-        raise BadRequest("input_ids: required, at least one token id")
+        raise BadRequest(f"{INPUT_IDS}: required, at least one token id")
     ids = input_ids.reshape(-1).astype(np.int64)
     if ids.min() < 0 or ids.max() >= vocab_size:
-        raise BadRequest(f"input_ids: token ids must be in [0, {vocab_size})")
-    try:
-        raw = json.loads(sampling_json) if sampling_json else {}
-        sampling = SamplingSpec.model_validate(raw)
-    except json.JSONDecodeError as e:
-        raise BadRequest(f"sampling_params: not JSON ({e.msg})") from None
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise BadRequest(f"sampling_params.{where}: {first['msg']}") from None
-    if ids.size + sampling.max_tokens > max_model_len:
-        raise BadRequest(
-            f"prompt ({ids.size} tokens) + max_tokens ({sampling.max_tokens}) exceeds "
-            f"the context length {max_model_len}"
-        )
+        raise BadRequest(f"{INPUT_IDS}: token ids must be in [0, {vocab_size})")
+    sampling = _sampling_params(sampling_json, ids.size, max_model_len)
     parameters = json.loads(parameters_json) if parameters_json else {}
-    trace_headers = {k: str(v) for k, v in parameters.items() if k in ("traceparent", "tracestate")}
+    trace_headers = {k: str(v) for k, v in parameters.items() if k in TRACE_PARAMETERS}
     kv_transfer = _kv_transfer_params(kv_transfer_json, role)
-    interval_ms = _response_interval_ms(parameters.get("response_interval_ms", 0))
+    interval_ms = _response_interval_ms(parameters.get(RESPONSE_INTERVAL_MS, 0))
     return EngineRequest(request_id, ids.tolist(), sampling, trace_headers, kv_transfer, interval_ms / 1000)
+
+
+def _sampling_params(raw: bytes | str | None, prompt_tokens: int, max_model_len: int) -> SamplingParams:
+    """The gateway's own rules (kvmesh/sampling.py), so a request it sent is never refused here."""
+    try:
+        sampling = msgspec.json.decode(raw, type=SamplingParams) if raw else SamplingParams()
+        check_sampling(msgspec.structs.asdict(sampling), prompt_tokens, max_model_len)
+    except msgspec.ValidationError as e:
+        raise BadRequest(f"{SAMPLING_PARAMS}: {e}") from None
+    except msgspec.DecodeError as e:
+        raise BadRequest(f"{SAMPLING_PARAMS}: not JSON ({e})") from None
+    except InvalidArgument as e:
+        raise BadRequest(f"{SAMPLING_PARAMS}.{e.param}: {e.message}") from None
+    return sampling
 
 
 MAX_RESPONSE_INTERVAL_MS = 60_000
@@ -99,21 +76,21 @@ MAX_RESPONSE_INTERVAL_MS = 60_000
 
 def _response_interval_ms(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= MAX_RESPONSE_INTERVAL_MS:
-        raise BadRequest(f"response_interval_ms: a number of milliseconds in [0, {MAX_RESPONSE_INTERVAL_MS}]")
+        raise BadRequest(f"{RESPONSE_INTERVAL_MS}: a number of milliseconds in [0, {MAX_RESPONSE_INTERVAL_MS}]")
     return float(value)
 
 
 def _kv_transfer_params(raw: bytes | str | None, role: str) -> dict[str, Any] | None:
     if role != "decode":
         if raw is not None:
-            raise BadRequest(f"kv_transfer_params: only decode instances take it (this one is {role})")
+            raise BadRequest(f"{KV_TRANSFER_PARAMS}: only decode instances take it (this one is {role})")
         return None
     if raw is None:
-        raise BadRequest("kv_transfer_params: required on a decode instance ({} asks it to prefill locally)")
+        raise BadRequest(f"{KV_TRANSFER_PARAMS}: required on a decode instance ({{}} asks it to prefill locally)")
     try:
         params = json.loads(raw)
     except json.JSONDecodeError as e:
-        raise BadRequest(f"kv_transfer_params: not JSON ({e.msg})") from None
+        raise BadRequest(f"{KV_TRANSFER_PARAMS}: not JSON ({e.msg})") from None
     if not isinstance(params, dict):
-        raise BadRequest("kv_transfer_params: must be a JSON object")
+        raise BadRequest(f"{KV_TRANSFER_PARAMS}: must be a JSON object")
     return params

@@ -4,16 +4,17 @@ with exactly one final message (a delta or an error)."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
+import msgspec
 from opentelemetry import trace
 
-from engines.request import EngineDelta, EngineRequest
+from engines.request import EngineRequest
 from kvmesh import telemetry
+from kvmesh.engine_wire import EngineDelta
 
 log = logging.getLogger(__name__)
 TRACER = trace.get_tracer("kvmesh.engine")
@@ -81,11 +82,11 @@ async def _forward(engine: Engine, request: EngineRequest, send: Send) -> None:
     async for delta in engine.generate(request):
         last = delta
         if delta.finish_reason is not None:
-            await send(dataclasses.replace(delta, token_ids=held + delta.token_ids), True)
+            await send(msgspec.structs.replace(delta, token_ids=held + delta.token_ids), True)
             return
         held += delta.token_ids  # vLLM yields empty deltas now and then
         if held and (now := time.monotonic()) >= next_send:
-            await send(dataclasses.replace(delta, token_ids=held), False)
+            await send(msgspec.structs.replace(delta, token_ids=held), False)
             held, next_send = [], now + request.response_interval_s
     # The engine ended the stream without a finish reason (e.g. aborted elsewhere); held tokens
     # were never seen, so a retry elsewhere makes them again.

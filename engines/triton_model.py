@@ -18,6 +18,7 @@ from engines import mux
 from engines import request as engine_request
 from engines.outbox import Outbox
 from engines.serving import serve_request
+from kvmesh import engine_wire as wire
 from kvmesh import telemetry
 from kvmesh.gc_heap import freeze_startup_heap
 from kvmesh.repo.interface import ENGINE_CLASS
@@ -60,18 +61,18 @@ class EngineModel:
             sender = request.get_response_sender()
             parameters = json.loads(request.parameters() or "{}")
             io = _RequestIO(self.pb_utils, request, sender, self.outbox)
-            if mux.MUX_OPEN in parameters:
-                self.engine.submit(self.muxes.open(str(parameters[mux.MUX_OPEN]), io.send_batch, io.is_cancelled))
+            if wire.MUX_OPEN in parameters:
+                self.engine.submit(self.muxes.open(str(parameters[wire.MUX_OPEN]), io.send_batch, io.is_cancelled))
                 continue
-            if mux.MUX_CANCEL in parameters:
-                self.engine.submit(self._cancel(str(parameters.get(mux.MUX)), str(parameters[mux.MUX_CANCEL]), io))
+            if wire.MUX_CANCEL in parameters:
+                self.engine.submit(self._cancel(str(parameters.get(wire.MUX)), str(parameters[wire.MUX_CANCEL]), io))
                 continue
             try:
                 parsed, refused = self._parse(request), None
             except engine_request.BadRequest as e:
                 parsed, refused = None, str(e)
-            if mux.MUX in parameters:
-                muxed = self._serve_muxed(str(parameters[mux.MUX]), request.request_id(), parsed, refused, io)
+            if wire.MUX in parameters:
+                muxed = self._serve_muxed(str(parameters[wire.MUX]), request.request_id(), parsed, refused, io)
                 self.engine.submit(muxed)
             elif refused is not None:
                 error = self.pb_utils.TritonError(refused, self.pb_utils.TritonError.INVALID_ARG)
@@ -96,7 +97,7 @@ class EngineModel:
     async def _cancel(self, mux_id: str, request_id: str, io) -> None:
         """A client cancelling one of its muxed requests; the answer is an empty batch."""
         self.muxes.cancel(mux_id, request_id)
-        await io.send_batch(mux.encode([]), True)
+        await io.send_batch(wire.encode_batch([]), True)
 
     def _parse(self, request):
         parsed = self._parse_tensors(request)
@@ -105,9 +106,9 @@ class EngineModel:
         return parsed
 
     def _parse_tensors(self, request):
-        ids = self.pb_utils.get_input_tensor_by_name(request, "input_ids")
-        sampling = self.pb_utils.get_input_tensor_by_name(request, "sampling_params")
-        kv_transfer = self.pb_utils.get_input_tensor_by_name(request, "kv_transfer_params")
+        ids = self.pb_utils.get_input_tensor_by_name(request, wire.INPUT_IDS)
+        sampling = self.pb_utils.get_input_tensor_by_name(request, wire.SAMPLING_PARAMS)
+        kv_transfer = self.pb_utils.get_input_tensor_by_name(request, wire.KV_TRANSFER_PARAMS)
         return engine_request.parse(
             request.request_id() or uuid.uuid4().hex,
             ids.as_numpy() if ids is not None else None,
@@ -149,8 +150,8 @@ class _RequestIO:
         return self._call(lambda: self._final(None))
 
     def send_batch(self, payload: bytes, final: bool):
-        """A mux's batch (engines/mux.py) on this request's stream."""
-        tensor = self.pb_utils.Tensor(mux.OUTPUT, np.asarray([payload], dtype=np.object_))
+        """A mux's batch (docs/mux.md) on this request's stream."""
+        tensor = self.pb_utils.Tensor(wire.MUX_DELTAS, np.asarray([payload], dtype=np.object_))
         response = self.pb_utils.InferenceResponse(output_tensors=[tensor])
         if final:
             return self._call(lambda: self._final(response))
@@ -167,13 +168,14 @@ class _RequestIO:
         # Per-request counts only ride on the final response: each tensor costs the stub, Triton
         # and the client time on every one of the many streamed responses.
         tensor = self.pb_utils.Tensor
-        tensors = [tensor("output_ids", np.asarray(delta.token_ids, dtype=np.int32))]
+        tensors = [tensor(wire.OUTPUT_IDS, np.asarray(delta.token_ids, dtype=np.int32))]
         if delta.finish_reason is not None:
             tensors += [
-                tensor("finish_reason", np.asarray([delta.finish_reason], dtype=np.object_)),
-                tensor("prompt_tokens", np.asarray([delta.prompt_tokens], dtype=np.int32)),
-                tensor("cached_tokens", np.asarray([delta.cached_tokens], dtype=np.int32)),
+                tensor(wire.FINISH_REASON, np.asarray([delta.finish_reason], dtype=np.object_)),
+                tensor(wire.PROMPT_TOKENS, np.asarray([delta.prompt_tokens], dtype=np.int32)),
+                tensor(wire.CACHED_TOKENS, np.asarray([delta.cached_tokens], dtype=np.int32)),
             ]
         if delta.kv_transfer_params is not None:
-            tensors.append(tensor("kv_transfer_params", np.asarray([json.dumps(delta.kv_transfer_params)], np.object_)))
+            transfer = np.asarray([json.dumps(delta.kv_transfer_params)], np.object_)
+            tensors.append(tensor(wire.KV_TRANSFER_PARAMS, transfer))
         return self.pb_utils.InferenceResponse(output_tensors=tensors)

@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from engines.loop_thread import LoopThread
-from engines.request import BadRequest, EngineDelta, EngineRequest
+from engines.request import BadRequest, EngineRequest
 from kvmesh import models
+from kvmesh.engine_wire import EngineDelta
 
 log = logging.getLogger(__name__)
 

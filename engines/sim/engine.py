@@ -20,15 +20,17 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import numpy as np
 import xxhash
 from pydantic import BaseModel, ConfigDict, Field
 
 from engines.kv_event_publisher import KvEventPublisher
 from engines.loop_thread import LoopThread
-from engines.request import BadRequest, EngineDelta, EngineRequest
+from engines.request import BadRequest, EngineRequest
 from engines.sim.block_manager import BlockManager, NoSpace, Sequence
 from engines.sim.timing import Pacer, Timing
+from kvmesh.engine_wire import EngineDelta
 
 FIRST_ORDINARY_TOKEN = 100  # below: special tokens (EOS & co) in the usual vocabularies
 ROLES = ("aggregated", "prefill", "decode")
@@ -109,7 +111,7 @@ class SimEngine(LoopThread):
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineDelta]:
         if self.role == "prefill":  # the first token only; the decode instance makes the rest
-            request = dataclasses.replace(request, sampling=request.sampling.model_copy(update={"max_tokens": 1}))
+            request = dataclasses.replace(request, sampling=msgspec.structs.replace(request.sampling, max_tokens=1))
         if request.request_id in self._by_id:
             raise ValueError(f"request id {request.request_id!r} is already running")
         needed = -(-(len(request.prompt_token_ids) + request.sampling.max_tokens) // self.block_size)

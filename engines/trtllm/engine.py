@@ -15,9 +15,10 @@ from typing import Any
 
 from engines.kv_event_publisher import KvEventPublisher
 from engines.loop_thread import LoopThread
-from engines.request import EngineDelta, EngineRequest
+from engines.request import EngineRequest
 from engines.trtllm import mapping
 from kvmesh import models
+from kvmesh.engine_wire import EngineDelta
 
 log = logging.getLogger(__name__)
 EVENT_POLL_S = 0.01

@@ -13,15 +13,16 @@ import base64
 import dataclasses
 from typing import Any
 
-from engines.request import BadRequest, SamplingSpec
+from engines.request import BadRequest
 from kvmesh import kv_events
+from kvmesh.sampling import SamplingParams
 
 # What a context-only instance hands a generation-only one; every other field is passed through.
 CONTEXT_FIELDS = ("first_gen_tokens", "ctx_request_id", "opaque_state")
 ENGINE_KEY = "tensorrtllm"
 
 
-def sampling_kwargs(spec: SamplingSpec, end_id: int, pad_id: int) -> dict[str, Any]:
+def sampling_kwargs(spec: SamplingParams, end_id: int, pad_id: int) -> dict[str, Any]:
     """tensorrt_llm.SamplingParams(**these). end_id is explicit: kvmesh sends token ids, and the
     LLM API cannot infer it without a tokenizer."""
     return {

@@ -1,11 +1,14 @@
 """The tensors every kvmesh engine model exposes, by role: the contract between the gateway and
-the models, whatever the engine (the gateway never needs to know which engine runs)."""
+the models, whatever the engine (the gateway never needs to know which engine runs). The names
+are kvmesh/engine_wire.py's, which both sides import."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kvmesh import engine_wire as wire
 from kvmesh.repo.spec import Engine, Role
+from kvmesh.sampling import SamplingParams
 
 
 @dataclass(frozen=True)
@@ -18,37 +21,36 @@ class TensorSpec:
 
 
 INPUTS = (
-    TensorSpec("input_ids", "TYPE_INT32", (-1,), comment="the prompt's token ids"),
+    TensorSpec(wire.INPUT_IDS, "TYPE_INT32", (-1,), comment="the prompt's token ids"),
     TensorSpec(
-        "sampling_params",
+        wire.SAMPLING_PARAMS,
         "TYPE_STRING",
         (1,),
         optional=True,
-        comment="JSON: max_tokens, temperature, top_p, top_k, seed, stop, stop_token_ids, ignore_eos, "
-        "presence_penalty, frequency_penalty",
+        comment="JSON: " + ", ".join(SamplingParams.__struct_fields__),
     ),
 )
 KV_TRANSFER_IN = TensorSpec(
-    "kv_transfer_params",
+    wire.KV_TRANSFER_PARAMS,
     "TYPE_STRING",
     (1,),
     optional=True,
     comment="JSON from a prefill instance's response; required on decode instances ({} = prefill locally)",
 )
 OUTPUTS = (
-    TensorSpec("output_ids", "TYPE_INT32", (-1,), comment="new tokens since the previous response"),
-    TensorSpec("finish_reason", "TYPE_STRING", (1,), comment='on the last response: "stop", "length" or "abort"'),
-    TensorSpec("prompt_tokens", "TYPE_INT32", (1,)),
-    TensorSpec("cached_tokens", "TYPE_INT32", (1,), comment="prompt tokens served from the engine's prefix cache"),
+    TensorSpec(wire.OUTPUT_IDS, "TYPE_INT32", (-1,), comment="new tokens since the previous response"),
+    TensorSpec(wire.FINISH_REASON, "TYPE_STRING", (1,), comment='on the last response: "stop", "length" or "abort"'),
+    TensorSpec(wire.PROMPT_TOKENS, "TYPE_INT32", (1,)),
+    TensorSpec(wire.CACHED_TOKENS, "TYPE_INT32", (1,), comment="prompt tokens served from the engine's prefix cache"),
     TensorSpec(
-        "mux_deltas",
+        wire.MUX_DELTAS,
         "TYPE_STRING",
         (1,),
-        comment="JSON: a batch of several requests' deltas, on a mux's stream (engines/mux.py)",
+        comment="JSON: a batch of several requests' deltas, on a mux's stream (docs/mux.md)",
     ),
 )
 KV_TRANSFER_OUT = TensorSpec(
-    "kv_transfer_params",
+    wire.KV_TRANSFER_PARAMS,
     "TYPE_STRING",
     (1,),
     comment="JSON on the last response: what a decode instance needs to fetch this request's KV",

@@ -11,28 +11,21 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import grpc
+import msgspec
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
 from tritonclient.utils import InferenceServerException, deserialize_bytes_tensor
 
+from kvmesh import engine_wire as wire
+from kvmesh.engine_wire import EngineDelta
 from kvmesh.errors import KvmeshError, Unavailable
+from kvmesh.sampling import SamplingParams
 from kvmesh.v1 import worker_pb2
-from services.gateway.engine_mux import MUX, EngineMux
+from services.gateway.engine_mux import EngineMux
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class EngineChunk:
-    token_ids: list[int]
-    finish_reason: str | None
-    prompt_tokens: int
-    cached_tokens: int
-    # A prefill instance's last response: what the decode instance needs.
-    kv_transfer_params: dict | None = None
 
 
 class EngineError(KvmeshError):
@@ -52,8 +45,37 @@ def stream_error(worker: worker_pb2.WorkerRecord, message: str) -> KvmeshError:
     return EngineError(f"worker {worker.id}: {message}")
 
 
+class Inbox:
+    """One request's deltas, from its own stream or its mux, in the order they came, then the
+    error that ended it if one did: what the producers read is converted as they put it here."""
+
+    def __init__(self, worker: worker_pb2.WorkerRecord) -> None:
+        self.worker = worker
+        self._deltas: asyncio.Queue[EngineDelta | None] = asyncio.Queue()  # None: ended by _error
+        self._error: KvmeshError | None = None
+
+    def put(self, delta: EngineDelta) -> None:
+        self._deltas.put_nowait(delta)
+
+    def fail(self, error: KvmeshError) -> None:
+        if self._error is None:  # the first error ends the request; later ones are not read
+            self._error = error
+            self._deltas.put_nowait(None)
+
+    def engine_failed(self, message: str) -> None:
+        """The error message Triton or the engine sent for this request."""
+        self.fail(stream_error(self.worker, message))
+
+    async def get(self) -> EngineDelta:
+        delta = await self._deltas.get()
+        if delta is None:
+            assert self._error is not None
+            raise self._error
+        return delta
+
+
 class TritonPool:
-    """Triton clients by address, and a mux (engines/mux.py) per worker model, opened once two of
+    """Triton clients by address, and a mux (docs/mux.md) per worker model, opened once two of
     this gateway's requests run there at a time: the engine then sends each step's tokens of all of
     them as one response."""
 
@@ -111,24 +133,24 @@ class TritonPool:
         worker: worker_pb2.WorkerRecord,
         request_id: str,
         prompt_ids: list[int],
-        sampling: dict,
+        sampling: SamplingParams,
         trace_headers: dict[str, str],
         kv_transfer_params: dict | None = None,
         response_interval_ms: float = 0.0,
-    ) -> AsyncIterator[EngineChunk]:
+    ) -> AsyncIterator[EngineDelta]:
         """`kv_transfer_params`: for a decode instance, what its prefill instance returned ({}:
         prefill there). `response_interval_ms`: after the first token, the engine sends at most
         one response this often (0: one per token)."""
-        ids = triton_aio.InferInput("input_ids", [len(prompt_ids)], "INT32")
+        ids = triton_aio.InferInput(wire.INPUT_IDS, [len(prompt_ids)], "INT32")
         ids.set_data_from_numpy(np.asarray(prompt_ids, dtype=np.int32))
-        inputs = [ids, _json_input("sampling_params", sampling)]
+        inputs = [ids, _json_input(wire.SAMPLING_PARAMS, sampling)]
         if kv_transfer_params is not None:
-            inputs.append(_json_input("kv_transfer_params", kv_transfer_params))
+            inputs.append(_json_input(wire.KV_TRANSFER_PARAMS, kv_transfer_params))
         parameters: dict = dict(trace_headers)
         if response_interval_ms:
-            parameters["response_interval_ms"] = response_interval_ms
-        # Deltas come from the mux's reader or from the request's own stream into one queue.
-        queue: asyncio.Queue = asyncio.Queue()
+            parameters[wire.RESPONSE_INTERVAL_MS] = response_interval_ms
+        # Deltas come from the mux's reader or from the request's own stream.
+        inbox = Inbox(worker)
         key = (worker.triton_grpc_address, worker.triton_model)
         self._in_flight[key] = self._in_flight.get(key, 0) + 1
         # A mux is opened once two requests run on a worker model at a time; one open is used by
@@ -139,7 +161,7 @@ class TritonPool:
             self._in_flight[key] -= 1
             raise
         if mux is not None:
-            parameters[MUX] = mux.id
+            parameters[wire.MUX] = mux.id
         request = {
             "model_name": worker.triton_model,
             "inputs": inputs,
@@ -147,25 +169,20 @@ class TritonPool:
             "parameters": parameters or None,
         }
         if mux is not None:
-            mux.submit(request_id, request, queue)
+            mux.submit(request_id, request, inbox)
         else:
 
             async def one_request():
                 yield request
 
             responses = self._client(worker.triton_grpc_address).stream_infer(one_request(), headers=trace_headers)
-            own = asyncio.create_task(_pump(worker, responses, queue))
+            own = asyncio.create_task(_pump(worker, responses, inbox))
         answered = False
         try:
             while True:
-                item = await queue.get()
-                if isinstance(item, Exception):
-                    raise item
-                if isinstance(item, str):  # the engine's error, by the mux
-                    raise stream_error(worker, item)
-                chunk = item if isinstance(item, EngineChunk) else _muxed_chunk(item)
-                answered = chunk.finish_reason is not None
-                yield chunk
+                delta = await inbox.get()
+                answered = delta.finish_reason is not None
+                yield delta
                 if answered:
                     return
         finally:
@@ -189,25 +206,25 @@ class TritonPool:
 MUX_RETRY_S = 5.0
 
 
-async def _pump(worker: worker_pb2.WorkerRecord, responses, queue: asyncio.Queue) -> None:
-    """A request's own stream into its queue, read to its end: Triton closes it right after the
+async def _pump(worker: worker_pb2.WorkerRecord, responses, inbox: Inbox) -> None:
+    """A request's own stream into its inbox, read to its end: Triton closes it right after the
     final response. Cancelling it there instead can leave Triton 2.51 holding the model for good:
     its unload (a role change) and Triton's exit then never finish (tests/integration/test_model_unload.py)."""
     ended = False
     try:
         async for result, error in responses:
             if error is not None:
-                queue.put_nowait(stream_error(worker, error.message()))
+                inbox.engine_failed(error.message())
                 return
-            chunk = _chunk(result.get_response())
-            ended = chunk.finish_reason is not None
-            queue.put_nowait(chunk)
+            delta = _delta(result.get_response())
+            ended = delta.finish_reason is not None
+            inbox.put(delta)
         if not ended:
-            queue.put_nowait(EngineError(f"worker {worker.id}: the stream ended without a final response"))
+            inbox.fail(EngineError(f"worker {worker.id}: the stream ended without a final response"))
     except InferenceServerException as e:
-        queue.put_nowait(Unavailable(f"worker {worker.id} at {worker.triton_grpc_address}: {e.message()}"))
+        inbox.fail(Unavailable(f"worker {worker.id} at {worker.triton_grpc_address}: {e.message()}"))
     except grpc.aio.AioRpcError as e:
-        queue.put_nowait(Unavailable(f"worker {worker.id} at {worker.triton_grpc_address}: {e.details()}"))
+        inbox.fail(Unavailable(f"worker {worker.id} at {worker.triton_grpc_address}: {e.details()}"))
 
 
 async def _ended(own: asyncio.Task, timeout_s: float = 5.0) -> bool:
@@ -219,31 +236,26 @@ async def _ended(own: asyncio.Task, timeout_s: float = 5.0) -> bool:
         return False
 
 
-def _muxed_chunk(delta: list) -> EngineChunk:
-    token_ids, finish_reason, prompt_tokens, cached_tokens, kv_transfer_params = delta
-    return EngineChunk(token_ids, finish_reason, prompt_tokens, cached_tokens, kv_transfer_params)
-
-
-def _json_input(name: str, value: dict) -> triton_aio.InferInput:
+def _json_input(name: str, value: SamplingParams | dict) -> triton_aio.InferInput:
     tensor = triton_aio.InferInput(name, [1], "BYTES")
-    tensor.set_data_from_numpy(np.asarray([json.dumps(value).encode()], dtype=np.object_))
+    tensor.set_data_from_numpy(np.asarray([msgspec.json.encode(value)], dtype=np.object_))
     return tensor
 
 
-def _chunk(response) -> EngineChunk:
+def _delta(response) -> EngineDelta:
     """Reads the raw output tensors straight from the protobuf: this runs once per streamed
     response, and InferResult's per-name lookups and numpy copies cost more than the decoding.
     Only the final response carries the finish reason and the counts."""
     raw = {output.name: content for output, content in zip(response.outputs, response.raw_output_contents, strict=True)}
-    token_ids = np.frombuffer(raw["output_ids"], dtype="<i4").tolist()
-    if "finish_reason" not in raw:
-        return EngineChunk(token_ids, None, 0, 0)
-    return EngineChunk(
+    token_ids = np.frombuffer(raw[wire.OUTPUT_IDS], dtype="<i4").tolist()
+    if wire.FINISH_REASON not in raw:
+        return EngineDelta(token_ids, None, 0, 0)
+    return EngineDelta(
         token_ids=token_ids,
-        finish_reason=deserialize_bytes_tensor(raw["finish_reason"])[0].decode() or None,
-        prompt_tokens=int(np.frombuffer(raw["prompt_tokens"], dtype="<i4")[0]),
-        cached_tokens=int(np.frombuffer(raw["cached_tokens"], dtype="<i4")[0]),
-        kv_transfer_params=json.loads(deserialize_bytes_tensor(raw["kv_transfer_params"])[0])
-        if "kv_transfer_params" in raw
+        finish_reason=deserialize_bytes_tensor(raw[wire.FINISH_REASON])[0].decode() or None,
+        prompt_tokens=int(np.frombuffer(raw[wire.PROMPT_TOKENS], dtype="<i4")[0]),
+        cached_tokens=int(np.frombuffer(raw[wire.CACHED_TOKENS], dtype="<i4")[0]),
+        kv_transfer_params=json.loads(deserialize_bytes_tensor(raw[wire.KV_TRANSFER_PARAMS])[0])
+        if wire.KV_TRANSFER_PARAMS in raw
         else None,
     )

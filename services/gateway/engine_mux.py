@@ -1,56 +1,50 @@
-"""The gateway's end of a worker model's mux (engines/mux.py): one long-lived Triton stream on
-which the gateway sends its requests to that model and the model sends every step's new tokens of
-all of them as one response, dispatched here to each request's queue."""
+"""The gateway's end of a worker model's mux (docs/mux.md): one long-lived Triton stream on which
+the gateway sends its requests to that model and the model sends every step's new tokens of all
+of them as one response, dispatched here to each request's inbox."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
+from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
 from tritonclient.utils import InferenceServerException, deserialize_bytes_tensor
 
+from kvmesh import engine_wire as wire
 from kvmesh.errors import Unavailable
 from services.gateway import metrics
 
+if TYPE_CHECKING:
+    from services.gateway.engine_client import Inbox
+
 log = logging.getLogger(__name__)
 
-# The names engines/mux.py defines (the gateway does not import engine code).
-MUX_OPEN = "mux_open"
-MUX = "mux"
-MUX_CANCEL = "mux_cancel"
-OUTPUT = "mux_deltas"
-# The model ends a mux idle for 5 s (engines/mux.py IDLE_CLOSE_S); a request sent on one idle
-# for half that reaches it open.
-REUSE_IDLE_S = 2.5
+# A request sent on a mux idle for half the time after which the model ends it reaches it open.
+REUSE_IDLE_S = wire.MUX_IDLE_CLOSE_S / 2
 
 
-def batch_of(response) -> list | None:
-    """A response's mux batch (a list of [request id, token ids, finish reason, prompt tokens,
-    cached tokens, kv_transfer_params] or [request id, error message]; None: the mux ended), or []
-    when it carries none."""
+def batch_of(response) -> list[wire.MuxEntry] | None:
+    """A response's mux batch (None: the mux ended), or [] when it carries none."""
     for output, content in zip(response.outputs, response.raw_output_contents, strict=True):
-        if output.name == OUTPUT:
-            return json.loads(deserialize_bytes_tensor(content)[0])
+        if output.name == wire.MUX_DELTAS:
+            return wire.decode_batch(deserialize_bytes_tensor(content)[0])
     return []
 
 
 class EngineMux:
-    """One model on one worker. `members` maps a request id to the queue its deltas go to; the
-    items are ([token ids, finish reason, prompt tokens, cached tokens, kv_transfer_params]) lists,
-    the engine's error message (a str) when the request failed, or an exception when the mux broke
-    under it."""
+    """One model on one worker. `members` maps a request id to the inbox its deltas go to; a
+    request's error in a batch, or the mux breaking under it, fails its inbox."""
 
     def __init__(self, client: triton_aio.InferenceServerClient, model: str, address: str):
         self.id = uuid.uuid4().hex
         self.model = model
         self.address = address
-        self.members: dict[str, asyncio.Queue] = {}
+        self.members: dict[str, Inbox] = {}
         self.open = False
         self.idle_since = time.monotonic()
         self._client = client
@@ -66,7 +60,7 @@ class EngineMux:
             "model_name": self.model,
             "inputs": [_ignored_input()],
             "request_id": f"mux-{self.id}",
-            "parameters": {MUX_OPEN: self.id},
+            "parameters": {wire.MUX_OPEN: self.id},
         }
 
         async def requests():
@@ -96,11 +90,11 @@ class EngineMux:
         """Its stream has ended (or it never opened)."""
         return self._reader is None or self._reader.done()
 
-    def submit(self, request_id: str, request: dict, queue: asyncio.Queue) -> None:
+    def submit(self, request_id: str, request: dict, inbox: Inbox) -> None:
         if self._ended:  # while the caller waited for it to open
-            queue.put_nowait(Unavailable(f"mux on {self.address}: ended before the request was sent"))
+            inbox.fail(Unavailable(f"mux on {self.address}: ended before the request was sent"))
             return
-        self.members[request_id] = queue
+        self.members[request_id] = inbox
         self._outgoing.put_nowait(request)
 
     def leave(self, request_id: str) -> None:
@@ -125,10 +119,14 @@ class EngineMux:
                     continue
                 metrics.MUX_BATCHES.inc()
                 metrics.MUX_DELTAS.inc(len(batch))
-                for rid, *delta in batch:
-                    queue = self.members.get(rid)
-                    if queue is not None:
-                        queue.put_nowait(delta if len(delta) > 1 else delta[0])
+                for entry in batch:
+                    inbox = self.members.get(entry.request_id)
+                    if inbox is None:
+                        continue
+                    if isinstance(entry, wire.MuxError):
+                        inbox.engine_failed(entry.message)
+                    else:
+                        inbox.put(entry.delta())
             self._end(Unavailable(f"mux on {self.address}: the stream ended"))
         except (InferenceServerException, grpc.aio.AioRpcError) as e:
             self._end(Unavailable(f"mux on {self.address}: {e}"))
@@ -139,8 +137,8 @@ class EngineMux:
             return
         self._ended, self.open = True, False
         self._outgoing.put_nowait(None)
-        for queue in self.members.values():
-            queue.put_nowait(error)
+        for inbox in self.members.values():
+            inbox.fail(error)
         if self.members:
             log.warning("%s; %d requests on it fail", error, len(self.members))
 
@@ -158,7 +156,7 @@ class EngineMux:
                 "model_name": self.model,
                 "inputs": [_ignored_input()],
                 "request_id": f"cancel-{request_id}",
-                "parameters": {MUX: self.id, MUX_CANCEL: request_id},
+                "parameters": {wire.MUX: self.id, wire.MUX_CANCEL: request_id},
             }
 
         try:
@@ -182,6 +180,6 @@ class EngineMux:
 
 def _ignored_input() -> triton_aio.InferInput:
     """Triton requires input_ids on every request; a mux's own requests (open, cancel) are not read."""
-    ids = triton_aio.InferInput("input_ids", [1], "INT32")
+    ids = triton_aio.InferInput(wire.INPUT_IDS, [1], "INT32")
     ids.set_data_from_numpy(np.zeros(1, dtype=np.int32))
     return ids

@@ -12,11 +12,13 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
+import msgspec
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from kvmesh import hashing, telemetry
 from kvmesh.errors import Unavailable
+from kvmesh.sampling import SamplingParams
 from services.gateway import metrics
 from services.gateway.detokenizer import TextStream
 from services.gateway.engine_client import TritonPool
@@ -92,7 +94,7 @@ class Generator:
         self,
         model: ServedModel,
         prompt_ids: list[int],
-        sampling: dict,
+        sampling: SamplingParams,
         request_id: str,
         parent: otel_context.Context | None = None,
         whole: bool = False,
@@ -108,7 +110,7 @@ class Generator:
         span = TRACER.start_span(
             "kvmesh.generate", context=parent, attributes={"kvmesh.request_id": request_id, "kvmesh.model": model.name}
         )
-        progress = _Progress(time.perf_counter(), TextStream(model.tokenizer.backend, sampling.get("stop", ())))
+        progress = _Progress(time.perf_counter(), TextStream(model.tokenizer.backend, sampling.stop))
         failed: list[str] = []
         interval_ms = self.whole_answer_interval_ms if whole else 0.0
         metrics.IN_FLIGHT.inc()
@@ -124,7 +126,7 @@ class Generator:
                     return
                 except Unavailable as e:
                     worker_failed = len(failed) > tried  # not the router finding no worker
-                    nothing_owed = len(progress.sent) >= sampling["max_tokens"]
+                    nothing_owed = len(progress.sent) >= sampling.max_tokens
                     if not worker_failed or nothing_owed or len(failed) > self.max_migrations:
                         raise
                     metrics.MIGRATIONS.inc()
@@ -140,15 +142,15 @@ class Generator:
         worker joins `failed` if it fails (Unavailable)."""
         attempt_id = f"{request_id}-m{len(failed)}" if failed else request_id
         ids = prompt_ids + progress.sent
-        owed = {**sampling, "max_tokens": sampling["max_tokens"] - len(progress.sent)}
+        owed = msgspec.structs.replace(sampling, max_tokens=sampling.max_tokens - len(progress.sent))
         trace_headers = telemetry.carrier(trace.set_span_in_context(span))
         decision = await self._route(model, attempt_id, ids, owed, failed, trace_headers)
         worker = decision.worker
         span.set_attribute("kvmesh.worker", worker.id)
         if decision.HasField("prefill_worker"):
             span.set_attribute("kvmesh.prefill_worker", decision.prefill_worker.id)
-            # Both phases sample alike, so the decode's first token is the prefill's.
-            owed.setdefault("seed", random.getrandbits(31))
+            if owed.seed is None:  # both phases sample alike, so the decode's first token is the prefill's
+                owed.seed = random.getrandbits(31)
         stream = self.phases.run(decision, attempt_id, ids, owed, trace_headers, interval_ms)
         try:
             async for chunk in stream:
@@ -187,5 +189,5 @@ class Generator:
             model.name, request_id, len(ids), block_hashes, block_size, trace_headers,
             exclude=failed,
             # One output token is all prefill makes: nothing is left for a decode worker.
-            aggregated_only=sampling["max_tokens"] <= 1,
+            aggregated_only=sampling.max_tokens <= 1,
         )  # fmt: skip

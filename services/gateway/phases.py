@@ -1,4 +1,4 @@
-"""How one routing decision runs on the engines, as a stream of EngineChunks: on one worker, or
+"""How one routing decision runs on the engines, as a stream of EngineDeltas: on one worker, or
 disaggregated — the prompt on the prefill worker (its first token goes out at once), then the
 decode worker reading the KV with the prefill's kv_transfer_params and streaming the rest.
 
@@ -12,10 +12,12 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
+from kvmesh.engine_wire import EngineDelta
 from kvmesh.errors import KvmeshError
+from kvmesh.sampling import SamplingParams
 from kvmesh.v1 import router_pb2, worker_pb2
 from services.gateway import metrics
-from services.gateway.engine_client import EngineChunk, TritonPool
+from services.gateway.engine_client import TritonPool
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +32,10 @@ class Phases:
         decision: router_pb2.RouteResponse,
         request_id: str,
         prompt_ids: list[int],
-        sampling: dict,
+        sampling: SamplingParams,
         trace_headers: dict[str, str],
         response_interval_ms: float = 0.0,
-    ) -> AsyncIterator[EngineChunk]:
+    ) -> AsyncIterator[EngineDelta]:
         """`response_interval_ms`: how often the engine streaming the tokens sends them (0: each)."""
         worker = decision.worker
         if decision.HasField("prefill_worker"):
@@ -48,7 +50,7 @@ class Phases:
             if first.finish_reason == "stop":  # the first token ended it (EOS or a stop token)
                 yield first
                 return
-            yield EngineChunk(first.token_ids, None, first.prompt_tokens, first.cached_tokens)
+            yield EngineDelta(first.token_ids, None, first.prompt_tokens, first.cached_tokens)
         transfer = first.kv_transfer_params if first and first.kv_transfer_params is not None else {}
         skip = list(first.token_ids) if first else []
         decode = self.engines.stream(
@@ -68,7 +70,7 @@ class Phases:
         finally:
             await decode.aclose()
 
-    async def _prefill(self, worker, request_id, prompt_ids, sampling, trace_headers) -> EngineChunk | None:
+    async def _prefill(self, worker, request_id, prompt_ids, sampling, trace_headers) -> EngineDelta | None:
         """The prefill instance's one response (first token + kv_transfer_params), or None if it
         failed or took too long: the decode worker then prefills locally."""
         stream = self.engines.stream(worker, f"{request_id}-prefill", prompt_ids, sampling, trace_headers)

@@ -30,9 +30,10 @@ def collect(engine, request):
 
 
 def greedy(request_id: str, max_tokens: int = 16, transfer=None):
-    from engines.request import EngineRequest, SamplingSpec
+    from engines.request import EngineRequest
+    from kvmesh.sampling import SamplingParams
 
-    return EngineRequest(request_id, PROMPT, SamplingSpec(max_tokens=max_tokens, temperature=0.0), {}, transfer)
+    return EngineRequest(request_id, PROMPT, SamplingParams(max_tokens=max_tokens, temperature=0.0), {}, transfer)
 
 
 def test_aggregated_greedy_generation():

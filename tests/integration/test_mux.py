@@ -11,6 +11,7 @@ import numpy as np
 import tritonclient.grpc.aio as triton_aio
 
 from engines import mux as engine_mux
+from kvmesh import engine_wire
 from kvmesh.v1 import worker_pb2
 from services.gateway import metrics
 from services.gateway.engine_client import EngineError, TritonPool
@@ -69,7 +70,7 @@ async def unknown_mux(address: str) -> list:
     ids.set_data_from_numpy(np.asarray(prompt(1), dtype=np.int32))
 
     async def requests():
-        yield {"model_name": SIM_MODEL, "inputs": [ids], "request_id": "lost", "parameters": {engine_mux.MUX: "nope"}}
+        yield {"model_name": SIM_MODEL, "inputs": [ids], "request_id": "lost", "parameters": {engine_wire.MUX: "nope"}}
 
     answers = []
     try:
@@ -92,7 +93,7 @@ async def idle_then_again(address: str) -> tuple[str, bool, str, list[int]]:
         await generate(pool, worker, 3)
         assert metrics.MUX_DELTAS._value.get() == deltas, "a request alone on its worker streams on its own"
         first = await pool._mux(worker)
-        await asyncio.sleep(engine_mux.IDLE_CLOSE_S + 2 * engine_mux.CHECK_S + 0.5)
+        await asyncio.sleep(engine_wire.MUX_IDLE_CLOSE_S + 2 * engine_mux.CHECK_S + 0.5)
         still_open = first.open
         tokens = await generate(pool, worker, 3)
         second = await pool._mux(worker)
@@ -102,7 +103,7 @@ async def idle_then_again(address: str) -> tuple[str, bool, str, list[int]]:
 def test_a_request_alone_needs_no_mux_and_an_idle_mux_ends_and_another_opens(triton):
     _, address = triton
     first, still_open, second, tokens = asyncio.run(idle_then_again(address))
-    assert not still_open, "the model ends a mux idle for IDLE_CLOSE_S"
+    assert not still_open, "the model ends a mux idle for MUX_IDLE_CLOSE_S"
     assert second != first and len(tokens) == SAMPLING["max_tokens"]
 
 

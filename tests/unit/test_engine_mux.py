@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from engines.mux import Mux, MuxHub, encode, member_is_cancelled, member_send, member_send_error
-from engines.request import EngineDelta
+from engines.mux import Mux, MuxHub, member_is_cancelled, member_send, member_send_error
+from kvmesh.engine_wire import EngineDelta, MuxDelta
 
 
 class FakeStream:
@@ -33,19 +33,10 @@ def delta(ids, finish=None):
     return EngineDelta(ids, finish, 7, 3)
 
 
-def test_encoding_carries_every_field_of_each_delta():
-    d = EngineDelta([5, 6], "stop", 7, 3, {"remote_port": 1})
-    assert json.loads(encode([("r1", d), ("r2", "engine error: boom")])) == [
-        ["r1", [5, 6], "stop", 7, 3, {"remote_port": 1}],
-        ["r2", "engine error: boom"],
-    ]
-    assert json.loads(encode([])) == [] and json.loads(encode(None)) is None
-
-
 async def test_deltas_of_one_loop_turn_go_out_as_one_batch():
     stream = FakeStream()
     mux = Mux("m", stream.send, stream.is_cancelled)
-    sent = [mux.add(f"r{i}", delta([i])) for i in range(8)]
+    sent = [mux.add(MuxDelta.of(f"r{i}", delta([i]))) for i in range(8)]
     await asyncio.gather(*sent)
     assert stream.payloads == [[[f"r{i}", [i], None, 7, 3, None] for i in range(8)]]
 
@@ -53,9 +44,9 @@ async def test_deltas_of_one_loop_turn_go_out_as_one_batch():
 async def test_deltas_that_come_while_a_batch_is_in_flight_wait_for_it_and_go_together():
     stream = FakeStream(delay=0.05)
     mux = Mux("m", stream.send, stream.is_cancelled)
-    first = mux.add("r1", delta([1]))
+    first = mux.add(MuxDelta.of("r1", delta([1])))
     await asyncio.sleep(0.01)  # the first batch is in flight now
-    later = [mux.add("r2", delta([2])), mux.add("r3", delta([3]))]
+    later = [mux.add(MuxDelta.of("r2", delta([2]))), mux.add(MuxDelta.of("r3", delta([3])))]
     assert not first.done()
     await asyncio.gather(first, *later)
     assert [[d[0] for d in batch] for batch in stream.payloads] == [["r1"], ["r2", "r3"]]
@@ -65,10 +56,10 @@ async def test_a_failed_batch_fails_its_requests_and_breaks_the_mux():
     stream = FakeStream(fail=True)
     mux = Mux("m", stream.send, stream.is_cancelled)
     with pytest.raises(ConnectionError):
-        await mux.add("r1", delta([1]))
+        await mux.add(MuxDelta.of("r1", delta([1])))
     assert mux.broken is not None
     with pytest.raises(ConnectionError):
-        mux.add("r2", delta([2]))
+        mux.add(MuxDelta.of("r2", delta([2])))
 
 
 async def test_a_member_ends_its_own_stream_after_its_final_delta_and_leaves():
@@ -152,11 +143,11 @@ async def test_when_the_mux_client_goes_away_its_requests_are_cancelled_then_the
 async def test_a_request_cancelled_while_its_batch_is_out_leaves_its_batch_mates_and_the_mux_working():
     stream = FakeStream(delay=0.05)
     mux = Mux("m", stream.send, stream.is_cancelled)
-    waits = [asyncio.ensure_future(mux.add(f"r{i}", delta([i]))) for i in range(3)]
+    waits = [asyncio.ensure_future(mux.add(MuxDelta.of(f"r{i}", delta([i])))) for i in range(3)]
     await asyncio.sleep(0.01)
     waits[0].cancel()  # its client went away
     await asyncio.gather(*waits[1:])
-    await mux.add("r1", delta([9]))
+    await mux.add(MuxDelta.of("r1", delta([9])))
     assert [[d[0] for d in batch] for batch in stream.payloads] == [["r0", "r1", "r2"], ["r1"]]
 
 

@@ -1,9 +1,12 @@
 import json
+import re
 
+import msgspec
 import numpy as np
 import pytest
 
 from engines.request import BadRequest, parse
+from services.gateway.sampling import Sampling, engine_sampling
 
 
 def p(ids=(1, 2, 3), sampling=None, params=None, max_model_len=100, vocab=50):
@@ -26,15 +29,25 @@ def test_good_request_with_trace_context():
         ({"ids": []}, "input_ids: required"),
         ({"ids": [1, 99]}, "[0, 50)"),
         ({"ids": [-1]}, "[0, 50)"),
-        ({"sampling": "{not json"}, "not JSON"),
-        ({"sampling": {"max_tokens": 0}}, "sampling_params.max_tokens"),
-        ({"sampling": {"temprature": 1}}, "sampling_params.temprature"),
-        ({"sampling": {"max_tokens": 98}}, "exceeds the context length 100"),
+        ({"sampling": "{not json"}, "sampling_params: not JSON"),
+        ({"sampling": {"max_tokens": 0}}, "sampling_params.max_tokens: max_tokens must be at least 1"),
+        ({"sampling": {"max_tokens": "4"}}, "sampling_params: Expected `int`, got `str` - at `$.max_tokens`"),
+        ({"sampling": {"temprature": 1}}, "sampling_params: Object contains unknown field `temprature`"),
+        ({"sampling": {"max_tokens": 98}}, "exceed this model's context length 100"),
+        ({"sampling": {"top_k": -2}}, "sampling_params.top_k: top_k must be -1 or 0 (off) or positive"),
+        ({"sampling": {"stop": ["x"] * 17}}, "sampling_params.stop: stop: at most 16 strings"),
     ],
 )
 def test_bad_requests_say_which_input(kwargs, words):
-    with pytest.raises(BadRequest, match=words.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(BadRequest, match=re.escape(words)):
         p(**kwargs)
+
+
+def test_sampling_params_the_gateway_sends_are_read_as_sent():
+    sent = engine_sampling(Sampling(max_tokens=5, temperature=0.0, top_k=-1, stop=["x"]), 3, 100, 16)
+    r = p(sampling=msgspec.json.encode(sent).decode())
+    assert r.sampling == sent and r.sampling.top_k == 0  # -1 (off) is 0 on both sides
+    assert p(sampling={"top_k": -1}).sampling.top_k == 0
 
 
 def kv(role, raw):

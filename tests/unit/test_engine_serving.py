@@ -2,8 +2,10 @@
 
 import asyncio
 
-from engines.request import EngineDelta, EngineRequest, SamplingSpec
+from engines.request import EngineRequest
 from engines.serving import serve_request
+from kvmesh.engine_wire import EngineDelta
+from kvmesh.sampling import SamplingParams
 
 
 class FakeEngine:
@@ -22,7 +24,7 @@ class FakeEngine:
         self.aborted.append(request_id)
 
 
-REQ = EngineRequest("r1", [1, 2], SamplingSpec())
+REQ = EngineRequest("r1", [1, 2], SamplingParams())
 
 
 def d(ids, finish=None):
@@ -111,7 +113,7 @@ async def test_a_slow_send_lets_the_engine_merge_tokens():
 
 async def test_a_response_interval_sends_the_first_token_at_once_and_merges_the_rest_into_the_final():
     deltas = [d([5]), d([6]), d([]), d([7, 8]), d([9], "length")]
-    request = EngineRequest("r1", [1, 2], SamplingSpec(), response_interval_s=60)
+    request = EngineRequest("r1", [1, 2], SamplingParams(), response_interval_s=60)
     outcome, sent, _ = await run(FakeEngine(deltas), request=request)
     assert outcome == "finished"
     assert [(x.token_ids, final) for x, final in sent] == [([5], False), ([6, 7, 8, 9], True)]
@@ -133,7 +135,7 @@ class PausingEngine(FakeEngine):
 
 
 async def test_a_response_interval_sends_what_it_holds_once_the_interval_passed():
-    request = EngineRequest("r1", [1, 2], SamplingSpec(), response_interval_s=0.1)
+    request = EngineRequest("r1", [1, 2], SamplingParams(), response_interval_s=0.1)
     engine = PausingEngine([d([5]), d([6]), d([7]), d([8], "stop")], pause_before=2, pause_s=0.15)
     _, sent, _ = await run(engine, request=request)
     assert [x.token_ids for x, _ in sent] == [[5], [6, 7], [8]]

@@ -10,9 +10,11 @@ import pytest
 from transformers import AutoTokenizer
 
 from kvmesh import models
+from kvmesh.engine_wire import EngineDelta
 from kvmesh.errors import Unavailable
+from kvmesh.sampling import SamplingParams
 from kvmesh.v1 import router_pb2, worker_pb2
-from services.gateway.engine_client import EngineChunk, EngineError, stream_error
+from services.gateway.engine_client import EngineError, stream_error
 from services.gateway.generation import Generator
 from services.gateway.served import ServedModel
 from services.gateway.tokenization import ModelTokenizer
@@ -70,13 +72,13 @@ class FakeServed:
 
 
 def chunk(ids, finish=None, transfer=None, cached=0):
-    return EngineChunk(list(ids), finish, len(PROMPT), cached, transfer)
+    return EngineDelta(list(ids), finish, len(PROMPT), cached, transfer)
 
 
 async def run(model, router, engines, max_tokens=4, whole=False):
     generator = Generator(router, None, FakeServed(), whole_answer_interval_ms=200)
     generator.phases.engines = engines
-    out = [c async for c in generator.generate(model, PROMPT, {"max_tokens": max_tokens}, "r", whole=whole)]
+    out = [c async for c in generator.generate(model, PROMPT, SamplingParams(max_tokens=max_tokens), "r", whole=whole)]
     return [t for c in out for t in c.token_ids], out[-1]
 
 
@@ -93,7 +95,7 @@ async def test_disaggregated_sends_the_first_token_once(model):
     assert tokens == [7, 8, 9, 10]
     assert last.finish_reason == "length" and last.usage.cached_tokens == 2 and last.usage.completion_tokens == 4
     assert engines.calls[1]["transfer"] == TRANSFER
-    assert engines.calls[0]["sampling"]["seed"] == engines.calls[1]["sampling"]["seed"]  # both phases sample alike
+    assert engines.calls[0]["sampling"].seed == engines.calls[1]["sampling"].seed is not None  # both phases alike
 
 
 async def test_a_first_token_that_ends_the_request_skips_decode(model):
@@ -134,7 +136,7 @@ async def test_a_dying_worker_hands_the_request_on_without_losing_or_repeating_t
     tokens, last = await run(model, router, engines)
     assert tokens == [7, 8, 9, 10] and last.usage.completion_tokens == 4
     # The retry carries the prompt plus the two tokens sent, for the two still owed, never on d.
-    assert engines.calls[-1]["ids"] == PROMPT + [7, 8] and engines.calls[-1]["sampling"]["max_tokens"] == 2
+    assert engines.calls[-1]["ids"] == PROMPT + [7, 8] and engines.calls[-1]["sampling"].max_tokens == 2
     assert router.routed[1]["exclude"] == ["d"]
     assert router.released == ["r", "r-m1"]
 

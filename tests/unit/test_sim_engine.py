@@ -8,12 +8,13 @@ import time
 
 import pytest
 
-from engines.request import BadRequest, EngineRequest, SamplingSpec
+from engines.request import BadRequest, EngineRequest
 from engines.sim.block_manager import BlockManager, NoSpace
 from engines.sim.engine import SimEngine
 from engines.sim.timing import MIN_SLEEP_S, Pacer, Timing
 from kvmesh import hashing
 from kvmesh.kv_events import BlockRemoved, BlockStored
+from kvmesh.sampling import SamplingParams
 
 
 class Recorder:
@@ -87,7 +88,7 @@ def test_duplicate_blocks_computed_concurrently_are_shared():
 
 
 def request(rid, prompt, max_tokens=4, stop_token_ids=()):
-    return EngineRequest(rid, prompt, SamplingSpec(max_tokens=max_tokens, stop_token_ids=list(stop_token_ids)))
+    return EngineRequest(rid, prompt, SamplingParams(max_tokens=max_tokens, stop_token_ids=list(stop_token_ids)))
 
 
 @pytest.fixture
@@ -170,10 +171,10 @@ def test_prefill_and_decode_roles_hand_over_like_vllms():
             deltas = [d async for d in decode.generate(req)]
             return asyncio.get_running_loop().time() - start, deltas
 
-        remote_s, deltas = decode.submit(timed(EngineRequest("d", prompt, SamplingSpec(max_tokens=6),
+        remote_s, deltas = decode.submit(timed(EngineRequest("d", prompt, SamplingParams(max_tokens=6),
                                                              kv_transfer_params=params))).result()  # fmt: skip
         assert [t for d in deltas for t in d.token_ids] == whole  # token 1 again, then the rest
-        local_s, _ = decode.submit(timed(EngineRequest("l", list(range(5000, 6000)), SamplingSpec(max_tokens=6),
+        local_s, _ = decode.submit(timed(EngineRequest("l", list(range(5000, 6000)), SamplingParams(max_tokens=6),
                                                        kv_transfer_params={}))).result()  # fmt: skip
         assert remote_s < local_s / 2  # the prompt's 4 prefill steps were skipped
     finally:

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from engines.request import BadRequest, SamplingSpec
+from engines.request import BadRequest
 from engines.trtllm import mapping
 from kvmesh import kv_events
+from kvmesh.sampling import SamplingParams
 
 
 @dataclass(slots=True, kw_only=True)
@@ -26,11 +27,11 @@ class DisaggregatedParams:
 
 
 def test_sampling_kwargs_name_trtllm_fields():
-    spec = SamplingSpec(max_tokens=8, temperature=0.0, top_k=0, seed=3, stop=["\n"], stop_token_ids=[2])
+    spec = SamplingParams(max_tokens=8, temperature=0.0, top_k=0, seed=3, stop=["\n"], stop_token_ids=[2])
     kwargs = mapping.sampling_kwargs(spec, end_id=2, pad_id=0)
     assert kwargs["max_tokens"] == 8 and kwargs["seed"] == 3 and kwargs["end_id"] == 2 and kwargs["pad_id"] == 0
     assert kwargs["top_k"] is None and kwargs["stop"] == ["\n"] and kwargs["detokenize"] is True
-    assert mapping.sampling_kwargs(SamplingSpec(), 2, 0)["detokenize"] is False
+    assert mapping.sampling_kwargs(SamplingParams(), 2, 0)["detokenize"] is False
 
 
 def test_context_params_survive_json_and_become_generation_only():
