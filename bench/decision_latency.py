@@ -24,14 +24,13 @@ import numpy as np
 import redis.asyncio as aioredis
 
 from bench.common import save, start_service, stop
-from kvmesh import block_index, registry
+from kvmesh import block_index, load_keys, registry
 from kvmesh.block_index import BlockIndex, BlockRun
 from kvmesh.net import free_ports
 from kvmesh.redis_server import RedisServer
 from kvmesh.v1 import router_pb2, router_pb2_grpc, worker_pb2
 from services.gateway.router_client import RouterClient
 from services.router import main as router_main
-from services.router import shared_load
 from services.router.config import RouterSettings
 
 BLOCK = 64
@@ -77,7 +76,7 @@ async def redis_alone(url: str, prefixes: list[list[int]], n: int, rng: random.R
         start = time.perf_counter()
         pipe = client.pipeline(transaction=False)
         pipe.fcall_ro("kvmesh_match", len(keys), *keys)
-        pipe.hgetall(shared_load.KEYS[0])
+        pipe.hgetall(load_keys.KEYS[0])
         await pipe.execute()
         times.append(time.perf_counter() - start)
     await client.aclose()

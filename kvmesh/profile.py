@@ -26,14 +26,14 @@ class DecodePoint(BaseModel):
         return self.batch * 1000.0 / self.itl_ms
 
 
-class Profile(BaseModel):
+class EngineProfile(BaseModel):
     engine: str
     model: str
     prefill: list[PrefillPoint] = Field(min_length=1)
     decode: list[DecodePoint] = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _decode_is_a_grid(self) -> Profile:
+    def _decode_is_a_grid(self) -> EngineProfile:
         batches, contexts = self.batches(), self.contexts()
         if {(p.batch, p.context) for p in self.decode} != {(b, c) for b in batches for c in contexts}:
             raise ValueError("decode points must cover every (batch, context) pair of a grid")
@@ -75,5 +75,5 @@ class Profile(BaseModel):
         return path
 
     @classmethod
-    def load(cls, path: Path) -> Profile:
+    def load(cls, path: Path) -> EngineProfile:
         return cls.model_validate_json(Path(path).read_text())

@@ -22,7 +22,7 @@ from rich.progress import Progress
 
 from kvmesh import models
 from kvmesh.cli.local_mesh import LocalMesh
-from kvmesh.profile import DecodePoint, PrefillPoint, Profile
+from kvmesh.profile import DecodePoint, EngineProfile, PrefillPoint
 from kvmesh.v1 import inference_pb2, inference_pb2_grpc
 
 PREFILL_BURST = 4
@@ -50,7 +50,7 @@ def profile(
                 task, advance=1, description=what)))  # fmt: skip
         finally:
             mesh.stop()
-    result = Profile(engine=engine, model=models.DEFAULT_MODEL, **measured)
+    result = EngineProfile(engine=engine, model=models.DEFAULT_MODEL, **measured)
     result.save(out)
     png = _plot(result, plot or out.with_suffix(".png"))
     typer.echo(f"wrote {out} and {png}")
@@ -104,7 +104,7 @@ async def _run(stub, model: str, ids: list[int], max_tokens: int) -> tuple[float
     return ttft, gaps
 
 
-def _plot(result: Profile, path: Path) -> Path:
+def _plot(result: EngineProfile, path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -9,7 +9,7 @@ import shlex
 import uvloop
 
 from kvmesh import grpc_server, registry, telemetry
-from kvmesh.profile import Profile
+from kvmesh.profile import EngineProfile
 from kvmesh.registry import Watcher
 from kvmesh.settings import load
 from kvmesh.v1 import planner_pb2_grpc, worker_pb2
@@ -62,7 +62,7 @@ async def run(settings: PlannerSettings) -> None:
         raise SystemExit(f"kvmesh planner: {e}") from None
     planner = Planner(
         GatewayMetrics(settings.gateway_metrics, settings.percentile),
-        Profile.load(settings.profile),
+        EngineProfile.load(settings.profile),
         targets,
         forecaster,
         connector,

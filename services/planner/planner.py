@@ -10,11 +10,11 @@ import time
 from collections import deque
 from dataclasses import dataclass, field, replace
 
-from kvmesh.profile import Profile
+from kvmesh.profile import EngineProfile
 from services.planner.connectors import Connector
 from services.planner.forecast import Forecaster
 from services.planner.observe import MetricsUnavailable, Observation
-from services.planner.replicas import Load, Need, Targets, decode_need, prefill_need
+from services.planner.replicas import Need, Targets, Traffic, decode_need, prefill_need
 from services.planner.stabilizer import Stabilizer, fit_budget
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ class PoolDecision:
 
 
 @dataclass
-class Decision:
+class ScalingDecision:
     at_unix_ms: int
     pools: list[PoolDecision]
     degraded: bool
@@ -42,7 +42,7 @@ class Decision:
 
 
 class Planner:
-    def __init__(self, metrics, profile: Profile, targets: Targets, forecaster: Forecaster, connector: Connector,
+    def __init__(self, metrics, profile: EngineProfile, targets: Targets, forecaster: Forecaster, connector: Connector,
                  stabilizer: Stabilizer, dry_run: bool = False):  # fmt: skip
         self.metrics = metrics
         self.profile = profile
@@ -51,15 +51,15 @@ class Planner:
         self.connector = connector
         self.stabilizers = {pool: copy.deepcopy(stabilizer) for pool in POOLS}
         self.dry_run = dry_run
-        self.history: dict[str, deque[float]] = {k: deque(maxlen=HISTORY) for k in Load.__dataclass_fields__}
+        self.history: dict[str, deque[float]] = {k: deque(maxlen=HISTORY) for k in Traffic.__dataclass_fields__}
         self.correction = {"prefill": 1.0, "decode": 1.0}
         self.corrections: dict[str, deque[float]] = {pool: deque(maxlen=HISTORY) for pool in POOLS}  # per interval
-        self.last: Decision | None = None
+        self.last: ScalingDecision | None = None
 
     def set_targets(self, targets: Targets) -> None:
         self.targets = targets
 
-    def step(self, now_s: float | None = None) -> Decision:
+    def step(self, now_s: float | None = None) -> ScalingDecision:
         now_s = time.monotonic() if now_s is None else now_s
         decision = self._decide(now_s, self.stabilizers, record=True)
         if not decision.degraded and not self.dry_run and any(p.desired != p.current for p in decision.pools):
@@ -71,7 +71,7 @@ class Planner:
         self.last = decision
         return decision
 
-    def plan(self) -> Decision:
+    def plan(self) -> ScalingDecision:
         """What step() would decide now, changing nothing (state is copied)."""
         planner = copy.copy(self)
         planner.history = {k: deque(v, maxlen=HISTORY) for k, v in self.history.items()}
@@ -79,7 +79,7 @@ class Planner:
         planner.corrections = {pool: deque(v, maxlen=HISTORY) for pool, v in self.corrections.items()}
         return planner._decide(time.monotonic(), copy.deepcopy(self.stabilizers), record=False)
 
-    def _decide(self, now_s: float, stabilizers: dict[str, Stabilizer], record: bool) -> Decision:
+    def _decide(self, now_s: float, stabilizers: dict[str, Stabilizer], record: bool) -> ScalingDecision:
         at = int(time.time() * 1000)
         try:
             observed = self.metrics.observe() if record else None
@@ -103,7 +103,7 @@ class Planner:
         pools = [PoolDecision(p, current[p], n, reasons[p]) for p, n in (("prefill", prefill), ("decode", decode))]
         last = {k: v[-1] for k, v in self.history.items()}
         inputs = {"load": last, "needs": {p: needs[p].replicas for p in POOLS}, "correction": self.correction}
-        decision = Decision(at, pools, degraded=False, inputs=inputs)
+        decision = ScalingDecision(at, pools, degraded=False, inputs=inputs)
         log.info("decision: %s", "; ".join(f"{p.pool} {p.current}→{p.desired} ({p.reason})" for p in pools))
         return decision
 
@@ -115,8 +115,8 @@ class Planner:
         today's correction to every past interval would let a burst's need vanish with the latency
         it caused."""
         need, corrections = NEEDS[pool], self.corrections[pool]
-        loads = (Load(**dict(zip(self.history, v, strict=True))) for v in zip(*self.history.values(), strict=True))
-        past = [need(load, self.profile, self.targets, c) for load, c in zip(loads, corrections, strict=True)]
+        traffic = (Traffic(**dict(zip(self.history, v, strict=True))) for v in zip(*self.history.values(), strict=True))
+        past = [need(t, self.profile, self.targets, c) for t, c in zip(traffic, corrections, strict=True)]
         replicas = self.forecaster.predict([n.replicas for n in past])
         return Need(replicas, f"forecast need {replicas:.2f} over {len(past)} intervals; the last: {past[-1].reason}")
 
@@ -134,10 +134,10 @@ class Planner:
         for pool in POOLS:
             self.corrections[pool].append(self.correction[pool])
 
-    def _hold(self, at: int, why: str) -> Decision:
+    def _hold(self, at: int, why: str) -> ScalingDecision:
         log.warning("planner %s", why)
         if self.last is None:
-            return Decision(at, [], degraded=True, inputs={"why": why})
+            return ScalingDecision(at, [], degraded=True, inputs={"why": why})
         return replace(self.last, at_unix_ms=at, degraded=True, inputs={"why": why})
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from kvmesh.profile import Profile
+from kvmesh.profile import EngineProfile
 
 MAX_UTILISATION = 0.95
 # More would say the load is beyond any budget; the search stops there.
@@ -25,7 +25,10 @@ MAX_WORKERS = 1000
 
 
 @dataclass(frozen=True)
-class Load:
+class Traffic:
+    """What the mesh is asked to serve in one interval: the request rate and the prompt (ISL) and
+    output (OSL) lengths."""
+
     requests_per_s: float
     isl_mean: float
     isl_p: float  # the targets' percentile
@@ -50,19 +53,19 @@ class Need:
     feasible: bool = True
 
 
-def prefill_need(load: Load, profile: Profile, targets: Targets, correction: float = 1.0) -> Need:
-    if load.requests_per_s <= 0:
+def prefill_need(traffic: Traffic, profile: EngineProfile, targets: Targets, correction: float = 1.0) -> Need:
+    if traffic.requests_per_s <= 0:
         return Need(0.0, "no requests")
-    alone_ms = profile.ttft_ms(load.isl_p) * correction
-    service_s = load.isl_mean / profile.prefill_tokens_per_s(load.isl_mean) * correction
+    alone_ms = profile.ttft_ms(traffic.isl_p) * correction
+    service_s = traffic.isl_mean / profile.prefill_tokens_per_s(traffic.isl_mean) * correction
     slack_ms = targets.ttft_ms - alone_ms
     feasible = slack_ms > 0
     tail = 1.0 - targets.percentile / 100.0
-    offered = load.requests_per_s * service_s  # workers busy on average (Erlangs)
+    offered = traffic.requests_per_s * service_s  # workers busy on average (Erlangs)
     workers = waiting_workers(offered, max(slack_ms, 0.0) / 1000.0 / service_s, tail)
     reason = (
-        f"{load.requests_per_s:.2f} req/s × {service_s * 1000:.0f} ms (ISL {load.isl_mean:.0f}) = {offered:.2f} "
-        f"workers busy; ISL p{targets.percentile:g} {load.isl_p:.0f} alone takes {alone_ms:.0f} ms of the "
+        f"{traffic.requests_per_s:.2f} req/s × {service_s * 1000:.0f} ms (ISL {traffic.isl_mean:.0f}) = {offered:.2f} "
+        f"workers busy; ISL p{targets.percentile:g} {traffic.isl_p:.0f} alone takes {alone_ms:.0f} ms of the "
         f"{targets.ttft_ms:.0f} ms TTFT target → {workers} workers keep P(wait > {max(slack_ms, 0):.0f} ms) ≤ {tail:g}"
     )
     if not feasible:
@@ -87,18 +90,18 @@ def waiting_workers(offered: float, slack_in_services: float, tail: float) -> in
     return MAX_WORKERS
 
 
-def decode_need(load: Load, profile: Profile, targets: Targets, correction: float = 1.0) -> Need:
-    if load.requests_per_s <= 0:
+def decode_need(traffic: Traffic, profile: EngineProfile, targets: Targets, correction: float = 1.0) -> Need:
+    if traffic.requests_per_s <= 0:
         return Need(0.0, "no requests")
-    context = load.isl_p + load.osl_p / 2
+    context = traffic.isl_p + traffic.osl_p / 2
     itl_target = targets.itl_ms / correction
     batch, tokens_per_s = profile.decode_capacity(itl_target, context)
-    demand = load.requests_per_s * load.osl_mean
+    demand = traffic.requests_per_s * traffic.osl_mean
     if batch == 0:
         return Need(demand / (1000.0 / profile.itl_ms(1, context)), f"ITL target {itl_target:.1f} ms missed even "
                     f"at batch 1 (context {context:.0f}): one sequence per worker", feasible=False)  # fmt: skip
     reason = (
-        f"{load.requests_per_s:.2f} req/s × OSL {load.osl_mean:.0f} = {demand:.0f} tok/s; at context {context:.0f} "
-        f"a worker keeps ITL ≤ {itl_target:.1f} ms up to batch {batch} = {tokens_per_s:.0f} tok/s"
+        f"{traffic.requests_per_s:.2f} req/s × OSL {traffic.osl_mean:.0f} = {demand:.0f} tok/s; at context "
+        f"{context:.0f} a worker keeps ITL ≤ {itl_target:.1f} ms up to batch {batch} = {tokens_per_s:.0f} tok/s"
     )
     return Need(demand / tokens_per_s, reason)

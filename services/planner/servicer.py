@@ -6,7 +6,7 @@ import asyncio
 
 from kvmesh.errors import InvalidArgument
 from kvmesh.v1 import planner_pb2, planner_pb2_grpc, worker_pb2
-from services.planner.planner import Decision, Planner
+from services.planner.planner import Planner, ScalingDecision
 from services.planner.replicas import Targets
 
 POOL_ROLE = {"prefill": worker_pb2.ROLE_PREFILL, "decode": worker_pb2.ROLE_DECODE}
@@ -27,7 +27,7 @@ def targets_from_proto(t: planner_pb2.Targets) -> Targets:
     return Targets(t.ttft_ms, t.itl_ms, t.percentile, t.max_replicas)
 
 
-def decisions_to_proto(d: Decision | None) -> list[planner_pb2.PoolDecision]:
+def decisions_to_proto(d: ScalingDecision | None) -> list[planner_pb2.PoolDecision]:
     if d is None:
         return []
     return [

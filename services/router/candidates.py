@@ -11,9 +11,8 @@ import time
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from kvmesh import block_index, redis_functions
+from kvmesh import block_index, load_keys, redis_functions
 from kvmesh.registry import Watcher
-from services.router import shared_load
 from services.router.accounting import Accounting
 from services.router.framework.types import Candidate, Request
 from services.router.shared_load import LoadTable
@@ -51,7 +50,7 @@ class CandidateSource:
         if request.block_hashes:
             keys = block_index.match_keys(request.block_hashes)
             pipe.fcall_ro("kvmesh_match", len(keys), *keys)
-        pipe.hgetall(shared_load.KEYS[0])
+        pipe.hgetall(load_keys.KEYS[0])
         replies = await pipe.execute()
         overlaps = block_index.parse_match(replies[0]) if request.block_hashes else {}
         return overlaps, LoadTable(replies[-1])

@@ -4,25 +4,25 @@ from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from kvmesh.settings import WatcherSettings
-from services.router.framework.plugins import ProfileSpec, build
+from services.router.framework.plugins import SchedulingProfileSpec, build
 
 DEFAULT_POLICIES = {
     # Dynamo's cost, then the overlap once more: on the Mooncake trace under load it keeps a few more
     # of the pooled cache's hits than Dynamo's cost (78–80% against 75–77%), TTFT alike
     # (bench.routing_quality, README).
-    "kv-aware": ProfileSpec(
+    "kv-aware": SchedulingProfileSpec(
         scorers={"prefill_load": 1.0, "decode_load": 1.0, "kv_overlap": 1.0},
         picker="softmax",
         params={"softmax": {"temperature": 0.0}},
     ),
     # Dynamo's cost: prefill_weight · max(prefill + request − overlap, 0) + decode; lowest wins.
-    "dynamo": ProfileSpec(
+    "dynamo": SchedulingProfileSpec(
         scorers={"prefill_load": 1.0, "decode_load": 1.0}, picker="softmax", params={"softmax": {"temperature": 0.0}}
     ),
-    "least-loaded": ProfileSpec(scorers={"least_loaded": 1.0}, picker="max_score"),
-    "round-robin": ProfileSpec(picker="round_robin"),
-    "random": ProfileSpec(picker="random"),
-    "power-of-two": ProfileSpec(scorers={"least_loaded": 1.0}, picker="power_of_two"),
+    "least-loaded": SchedulingProfileSpec(scorers={"least_loaded": 1.0}, picker="max_score"),
+    "round-robin": SchedulingProfileSpec(picker="round_robin"),
+    "random": SchedulingProfileSpec(picker="random"),
+    "power-of-two": SchedulingProfileSpec(scorers={"least_loaded": 1.0}, picker="power_of_two"),
 }
 
 
@@ -31,7 +31,7 @@ class RouterSettings(WatcherSettings):
 
     port: int = Field(8090, ge=0, le=65535, description="gRPC port; 0 = a free port")
     policy: str = Field("kv-aware", description="the default policy")
-    policies: dict[str, ProfileSpec] = Field(default_factory=lambda: dict(DEFAULT_POLICIES))
+    policies: dict[str, SchedulingProfileSpec] = Field(default_factory=lambda: dict(DEFAULT_POLICIES))
     request_lease_s: float = Field(900.0, gt=0, description="forget a routed request never released after this")
     disagg_threshold_tokens: int = Field(
         2048, ge=0, description="prefill on a prefill worker from this many uncached prompt tokens on; 0: never"

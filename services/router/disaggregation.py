@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from kvmesh.v1 import worker_pb2
-from services.router.framework.profile import Decision, Profile
+from services.router.framework.profile import RoutingDecision, SchedulingProfile
 from services.router.framework.types import Candidate, Request
 
 
@@ -19,7 +19,7 @@ class Split:
     disaggregated: bool
     reason: str
     uncached_tokens: int
-    prefill: Decision | None = None
+    prefill: RoutingDecision | None = None
 
     @property
     def prefill_worker(self) -> Candidate | None:
@@ -32,7 +32,7 @@ def uncached_tokens(request: Request, worker: Candidate) -> int:
 
 
 def split(
-    profile: Profile,
+    profile: SchedulingProfile,
     request: Request,
     decode: Candidate,
     candidates: list[Candidate],

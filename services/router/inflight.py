@@ -11,7 +11,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 
-from services.router.framework.types import Load
+from services.router.framework.types import WorkerLoad
 
 
 @dataclass
@@ -27,10 +27,10 @@ class InFlight:
     def __init__(self, lease_s: float):
         self.lease_s = lease_s
         self._entries: dict[str, Entry] = {}
-        self._loads: dict[str, Load] = defaultdict(Load)
+        self._loads: dict[str, WorkerLoad] = defaultdict(WorkerLoad)
 
-    def load(self, worker_id: str) -> Load:
-        return self._loads.get(worker_id) or Load()
+    def load(self, worker_id: str) -> WorkerLoad:
+        return self._loads.get(worker_id) or WorkerLoad()
 
     def add(self, request_id: str, worker_id: str, prefill_blocks: int, total_blocks: int) -> None:
         self.release(request_id)  # a retried id replaces its earlier entry

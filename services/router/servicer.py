@@ -17,7 +17,7 @@ from kvmesh.v1 import router_pb2, router_pb2_grpc, worker_pb2
 from services.router import disaggregation
 from services.router.accounting import Accounting
 from services.router.candidates import CandidateSource
-from services.router.framework.profile import Decision, Profile, Verdict
+from services.router.framework.profile import RoutingDecision, SchedulingProfile, Verdict
 from services.router.framework.types import Request
 
 DECISIONS = Counter("kvmesh_router_decisions", "Routing decisions", ["policy", "worker"])
@@ -32,7 +32,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self,
         candidates: CandidateSource,
         accounting: Accounting,
-        profiles: dict[str, Profile],
+        profiles: dict[str, SchedulingProfile],
         default: str,
         disagg_threshold_tokens: int = 0,
     ):
@@ -45,7 +45,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
 
     async def _decide(
         self, message: router_pb2.RouteRequest, dry_run: bool
-    ) -> tuple[Profile, Request, Decision, disaggregation.Split | None]:
+    ) -> tuple[SchedulingProfile, Request, RoutingDecision, disaggregation.Split | None]:
         if not message.model:
             raise InvalidArgument("model: required", param="model")
         if not dry_run and not message.request_id:
@@ -248,7 +248,7 @@ def _candidate(v: Verdict) -> router_pb2.Candidate:
     )
 
 
-def _no_worker(request: Request, decision: Decision) -> KvmeshError:
+def _no_worker(request: Request, decision: RoutingDecision) -> KvmeshError:
     NO_WORKER.labels(decision.emptied_by or "none").inc()
     if decision.emptied_by == "capacity":
         return ResourceExhausted(f"every worker serving {request.model!r} is at capacity; retry later")

@@ -14,8 +14,8 @@ from importlib import resources
 import redis.asyncio as aioredis
 
 from kvmesh import redis_functions
-from kvmesh.shared_load import KEYS
-from services.router.framework.types import Load
+from kvmesh.load_keys import KEYS
+from services.router.framework.types import WorkerLoad
 
 LIBRARY = resources.files("services.router").joinpath("shared_load.lua").read_text()
 # A function call: (name, arguments).
@@ -71,10 +71,10 @@ class LoadTable:
     def __init__(self, raw: dict[bytes, bytes]):
         self.raw = raw
 
-    def __getitem__(self, worker_id: str) -> Load:
+    def __getitem__(self, worker_id: str) -> WorkerLoad:
         in_flight, prefill, decode = _field_keys(worker_id)
         raw = self.raw
-        return Load(_count(raw.get(in_flight)), _count(raw.get(prefill)), _count(raw.get(decode)))
+        return WorkerLoad(_count(raw.get(in_flight)), _count(raw.get(prefill)), _count(raw.get(decode)))
 
 
 @functools.lru_cache(maxsize=4096)

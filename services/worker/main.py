@@ -16,7 +16,7 @@ import tritonclient.grpc.aio as triton_aio
 import uvloop
 from redis.exceptions import RedisError
 
-from kvmesh import grpc_server, registry, shared_load
+from kvmesh import grpc_server, load_keys, registry
 from kvmesh.net import free_ports
 from kvmesh.settings import load
 from kvmesh.v1 import worker_pb2
@@ -125,7 +125,7 @@ class _Worker:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                routed = await shared_load.routed_requests(self.reg.redis, self.worker_id)
+                routed = await load_keys.routed_requests(self.reg.redis, self.worker_id)
             except (RedisError, OSError) as e:
                 log.warning("worker %s: cannot read its routed requests (%s); unloading without", self.worker_id, e)
                 return

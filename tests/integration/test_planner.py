@@ -11,7 +11,7 @@ import pytest
 from google.protobuf import wrappers_pb2
 
 from kvmesh.cli.local_mesh import LocalMesh
-from kvmesh.profile import Profile
+from kvmesh.profile import EngineProfile
 from kvmesh.v1 import (
     inference_pb2,
     inference_pb2_grpc,
@@ -28,7 +28,7 @@ from tests.support.waiting import wait_for
 @pytest.fixture(scope="module")
 def planned(tmp_path_factory, sim_profile):
     # An ITL target a worker meets with one sequence only: a few concurrent streams need more.
-    itl_target = Profile.load(sim_profile).itl_ms(1, CONTEXT) * 1.02
+    itl_target = EngineProfile.load(sim_profile).itl_ms(1, CONTEXT) * 1.02
     planner_args = f"--interval-s 1 --cooldown-s 0 --down-after 3 --max-replicas 3 --itl-ms {itl_target:.2f}"
     args = (
         "--engine",
@@ -58,7 +58,7 @@ def decode_workers(mesh) -> set[str]:
 
 
 def test_the_profile_has_its_curves(sim_profile):
-    measured = Profile.load(sim_profile)
+    measured = EngineProfile.load(sim_profile)
     assert [p.isl for p in measured.prefill] == [128, 1024]
     assert measured.ttft_ms(1024) > measured.ttft_ms(128)  # the simulator's prefill grows with the prompt
     assert measured.itl_ms(4, CONTEXT) > measured.itl_ms(1, CONTEXT)  # and a decode step with the batch

@@ -16,7 +16,7 @@ from google.protobuf import wrappers_pb2
 
 from kvmesh import registry
 from kvmesh.cli.local_mesh import LocalMesh
-from kvmesh.profile import Profile
+from kvmesh.profile import EngineProfile
 from kvmesh.v1 import inference_pb2, inference_pb2_grpc, router_pb2, router_pb2_grpc, worker_pb2
 from services.planner.connectors.triton import TritonConnector
 from tests.integration.conftest import PROFILE_CONTEXT
@@ -173,7 +173,7 @@ def test_a_decode_worker_waits_for_a_request_still_prefilling_elsewhere_before_i
 @pytest.fixture
 def planned_fleet(tmp_path_factory, sim_profile):
     # An ITL target a worker meets with one sequence only: four streams need a second decode worker.
-    itl_target = Profile.load(sim_profile).itl_ms(1, PROFILE_CONTEXT) * 1.02
+    itl_target = EngineProfile.load(sim_profile).itl_ms(1, PROFILE_CONTEXT) * 1.02
     planner_args = (f"--connector triton --interval-s 1 --cooldown-s 0 --down-after 2 --max-replicas 3 "
                     f"--itl-ms {itl_target:.2f}")  # fmt: skip
     args = ("--engine", "sim", "--disagg", "--prefill-workers", "2", "--decode-workers", "1", "--planner",

@@ -10,7 +10,7 @@ from kvmesh.v1 import worker_pb2
 from services.router import disaggregation
 from services.router.config import DEFAULT_POLICIES
 from services.router.framework.plugins import build
-from services.router.framework.types import Candidate, Load, Request
+from services.router.framework.types import Candidate, Request, WorkerLoad
 
 P, D, A = worker_pb2.ROLE_PREFILL, worker_pb2.ROLE_DECODE, worker_pb2.ROLE_AGGREGATED
 BLOCK = 16
@@ -18,7 +18,7 @@ BLOCK = 16
 
 def cand(worker_id, role, overlap=0, in_flight=0, prefill_blocks=0):
     record = worker_pb2.WorkerRecord(id=worker_id, model="m", role=role, capacity=4, kv_block_size=BLOCK)
-    return Candidate(record, Load(in_flight=in_flight, prefill_blocks=prefill_blocks), overlap)
+    return Candidate(record, WorkerLoad(in_flight=in_flight, prefill_blocks=prefill_blocks), overlap)
 
 
 def decide(candidates, num_tokens=1000, threshold=500, aggregated_only=False, excluded=()):

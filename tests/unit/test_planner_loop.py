@@ -12,7 +12,7 @@ from services.planner import forecast
 from services.planner.connectors import PoolByPool
 from services.planner.observe import GatewayMetrics, MetricsUnavailable, Observation
 from services.planner.planner import Planner
-from services.planner.replicas import Load, Targets, decode_need, prefill_need
+from services.planner.replicas import Targets, Traffic, decode_need, prefill_need
 from services.planner.stabilizer import Stabilizer
 from tests.unit.test_planner_math import PROFILE
 
@@ -186,12 +186,12 @@ def test_a_peak_forecast_takes_the_busiest_intervals_need_not_the_product_of_eac
         metrics.next = observation
         decision = p.step(now_s=0)
 
-    def load(o: Observation) -> Load:
-        return Load(o.requests_per_s, o.isl_mean, o.isl_p, o.osl_mean, o.osl_p)
+    def load(o: Observation) -> Traffic:
+        return Traffic(o.requests_per_s, o.isl_mean, o.isl_p, o.osl_mean, o.osl_p)
 
     for pool, need in (("prefill", prefill_need), ("decode", decode_need)):
         busiest = max(need(load(o), PROFILE, targets).replicas for o in (many_short, few_long))
-        both_peaks = need(Load(100, 1000, 2000, 100, 200), PROFILE, targets).replicas
+        both_peaks = need(Traffic(100, 1000, 2000, 100, 200), PROFILE, targets).replicas
         assert decision.inputs["needs"][pool] == pytest.approx(busiest)
         assert busiest < both_peaks / 2
 
@@ -208,5 +208,5 @@ def test_a_bursts_need_is_remembered_with_the_correction_of_its_time():
         metrics.next = observation
         decision = p.step(now_s=0)
     assert p.correction["prefill"] == 0.5  # the calm interval's latency: the profile flatters nothing now
-    at_the_time = prefill_need(Load(10, 1000, 2000, 100, 200), PROFILE, targets, correction=4.0).replicas
+    at_the_time = prefill_need(Traffic(10, 1000, 2000, 100, 200), PROFILE, targets, correction=4.0).replicas
     assert decision.inputs["needs"]["prefill"] == pytest.approx(at_the_time)

@@ -6,12 +6,12 @@ import random
 
 import pytest
 
-from kvmesh.profile import DecodePoint, PrefillPoint, Profile
+from kvmesh.profile import DecodePoint, EngineProfile, PrefillPoint
 from services.planner import forecast
-from services.planner.replicas import MAX_UTILISATION, Load, Targets, decode_need, prefill_need, waiting_workers
+from services.planner.replicas import MAX_UTILISATION, Targets, Traffic, decode_need, prefill_need, waiting_workers
 from services.planner.stabilizer import Stabilizer, fit_budget
 
-PROFILE = Profile(
+PROFILE = EngineProfile(
     engine="sim",
     model="m",
     prefill=[
@@ -25,7 +25,7 @@ PROFILE = Profile(
         DecodePoint(batch=8, context=3000, itl_ms=28),
     ],
 )
-LOAD = Load(requests_per_s=10, isl_mean=1000, isl_p=2000, osl_mean=100, osl_p=200)
+TRAFFIC = Traffic(requests_per_s=10, isl_mean=1000, isl_p=2000, osl_mean=100, osl_p=200)
 TARGETS = Targets(ttft_ms=400, itl_ms=20)
 
 
@@ -100,21 +100,21 @@ def test_profile_interpolates_and_caps_decode_batch():
 
 def test_profile_refuses_a_ragged_decode_grid():
     with pytest.raises(ValueError, match="grid"):
-        Profile(engine="sim", model="m", prefill=PROFILE.prefill, decode=PROFILE.decode[:3])
+        EngineProfile(engine="sim", model="m", prefill=PROFILE.prefill, decode=PROFILE.decode[:3])
 
 
 def test_prefill_need_by_hand():
     # 10 req/s × 1000-token prompts on workers of 10,000 tok/s: 0.1 s each, 1 Erlang. ISL p90 2000
     # alone: 200 ms of the 400 ms target, 200 ms (2 services) of slack. 2 workers: Erlang B 0.2,
     # C = 2·0.2 / (2 - 0.8) = 1/3, P(wait > slack) = e^-2 / 3 = 0.045 ≤ 0.1 (1 worker: 100% busy).
-    need = prefill_need(LOAD, PROFILE, TARGETS)
+    need = prefill_need(TRAFFIC, PROFILE, TARGETS)
     assert need.replicas == 2 and need.feasible
     # Observed TTFT 1.5× the profile's: 1.5 Erlangs, slack 100 ms of 150 ms services. 2 workers:
     # C 0.643, P 0.461; 3 workers: C 0.237, P = 0.237·e^-1 = 0.087 → 3.
-    assert prefill_need(LOAD, PROFILE, TARGETS, correction=1.5).replicas == 3
+    assert prefill_need(TRAFFIC, PROFILE, TARGETS, correction=1.5).replicas == 3
     # Twice the profile's: the p90 prompt alone eats the whole target; then nobody should wait
     # (C ≤ 0.1): 2 Erlangs → C(4) 0.174, C(5) 0.060 → 5.
-    corrected = prefill_need(LOAD, PROFILE, TARGETS, correction=2.0)
+    corrected = prefill_need(TRAFFIC, PROFILE, TARGETS, correction=2.0)
     assert not corrected.feasible and "cannot be met" in corrected.reason and corrected.replicas == 5
 
 
@@ -137,19 +137,20 @@ def test_waiting_workers_is_the_fewest_that_meet_the_tail(offered, slack):
 def test_a_short_burst_of_long_prompts_needs_a_worker_each_not_a_queue_each():
     # Four ~7k-token prompts in 2 s, each taking 980 ms of a 1,000 ms target (a planner_eval case):
     # the per-worker queue model asked for 22 workers; one for each and a spare is what it takes.
-    profile = Profile(engine="sim", model="m", prefill=[PrefillPoint(isl=7000, ttft_ms=980, tokens_per_s=7000 / 0.98),
-                      PrefillPoint(isl=1, ttft_ms=1, tokens_per_s=1000)], decode=PROFILE.decode)  # fmt: skip
-    burst = Load(requests_per_s=2, isl_mean=7000, isl_p=7000, osl_mean=10, osl_p=10)
+    prefill = [PrefillPoint(isl=7000, ttft_ms=980, tokens_per_s=7000 / 0.98),
+               PrefillPoint(isl=1, ttft_ms=1, tokens_per_s=1000)]  # fmt: skip
+    profile = EngineProfile(engine="sim", model="m", prefill=prefill, decode=PROFILE.decode)
+    burst = Traffic(requests_per_s=2, isl_mean=7000, isl_p=7000, osl_mean=10, osl_p=10)
     assert prefill_need(burst, profile, Targets(ttft_ms=1000, itl_ms=60)).replicas == 5
 
 
 def test_decode_need_by_hand():
     # Context 2000 + 200/2 = 2100; batch 5 meets 20 ms ITL there (18.7 ms) = 267.4 tok/s a worker;
     # 10 req/s × 100 tokens = 1000 tok/s → 3.74 workers.
-    need = decode_need(LOAD, PROFILE, TARGETS)
+    need = decode_need(TRAFFIC, PROFILE, TARGETS)
     assert need.replicas == pytest.approx(1000 / (5000 / 18.7), rel=1e-6)
     assert "batch 5" in need.reason
-    assert decode_need(Load(0, 0, 0, 0, 0), PROFILE, TARGETS).replicas == 0
+    assert decode_need(Traffic(0, 0, 0, 0, 0), PROFILE, TARGETS).replicas == 0
 
 
 def test_stabilizer_scales_up_at_once_and_never_flaps_on_noisy_constant_load():

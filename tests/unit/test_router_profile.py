@@ -6,15 +6,15 @@ import pytest
 
 from kvmesh.v1 import worker_pb2
 from services.router.config import DEFAULT_POLICIES
-from services.router.framework.plugins import ProfileSpec, build
-from services.router.framework.types import Candidate, Load, Request
+from services.router.framework.plugins import SchedulingProfileSpec, build
+from services.router.framework.types import Candidate, Request, WorkerLoad
 
 
 def cand(worker_id, in_flight=0, capacity=4, model="m", role=worker_pb2.ROLE_AGGREGATED, draining=False):
     rec = worker_pb2.WorkerRecord(
         id=worker_id, model=model, role=role, capacity=capacity, kv_block_size=16, draining=draining
     )
-    return Candidate(rec, Load(in_flight=in_flight))
+    return Candidate(rec, WorkerLoad(in_flight=in_flight))
 
 
 REQ = Request(model="m", request_id="r", num_tokens=40)
@@ -76,14 +76,14 @@ def test_random_reaches_everyone():
 
 def test_unknown_plugin_is_refused_by_name():
     with pytest.raises(ValueError, match="unknown scorer 'nope'"):
-        build("bad", ProfileSpec(scorers={"nope": 1.0}))
+        build("bad", SchedulingProfileSpec(scorers={"nope": 1.0}))
 
 
 def kv_cand(worker_id, overlap=0, prefill=0, decode=0):
     rec = worker_pb2.WorkerRecord(
         id=worker_id, model="m", role=worker_pb2.ROLE_AGGREGATED, capacity=4, kv_block_size=16
     )
-    return Candidate(rec, Load(prefill_blocks=prefill, decode_blocks=decode), overlap_blocks=overlap)
+    return Candidate(rec, WorkerLoad(prefill_blocks=prefill, decode_blocks=decode), overlap_blocks=overlap)
 
 
 KV_REQ = Request(model="m", request_id="r", num_tokens=160, block_hashes=tuple(range(10)), block_size=16)
@@ -106,7 +106,7 @@ def test_dynamo_cost(candidates, expected, costs):
 
 
 def test_prefill_weight_is_config():
-    spec = ProfileSpec(scorers={"prefill_load": 3.0, "decode_load": 1.0}, picker="max_score")
+    spec = SchedulingProfileSpec(scorers={"prefill_load": 3.0, "decode_load": 1.0}, picker="max_score")
     candidates = [kv_cand("a", overlap=10, decode=25), kv_cand("b", decode=0)]
     # weight 1: a costs 25, b 10 → b; weight 3: a costs 25, b 30 → a
     assert build("p", spec).run(KV_REQ, candidates).chosen.id == "a"
@@ -120,16 +120,18 @@ def test_kv_overlap_weight_buys_affinity_against_load():
 
 
 def test_softmax_temperature_spreads_near_equal_workers():
-    spec = ProfileSpec(scorers={"prefill_load": 1.0}, picker="softmax", params={"softmax": {"temperature": 1.0}})
+    spec = SchedulingProfileSpec(
+        scorers={"prefill_load": 1.0}, picker="softmax", params={"softmax": {"temperature": 1.0}}
+    )
     profile = build("soft", spec)
     candidates = [kv_cand("a", overlap=1), kv_cand("b")]  # costs 9 and 10
     picks = Counter(profile.run(KV_REQ, candidates).chosen.id for _ in range(2000))
     # p(a) = e / (e + 1) ≈ 0.73
     assert 0.68 < picks["a"] / 2000 < 0.78
-    greedy = build("g", ProfileSpec(scorers={"prefill_load": 1.0}, picker="softmax"))
+    greedy = build("g", SchedulingProfileSpec(scorers={"prefill_load": 1.0}, picker="softmax"))
     assert {greedy.run(KV_REQ, candidates).chosen.id for _ in range(50)} == {"a"}
 
 
 def test_negative_temperature_is_refused():
     with pytest.raises(ValueError, match="temperature"):
-        build("bad", ProfileSpec(picker="softmax", params={"softmax": {"temperature": -1}}))
+        build("bad", SchedulingProfileSpec(picker="softmax", params={"softmax": {"temperature": -1}}))

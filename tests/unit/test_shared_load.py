@@ -8,7 +8,7 @@ import asyncio
 import pytest
 import redis.asyncio as aioredis
 
-from kvmesh.shared_load import routed_requests
+from kvmesh.load_keys import routed_requests
 from services.router.shared_load import SharedLoad
 
 

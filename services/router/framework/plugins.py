@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from services.router.framework.profile import Profile
+from services.router.framework.profile import SchedulingProfile
 from services.router.plugins.filters.capacity import CapacityFilter
 from services.router.plugins.filters.draining import DrainingFilter
 from services.router.plugins.filters.excluded import ExcludedFilter
@@ -45,7 +45,7 @@ PICKERS: dict[str, Callable[..., Any]] = {
 }
 
 
-class ProfileSpec(BaseModel):
+class SchedulingProfileSpec(BaseModel):
     filters: list[str] = Field(default_factory=lambda: ["model", "role", "draining", "excluded", "capacity"])
     scorers: dict[str, float] = Field(default_factory=dict)
     picker: str = "max_score"
@@ -53,13 +53,13 @@ class ProfileSpec(BaseModel):
     params: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
-def build(name: str, spec: ProfileSpec) -> Profile:
+def build(name: str, spec: SchedulingProfileSpec) -> SchedulingProfile:
     def make(table: dict[str, Callable[..., Any]], kind: str, type_name: str) -> Any:
         if type_name not in table:
             raise ValueError(f"policy {name!r}: unknown {kind} {type_name!r}; known: {', '.join(table)}")
         return table[type_name](**spec.params.get(type_name, {}))
 
-    return Profile(
+    return SchedulingProfile(
         name=name,
         filters=[make(FILTERS, "filter", f) for f in spec.filters],
         scorers=[(make(SCORERS, "scorer", s), w) for s, w in spec.scorers.items()],

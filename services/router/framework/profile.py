@@ -18,7 +18,7 @@ class Verdict:
 
 
 @dataclass
-class Decision:
+class RoutingDecision:
     chosen: Candidate | None
     verdicts: list[Verdict]
     # The filter that emptied the candidate set, when nothing is left.
@@ -26,13 +26,13 @@ class Decision:
 
 
 @dataclass
-class Profile:
+class SchedulingProfile:
     name: str
     filters: list[Filter]
     scorers: list[tuple[Scorer, float]]
     picker: Picker
 
-    def run(self, request: Request, candidates: list[Candidate], dry_run: bool = False) -> Decision:
+    def run(self, request: Request, candidates: list[Candidate], dry_run: bool = False) -> RoutingDecision:
         verdicts = {c.id: Verdict(c) for c in candidates}
         alive = list(candidates)
         emptied_by = ""
@@ -47,11 +47,11 @@ class Profile:
                 emptied_by = f.name
             alive = kept
         if not alive:
-            return Decision(None, list(verdicts.values()), emptied_by)
+            return RoutingDecision(None, list(verdicts.values()), emptied_by)
         for scorer, weight in self.scorers:
             for worker_id, value in scorer.score(request, alive).items():
                 verdict = verdicts[worker_id]
                 verdict.scores[scorer.name] = value
                 verdict.total += weight * value
         chosen = self.picker.pick([(c, verdicts[c.id].total) for c in alive], dry_run)
-        return Decision(chosen, list(verdicts.values()))
+        return RoutingDecision(chosen, list(verdicts.values()))

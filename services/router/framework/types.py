@@ -9,7 +9,7 @@ from kvmesh.v1 import worker_pb2
 
 
 @dataclass
-class Load:
+class WorkerLoad:
     in_flight: int = 0
     # KV blocks of requests still in prefill / already decoding on the worker.
     prefill_blocks: int = 0
@@ -19,7 +19,7 @@ class Load:
 @dataclass
 class Candidate:
     record: worker_pb2.WorkerRecord
-    load: Load = field(default_factory=Load)
+    load: WorkerLoad = field(default_factory=WorkerLoad)
     # Prompt blocks the worker already holds (from the KV index).
     overlap_blocks: int = 0
     # The record's id, read once: every filter, scorer and picker asks for it.
