@@ -1,11 +1,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from kvmesh.settings import WatcherSettings
+
+# The choices; each has one registration list keyed by these names (forecast.FORECASTERS,
+# connectors.factory.CONNECTORS), and a unit test keeps the two in step.
+ForecasterName = Literal["constant", "moving-average", "peak", "bursts", "holt-winters", "arima"]
+ConnectorName = Literal["local", "triton", "kubernetes"]
 
 
 class PlannerSettings(WatcherSettings):
@@ -19,7 +25,7 @@ class PlannerSettings(WatcherSettings):
     itl_ms: float = Field(100.0, gt=0)
     percentile: float = Field(90.0, gt=0, lt=100)
     max_replicas: int = Field(2, ge=2, description="workers over both pools")
-    forecaster: str = Field("moving-average", description="constant, moving-average, peak, bursts, holt-winters, arima")
+    forecaster: ForecasterName = Field("moving-average", description="how the next interval's need follows the past's")
     forecast_window: int | None = Field(None, ge=1, description="moving-average, peak, bursts: intervals back")
     forecast_smooth: int | None = Field(
         None, ge=1, description="peak, bursts: intervals averaged before the peak (bursts: 2 unless given)"
@@ -27,7 +33,7 @@ class PlannerSettings(WatcherSettings):
     cooldown_s: float = Field(60.0, ge=0)
     down_after: int = Field(3, ge=1, description="intervals of lower need before a pool shrinks")
     dry_run: bool = Field(False, description="decide and log, never act")
-    connector: str = Field(
+    connector: ConnectorName = Field(
         "local", description="local (worker processes here), triton (role changes of running workers) or kubernetes"
     )
     namespace: str = Field("kvmesh", description="kubernetes: the pools' namespace")

@@ -1,6 +1,6 @@
-"""Forecasters of the next interval's value of a load series (requests/s, mean ISL, ...).
-Pluggable by name (`FORECASTERS`); the statistical ones fall back to a moving average while the
-history is too short to fit."""
+"""Forecasters of the next interval's value of a series (a pool's need, in workers). Chosen by name
+(`FORECASTERS`, the one registration list); the statistical ones fall back to a moving average
+while the history is too short to fit."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+
+from services.planner.config import ForecasterName
 
 
 class Forecaster(Protocol):
@@ -121,7 +123,7 @@ class Arima:
         return max(float(fit.forecast(1)[0]), 0.0)
 
 
-FORECASTERS: dict[str, type] = {
+FORECASTERS: dict[ForecasterName, type[Forecaster]] = {
     "constant": Constant,
     "moving-average": MovingAverage,
     "peak": Peak,
@@ -136,7 +138,7 @@ WINDOWED = ("moving-average", "peak", "bursts")
 SMOOTHED = ("peak", "bursts")
 
 
-def make(name: str, window: int | None = None, smooth: int | None = None, **options) -> Forecaster:
+def make(name: ForecasterName, window: int | None = None, smooth: int | None = None, **options) -> Forecaster:
     if name not in FORECASTERS:
         raise ValueError(f"forecaster {name!r}: one of {', '.join(FORECASTERS)}")
     if window is not None and name in WINDOWED:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shlex
 
 import uvloop
 
@@ -12,12 +11,11 @@ from kvmesh import grpc_server, registry, telemetry
 from kvmesh.profile import EngineProfile
 from kvmesh.registry import Watcher
 from kvmesh.settings import load
-from kvmesh.v1 import planner_pb2_grpc, worker_pb2
+from kvmesh.v1 import planner_pb2_grpc
 from services.planner import forecast
 from services.planner.config import PlannerSettings
-from services.planner.connectors import kubernetes
+from services.planner.connectors import factory as connectors
 from services.planner.connectors.local import LocalConnector
-from services.planner.connectors.triton import TritonConnector
 from services.planner.observe import GatewayMetrics
 from services.planner.planner import Planner
 from services.planner.replicas import Targets
@@ -34,27 +32,7 @@ async def run(settings: PlannerSettings) -> None:
     workers = Watcher(registry.Registry(registry.connect(settings.redis_url)), settings.refresh_ms / 1000)
     await workers.start()
 
-    def live() -> dict[str, worker_pb2.WorkerRecord]:
-        if not workers.reachable:
-            raise ConnectionError("registry unreachable")
-        return {wid: w.record for wid, w in workers.workers.items()}
-
-    def registered() -> dict[str, int]:
-        return {wid: record.role for wid, record in live().items()}
-
-    if settings.connector == "local":
-        connector = LocalConnector(registered, shlex.split(settings.worker_args), settings.engine, settings.log_dir)
-    elif settings.connector == "triton":
-        connector = TritonConnector(
-            live,
-            _assigner(workers.registry, settings.assignment_ttl_s),
-            settings.engine,
-            settings.assignment_ttl_s,
-        )
-    elif settings.connector == "kubernetes":
-        connector = kubernetes.connect(settings.namespace)
-    else:
-        raise SystemExit(f"connector {settings.connector!r}: local, triton or kubernetes")
+    connector = connectors.make(settings, workers)
     targets = Targets(settings.ttft_ms, settings.itl_ms, settings.percentile, settings.max_replicas)
     try:
         forecaster = forecast.make(settings.forecaster, settings.forecast_window, settings.forecast_smooth)
@@ -94,17 +72,6 @@ async def run(settings: PlannerSettings) -> None:
         await workers.stop()
 
     await grpc_server.drain(served, grace_s=2.0, before_stop=stop_background)
-
-
-def _assigner(reg: registry.Registry, ttl_s: float):
-    """`assign(worker_id, triton_model)` for the connector, which runs on the planning thread:
-    the registry's client belongs to the event loop."""
-    loop = asyncio.get_running_loop()
-
-    def assign(worker_id: str, triton_model: str) -> None:
-        asyncio.run_coroutine_threadsafe(reg.assign(worker_id, triton_model, int(ttl_s * 1000)), loop).result(5)
-
-    return assign
 
 
 def main() -> None:

@@ -1,0 +1,23 @@
+"""The planner's choices: each name the settings accept has exactly one factory, and a name that
+is not one of them stops the planner at start with a message naming the field."""
+
+from typing import get_args
+
+import pytest
+
+from kvmesh.settings import load
+from services.planner import forecast
+from services.planner.config import ConnectorName, ForecasterName, PlannerSettings
+from services.planner.connectors import factory
+
+
+def test_every_choice_has_one_factory():
+    assert set(get_args(ForecasterName)) == set(forecast.FORECASTERS)
+    assert set(get_args(ConnectorName)) == set(factory.CONNECTORS)
+
+
+@pytest.mark.parametrize("field", ["forecaster", "connector"])
+def test_an_unknown_choice_fails_naming_the_field(field):
+    required = ["--profile", "p.json", "--gateway-metrics", '["http://127.0.0.1:1/metrics"]']
+    with pytest.raises(SystemExit, match=rf"invalid configuration: {field}: "):
+        load(PlannerSettings, [*required, f"--{field}", "nope"])
