@@ -12,6 +12,8 @@ from pathlib import Path
 import grpc
 import psutil
 
+from kvmesh import processes
+
 RESULTS = Path(__file__).parent / "results"
 # The traces the benchmarks replay by default (bench/traces/README.md: source, licence, format).
 TRACES = Path(__file__).parent / "traces"
@@ -85,9 +87,4 @@ def start_service(name: str, port: int, redis_url: str) -> subprocess.Popen:
 
 def stop(process: subprocess.Popen | None) -> None:
     if process is not None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        processes.terminate(process, grace_s=10)

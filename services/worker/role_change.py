@@ -16,11 +16,14 @@ exits).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
 from kvmesh.registry import CHANGEABLE_ROLES
 from kvmesh.v1 import worker_pb2
+from services.worker import model_config
+from services.worker.registration import Registration
 
 log = logging.getLogger("kvmesh.worker")
 
@@ -57,3 +60,33 @@ async def swap(
         except Exception as back:
             raise NothingLoaded(f"neither {new} nor {old} loads: {back}") from e
         raise
+
+
+async def change(
+    registration: Registration,
+    triton_model: str,
+    unload: Callable[[str], Awaitable[None]],
+    load: Callable[[str], Awaitable[worker_pb2.WorkerRecord]],
+) -> None:
+    """The steps above; the assignment is done with either way. Refused or failed, the worker
+    serves as it was; NothingLoaded goes up (the heartbeat ends the worker: it must not stay
+    registered)."""
+    old, settings = registration.record, registration.settings
+    try:
+        check(old, model_config.role(model_config.read(settings.model_repository / triton_model)))
+        registration.record = worker_pb2.WorkerRecord()
+        registration.record.CopyFrom(old)
+        registration.record.draining = True
+        await registration.register()
+        await asyncio.sleep(settings.drain_settle_ms / 1000)
+        await registration.routed_requests_done()
+        registration.record = await swap(unload, load, old.triton_model, triton_model)
+        role = worker_pb2.Role.Name(registration.record.role)
+        log.info("worker %s now runs %s (%s)", registration.worker_id, triton_model, role)
+    except NothingLoaded:
+        raise
+    except Exception as e:  # noqa: BLE001 - refused or failed: the worker serves as it was
+        log.error("worker %s: no change to %s: %s", registration.worker_id, triton_model, e)
+        registration.record = old
+    await registration.register()
+    await registration.reg.clear_assignment(registration.worker_id)

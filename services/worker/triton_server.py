@@ -1,4 +1,5 @@
-"""Launch the real `tritonserver` from the nvidia-pytriton wheel on a model repository.
+"""The real `tritonserver` from the nvidia-pytriton wheel on a model repository: started, waited
+for, its models loaded and unloaded through the repository API, stopped with nothing left behind.
 
 The three settings Triton's Python backend needs outside NVIDIA's container are made here (see
 docs/versions.md): the Python stub copied beside the backend, LD_LIBRARY_PATH at this interpreter's
@@ -8,18 +9,25 @@ from the first python3 on PATH and ignores PYTHONPATH).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import shutil
 import subprocess
 import sys
 import sysconfig
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
 
 import psutil
+import tritonclient.grpc.aio as triton_aio
 
+from kvmesh import processes
 from kvmesh.models import cache_dir
+
+log = logging.getLogger("kvmesh.worker")
 
 
 @dataclass(frozen=True)
@@ -127,3 +135,73 @@ def shm_regions(pid: int) -> list[Path]:
         except psutil.NoSuchProcess:
             pass
     return regions
+
+
+def stop(process: subprocess.Popen) -> None:
+    regions = shm_regions(process.pid)
+    processes.terminate(process, grace_s=30)
+    # Triton kills a stub whose model does not unload within its exit timeout, and then leaves
+    # that stub's region behind.
+    for region in regions:
+        if region.exists():
+            log.warning("removing %s, left behind by Triton", region.name)
+            region.unlink(missing_ok=True)
+
+
+@dataclass
+class Triton:
+    """A tritonserver this worker started, and a client on its gRPC port. Every wait fails fast
+    if the server dies."""
+
+    process: subprocess.Popen
+    host: str
+    ports: TritonPorts
+    client: triton_aio.InferenceServerClient = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.client = triton_aio.InferenceServerClient(self.address)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.ports.grpc}"
+
+    async def wait_live(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.process.poll() is not None:
+                raise SystemExit(f"tritonserver exited with code {self.process.returncode} before it was live")
+            try:
+                # Asked only once the port listens: a gRPC call refused before that puts the channel
+                # into a 1-s reconnect backoff, a second of every worker's start.
+                _, writer = await asyncio.open_connection(self.host, self.ports.grpc)
+                writer.close()
+                if await self.client.is_server_live():
+                    return
+            except Exception:  # noqa: BLE001 - not listening yet
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("tritonserver did not become live in time")
+            await asyncio.sleep(0.02)
+
+    async def load(self, name: str, config_json: str, timeout_s: float) -> None:
+        """Loads through the repository API, failing fast if Triton dies while loading."""
+        loading = asyncio.ensure_future(self.client.load_model(name, config=config_json, client_timeout=timeout_s))
+        while not loading.done():
+            if self.process.poll() is not None:
+                loading.cancel()
+                raise SystemExit(f"tritonserver exited with code {self.process.returncode} while loading {name}")
+            await asyncio.wait({loading}, timeout=0.5)
+        loading.result()
+
+    async def unload(self, name: str, timeout_s: float) -> None:
+        """Returns once the model's stub processes are gone (or after `timeout_s`): Triton finishes
+        the requests in flight first, and reports the model unloaded before its instance is gone."""
+        stubs = stub_processes(self.process.pid)
+        await self.client.unload_model(name)
+        _, alive = await asyncio.to_thread(psutil.wait_procs, stubs, timeout_s)
+        if alive:
+            log.warning("%s: %d stub processes still running %.0fs after its unload", name, len(alive), timeout_s)
+
+    async def close(self) -> None:
+        await self.client.close()
+        stop(self.process)

@@ -1,0 +1,17 @@
+"""Stopping a child process."""
+
+from __future__ import annotations
+
+import subprocess
+
+
+def terminate(process: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM, and SIGKILL if it has not exited within `grace_s`; returns once it is gone."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -1,0 +1,125 @@
+"""The worker in the registry: its record (what the routers and the planner see of it), registered
+under a lease that the heartbeat renews; the heartbeat also takes up the planner's role-change
+requests. On the way out it leaves the registry first and lets what was routed to it finish."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import RedisError
+from tritonclient.grpc import model_config_pb2
+
+from kvmesh import load_keys, registry
+from kvmesh.v1 import worker_pb2
+from services.worker import model_config
+from services.worker.config import WorkerSettings
+
+log = logging.getLogger("kvmesh.worker")
+# How long a stopping worker waits for the requests routed to it (the supervisor kills at 45 s).
+EXIT_DRAIN_S = 10.0
+
+
+def describe(
+    settings: WorkerSettings, worker_id: str, triton_model: str, config: model_config_pb2.ModelConfig,
+    overrides: dict[str, Any], address: str, metrics_port: int,
+) -> worker_pb2.WorkerRecord:  # fmt: skip
+    """The record of `triton_model` (its model config, with the worker's engine overrides) served
+    by the Triton at `address`."""
+    args = {**model_config.engine_args(config), **overrides}
+    kv_events = _kv_events(args)
+    return worker_pb2.WorkerRecord(
+        id=worker_id,
+        model=settings.name_served,
+        role=model_config.role(config),
+        triton_grpc_address=address,
+        triton_model=triton_model,
+        kv_block_size=model_config.block_size(config, args),
+        capacity=int(args.get("max_num_seqs", 16)),
+        max_model_len=int(args.get("max_model_len", 4096)),
+        kv_events_endpoint=kv_events.get("endpoint", ""),
+        kv_events_replay_endpoint=kv_events.get("replay_endpoint") or "",
+        started_unix_ms=registry.now_ms(),
+        labels={"engine": triton_model, "triton_metrics": f"{settings.host}:{metrics_port}"},
+    )
+
+
+def _kv_events(engine_args: dict) -> dict:
+    config = engine_args.get("kv_events_config") or {}
+    return config if config.get("enable_kv_cache_events") else {}
+
+
+@dataclass
+class Registration:
+    settings: WorkerSettings
+    reg: registry.Registry
+    worker_id: str
+    # What register() and the heartbeat register.
+    record: worker_pb2.WorkerRecord | None = None
+
+    async def register(self) -> None:
+        await self.reg.register(self.record, self.settings.lease_ms)
+
+    async def heartbeat(self, triton: subprocess.Popen, change_to: Callable[[str], Awaitable[None]]) -> None:
+        """Renews the lease while Triton runs (also while a role change does) and hands a
+        requested model to `change_to`, one change at a time."""
+        changing: asyncio.Task | None = None
+        while triton.poll() is None:
+            try:
+                await self.register()
+                wanted = await self.reg.assignment(self.worker_id)
+            except Exception as e:  # noqa: BLE001 - keep trying; the lease covers short outages
+                log.warning("heartbeat failed: %s", e)
+                wanted = None
+            if changing is not None and changing.done() and changing.exception():
+                raise changing.exception()
+            if wanted and wanted != self.record.triton_model and (changing is None or changing.done()):
+                changing = asyncio.create_task(change_to(wanted))
+            await asyncio.sleep(self.settings.lease_ms / 3000)
+        raise SystemExit(f"tritonserver exited with code {triton.returncode}")
+
+    async def routed_requests_done(self, poll_s: float = 0.2, timeout_s: float | None = None) -> None:
+        """Waits (up to `timeout_s`, default drain_timeout_s) until the routers count no request on
+        this worker: a disaggregated request routed here reaches this worker only once its prefill
+        elsewhere is done, and the unload would not wait for it."""
+        timeout_s = self.settings.drain_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                routed = await load_keys.routed_requests(self.reg.redis, self.worker_id)
+            except (RedisError, OSError) as e:
+                log.warning("worker %s: cannot read its routed requests (%s); unloading without", self.worker_id, e)
+                return
+            if routed == 0:
+                return
+            if time.monotonic() > deadline:
+                log.warning("worker %s: %d routed requests still open after %.0fs", self.worker_id, routed,
+                            timeout_s)  # fmt: skip
+                return
+            await asyncio.sleep(poll_s)
+
+    async def leave(self) -> None:
+        """A stop (a scale-down, Ctrl-C): out of the registry first; then what was routed here on an
+        older registry view (a gateway's is up to 500 ms old) and what the routers still count
+        finish before Triton goes, as it refuses every new request once it stops. Bounded: a count
+        a dead gateway never released must not hold the stop up."""
+        try:
+            await self.reg.deregister(self.worker_id)
+        except (RedisError, OSError) as e:
+            log.warning("could not deregister %s: %s", self.worker_id, e)
+            return
+        await asyncio.sleep(self.settings.drain_settle_ms / 1000)
+        await self.routed_requests_done(timeout_s=min(self.settings.drain_timeout_s, EXIT_DRAIN_S))
+
+    async def close(self) -> None:
+        """Out of the registry whatever happened before (a failed start, a crash), and disconnected."""
+        try:
+            await self.reg.deregister(self.worker_id)
+        except Exception as e:  # noqa: BLE001 - Redis gone: the lease expires on its own
+            log.warning("could not deregister %s: %s", self.worker_id, e)
+        await self.reg.redis.aclose()
