@@ -1,7 +1,7 @@
 """`kvmesh gateway|router|worker ...`: run one service in this process.
 
-The core package never imports a service: each command execs `python -m services.<name>`,
-passing the remaining arguments through.
+Each command execs `python -m services.<name>`, passing the remaining arguments through: the
+service parses them with its own Settings class.
 """
 
 from __future__ import annotations

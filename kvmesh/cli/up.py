@@ -9,6 +9,7 @@ import shlex
 import signal
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import grpc
 import typer
@@ -17,36 +18,46 @@ from rich.table import Table
 
 from kvmesh import models
 from kvmesh.cli import rest_front
+from kvmesh.cli.options import default, setting
 from kvmesh.cli.supervisor import Supervisor, http_ok, tail
 from kvmesh.redis_server import RedisServer
+from kvmesh.settings import DEFAULT_REDIS_URL, CommonSettings
 from kvmesh.v1 import router_pb2, router_pb2_grpc, worker_pb2
+from services.gateway.config import GatewaySettings
+from services.kvindex.config import KvIndexSettings
+from services.planner.config import PlannerSettings
+from services.router.config import DEFAULT_POLICIES, RouterSettings
+from services.worker.config import WorkerSettings
 
 console = Console()
 MAX_RESTARTS = 3
 
 
 def up(
-    model: str = typer.Option(models.DEFAULT_MODEL, help="catalog name or Hugging Face folder"),
-    host: str = typer.Option("127.0.0.1", help="address every service listens on"),
-    http_port: int = typer.Option(8080, help="OpenAI-compatible HTTP"),
-    grpc_port: int = typer.Option(8081, help="kvmesh.v1 gRPC (Inference, Models)"),
+    model: str = setting(WorkerSettings, "model"),
+    host: str = setting(CommonSettings, "host", help="address every service listens on"),
+    http_port: int = setting(GatewaySettings, "http_port", help="OpenAI-compatible HTTP"),
+    grpc_port: int = setting(GatewaySettings, "grpc_port", help="kvmesh.v1 gRPC (Inference, Models)"),
+    # The REST front is a Go program, without a Settings class of its own.
     rest_port: int = typer.Option(8082, help="REST (grpc-gateway over every service; OpenAPI at /openapi.json)"),
-    router_port: int = typer.Option(8090),
-    kvindex_port: int = typer.Option(8091),
-    planner_port: int = typer.Option(8092),
-    redis_port: int = typer.Option(6390, help="for the Redis kvmesh starts (ignored when REDIS_URL is set)"),
-    policy: str = typer.Option("kv-aware", help="routing policy"),
-    engine: str = typer.Option("vllm", help="the Triton model the workers run: vllm, or sim (simulated engine)"),
-    engine_args: str = typer.Option("{}", help="JSON engine-argument overrides (vLLM's, or the simulator's)"),
+    router_port: int = setting(RouterSettings, "port", help="the router's gRPC (kvmesh.v1.Router)"),
+    kvindex_port: int = setting(KvIndexSettings, "port", help="the kvindex's gRPC (kvmesh.v1.KvIndex)"),
+    planner_port: int = setting(PlannerSettings, "port", help="with --planner: its gRPC (kvmesh.v1.Planner)"),
+    redis_port: int = typer.Option(
+        urlsplit(DEFAULT_REDIS_URL).port, help="for the Redis kvmesh starts (ignored when REDIS_URL is set)"
+    ),
+    policy: str = setting(RouterSettings, "policy", help=f"routing policy: {', '.join(DEFAULT_POLICIES)}"),
+    engine: str = setting(
+        WorkerSettings, "triton_model", help="the Triton model the workers run: vllm, or sim (simulated engine)"
+    ),
+    engine_args: str = setting(WorkerSettings, "engine_args"),
     workers: int = typer.Option(1, min=1, help="Triton workers; several are pinned to cores round-robin"),
     disagg: bool = typer.Option(
         False, help="a prefill and a decode pool (<engine>_prefill, <engine>_decode), KV moved by NIXL"
     ),
     prefill_workers: int = typer.Option(1, min=1, help="with --disagg: workers in the prefill pool"),
     decode_workers: int = typer.Option(1, min=1, help="with --disagg: workers in the decode pool"),
-    disagg_threshold: int = typer.Option(
-        2048, min=0, help="uncached prompt tokens from which the router prefills on the prefill worker"
-    ),
+    disagg_threshold: int = setting(RouterSettings, "disagg_threshold_tokens"),
     planner: bool = typer.Option(False, help="size the prefill and decode pools (needs --disagg and a profile)"),
     planner_profile: Path = typer.Option(None, help="`kvmesh profile` output; default <cache>/profiles/<engine>.json"),
     planner_args: str = typer.Option("", help="more planner flags, e.g. '--ttft-ms 500 --itl-ms 50 --max-replicas 4'"),
@@ -214,7 +225,10 @@ def _print_endpoints(host, http_port, grpc_port, rest_url, router_port, kvindex_
     console.print("Ctrl-C stops everything.")
 
 
-def status(router: str = typer.Option("127.0.0.1:8090", help="the router's address")) -> None:
+ROUTER_ADDRESS = f"{default(CommonSettings, 'host')}:{default(RouterSettings, 'port')}"
+
+
+def status(router: str = typer.Option(ROUTER_ADDRESS, help="the router's address")) -> None:
     """Live workers and their load, as the router sees them."""
     try:
         with grpc.insecure_channel(router) as channel:

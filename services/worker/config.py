@@ -26,7 +26,7 @@ class WorkerSettings(CommonSettings):
     reserved_ports: list[int] = Field(
         default_factory=list, description="ports the rest of the mesh binds: never a free port's pick"
     )
-    engine_args: str = Field("{}", description="JSON vLLM engine-argument overrides")
+    engine_args: str = Field("{}", description="JSON engine-argument overrides (vLLM's, or the simulator's)")
     cpus: str = Field("0-1", description="cores the engine's OpenMP threads are bound to")
     lease_ms: int = Field(5000, ge=500, description="registry lease; a dead worker vanishes after it")
     load_timeout_s: float = Field(600.0, gt=0)

@@ -1,0 +1,32 @@
+"""`kvmesh up`'s flags take their defaults, bounds and help from the services' Settings classes."""
+
+import pytest
+from typer.testing import CliRunner
+
+from kvmesh.cli.app import app
+from kvmesh.cli.options import setting
+from services.gateway.config import GatewaySettings
+from services.planner.config import PlannerSettings
+from services.router.config import RouterSettings
+from services.worker.config import WorkerSettings
+
+
+def test_an_option_carries_the_fields_default_bounds_and_help():
+    option = setting(RouterSettings, "disagg_threshold_tokens")
+    field = RouterSettings.model_fields["disagg_threshold_tokens"]
+    assert (option.default, option.min, option.max, option.help) == (field.default, 0, None, field.description)
+    assert setting(GatewaySettings, "http_port", help="HTTP").help == "HTTP"
+
+
+def test_a_constraint_no_flag_can_carry_fails_loudly():
+    with pytest.raises(TypeError, match="interval_s"):
+        setting(PlannerSettings, "interval_s")  # gt=0
+
+
+def test_up_help_shows_the_services_defaults():
+    shown = " ".join(CliRunner().invoke(app, ["up", "--help"], env={"COLUMNS": "200"}).output.split())
+    for flag, default in [("--http-port", GatewaySettings.model_fields["http_port"].default),
+                          ("--router-port", RouterSettings.model_fields["port"].default),
+                          ("--engine", WorkerSettings.model_fields["triton_model"].default),
+                          ("--policy", RouterSettings.model_fields["policy"].default)]:  # fmt: skip
+        assert flag in shown and f"[default: {default}]" in shown
