@@ -1,6 +1,7 @@
 """Killed workers leave the registry within their lease and the index forgets their blocks; the
-mesh keeps serving on what is left. Runs last (file order): it kills the session's workers
-(`kvmesh up` then starts new ones)."""
+mesh keeps serving on what is left, then answers 503 when none is. On the shared mesh of real
+engines, which it then stops: simulated workers would be back (`kvmesh up` restarts what dies)
+before the mesh had none."""
 
 import re
 import time
@@ -8,12 +9,21 @@ import time
 import grpc
 import httpx
 import psutil
+import pytest
 
 from kvmesh.v1 import kvindex_pb2, kvindex_pb2_grpc, router_pb2, router_pb2_grpc
 from tests.support.waiting import wait_for
 
 LEASE_S = 5.0
 BODY = {"messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 4}
+
+
+@pytest.fixture(scope="module")
+def mesh(mesh, real_meshes):
+    """The shared mesh, stopped after this module: its vLLM workers would take minutes to come back.
+    The next module that asks for it gets a fresh one."""
+    yield mesh
+    real_meshes.release(mesh)
 
 
 def kill_worker(mesh, index: int) -> tuple[str, psutil.Process]:
