@@ -1,9 +1,9 @@
 import json
-from pathlib import Path
 
 from services.worker import model_config
+from tests import ROOT
 
-REPO = Path(__file__).resolve().parents[2] / "triton_models"
+REPO = ROOT / "triton_models"
 
 
 def test_shipped_vllm_model_is_decoupled_python_with_token_io():

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from kvmesh.cli.app import app
 from kvmesh.repo import check, render, spec
+from tests import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "triton_models"
 SPEC = SHIPPED / "repository.toml"
 

@@ -14,7 +14,7 @@ from services.planner.observe import GatewayMetrics, MetricsUnavailable, Observa
 from services.planner.planner import Planner
 from services.planner.replicas import Targets, Traffic, decode_need, prefill_need
 from services.planner.stabilizer import Stabilizer
-from tests.unit.test_planner_math import PROFILE
+from tests.unit.services.planner.test_math import PROFILE
 
 
 class FakeConnector(PoolByPool):

@@ -3,11 +3,11 @@ and it documents every RPC's REST binding."""
 
 import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests import ROOT
+
 spec = importlib.util.spec_from_file_location("build_rest", ROOT / "scripts" / "build_rest.py")
 build_rest = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(build_rest)

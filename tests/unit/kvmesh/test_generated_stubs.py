@@ -1,9 +1,8 @@
 """The Python stubs in kvmesh/v1 are exactly what scripts/gen_protos.py makes from protos/."""
 
 import importlib.util
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests import ROOT
 
 
 def test_stubs_are_not_stale(tmp_path):

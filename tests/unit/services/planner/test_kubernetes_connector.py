@@ -5,7 +5,6 @@ cluster is reachable here)."""
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import kubernetes_validate
 import pytest
@@ -13,8 +12,9 @@ import yaml
 from kubernetes import client
 
 from services.planner.connectors.kubernetes import DEPLOYMENTS, KubernetesConnector
+from tests import ROOT
 
-MANIFESTS = sorted((Path(__file__).resolve().parents[2] / "deploy" / "kubernetes").glob("*.yaml"))
+MANIFESTS = sorted((ROOT / "deploy" / "kubernetes").glob("*.yaml"))
 KUBERNETES = "1.31.0"
 
 
