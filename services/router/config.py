@@ -7,9 +7,9 @@ from kvmesh.settings import WatcherSettings
 from services.router.framework.plugins import SchedulingProfileSpec, build
 
 DEFAULT_POLICIES = {
-    # Dynamo's cost, then the overlap once more: on the Mooncake trace under load it keeps a few more
-    # of the pooled cache's hits than Dynamo's cost (78–80% against 75–77%), TTFT alike
-    # (bench.routing_quality, README).
+    # Dynamo's cost, then the overlap once more: on the Mooncake trace under load it keeps more of
+    # the pooled cache's hits than Dynamo's cost alone, TTFT alike (bench.routing_quality, whose
+    # latest figures are in bench/RESULTS.md).
     "kv-aware": SchedulingProfileSpec(
         scorers={"prefill_load": 1.0, "decode_load": 1.0, "kv_overlap": 1.0},
         picker="softmax",
