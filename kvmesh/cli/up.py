@@ -1,5 +1,5 @@
-"""`kvmesh up`: Redis, kvindex, router, the workers (aggregated, or one prefill + one decode) and the
-gateway on this machine; `kvmesh status`."""
+"""`kvmesh up`: Redis, kvindex, router, the workers (aggregated, or prefill and decode pools), the
+gateway, the REST front and optionally the planner on this machine; `kvmesh status`."""
 
 from __future__ import annotations
 

@@ -17,7 +17,9 @@ class GatewaySettings(WatcherSettings):
         default_factory=lambda: [models.DEFAULT_MODEL],
         description="catalog names or folders whose tokenizers this gateway serves",
     )
-    default_max_tokens: int = Field(512, ge=1, description="when a chat request names no max_tokens")
+    default_max_tokens: int = Field(
+        512, ge=1, description="when a request names no max_tokens (OpenAI's /v1/completions: 16, as OpenAI's)"
+    )
     http_keep_alive_s: int = Field(75, ge=1, description="idle HTTP keep-alive before the server closes")
     prefill_timeout_s: float = Field(
         30.0, gt=0, description="a disaggregated request's prefill after which its decode worker prefills instead"

@@ -105,7 +105,7 @@ class Registration:
 
     async def leave(self) -> None:
         """A stop (a scale-down, Ctrl-C): out of the registry first; then what was routed here on an
-        older registry view (a gateway's is up to 500 ms old) and what the routers still count
+        older registry view (a gateway learns of the change a moment later) and what the routers still count
         finish before Triton goes, as it refuses every new request once it stops. Bounded: a count
         a dead gateway never released must not hold the stop up."""
         try:
