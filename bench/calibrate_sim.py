@@ -53,7 +53,7 @@ def features(decode_contexts: list[int], prefill_chunks: list[tuple[int, int]]) 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--isl", type=int, nargs="+", default=[64, 256, 512, 1024, 2048])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument("--contexts", type=int, nargs="+", default=[128, 1024])

@@ -76,7 +76,7 @@ def run_setup(name: str, extra_args: tuple[str, ...], args) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--thresholds", type=int, nargs="+", default=[1, 1000, 2000])
     parser.add_argument("--requests", type=int, default=24, help="per class")
     parser.add_argument("--concurrency", type=int, default=4, help="per class")

@@ -130,7 +130,7 @@ def spread(values: list[float]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--requests-per-slot", type=int, default=4, help="requests = concurrency × this")
     parser.add_argument("--max-tokens", type=int, default=64)

@@ -22,7 +22,7 @@ from tests.support import fuzz
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rest-per-operation", type=int, default=500)
     parser.add_argument("--openai-per-endpoint", type=int, default=2500)
     args = parser.parse_args()

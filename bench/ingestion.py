@@ -91,7 +91,7 @@ def publish(publishers: list[Publisher], seconds: float, rate_blocks_s: float | 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--blocks-per-message", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=10.0)

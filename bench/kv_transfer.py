@@ -186,7 +186,7 @@ def recompute_ms(sizes: list[int], repeats: int) -> dict[int, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096])
     parser.add_argument("--repeats", type=int, default=9, help="paired reads and copies per size")
     parser.add_argument("--no-recompute", action="store_true", help="NIXL and memcpy only (no vLLM)")

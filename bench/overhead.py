@@ -129,7 +129,7 @@ def print_table(levels: list[dict]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--requests-per-slot", type=int, default=25)
     parser.add_argument("--workers", type=int, default=2)

@@ -180,7 +180,7 @@ def print_table(results: dict, yardstick: Allocation | None) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trace", type=Path, default=AZURE_CODE_TRACE, help="a Mooncake .jsonl or Azure .csv trace")
     parser.add_argument("--time-scale", type=float, default=0.5)
     parser.add_argument("--limit", type=int, default=1500)

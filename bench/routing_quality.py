@@ -68,7 +68,7 @@ def run_policy(policy: str, requests, args) -> tuple[dict, list]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--trace",
         type=Path,
