@@ -67,7 +67,7 @@ def _sampling_params(raw: bytes | str | None, prompt_tokens: int, max_model_len:
     except msgspec.DecodeError as e:
         raise BadRequest(f"{SAMPLING_PARAMS}: not JSON ({e})") from None
     except InvalidArgument as e:
-        raise BadRequest(f"{SAMPLING_PARAMS}.{e.param}: {e.message}") from None
+        raise BadRequest(f"{SAMPLING_PARAMS}: {e.message}") from None
     return sampling
 
 

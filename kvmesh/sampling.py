@@ -58,7 +58,7 @@ def check(values: Mapping[str, Any], prompt_tokens: int, max_model_len: int) -> 
             )
     for name, (low, high, low_open) in RANGES.items():
         value = values.get(name)
-        if value is not None and (value < low or value > high or (low_open and value == low)):
+        if value is not None and (not low <= value <= high or (low_open and value == low)):  # NaN too
             bracket = "(" if low_open else "["
             raise InvalidArgument(f"{name} must be in {bracket}{low}, {high}], got {value}", param=name)
     top_k = values.get("top_k")

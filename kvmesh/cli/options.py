@@ -16,14 +16,14 @@ def default(settings: type[BaseSettings], name: str) -> Any:
     return settings.model_fields[name].get_default(call_default_factory=True)
 
 
-def setting(settings: type[BaseSettings], name: str, help: str | None = None) -> Any:
+def setting(settings: type[BaseSettings], name: str, help: str | None = None, **bounds: Any) -> Any:
     """The typer option for `settings.<name>`; `help` where the flag means more than the field
-    says (which service a port is for)."""
+    says (which service a port is for), `bounds` (min, max) where the flag allows less than the
+    field (a port `kvmesh up` hands to other services cannot be 0, "any free port")."""
     field = settings.model_fields[name]
-    bounds = {}
     for constraint in field.metadata:
         if type(constraint) not in BOUNDS:
             raise TypeError(f"{settings.__name__}.{name}: no flag bound for {constraint!r}")
         option, attribute = BOUNDS[type(constraint)]
-        bounds[option] = getattr(constraint, attribute)
+        bounds.setdefault(option, getattr(constraint, attribute))
     return typer.Option(default(settings, name), help=help or field.description, **bounds)

@@ -36,20 +36,19 @@ MAX_RESTARTS = 3
 def up(
     model: str = setting(WorkerSettings, "model"),
     host: str = setting(CommonSettings, "host", help="address every service listens on"),
-    http_port: int = setting(GatewaySettings, "http_port", help="OpenAI-compatible HTTP"),
-    grpc_port: int = setting(GatewaySettings, "grpc_port", help="kvmesh.v1 gRPC (Inference, Models)"),
+    http_port: int = setting(GatewaySettings, "http_port", help="OpenAI-compatible HTTP", min=1),
+    grpc_port: int = setting(GatewaySettings, "grpc_port", help="kvmesh.v1 gRPC (Inference, Models)", min=1),
     # The REST front is a Go program, without a Settings class of its own.
     rest_port: int = typer.Option(8082, help="REST (grpc-gateway over every service; OpenAPI at /openapi.json)"),
-    router_port: int = setting(RouterSettings, "port", help="the router's gRPC (kvmesh.v1.Router)"),
-    kvindex_port: int = setting(KvIndexSettings, "port", help="the kvindex's gRPC (kvmesh.v1.KvIndex)"),
-    planner_port: int = setting(PlannerSettings, "port", help="with --planner: its gRPC (kvmesh.v1.Planner)"),
+    router_port: int = setting(RouterSettings, "port", help="the router's gRPC (kvmesh.v1.Router)", min=1),
+    kvindex_port: int = setting(KvIndexSettings, "port", help="the kvindex's gRPC (kvmesh.v1.KvIndex)", min=1),
+    planner_port: int = setting(PlannerSettings, "port", help="with --planner: its gRPC (kvmesh.v1.Planner)", min=1),
     redis_port: int = typer.Option(
         urlsplit(DEFAULT_REDIS_URL).port, help="for the Redis kvmesh starts (ignored when REDIS_URL is set)"
     ),
     policy: str = setting(RouterSettings, "policy", help=f"routing policy: {', '.join(DEFAULT_POLICIES)}"),
-    engine: str = setting(
-        WorkerSettings, "triton_model", help="the Triton model the workers run: vllm, or sim (simulated engine)"
-    ),
+    # An engine, not a model: the workers run <engine>, or <engine>_prefill and <engine>_decode.
+    engine: str = typer.Option("vllm", help="the engine the workers run: vllm, sim (simulated) or trtllm (GPU)"),
     engine_args: str = setting(WorkerSettings, "engine_args"),
     workers: int = typer.Option(1, min=1, help="Triton workers; several are pinned to cores round-robin"),
     disagg: bool = typer.Option(

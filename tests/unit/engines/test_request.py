@@ -30,12 +30,12 @@ def test_good_request_with_trace_context():
         ({"ids": [1, 99]}, "[0, 50)"),
         ({"ids": [-1]}, "[0, 50)"),
         ({"sampling": "{not json"}, "sampling_params: not JSON"),
-        ({"sampling": {"max_tokens": 0}}, "sampling_params.max_tokens: max_tokens must be at least 1"),
+        ({"sampling": {"max_tokens": 0}}, "sampling_params: max_tokens must be at least 1"),
         ({"sampling": {"max_tokens": "4"}}, "sampling_params: Expected `int`, got `str` - at `$.max_tokens`"),
         ({"sampling": {"temprature": 1}}, "sampling_params: Object contains unknown field `temprature`"),
         ({"sampling": {"max_tokens": 98}}, "exceed this model's context length 100"),
-        ({"sampling": {"top_k": -2}}, "sampling_params.top_k: top_k must be -1 or 0 (off) or positive"),
-        ({"sampling": {"stop": ["x"] * 17}}, "sampling_params.stop: stop: at most 16 strings"),
+        ({"sampling": {"top_k": -2}}, "sampling_params: top_k must be -1 or 0 (off) or positive"),
+        ({"sampling": {"stop": ["x"] * 17}}, "sampling_params: stop: at most 16 strings"),
     ],
 )
 def test_bad_requests_say_which_input(kwargs, words):

@@ -44,6 +44,7 @@ def test_accepted(name, value):
         ("top_p", 1.5, "(0.0, 1.0]"),
         ("top_k", -2, "top_k must be -1 or 0 (off) or positive"),
         ("presence_penalty", 3, "[-2.0, 2.0]"),
+        ("temperature", float("nan"), "temperature must be in [0.0, 2.0], got nan"),
         ("frequency_penalty", -2.5, "[-2.0, 2.0]"),
         ("stop", ["a"] * 17, "at most 16"),
     ],

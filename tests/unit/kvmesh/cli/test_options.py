@@ -8,7 +8,6 @@ from kvmesh.cli.options import setting
 from services.gateway.config import GatewaySettings
 from services.planner.config import PlannerSettings
 from services.router.config import RouterSettings
-from services.worker.config import WorkerSettings
 
 
 def test_an_option_carries_the_fields_default_bounds_and_help():
@@ -27,6 +26,15 @@ def test_up_help_shows_the_services_defaults():
     shown = " ".join(CliRunner().invoke(app, ["up", "--help"], env={"COLUMNS": "200"}).output.split())
     for flag, default in [("--http-port", GatewaySettings.model_fields["http_port"].default),
                           ("--router-port", RouterSettings.model_fields["port"].default),
-                          ("--engine", WorkerSettings.model_fields["triton_model"].default),
                           ("--policy", RouterSettings.model_fields["policy"].default)]:  # fmt: skip
         assert flag in shown and f"[default: {default}]" in shown
+
+
+def test_a_flag_may_allow_less_than_its_field():
+    assert RouterSettings.model_fields["port"].metadata[0].ge == 0  # the router alone takes any free port
+    assert setting(RouterSettings, "port", min=1).min == 1
+
+
+def test_up_refuses_port_0_which_it_would_hand_on_to_other_services():
+    refused = CliRunner().invoke(app, ["up", "--router-port", "0"])
+    assert refused.exit_code == 2 and "router-port" in refused.output
