@@ -6,9 +6,8 @@ at speed-up 1000 (engine time ≈ 0), streaming and not, at several concurrencie
 Prompts are ~830 tokens: one of 4 shared system prompts plus a unique user suffix, never
 repeated; max_tokens 16. Reports requests/s, e2e p50/p99, TTFT p50 and the CPU milliseconds per
 request of every mesh process (gateway, router, kvindex, workers with their Triton servers and
-engines; not the load generator), in all and by process, next to NVIDIA Dynamo 1.6.1's figures for
-the same workload (DYNAMO). Also times the official `openai` client at concurrency 1, streaming, to
-show there is no per-request stall.
+engines; not the load generator), in all and by process. Also times the official `openai` client
+at concurrency 1, streaming, to show there is no per-request stall.
 
 Each level runs twice with two load generators. The Python one (bench/loadgen.py) times TTFT and
 e2e, but spends CPU milliseconds a request of the two cores the mesh runs on; wrk (bench/wrk.py,
@@ -36,10 +35,6 @@ from bench.common import GPU_LIKE, RESULTS, cpu_since, save, service_of, tree_cp
 from bench.loadgen import run_level
 from kvmesh.cli.local_mesh import LocalMesh
 
-# The baseline: NVIDIA Dynamo 1.6.1 (its frontend with the KV router, two mocker workers at speed-up
-# 1000) on this machine with the same workload.
-DYNAMO = {1: {"requests_per_s": 192, "e2e_ms_p50": 5.1, "cpu_ms_per_request": 6.0}, 16: {"requests_per_s": 485},
-          64: {"requests_per_s": 489}}  # fmt: skip
 TOPICS = ["astronomy", "cooking", "tax law", "marine biology"]
 
 
@@ -104,27 +99,21 @@ def stop_profiles(spies: list[subprocess.Popen]) -> None:
         spy.wait(30)
 
 
-def rate(figures: dict, concurrency: int) -> str:
-    dynamo = DYNAMO.get(concurrency, {}).get("requests_per_s")
-    return f"{figures['requests_per_s']:.0f}" + (f" ({figures['requests_per_s'] / dynamo:.2f}×)" if dynamo else "")
-
-
 def print_table(levels: list[dict]) -> None:
-    print("\nstream | c  | req/s (× Dynamo) | e2e p50 / p99 ms | TTFT p50 ms | CPU ms/req", end="")
-    print(" | wrk: req/s (× Dynamo) | e2e p50 / p99 ms | CPU ms/req")
+    print("\nstream | c  | req/s | e2e p50 / p99 ms | TTFT p50 ms | CPU ms/req", end="")
+    print(" | wrk: req/s | e2e p50 / p99 ms | CPU ms/req")
     for s in levels:
-        c = s["concurrency"]
         row = [
             "yes   " if s["stream"] else "no    ",
-            f"{c:<2}",
-            rate(s, c),
+            f"{s['concurrency']:<2}",
+            f"{s['requests_per_s']:.0f}",
             f"{s['e2e_ms_p50']:.1f} / {s['e2e_ms_p99']:.1f}",
             f"{s['ttft_ms_p50']:.1f}",
             str(s["cpu_ms_per_request"]),
         ]
         if native := s.get("wrk"):
             e2e = f"{native['e2e_ms_p50']:.1f} / {native['e2e_ms_p99']:.1f}"
-            row += [rate(native, c), e2e, str(native["cpu_ms_per_request"])]
+            row += [f"{native['requests_per_s']:.0f}", e2e, str(native["cpu_ms_per_request"])]
         print(" | ".join(row))
 
 
@@ -143,7 +132,7 @@ def main() -> None:
         RESULTS / "overhead",
         extra_args=("--engine", "sim", "--workers", str(args.workers), "--engine-args", json.dumps(engine_args)),
     )
-    results: dict = {"workers": args.workers, "dynamo_1_6_1": DYNAMO, "levels": []}
+    results: dict = {"workers": args.workers, "levels": []}
     url = f"{mesh.http}/v1/chat/completions"
     offset = 0
     try:

