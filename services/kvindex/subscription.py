@@ -76,8 +76,9 @@ class Subscription:
         finally:
             sub.close()
 
-    async def handle(self, *messages: list[bytes]) -> None:
-        """Applies messages in order; consecutive ones in one Redis call."""
+    async def handle(self, *messages: list[bytes], replayed: bool = False) -> None:
+        """Applies messages in order; consecutive ones in one Redis call. The lag statistics count
+        live messages only: a replayed one is as old as the outage that made it needed."""
         pending: list[BlockRun] = []
         stamps: list[float] = []
         for frames in messages:
@@ -98,7 +99,8 @@ class Subscription:
                 await self._flush(pending, stamps)
                 await self.index.purge(self.worker_id)
             pending += translation.runs
-            stamps.append(batch.ts)
+            if not replayed:
+                stamps.append(batch.ts)
             self.stats.events += sum(len(getattr(e, "block_hashes", ())) or 1 for e in batch.events)
             self.stats.batches += 1
             self.stats.dropped_blocks += translation.dropped
@@ -118,7 +120,7 @@ class Subscription:
         missed = await self._replay(expected, seq) if seq > expected else None
         if missed is not None:
             log.info("worker %s: replayed KV-event batches %d..%d", self.worker_id, expected, seq - 1)
-            await self.handle(*missed)
+            await self.handle(*missed, replayed=True)
             return
         log.warning(
             "worker %s: KV events %d..%d lost (got %d); clearing its index entries",
@@ -139,7 +141,7 @@ class Subscription:
         if first > 0:  # the buffer no longer reaches the start: those blocks stay unknown
             self.stats.resyncs += 1
         self.stats.last_seq = first - 1
-        await self.handle(*buffered)
+        await self.handle(*buffered, replayed=True)
 
     async def _replay(self, start: int, stop: int) -> list[list[bytes]] | None:
         """Messages start..stop-1 from the replay endpoint, or None if it cannot give them all."""

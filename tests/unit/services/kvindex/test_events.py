@@ -174,6 +174,7 @@ async def test_a_gap_is_filled_from_the_replay_buffer(tmp_path, index):
     assert (sub.stats.resyncs, sub.stats.last_seq) == (1, 2)
     await sub.handle(batches[1])  # a late duplicate changes nothing
     assert sub.stats.events == 3
+    assert len(sub.stats.lags_ms) == 2  # the two live batches; the replayed one is no lag
     publisher.task.cancel()
     ctx.destroy(linger=0)
 
@@ -208,6 +209,7 @@ async def test_a_late_subscriber_catches_up_from_the_replay_buffer(tmp_path, ind
     publisher.record(message(1, stored([2], TOKENS[8:16], parent=1)))
     await sub.catch_up()
     assert await index.match(SEQ) == {"w": 2} and sub.stats.last_seq == 1 and sub.stats.resyncs == 0
+    assert not sub.stats.lags_ms  # caught up, not late
     await sub.handle(message(1, stored([2], TOKENS[8:16], parent=1)))  # the live copy: skipped
     assert sub.stats.events == 2
     publisher.task.cancel()
