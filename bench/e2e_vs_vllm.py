@@ -29,7 +29,7 @@ import httpx
 from bench.common import RESULTS, cpu_since, tree_cpu_s
 from bench.loadgen import LevelResult, run_level
 from engines.vllm_engine import DEFAULT_ENGINE_ARGS
-from kvmesh import models
+from kvmesh import models, processes
 from kvmesh.cli.local_mesh import LocalMesh
 from kvmesh.net import free_port
 
@@ -110,11 +110,7 @@ class VllmServer:
     process: subprocess.Popen
 
     def stop(self) -> None:
-        self.process.send_signal(signal.SIGINT)
-        try:
-            self.process.wait(90)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        processes.terminate(self.process, 90, signal.SIGINT)
 
 
 async def measure(base: str, server_pid: int, body_list: list[dict], concurrency: int) -> LevelResult:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import redis
 
+from kvmesh import processes
+
 
 class RedisServer:
     def __init__(self, port: int, host: str = "127.0.0.1", workdir: Path | None = None):
@@ -37,6 +39,5 @@ class RedisServer:
                 time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
+        if self.process:
+            processes.terminate(self.process, 10)
