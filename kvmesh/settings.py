@@ -43,7 +43,12 @@ def load(cls: type[S], argv: list[str] | None = None) -> S:
     try:
         settings = CliApp.run(cls, cli_args=sys.argv[1:] if argv is None else argv)
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        problems = "; ".join(map(_problem, e.errors()))
         raise SystemExit(f"{cls.__name__}: invalid configuration: {problems}") from None
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return settings
+
+
+def _problem(error) -> str:
+    # A cross-field rule has no location: its message names the fields itself.
+    return f"{'.'.join(map(str, error['loc']))}: {error['msg']}" if error["loc"] else error["msg"]

@@ -3,14 +3,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from kvmesh.settings import WatcherSettings
+from services.planner.forecast import SMOOTHED, ForecasterName
 
 # The choices; each has one registration list keyed by these names (forecast.FORECASTERS,
 # connectors.factory.CONNECTORS), and a unit test keeps the two in step.
-ForecasterName = Literal["constant", "moving-average", "peak", "bursts", "holt-winters", "arima"]
 ConnectorName = Literal["local", "triton", "kubernetes"]
 
 
@@ -42,3 +42,10 @@ class PlannerSettings(WatcherSettings):
     engine: str = Field("sim", description="local, triton: workers run <engine>_prefill / <engine>_decode")
     assignment_ttl_s: float = Field(900.0, gt=0, description="triton: how long a worker may take to change role")
     log_dir: Path = Field(Path("."), description="local: where new workers log")
+
+    @model_validator(mode="after")
+    def _only_smoothing_forecasters_smooth(self) -> PlannerSettings:
+        if self.forecast_smooth is not None and self.forecaster not in SMOOTHED:
+            smoothing = ", ".join(SMOOTHED)
+            raise ValueError(f"forecast_smooth: the {self.forecaster} forecaster does not smooth; {smoothing} do")
+        return self

@@ -7,11 +7,12 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 
-from services.planner.config import ForecasterName
+# Beside the registry below, so the pure core imports no settings (config.py takes it from here).
+ForecasterName = Literal["constant", "moving-average", "peak", "bursts", "holt-winters", "arima"]
 
 
 class Forecaster(Protocol):

@@ -34,10 +34,7 @@ async def run(settings: PlannerSettings) -> None:
 
     connector = connectors.make(settings, workers)
     targets = Targets(settings.ttft_ms, settings.itl_ms, settings.percentile, settings.max_replicas)
-    try:
-        forecaster = forecast.make(settings.forecaster, settings.forecast_window, settings.forecast_smooth)
-    except ValueError as e:
-        raise SystemExit(f"kvmesh planner: {e}") from None
+    forecaster = forecast.make(settings.forecaster, settings.forecast_window, settings.forecast_smooth)
     planner = Planner(
         GatewayMetrics(settings.gateway_metrics, settings.percentile),
         EngineProfile.load(settings.profile),

@@ -7,8 +7,9 @@ import pytest
 
 from kvmesh.settings import load
 from services.planner import forecast
-from services.planner.config import ConnectorName, ForecasterName, PlannerSettings
+from services.planner.config import ConnectorName, PlannerSettings
 from services.planner.connectors import factory
+from services.planner.forecast import ForecasterName
 
 
 def test_every_choice_has_one_factory():
@@ -21,3 +22,9 @@ def test_an_unknown_choice_fails_naming_the_field(field):
     required = ["--profile", "p.json", "--gateway-metrics", '["http://127.0.0.1:1/metrics"]']
     with pytest.raises(SystemExit, match=rf"invalid configuration: {field}: "):
         load(PlannerSettings, [*required, f"--{field}", "nope"])
+
+
+def test_smoothing_a_forecaster_that_does_not_smooth_fails_naming_the_field():
+    required = ["--profile", "p.json", "--gateway-metrics", '["http://127.0.0.1:1/metrics"]']
+    with pytest.raises(SystemExit, match="invalid configuration: .*forecast_smooth: the arima forecaster does not"):
+        load(PlannerSettings, [*required, "--forecaster", "arima", "--forecast-smooth", "2"])
