@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
+from services.gateway.prompt import CHAT_ROLES
+
 
 class TextPart(BaseModel):
     type: Literal["text"]
@@ -14,7 +16,9 @@ class TextPart(BaseModel):
 
 
 class ChatMessage(BaseModel):
-    role: StrictStr  # services/gateway/prompt.py checks it, as for the gRPC front
+    # The one set of roles (prompt.py); checked here too, so that the body's shape is refused
+    # before the model is looked up, and /openapi.json lists them.
+    role: Literal[CHAT_ROLES]
     content: StrictStr | list[TextPart] | None = None
 
     def text(self) -> str:
