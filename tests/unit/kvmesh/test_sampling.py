@@ -1,6 +1,8 @@
 """Sampling parameters: the one table of accepted and refused values (kvmesh/sampling.py), which
 the gateway and the engines both apply, and the gateway's SamplingParams for a request."""
 
+import dataclasses
+
 import msgspec
 import pytest
 
@@ -106,3 +108,7 @@ def test_the_gateway_refuses_naming_the_field(sampling_, prompt, param, words):
         check(sampling_, prompt=prompt)
     assert e.value.param == param
     assert words in e.value.message
+
+
+def test_a_request_can_ask_for_every_engine_sampling_field_and_no_other():
+    assert [f.name for f in dataclasses.fields(Sampling)] == list(SamplingParams.__struct_fields__)
