@@ -6,12 +6,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6390/0"
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]", "*"})
 
 S = TypeVar("S", bound="CommonSettings")
 
@@ -20,12 +22,45 @@ class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(cli_kebab_case=True, cli_implicit_flags=True, extra="ignore")
 
     host: str = Field("127.0.0.1", description="address to listen on")
+    advertise_host: str = Field(
+        "", description="the address the rest of the mesh dials to reach this one; default: --host, unless that "
+        "is a wildcard",
+    )  # fmt: skip
     redis_url: str = Field(
         default_factory=lambda: os.environ.get("REDIS_URL", DEFAULT_REDIS_URL),
         description="the registry's Redis (REDIS_URL works too)",
     )
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics port; 0 = a free port")
     log_level: str = "INFO"
+    tls_cert: Path | None = Field(
+        None, description="PEM certificate this process shows as server and as client (mutual TLS on every gRPC hop)"
+    )
+    tls_key: Path | None = Field(None, description="the private key of --tls-cert (PEM)")
+    tls_ca: Path | None = Field(None, description="PEM CA every peer's certificate must be signed by")
+
+    @model_validator(mode="after")
+    def _advertised_address(self) -> CommonSettings:
+        if not self.advertise_host:
+            if self.host in WILDCARD_HOSTS:
+                raise ValueError(
+                    f"advertise_host: --host {self.host!r} listens on every interface, so it is no address a "
+                    "peer can dial: pass --advertise-host (e.g. this pod's or host's IP)"
+                )
+            self.advertise_host = self.host
+        elif self.advertise_host in WILDCARD_HOSTS:
+            raise ValueError(f"advertise_host: {self.advertise_host} is a wildcard, not an address a peer can dial")
+        return self
+
+    @model_validator(mode="after")
+    def _tls_all_or_nothing(self) -> CommonSettings:
+        given = {name: getattr(self, name) for name in ("tls_cert", "tls_key", "tls_ca")}
+        if any(given.values()) and not all(given.values()):
+            missing = ", ".join("--" + n.replace("_", "-") for n, v in given.items() if not v)
+            raise ValueError(f"tls: mutual TLS needs --tls-cert, --tls-key and --tls-ca; missing {missing}")
+        for name, path in given.items():
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name}: {path} is not a file")
+        return self
 
 
 class WatcherSettings(CommonSettings):
