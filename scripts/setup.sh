@@ -15,6 +15,15 @@ apt_install() {
 apt_install redis-server
 # bench.overhead's second load generator: native, so it leaves the two cores to the mesh.
 apt_install wrk
+# The manifest test renders deploy/kubernetes/ with Debian's kubectl (its kustomize is the oldest
+# the overlays support). Unpacked under build/, not installed: /usr/bin/kubectl may be another's.
+if [ ! -x build/kubernetes-client/usr/bin/kubectl ]; then
+  echo "== kubectl: Debian's kubernetes-client into build/kubernetes-client/"
+  deb_dir=$(mktemp -d) && chmod 777 "$deb_dir"  # apt downloads as its sandbox user, _apt
+  (cd "$deb_dir" && { apt-get download -qq kubernetes-client 2>/dev/null || { apt-get update -qq && apt-get download -qq kubernetes-client; }; })
+  dpkg-deb -x "$deb_dir"/kubernetes-client_*.deb build/kubernetes-client
+  rm -rf "$deb_dir"
+fi
 # The REST front: Go and grpc-gateway from Debian (GOPATH mode, offline). Without them the rest of
 # the mesh still runs and `kvmesh up` says REST is off.
 apt_install golang-go protobuf-compiler golang-grpc-gateway golang-github-grpc-ecosystem-grpc-gateway-dev \
