@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from collections.abc import Collection
 from contextlib import ExitStack
+
+import psutil
 
 
 def free_ports(count: int, host: str = "127.0.0.1", avoid: Collection[int] = ()) -> list[int]:
@@ -22,3 +25,25 @@ def free_ports(count: int, host: str = "127.0.0.1", avoid: Collection[int] = ())
 
 def free_port(host: str = "127.0.0.1") -> int:
     return free_ports(1, host)[0]
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a name: it may resolve to anything
+        return False
+
+
+def hostport(host: str, port: int) -> str:
+    """`host:port`, an IPv6 address in brackets (as gRPC and ZMQ want it)."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def interface_of(address: str) -> str | None:
+    """The name of this host's network interface that holds `address`, if one does."""
+    for name, addresses in psutil.net_if_addrs().items():
+        if any(a.address.split("%")[0] == address for a in addresses):
+            return name
+    return None

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from kvmesh import models
+from kvmesh.net import is_loopback
 from kvmesh.settings import CommonSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -39,8 +40,19 @@ class WorkerSettings(CommonSettings):
     worker_id: str = Field("", description="default: w-<random>")
     kv_events: bool = Field(True, description="publish the engine's KV events (for kvindex)")
     kv_events_dir: Path = Field(
-        Path(tempfile.gettempdir()), description="where the KV-event ZMQ sockets live (ipc://, this host only)"
+        Path(tempfile.gettempdir()), description="where the engine's KV-event ZMQ sockets live (ipc://, this host only)"
     )
+    kv_events_port: int = Field(
+        0, ge=0, le=65535,
+        description="advertised address not loopback: the TCP port the worker republishes its KV events on "
+        "(kvindex subscribes there from any host); 0 = a free port",
+    )  # fmt: skip
+    kv_events_replay_port: int = Field(
+        0, ge=0, le=65535, description="advertised address not loopback: the KV-event replay's TCP port; 0: a free one"
+    )
+    nixl_port: int = Field(
+        0, ge=0, le=65535, description="prefill/decode workers: NIXL's side channel (KV handshakes); 0 = a free port"
+    )  # fmt: skip
 
     @field_validator("engine_args")
     @classmethod
@@ -63,10 +75,15 @@ class WorkerSettings(CommonSettings):
         return overrides | json.loads(self.engine_args)
 
     def kv_events_endpoints(self, worker_id: str) -> tuple[str, str]:
-        """(publisher, replay). ipc sockets: vLLM binds only wildcard TCP addresses, and nothing
-        here may listen beyond loopback; a multi-host deployment sets tcp:// ones instead."""
+        """The engine's (publisher, replay). ipc sockets: vLLM binds only wildcard TCP addresses,
+        and a worker listens on its own address alone; other hosts get the events from the relay."""
         base = self.kv_events_dir / f"kvmesh-{worker_id}-kv"
         return f"ipc://{base}.sock", f"ipc://{base}-replay.sock"
+
+    @property
+    def relays_kv_events(self) -> bool:
+        """Whether the KV events must reach other hosts: the engine's ipc sockets reach this one only."""
+        return self.kv_events and not is_loopback(self.advertise_host)
 
     @property
     def name_served(self) -> str:

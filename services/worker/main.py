@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import secrets
 import time
 from collections.abc import Iterator
@@ -15,11 +16,12 @@ from pathlib import Path
 import uvloop
 
 from kvmesh import grpc_server, registry
-from kvmesh.net import free_ports
+from kvmesh.net import free_ports, interface_of, is_loopback
 from kvmesh.settings import load
 from kvmesh.v1 import worker_pb2
 from services.worker import model_config, role_change, triton_server
 from services.worker.config import WorkerSettings
+from services.worker.kv_events_relay import Endpoints, KvEventsRelay
 from services.worker.registration import Registration, describe
 from services.worker.triton_server import Triton, TritonPorts
 
@@ -30,7 +32,7 @@ async def run(settings: WorkerSettings) -> None:
     # Installed first: a stop during the (long) model load still shuts Triton down in order.
     stop = asyncio.create_task(grpc_server.wait_for_signal())
     # The mesh's other services may not have bound their ports yet (kvmesh up starts the gateway last).
-    spare = iter(free_ports(4, settings.host, avoid=settings.reserved_ports))
+    spare = iter(free_ports(6, settings.host, avoid=settings.reserved_ports))
     ports = TritonPorts(
         grpc=settings.grpc_port or next(spare),
         http=settings.http_port or next(spare),
@@ -40,6 +42,12 @@ async def run(settings: WorkerSettings) -> None:
     triton = Triton(process, settings.host, ports)
     worker_id = settings.worker_id or f"w-{secrets.token_hex(3)}"
     registration = Registration(settings, registry.Registry(registry.connect(settings.redis_url)), worker_id)
+    relay = None
+    if settings.relays_kv_events:
+        engine_endpoints = Endpoints(*settings.kv_events_endpoints(worker_id))
+        relay_ports = (settings.kv_events_port or next(spare), settings.kv_events_replay_port or next(spare))
+        relay = KvEventsRelay(engine_endpoints, settings.host, *relay_ports)
+        relay.start()
 
     async def load_model(triton_model: str) -> worker_pb2.WorkerRecord:
         """Loads the engine model; returns its registration record."""
@@ -47,7 +55,7 @@ async def run(settings: WorkerSettings) -> None:
         overrides = settings.engine_overrides(worker_id)
         log.info("loading %s (%s) on Triton at %s", triton_model, settings.model, triton.address)
         await triton.load(triton_model, model_config.with_engine_args(config, overrides), settings.load_timeout_s)
-        return describe(settings, worker_id, triton_model, config, overrides, triton.address, ports.metrics)
+        return describe(settings, worker_id, triton_model, config, overrides, ports, relay.public if relay else None)
 
     async def unload_model(triton_model: str) -> None:
         await triton.unload(triton_model, settings.drain_timeout_s)
@@ -80,29 +88,33 @@ async def run(settings: WorkerSettings) -> None:
         stop.cancel()
         await registration.close()
         await triton.close()
+        if relay:
+            await relay.close()
         for endpoint in settings.kv_events_endpoints(worker_id) if settings.kv_events else ():
             Path(endpoint.removeprefix("ipc://")).unlink(missing_ok=True)  # the engine died before unbinding
 
 
 def _engine_env(settings: WorkerSettings, spare: Iterator[int]) -> dict[str, str]:
     """The engine's environment: its cores, and for a prefill/decode engine where its KV transfer
-    listens: NIXL's side channel on this worker's own port, UCX on loopback when the worker is
-    (UCX listens on every interface otherwise); the KV cache on transparent huge pages (PyTorch's
-    CPU allocator), which doubles what NIXL reads from another process here: UCX's CMA pins the
-    remote pages of every read (bench.kv_transfer)."""
+    listens: NIXL's side channel on the advertised address (the peer dials what the prefill's
+    answer names), UCX on the interface of that address (it listens on every interface
+    otherwise), unless the operator chose UCX's devices; the KV cache on transparent huge pages
+    (PyTorch's CPU allocator), which doubles what NIXL reads from another process here: UCX's
+    CMA pins the remote pages of every read (bench.kv_transfer)."""
     env = {"VLLM_CPU_OMP_THREADS_BIND": settings.cpus, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
     role = model_config.role(model_config.read(settings.model_repository / settings.triton_model))
     if role == worker_pb2.ROLE_AGGREGATED:
         return env
-    host = settings.host
+    host = settings.advertise_host
     env |= {
         "THP_MEM_ALLOC_ENABLE": "1",
         "VLLM_HOST_IP": host,
         "VLLM_NIXL_SIDE_CHANNEL_HOST": host,
-        "VLLM_NIXL_SIDE_CHANNEL_PORT": str(next(spare)),
+        "VLLM_NIXL_SIDE_CHANNEL_PORT": str(settings.nixl_port or next(spare)),
     }
-    if host in ("127.0.0.1", "::1", "localhost"):
-        env["UCX_NET_DEVICES"] = "lo"
+    device = "lo" if is_loopback(host) else interface_of(host)
+    if "UCX_NET_DEVICES" not in os.environ and device:
+        env["UCX_NET_DEVICES"] = device
     return env
 
 

@@ -16,9 +16,12 @@ from redis.exceptions import RedisError
 from tritonclient.grpc import model_config_pb2
 
 from kvmesh import load_keys, registry
+from kvmesh.net import hostport
 from kvmesh.v1 import worker_pb2
 from services.worker import model_config
 from services.worker.config import WorkerSettings
+from services.worker.kv_events_relay import Endpoints
+from services.worker.triton_server import TritonPorts
 
 log = logging.getLogger("kvmesh.worker")
 # How long a stopping worker waits for the requests routed to it (the supervisor kills at 45 s).
@@ -27,17 +30,20 @@ EXIT_DRAIN_S = 10.0
 
 def describe(
     settings: WorkerSettings, worker_id: str, triton_model: str, config: model_config_pb2.ModelConfig,
-    overrides: dict[str, Any], address: str, metrics_port: int,
+    overrides: dict[str, Any], ports: TritonPorts, relayed: Endpoints | None,
 ) -> worker_pb2.WorkerRecord:  # fmt: skip
     """The record of `triton_model` (its model config, with the worker's engine overrides) served
-    by the Triton at `address`."""
+    by this worker's Triton, every address the advertised one; the KV events where `relayed`
+    republishes them, if it does."""
     args = {**model_config.engine_args(config), **overrides}
     kv_events = _kv_events(args)
+    if kv_events and relayed is not None:
+        kv_events = {"endpoint": relayed.events, "replay_endpoint": relayed.replay}
     return worker_pb2.WorkerRecord(
         id=worker_id,
         model=settings.name_served,
         role=model_config.role(config),
-        triton_grpc_address=address,
+        triton_grpc_address=hostport(settings.advertise_host, ports.grpc),
         triton_model=triton_model,
         kv_block_size=model_config.block_size(config, args),
         capacity=int(args.get("max_num_seqs", 16)),
@@ -45,7 +51,7 @@ def describe(
         kv_events_endpoint=kv_events.get("endpoint", ""),
         kv_events_replay_endpoint=kv_events.get("replay_endpoint") or "",
         started_unix_ms=registry.now_ms(),
-        labels={"engine": triton_model, "triton_metrics": f"{settings.host}:{metrics_port}"},
+        labels={"engine": triton_model, "triton_metrics": hostport(settings.advertise_host, ports.metrics)},
     )
 
 
