@@ -1,6 +1,7 @@
 """Serving a gRPC service: port 0 binds a free port, the standard health service, telemetry
 interceptors, a KvmeshError ending a call as its status, the start-up heap frozen out of the
-garbage collector, SIGTERM/SIGINT → NOT_SERVING → drain → stop(grace)."""
+garbage collector, SIGTERM/SIGINT → NOT_SERVING → drain → stop(grace); mutual TLS when given
+(kvmesh/tls.py), on servers and channels alike."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from kvmesh.errors import KvmeshError
 from kvmesh.gc_heap import freeze_startup_heap
 from kvmesh.telemetry import ClientInterceptor, ServerInterceptor
+from kvmesh.tls import MutualTls
 
 log = logging.getLogger(__name__)
 
@@ -29,19 +31,22 @@ class Served:
     health: health.aio.HealthServicer
 
 
-async def serve(service_name: str, host: str, port: int, register: Callable[[grpc.aio.Server], None]) -> Served:
+async def serve(
+    service_name: str, host: str, port: int, register: Callable[[grpc.aio.Server], None], tls: MutualTls | None = None
+) -> Served:
     # The first interceptor is the outermost: telemetry sees the status the error interceptor set.
     server = grpc.aio.server(interceptors=[ServerInterceptor(service_name), ErrorInterceptor()])
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    bound = server.add_secure_port(address, tls.server_credentials()) if tls else server.add_insecure_port(address)
     if bound == 0:
         raise SystemExit(f"{service_name}: cannot listen on {host}:{port}")
     await server.start()
     freeze_startup_heap()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    log.info("%s listening on %s:%d", service_name, host, bound)
+    log.info("%s listening on %s:%d%s", service_name, host, bound, " (mutual TLS)" if tls else "")
     return Served(server, bound, health_servicer)
 
 
@@ -60,7 +65,9 @@ async def drain(served: Served, grace_s: float, before_stop: Callable[[], Awaita
     await served.server.stop(grace_s)
 
 
-def channel(address: str) -> grpc.aio.Channel:
+def channel(address: str, tls: MutualTls | None = None) -> grpc.aio.Channel:
+    if tls:
+        return grpc.aio.secure_channel(address, tls.channel_credentials(), interceptors=[ClientInterceptor()])
     return grpc.aio.insecure_channel(address, interceptors=[ClientInterceptor()])
 
 
