@@ -132,16 +132,19 @@ def _text(value: bytes | str) -> str:
 def connect(url: str, timeout_s: float = 2.0, max_connections: int = 64) -> redis.Redis:
     """A client whose commands wait (up to `timeout_s`) for one of `max_connections` connections:
     redis-py's default pool fails the 101st concurrent command at once ("Too many connections"),
-    which under load looked like Redis being down."""
+    which under load looked like Redis being down. The URL's scheme picks the connection (TCP,
+    TLS for rediss://, a Unix socket), each packing with hiredis; credentials and ssl_* options
+    come from the URL."""
+    scheme = url.split("://", 1)[0].lower()
     pool = redis.BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=timeout_s, socket_connect_timeout=timeout_s,
         socket_timeout=timeout_s, health_check_interval=10,
-        connection_class=HiredisPackingConnection,  # unix:// and rediss:// URLs choose their own
+        connection_class=CONNECTION_CLASSES.get(scheme, HiredisPackingConnection),  # from_url refuses other schemes
     )  # fmt: skip
     return redis.Redis.from_pool(pool)
 
 
-class HiredisPackingConnection(redis.Connection):
+class HiredisPacking:
     """Packs each command with hiredis (C). redis-py's asyncio connection packs in Python and
     re-joins its buffer once per argument: a match or a KV-event batch carries hundreds of keys
     (2,048 keys: 0.93 ms against 0.24)."""
@@ -151,6 +154,25 @@ class HiredisPackingConnection(redis.Connection):
         if (isinstance(name, str) and " " in name) or (isinstance(name, bytes) and b" " in name):
             args = (*name.split(), *args[1:])  # "CLIENT SETINFO": Redis wants the words apart
         return [hiredis.pack_command(args)]
+
+
+class HiredisPackingConnection(HiredisPacking, redis.Connection):
+    pass
+
+
+class HiredisPackingSSLConnection(HiredisPacking, redis.SSLConnection):
+    pass
+
+
+class HiredisPackingUnixConnection(HiredisPacking, redis.UnixDomainSocketConnection):
+    pass
+
+
+CONNECTION_CLASSES = {
+    "redis": HiredisPackingConnection,
+    "rediss": HiredisPackingSSLConnection,
+    "unix": HiredisPackingUnixConnection,
+}
 
 
 LIVE_WORKERS = Gauge("kvmesh_registry_live_workers", "Workers in the registry")

@@ -171,6 +171,23 @@ async def test_clients_pack_commands_as_redis_py_does(redis_url):
     await client.aclose()
 
 
+@pytest.mark.parametrize(
+    "url, cls",
+    [
+        ("redis://:pw@127.0.0.1:6390/0", registry.HiredisPackingConnection),
+        ("rediss://:pw@127.0.0.1:6390/0?ssl_ca_certs=/ca.crt", registry.HiredisPackingSSLConnection),
+        ("unix://:pw@/run/redis.sock?db=0", registry.HiredisPackingUnixConnection),
+    ],
+)
+def test_the_connection_follows_the_urls_scheme_and_packs_with_hiredis(url, cls):
+    """rediss:// must really be TLS (a forced TCP class once made it plain text) and unix:// a socket."""
+    connection = registry.connect(url).connection_pool.make_connection()
+    assert type(connection) is cls and isinstance(connection, registry.HiredisPacking)
+    assert connection.password == "pw"
+    if cls is registry.HiredisPackingSSLConnection:
+        assert connection.ca_certs == "/ca.crt"
+
+
 async def test_a_watcher_stops_when_a_change_is_announced_as_it_is_stopped(reg):
     """A worker deregisters as the services stop, so the announcement and the cancel meet: the
     cancel was lost, and the router and kvindex ran on until `kvmesh up` killed them."""
