@@ -10,7 +10,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 
 import grpc
 import msgspec
@@ -88,6 +88,7 @@ class TritonPool:
         self._mux_retry_at: dict[tuple[str, str], float] = {}
         self._retired: set[EngineMux] = set()
         self._in_flight: dict[tuple[str, str], int] = {}
+        self._inboxes: dict[str, set[Inbox]] = {}  # by worker id: the requests running there
 
     def _client(self, address: str) -> triton_aio.InferenceServerClient:
         client = self._clients.get(address)
@@ -128,6 +129,14 @@ class TritonPool:
         finally:
             del self._opening[key]
 
+    def fail_workers_gone(self, live: Collection[str]) -> None:
+        """Fails the requests on workers no longer in the registry, so that they move to another:
+        a worker leaves only once drained, or when its lease runs out (dead, hung, or its host
+        cut off, whose streams would otherwise wait out TCP's timeouts)."""
+        for worker_id in self._inboxes.keys() - set(live):
+            for inbox in self._inboxes.pop(worker_id):
+                inbox.fail(Unavailable(f"worker {worker_id} left the registry"))
+
     async def stream(
         self,
         worker: worker_pb2.WorkerRecord,
@@ -151,6 +160,7 @@ class TritonPool:
             parameters[wire.RESPONSE_INTERVAL_MS] = response_interval_ms
         # Deltas come from the mux's reader or from the request's own stream.
         inbox = Inbox(worker)
+        self._inboxes.setdefault(worker.id, set()).add(inbox)
         key = (worker.triton_grpc_address, worker.triton_model)
         self._in_flight[key] = self._in_flight.get(key, 0) + 1
         # A mux is opened once two requests run on a worker model at a time; one open is used by
@@ -159,6 +169,7 @@ class TritonPool:
             mux = await self._mux(worker, may_open=self._in_flight[key] > 1)
         except BaseException:  # cancelled while the mux opened
             self._in_flight[key] -= 1
+            self._forget(inbox)
             raise
         if mux is not None:
             parameters[wire.MUX] = mux.id
@@ -187,6 +198,7 @@ class TritonPool:
                     return
         finally:
             self._in_flight[key] -= 1
+            self._forget(inbox)
             if mux is not None:
                 mux.leave(request_id)
                 if not answered and mux.open:
@@ -194,6 +206,13 @@ class TritonPool:
             elif not answered or not await _ended(own):
                 responses.cancel()
                 own.cancel()
+
+    def _forget(self, inbox: Inbox) -> None:
+        running = self._inboxes.get(inbox.worker.id)
+        if running is not None:
+            running.discard(inbox)
+            if not running:
+                del self._inboxes[inbox.worker.id]
 
     async def close(self) -> None:
         for mux in [*self._muxes.values(), *self._retired]:

@@ -31,6 +31,7 @@ async def run(settings: GatewaySettings) -> None:
     served = ServedModels(settings.models, watcher)
     router = RouterClient(settings.router_address)
     engines = TritonPool(mux=settings.mux)
+    watcher.on_change(lambda: engines.fail_workers_gone(watcher.workers))
     generator = Generator(
         router, engines, served, settings.prefill_timeout_s, settings.max_migrations, settings.whole_answer_interval_ms
     )

@@ -1,6 +1,7 @@
 """The worker in the registry: its record (what the routers and the planner see of it), registered
 under a lease that the heartbeat renews; the heartbeat also takes up the planner's role-change
-requests. On the way out it leaves the registry first and lets what was routed to it finish."""
+requests. On the way out it drains (routers send it nothing new; what was routed to it finishes),
+then leaves the registry."""
 
 from __future__ import annotations
 
@@ -109,18 +110,31 @@ class Registration:
                 return
             await asyncio.sleep(poll_s)
 
+    async def drain(self, timeout_s: float | None = None) -> None:
+        """Registers as draining: routers send nothing new here once they have re-read the registry.
+        Then waits the settle time, for requests routed on an older view, and until the routers
+        count no request here (up to `timeout_s`, default drain_timeout_s)."""
+        draining = worker_pb2.WorkerRecord()
+        draining.CopyFrom(self.record)
+        draining.draining = True
+        self.record = draining
+        await self.register()
+        await asyncio.sleep(self.settings.drain_settle_ms / 1000)
+        await self.routed_requests_done(timeout_s=timeout_s)
+
     async def leave(self) -> None:
-        """A stop (a scale-down, Ctrl-C): out of the registry first; then what was routed here on an
-        older registry view (a gateway learns of the change a moment later) and what the routers still count
-        finish before Triton goes, as it refuses every new request once it stops. Bounded: a count
-        a dead gateway never released must not hold the stop up."""
+        """A stop (a scale-down, Ctrl-C): drains (Triton refuses every new request once it
+        stops), then leaves the registry. Draining rather than leaving first: a gateway fails the
+        requests of a worker that left (its lease ran out: dead or cut off), and moves them.
+        Bounded: a count a dead gateway never released must not hold the stop up."""
+        try:
+            await self.drain(timeout_s=min(self.settings.drain_timeout_s, EXIT_DRAIN_S))
+        except (RedisError, OSError) as e:
+            log.warning("worker %s: could not drain (%s); leaving at once", self.worker_id, e)
         try:
             await self.reg.deregister(self.worker_id)
         except (RedisError, OSError) as e:
             log.warning("could not deregister %s: %s", self.worker_id, e)
-            return
-        await asyncio.sleep(self.settings.drain_settle_ms / 1000)
-        await self.routed_requests_done(timeout_s=min(self.settings.drain_timeout_s, EXIT_DRAIN_S))
 
     async def close(self) -> None:
         """Out of the registry whatever happened before (a failed start, a crash), and disconnected."""

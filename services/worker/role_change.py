@@ -16,7 +16,6 @@ exits).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -74,12 +73,7 @@ async def change(
     old, settings = registration.record, registration.settings
     try:
         check(old, model_config.role(model_config.read(settings.model_repository / triton_model)))
-        registration.record = worker_pb2.WorkerRecord()
-        registration.record.CopyFrom(old)
-        registration.record.draining = True
-        await registration.register()
-        await asyncio.sleep(settings.drain_settle_ms / 1000)
-        await registration.routed_requests_done()
+        await registration.drain()
         registration.record = await swap(unload, load, old.triton_model, triton_model)
         role = worker_pb2.Role.Name(registration.record.role)
         log.info("worker %s now runs %s (%s)", registration.worker_id, triton_model, role)
