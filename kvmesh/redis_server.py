@@ -1,4 +1,5 @@
-"""Start a private redis-server (Debian's) on loopback: the local default and the tests' Redis."""
+"""Start a private redis-server (Debian's) on loopback: the local default and the tests' Redis;
+with a password, and with mutual TLS instead of plain TCP when given."""
 
 from __future__ import annotations
 
@@ -6,28 +7,62 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import quote, urlencode, urlsplit
 
 import redis
 
 from kvmesh import processes
+from kvmesh.tls import MutualTls
+
+PASSWORD_ENV = "KVMESH_REDIS_PASSWORD"  # the password of the Redis `kvmesh up` starts (default: a new one each time)
 
 
 class RedisServer:
-    def __init__(self, port: int, host: str = "127.0.0.1", workdir: Path | None = None):
-        self.host, self.port = host, port
-        self.url = f"redis://{host}:{port}/0"
+    def __init__(
+        self,
+        port: int,
+        host: str = "127.0.0.1",
+        workdir: Path | None = None,
+        password: str | None = None,
+        tls: MutualTls | None = None,
+    ):
+        self.host, self.port, self.password, self.tls = host, port, password, tls
         self.workdir = workdir
         self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        """What a client needs: the password, and with TLS the CA and a certificate to show (Redis's
+        own, which is a client certificate too)."""
+        credentials = f":{quote(self.password, safe='')}@" if self.password else ""
+        if not self.tls:
+            return f"redis://{credentials}{self.host}:{self.port}/0"
+        files = {"ssl_ca_certs": self.tls.ca, "ssl_certfile": self.tls.cert, "ssl_keyfile": self.tls.key}
+        return f"rediss://{credentials}{self.host}:{self.port}/0?{urlencode(files)}"
 
     def start(self, timeout_s: float = 10.0) -> RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             raise SystemExit("redis-server is not installed: apt-get install redis-server (scripts/setup.sh does)")
-        argv = [binary, "--bind", self.host, "--port", str(self.port), "--save", "", "--appendonly", "no"]
+        # The first argument "-" reads the rest of the configuration from stdin: the password stays
+        # off the command line, which any local user can read.
+        argv = [binary, "-", "--bind", self.host, "--save", "", "--appendonly", "no"]
+        if self.tls:
+            argv += ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.tls.cert),
+                     "--tls-key-file", str(self.tls.key), "--tls-ca-cert-file", str(self.tls.ca),
+                     "--tls-auth-clients", "yes"]  # fmt: skip
+        else:
+            argv += ["--port", str(self.port)]
         if self.workdir:
             argv += ["--dir", str(self.workdir)]
-        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(host=self.host, port=self.port, socket_connect_timeout=0.5)
+        config = f"requirepass {_quoted(self.password)}\n" if self.password else ""
+        self.process = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        assert self.process.stdin is not None
+        self.process.stdin.write(config.encode())
+        self.process.stdin.close()
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -41,3 +76,16 @@ class RedisServer:
     def stop(self) -> None:
         if self.process:
             processes.terminate(self.process, 10)
+
+
+def masked(url: str) -> str:
+    """A Redis URL fit to print: its password replaced by ****."""
+    password = urlsplit(url).password
+    return url.replace(f":{password}@", ":****@", 1) if password else url
+
+
+def _quoted(value: str) -> str:
+    """A string for redis.conf: double-quoted, its backslashes and quotes escaped."""
+    if any(c in value for c in "\r\n\0"):
+        raise SystemExit("the Redis password cannot contain a line break or a NUL")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -55,3 +55,8 @@ class MutualTls:
             private_key=self.key.read_bytes(),
             certificate_chain=self.cert.read_bytes(),
         )
+
+
+def blocking_channel(address: str, tls: MutualTls | None = None) -> grpc.Channel:
+    """A synchronous channel (command-line tools, tests), with the client certificate when TLS is on."""
+    return grpc.secure_channel(address, tls.channel_credentials()) if tls else grpc.insecure_channel(address)

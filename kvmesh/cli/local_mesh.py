@@ -1,10 +1,12 @@
 """`kvmesh up` as a child process on free loopback ports: what the integration tests and the
-benchmarks start, exactly as a user would."""
+benchmarks start, exactly as a user would. It picks its Redis's password (and with `tls_dir`,
+mutual TLS everywhere), so that `redis_url` reaches that Redis and `tls` is a client certificate."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -18,6 +20,8 @@ import psutil
 from kvmesh.cli.supervisor import http_ok
 from kvmesh.models import DEFAULT_MODEL
 from kvmesh.net import free_ports
+from kvmesh.redis_server import PASSWORD_ENV, RedisServer
+from kvmesh.tls import MutualTls, blocking_channel
 from kvmesh.v1 import router_pb2, router_pb2_grpc
 
 
@@ -33,6 +37,7 @@ class LocalMesh:
     redis_url: str
     log_dir: Path
     model: str = DEFAULT_MODEL
+    tls: MutualTls | None = None  # the `client` certificate of the mesh's CA, when it runs mutual TLS
 
     @classmethod
     def start(
@@ -41,6 +46,7 @@ class LocalMesh:
         extra_args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
         ready_timeout_s: float = 600,
+        tls_dir: Path | None = None,
     ) -> LocalMesh:
         ports = dict(zip(("http", "grpc", "rest", "router", "kvindex", "planner", "redis"), free_ports(7), strict=True))
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -51,7 +57,13 @@ class LocalMesh:
         argv = [sys.executable, "-m", "kvmesh", "up", "--log-dir", str(log_dir), *extra_args]
         for name, port in ports.items():
             argv += [f"--{name}-port", str(port)]
+        if tls_dir:
+            argv += ["--tls-dir", str(tls_dir)]
+        password = secrets.token_urlsafe(16)
+        redis_tls = MutualTls.in_dir(tls_dir, "redis") if tls_dir else None
+        redis = RedisServer(ports["redis"], password=password, tls=redis_tls)  # kvmesh up starts it; this names it
         child_env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"} | (env or {})  # its own Redis
+        child_env[PASSWORD_ENV] = password
         with open(log_dir / "up.log", "wb") as out:
             process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=child_env)
         mesh = cls(
@@ -62,8 +74,9 @@ class LocalMesh:
             kvindex=f"127.0.0.1:{ports['kvindex']}",
             rest=f"http://127.0.0.1:{ports['rest']}",
             planner=f"127.0.0.1:{ports['planner']}",
-            redis_url=f"redis://127.0.0.1:{ports['redis']}/0",
+            redis_url=redis.url,
             log_dir=log_dir,
+            tls=MutualTls.in_dir(tls_dir, "client") if tls_dir else None,
         )
         deadline = time.monotonic() + ready_timeout_s
         while not http_ok(f"{mesh.http}/health"):
@@ -77,7 +90,7 @@ class LocalMesh:
         """`kvmesh up` is ready with its first worker; this waits until `count` are registered,
         not counting the ids in `gone` (killed workers stay listed until their lease runs out)."""
         deadline = time.monotonic() + timeout_s
-        with grpc.insecure_channel(self.router) as channel:
+        with self.channel(self.router) as channel:
             stub = router_pb2_grpc.RouterStub(channel)
             while True:
                 workers = stub.Workers(router_pb2.WorkersRequest(), timeout=5).workers
@@ -86,6 +99,10 @@ class LocalMesh:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"{count} workers did not register:\n{self.log('up')}")
                 time.sleep(0.5)
+
+    def channel(self, address: str) -> grpc.Channel:
+        """A channel to one of the mesh's gRPC services, as the `client` when it runs mutual TLS."""
+        return blocking_channel(address, self.tls)
 
     def service_processes(self, service: str) -> list[psutil.Process]:
         """The running processes of one service (`worker`, `router`, `kvindex`, `gateway`)."""

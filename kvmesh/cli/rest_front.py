@@ -6,6 +6,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from kvmesh.tls import MutualTls
+
 ROOT = Path(__file__).resolve().parents[2]
 BINARY = ROOT / "build" / "bin" / "kvmesh-rest"
 OPENAPI = ROOT / "protos" / "openapi" / "kvmesh.v1.openapi.json"
@@ -20,7 +22,10 @@ def unavailable_reason() -> str | None:
     return f"{BINARY.relative_to(ROOT)} is not built (`.venv/bin/python scripts/build_rest.py`)"
 
 
-def argv(listen: str, gateway: str, router: str, kvindex: str, planner: str = "") -> list[str]:
+def argv(
+    listen: str, gateway: str, router: str, kvindex: str, planner: str = "", tls: MutualTls | None = None
+) -> list[str]:
+    """With `tls`, the front dials the services with that client certificate; its own HTTP stays plain."""
     return [
         str(BINARY),
         f"--listen={listen}",
@@ -29,4 +34,5 @@ def argv(listen: str, gateway: str, router: str, kvindex: str, planner: str = ""
         f"--kvindex={kvindex}",
         f"--planner={planner}",
         f"--openapi={OPENAPI}",
+        *(tls.flags(prefix="-") if tls else []),
     ]

@@ -1,10 +1,12 @@
 """`kvmesh up`: Redis, kvindex, router, the workers (aggregated, or prefill and decode pools), the
-gateway, the REST front and optionally the planner on this machine; `kvmesh status`."""
+gateway, the REST front and optionally the planner on this machine, with mutual TLS on every gRPC
+hop (and Redis) when given a `kvmesh certs dev` directory; `kvmesh status`."""
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shlex
 import signal
 import time
@@ -20,8 +22,9 @@ from kvmesh import models
 from kvmesh.cli import rest_front
 from kvmesh.cli.options import default, setting
 from kvmesh.cli.supervisor import Supervisor, http_ok, tail
-from kvmesh.redis_server import RedisServer
+from kvmesh.redis_server import PASSWORD_ENV, RedisServer, masked
 from kvmesh.settings import DEFAULT_REDIS_URL, CommonSettings
+from kvmesh.tls import MutualTls, blocking_channel
 from kvmesh.v1 import router_pb2, router_pb2_grpc, worker_pb2
 from services.gateway.config import GatewaySettings
 from services.kvindex.config import KvIndexSettings
@@ -31,6 +34,7 @@ from services.worker.config import WorkerSettings
 
 console = Console()
 MAX_RESTARTS = 3
+TLS_DIR_HELP = "a `kvmesh certs dev` directory: mutual TLS on every gRPC hop and Redis (the HTTP ports stay plain)"
 
 
 def up(
@@ -60,6 +64,7 @@ def up(
     planner: bool = typer.Option(False, help="size the prefill and decode pools (needs --disagg and a profile)"),
     planner_profile: Path = typer.Option(None, help="`kvmesh profile` output; default <cache>/profiles/<engine>.json"),
     planner_args: str = typer.Option("", help="more planner flags, e.g. '--ttft-ms 500 --itl-ms 50 --max-replicas 4'"),
+    tls_dir: Path = typer.Option(None, help=TLS_DIR_HELP, exists=True, file_okay=False),
     log_dir: Path = typer.Option(None, help="default: <cache>/run/<time>"),
     ready_timeout_s: float = typer.Option(900.0),
 ) -> None:
@@ -73,12 +78,15 @@ def up(
             f"{planner_profile} is missing: `kvmesh profile --engine {engine} --out {planner_profile}` makes it",
             param_hint="--planner-profile",
         )
+    tls = _tls_in(tls_dir)
     redis = None
     redis_url = os.environ.get("REDIS_URL")
     if not redis_url:
+        password = os.environ.get(PASSWORD_ENV) or secrets.token_urlsafe(24)
         with console.status(f"starting redis-server on {host}:{redis_port}…"):
-            redis = RedisServer(redis_port, host).start()
+            redis = RedisServer(redis_port, host, password=password, tls=tls("redis")).start()
         redis_url = redis.url
+    # The URL (with its password) goes by the environment: a command line is visible to every local user.
     supervisor = Supervisor(log_dir, env={"REDIS_URL": redis_url})
     # Our children stop on our terms; SIGTERM is handled like Ctrl-C. SIGINT explicitly too: a
     # launcher that ran us in the background (`cmd &` in a script, nohup) left it ignored, and
@@ -92,10 +100,12 @@ def up(
         common = ["--host", host]
         # A worker picks free ports for its Triton while the services below may not have bound theirs.
         mesh_ports = [http_port, grpc_port, rest_port, router_port, kvindex_port, planner_port, redis_port]
-        worker_common = [*common, "--reserved-ports", json.dumps(mesh_ports), "--model", model]
-        supervisor.start("kvindex", "services.kvindex", [*common, "--port", str(kvindex_port)])
-        router_args = ["--port", str(router_port), "--policy", policy, "--disagg-threshold-tokens"]
-        supervisor.start("router", "services.router", [*common, *router_args, str(disagg_threshold if disagg else 0)])
+        worker_common = [*common, *_flags(tls("worker")), "--reserved-ports", json.dumps(mesh_ports), "--model", model]
+        kvindex_args = [*common, *_flags(tls("kvindex")), "--port", str(kvindex_port)]
+        supervisor.start("kvindex", "services.kvindex", kvindex_args)
+        router_args = [*common, *_flags(tls("router")), "--port", str(router_port), "--policy", policy]
+        router_args += ["--disagg-threshold-tokens", str(disagg_threshold if disagg else 0)]
+        supervisor.start("router", "services.router", router_args)
         pools = [f"{engine}_prefill"] * prefill_workers + [f"{engine}_decode"] * decode_workers
         triton_models = pools if disagg else [engine] * workers
         for i, (triton_model, cpus) in enumerate(zip(triton_models, _worker_cpus(len(triton_models)), strict=True)):
@@ -107,6 +117,7 @@ def up(
             "services.gateway",
             [
                 *common,
+                *_flags(tls("gateway")),
                 "--http-port",
                 str(http_port),
                 "--grpc-port",
@@ -120,9 +131,10 @@ def up(
         if planner:
             worker_args = [*worker_common, "--engine-args", engine_args]
             metrics_urls = json.dumps([f"http://{host}:{http_port}/metrics"])
-            planner_argv = [*common, "--port", str(planner_port), "--profile", str(planner_profile),
-                            "--gateway-metrics", metrics_urls, "--engine", engine, "--worker-args",
-                            shlex.join(worker_args), "--log-dir", str(log_dir), *shlex.split(planner_args)]  # fmt: skip
+            planner_argv = [*common, *_flags(tls("planner")), "--port", str(planner_port), "--profile",
+                            str(planner_profile), "--gateway-metrics", metrics_urls, "--engine", engine,
+                            "--worker-args", shlex.join(worker_args), "--log-dir", str(log_dir),
+                            *shlex.split(planner_args)]  # fmt: skip
             supervisor.start("planner", "services.planner", planner_argv)
         _wait_ready(supervisor, f"http://{host}:{http_port}/health", ready_timeout_s)
         # Last, once the services it forwards to listen.
@@ -131,15 +143,16 @@ def up(
             grpc_addresses = {"gateway": grpc_port, "router": router_port, "kvindex": kvindex_port}
             if planner:
                 grpc_addresses["planner"] = planner_port
-            rest_argv = rest_front.argv(f"{host}:{rest_port}", **{k: f"{host}:{v}" for k, v in grpc_addresses.items()})
+            backends = {k: f"{host}:{v}" for k, v in grpc_addresses.items()}
+            rest_argv = rest_front.argv(f"{host}:{rest_port}", tls=tls("rest"), **backends)
             supervisor.start_program("rest", rest_argv)
             _wait_ready(supervisor, f"http://{host}:{rest_port}/healthz", 30.0, what="starting the REST front")
         else:
             console.print(f"[yellow]REST is off: {rest_off}[/]; gRPC and OpenAI HTTP are unaffected")
         rest_url = None if rest_off else f"http://{host}:{rest_port}"
         _print_endpoints(
-            host, http_port, grpc_port, rest_url, router_port, kvindex_port, redis_url, Path(model).name, log_dir,
-            planner_port if planner else None,
+            host, http_port, grpc_port, rest_url, router_port, kvindex_port, masked(redis_url), Path(model).name,
+            log_dir, planner_port if planner else None,
         )  # fmt: skip
         _supervise(supervisor, redis)
     except KeyboardInterrupt:
@@ -152,6 +165,15 @@ def up(
         if leftovers:
             console.print(f"[yellow]left in /dev/shm by some Triton: {', '.join(leftovers)}[/]")
         console.print("stopped.")
+
+
+def _tls_in(tls_dir: Path | None):
+    """`name` → its files in the directory, or None everywhere when TLS is off."""
+    return lambda name: MutualTls.in_dir(tls_dir, name) if tls_dir else None
+
+
+def _flags(tls: MutualTls | None) -> list[str]:
+    return tls.flags() if tls else []
 
 
 def _worker_cpus(workers: int) -> list[str]:
@@ -227,10 +249,14 @@ def _print_endpoints(host, http_port, grpc_port, rest_url, router_port, kvindex_
 ROUTER_ADDRESS = f"{default(CommonSettings, 'host')}:{default(RouterSettings, 'port')}"
 
 
-def status(router: str = typer.Option(ROUTER_ADDRESS, help="the router's address")) -> None:
+def status(
+    router: str = typer.Option(ROUTER_ADDRESS, help="the router's address"),
+    tls_dir: Path = typer.Option(None, help="the mesh's `kvmesh certs dev` directory (its client certificate)"),
+) -> None:
     """Live workers and their load, as the router sees them."""
+    client = _tls_in(tls_dir)("client")
     try:
-        with grpc.insecure_channel(router) as channel:
+        with blocking_channel(router, client) as channel:
             reply = router_pb2_grpc.RouterStub(channel).Workers(router_pb2.WorkersRequest(), timeout=3)
     except grpc.RpcError as e:
         console.print(f"[red]router at {router}: {e.details()}[/]")

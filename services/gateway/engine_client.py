@@ -22,6 +22,7 @@ from kvmesh import engine_wire as wire
 from kvmesh.engine_wire import EngineDelta
 from kvmesh.errors import KvmeshError, Unavailable
 from kvmesh.sampling import SamplingParams
+from kvmesh.tls import MutualTls
 from kvmesh.v1 import worker_pb2
 from services.gateway.engine_mux import EngineMux
 
@@ -79,8 +80,9 @@ class TritonPool:
     this gateway's requests run there at a time: the engine then sends each step's tokens of all of
     them as one response."""
 
-    def __init__(self, mux: bool = True, mux_open_timeout_s: float = 5.0) -> None:
+    def __init__(self, mux: bool = True, mux_open_timeout_s: float = 5.0, tls: MutualTls | None = None) -> None:
         self._clients: dict[str, triton_aio.InferenceServerClient] = {}
+        self._creds = tls.channel_credentials() if tls else None  # the gateway's certificate, to Triton
         self.use_mux = mux
         self.mux_open_timeout_s = mux_open_timeout_s
         self._muxes: dict[tuple[str, str], EngineMux] = {}
@@ -93,7 +95,7 @@ class TritonPool:
     def _client(self, address: str) -> triton_aio.InferenceServerClient:
         client = self._clients.get(address)
         if client is None:
-            client = self._clients[address] = triton_aio.InferenceServerClient(address)
+            client = self._clients[address] = triton_aio.InferenceServerClient(address, creds=self._creds)
         return client
 
     async def _mux(self, worker: worker_pb2.WorkerRecord, may_open: bool = True) -> EngineMux | None:

@@ -10,6 +10,7 @@ import uvloop
 
 from kvmesh import grpc_server, registry, telemetry
 from kvmesh.settings import load
+from kvmesh.tls import MutualTls
 from kvmesh.v1 import inference_pb2_grpc, models_pb2_grpc
 from services.gateway.config import GatewaySettings
 from services.gateway.engine_client import TritonPool
@@ -29,8 +30,9 @@ async def run(settings: GatewaySettings) -> None:
     watcher = registry.Watcher(registry.Registry(redis_client), settings.refresh_ms / 1000)
     await watcher.start()
     served = ServedModels(settings.models, watcher)
-    router = RouterClient(settings.router_address)
-    engines = TritonPool(mux=settings.mux)
+    tls = MutualTls.of(settings)
+    router = RouterClient(settings.router_address, tls)
+    engines = TritonPool(mux=settings.mux, tls=tls)
     watcher.on_change(lambda: engines.fail_workers_gone(watcher.workers))
     generator = Generator(
         router, engines, served, settings.prefill_timeout_s, settings.max_migrations, settings.whole_answer_interval_ms
@@ -42,7 +44,7 @@ async def run(settings: GatewaySettings) -> None:
         )
         models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(served), server)
 
-    grpc_served = await grpc_server.serve("gateway", settings.host, settings.grpc_port, register)
+    grpc_served = await grpc_server.serve("gateway", settings.host, settings.grpc_port, register, tls)
     app = create_app(served, OpenAIServing(served, generator, settings.default_max_tokens))
     http = uvicorn.Server(
         uvicorn.Config(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kvmesh import grpc_server
+from kvmesh.tls import MutualTls
 from kvmesh.v1 import router_pb2, router_pb2_grpc
 from services.gateway.router_session import RouterSession
 
@@ -13,8 +14,8 @@ class RouterClient:
     """Routes over one Router.Session stream (services/gateway/router_session.py), opened on first
     use and again after it breaks."""
 
-    def __init__(self, address: str):
-        self.channel = grpc_server.channel(address)
+    def __init__(self, address: str, tls: MutualTls | None = None):
+        self.channel = grpc_server.channel(address, tls)
         self.stub = router_pb2_grpc.RouterStub(self.channel)
         self._session: RouterSession | None = None
 

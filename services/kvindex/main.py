@@ -8,6 +8,7 @@ from kvmesh import grpc_server, registry, telemetry
 from kvmesh.block_index import BlockIndex
 from kvmesh.registry import Watcher
 from kvmesh.settings import load
+from kvmesh.tls import MutualTls
 from kvmesh.v1 import kvindex_pb2_grpc
 from services.kvindex.config import KvIndexSettings
 from services.kvindex.ingest import Ingestor
@@ -25,7 +26,11 @@ async def run(settings: KvIndexSettings) -> None:
     await ingestor.start()
     servicer = KvIndexServicer(index, ingestor, settings.max_match_blocks)
     served = await grpc_server.serve(
-        "kvindex", settings.host, settings.port, lambda s: kvindex_pb2_grpc.add_KvIndexServicer_to_server(servicer, s)
+        "kvindex",
+        settings.host,
+        settings.port,
+        lambda s: kvindex_pb2_grpc.add_KvIndexServicer_to_server(servicer, s),
+        tls=MutualTls.of(settings),
     )
     print(f"kvindex ready on {settings.host}:{served.port} (metrics on :{metrics_port}/metrics)", flush=True)
     await grpc_server.wait_for_signal()

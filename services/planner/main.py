@@ -11,6 +11,7 @@ from kvmesh import grpc_server, registry, telemetry
 from kvmesh.profile import EngineProfile
 from kvmesh.registry import Watcher
 from kvmesh.settings import load
+from kvmesh.tls import MutualTls
 from kvmesh.v1 import planner_pb2_grpc
 from services.planner import forecast
 from services.planner.config import PlannerSettings
@@ -46,7 +47,11 @@ async def run(settings: PlannerSettings) -> None:
     )
     servicer = PlannerServicer(planner)
     served = await grpc_server.serve(
-        "planner", settings.host, settings.port, lambda s: planner_pb2_grpc.add_PlannerServicer_to_server(servicer, s)
+        "planner",
+        settings.host,
+        settings.port,
+        lambda s: planner_pb2_grpc.add_PlannerServicer_to_server(servicer, s),
+        tls=MutualTls.of(settings),
     )
     print(f"planner ready on {settings.host}:{served.port} (metrics on :{metrics_port}/metrics)", flush=True)
 

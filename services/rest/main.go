@@ -2,12 +2,16 @@
 // call its google.api.http annotation names and forwards it to the service that owns it; the
 // handlers are generated from protos/ by scripts/build_rest.py. Server-streaming RPCs
 // (Inference.Generate, Inference.Chat) answer newline-delimited JSON, one {"result": ...} per
-// message, flushed as it arrives.
+// message, flushed as it arrives. With -tls-cert, -tls-key and -tls-ca it dials the services with
+// mutual TLS (its certificate, theirs checked against the CA); its own HTTP listener stays plain.
 package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"flag"
+	"fmt"
 	"log"
 	"net/http"
 	"os"
@@ -17,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	kvmesh "kvmesh/v1"
@@ -31,7 +36,14 @@ func main() {
 	kvindex := flag.String("kvindex", "", "gRPC address of the kvindex service")
 	planner := flag.String("planner", "", "gRPC address of the planner (empty: its routes answer 404)")
 	openapi := flag.String("openapi", "", "OpenAPI 3 document served at /openapi.json")
+	tlsCert := flag.String("tls-cert", "", "PEM certificate shown to the services (mutual TLS; with -tls-key, -tls-ca)")
+	tlsKey := flag.String("tls-key", "", "the private key of -tls-cert (PEM)")
+	tlsCA := flag.String("tls-ca", "", "PEM CA the services' certificates must be signed by")
 	flag.Parse()
+	transport, err := transportCredentials(*tlsCert, *tlsKey, *tlsCA)
+	if err != nil {
+		log.Fatalf("tls: %v", err)
+	}
 
 	ctx := context.Background()
 	// A body grpc-gateway cannot decode comes back as a plain error, which it answers with 500,
@@ -51,7 +63,7 @@ func main() {
 	// A backend that restarts (kvmesh up restarts a dead service) is found again within a
 	// second, not after grpc-go's default reconnect backoff of up to two minutes.
 	reconnect := backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second}
-	dial := []grpc.DialOption{grpc.WithInsecure(), grpc.WithConnectParams(grpc.ConnectParams{Backoff: reconnect})}
+	dial := []grpc.DialOption{transport, grpc.WithConnectParams(grpc.ConnectParams{Backoff: reconnect})}
 	backends := []struct {
 		address    string
 		registrars []registrar
@@ -87,4 +99,28 @@ func main() {
 	root.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
 	log.Printf("kvmesh-rest listening on %s", *listen)
 	log.Fatal(http.ListenAndServe(*listen, root))
+}
+
+// transportCredentials: plain text without the three files, mutual TLS with all three.
+func transportCredentials(cert, key, ca string) (grpc.DialOption, error) {
+	if cert == "" && key == "" && ca == "" {
+		return grpc.WithInsecure(), nil
+	}
+	if cert == "" || key == "" || ca == "" {
+		return nil, fmt.Errorf("mutual TLS needs -tls-cert, -tls-key and -tls-ca together")
+	}
+	pair, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		return nil, err
+	}
+	pem, err := os.ReadFile(ca)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", ca)
+	}
+	config := &tls.Config{Certificates: []tls.Certificate{pair}, RootCAs: pool, MinVersion: tls.VersionTLS12}
+	return grpc.WithTransportCredentials(credentials.NewTLS(config)), nil
 }

@@ -9,6 +9,7 @@ import uvloop
 from kvmesh import block_index, grpc_server, redis_functions, registry, telemetry
 from kvmesh.registry import Watcher
 from kvmesh.settings import load
+from kvmesh.tls import MutualTls
 from kvmesh.v1 import router_pb2_grpc
 from services.router import shared_load
 from services.router.accounting import Accounting
@@ -53,7 +54,11 @@ async def run(settings: RouterSettings) -> None:
     metrics_port = telemetry.start_metrics_server(settings.host, settings.metrics_port)
     servicer, stop_background = await assemble(settings)
     served = await grpc_server.serve(
-        "router", settings.host, settings.port, lambda s: router_pb2_grpc.add_RouterServicer_to_server(servicer, s)
+        "router",
+        settings.host,
+        settings.port,
+        lambda s: router_pb2_grpc.add_RouterServicer_to_server(servicer, s),
+        tls=MutualTls.of(settings),
     )
     print(f"router ready on {settings.host}:{served.port} (metrics on :{metrics_port}/metrics)", flush=True)
     await grpc_server.wait_for_signal()

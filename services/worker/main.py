@@ -18,6 +18,7 @@ import uvloop
 from kvmesh import grpc_server, registry
 from kvmesh.net import free_ports, interface_of, is_loopback
 from kvmesh.settings import load
+from kvmesh.tls import MutualTls
 from kvmesh.v1 import worker_pb2
 from services.worker import model_config, role_change, triton_server
 from services.worker.config import WorkerSettings
@@ -38,8 +39,10 @@ async def run(settings: WorkerSettings) -> None:
         http=settings.http_port or next(spare),
         metrics=settings.metrics_port or next(spare),
     )
-    process = triton_server.start(settings.model_repository, settings.host, ports, _engine_env(settings, spare), None)
-    triton = Triton(process, settings.host, ports)
+    admin_key, tls = secrets.token_urlsafe(32), MutualTls.of(settings)  # a new key for each Triton this worker starts
+    engine_env = _engine_env(settings, spare)
+    process = triton_server.start(settings.model_repository, settings.host, ports, engine_env, None, admin_key, tls)
+    triton = Triton(process, settings.host, ports, admin_key, tls)
     worker_id = settings.worker_id or f"w-{secrets.token_hex(3)}"
     registration = Registration(settings, registry.Registry(registry.connect(settings.redis_url)), worker_id)
     relay = None

@@ -1,6 +1,11 @@
 """The real `tritonserver` from the nvidia-pytriton wheel on a model repository: started, waited
 for, its models loaded and unloaded through the repository API, stopped with nothing left behind.
 
+Loading a model runs its code, so the repository API and every other admin API (ADMIN_APIS) take
+a key, per Triton process, that only this worker's client sends (header ADMIN_HEADER); health,
+metadata and inference stay open to the gateway. With mutual TLS, Triton's gRPC asks every
+caller for a certificate of the mesh's CA and its HTTP, which has no TLS, is off.
+
 The three settings Triton's Python backend needs outside NVIDIA's container are made here (see
 docs/versions.md): the Python stub copied beside the backend, LD_LIBRARY_PATH at this interpreter's
 libpython (and the wheel's own libraries), and this venv first on PATH (the stub takes sys.prefix
@@ -26,8 +31,15 @@ import tritonclient.grpc.aio as triton_aio
 
 from kvmesh import processes
 from kvmesh.models import cache_dir
+from kvmesh.tls import MutualTls
 
 log = logging.getLogger("kvmesh.worker")
+
+
+ADMIN_HEADER = "kvmesh-admin-key"
+# Triton's gRPC front looks for a restricted protocol's key under this prefix (its HTTP, under the bare name).
+GRPC_ADMIN_HEADER = "triton-grpc-protocol-" + ADMIN_HEADER
+ADMIN_APIS = "model-repository,model-config,shared-memory,statistics,trace,logging"
 
 
 @dataclass(frozen=True)
@@ -70,8 +82,16 @@ DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "TERM", "--"]
 
 
 def start(
-    model_repository: Path, host: str, ports: TritonPorts, env: dict[str, str], log_file: Path | None
+    model_repository: Path,
+    host: str,
+    ports: TritonPorts,
+    env: dict[str, str],
+    log_file: Path | None,
+    admin_key: str,
+    tls: MutualTls | None = None,
 ) -> subprocess.Popen:
+    """The key is on tritonserver's command line (Triton takes it no other way): local users of
+    this host can read it, remote callers cannot."""
     argv = [
         *DIE_WITH_PARENT,
         str(triton_home() / "bin" / "tritonserver"),
@@ -80,8 +100,10 @@ def start(
         "--model-control-mode=explicit",
         f"--grpc-address={host}",
         f"--grpc-port={ports.grpc}",
+        f"--grpc-restricted-protocol={ADMIN_APIS}:{ADMIN_HEADER}={admin_key}",
         f"--http-address={host}",
         f"--http-port={ports.http}",
+        f"--http-restricted-api={ADMIN_APIS}:{ADMIN_HEADER}={admin_key}",
         "--allow-metrics=true",
         f"--metrics-address={host}",
         f"--metrics-port={ports.metrics}",
@@ -92,6 +114,9 @@ def start(
         # own before the instance's: 1.6 s of the simulated model's 2.0-s load here.
         "--disable-auto-complete-config",
     ]
+    if tls:
+        argv += ["--grpc-use-ssl-mutual=true", f"--grpc-server-cert={tls.cert}", f"--grpc-server-key={tls.key}",
+                 f"--grpc-root-cert={tls.ca}", "--allow-http=false"]  # fmt: skip
     venv_bin = str(Path(sys.executable).parent)
     full_env = {
         **os.environ,
@@ -150,16 +175,24 @@ def stop(process: subprocess.Popen) -> None:
 
 @dataclass
 class Triton:
-    """A tritonserver this worker started, and a client on its gRPC port. Every wait fails fast
-    if the server dies."""
+    """A tritonserver this worker started, and a client on its gRPC port that holds the admin key
+    (and the worker's certificate under mutual TLS). Every wait fails fast if the server dies."""
 
     process: subprocess.Popen
     host: str
     ports: TritonPorts
+    admin_key: str
+    tls: MutualTls | None = None
     client: triton_aio.InferenceServerClient = field(init=False)
 
     def __post_init__(self) -> None:
-        self.client = triton_aio.InferenceServerClient(self.address)
+        creds = self.tls.channel_credentials() if self.tls else None
+        self.client = triton_aio.InferenceServerClient(self.address, creds=creds)
+
+    @property
+    def admin(self) -> dict[str, str]:
+        """The gRPC metadata an admin call sends."""
+        return {GRPC_ADMIN_HEADER: self.admin_key}
 
     @property
     def address(self) -> str:
@@ -185,7 +218,9 @@ class Triton:
 
     async def load(self, name: str, config_json: str, timeout_s: float) -> None:
         """Loads through the repository API, failing fast if Triton dies while loading."""
-        loading = asyncio.ensure_future(self.client.load_model(name, config=config_json, client_timeout=timeout_s))
+        loading = asyncio.ensure_future(
+            self.client.load_model(name, headers=self.admin, config=config_json, client_timeout=timeout_s)
+        )
         while not loading.done():
             if self.process.poll() is not None:
                 loading.cancel()
@@ -197,7 +232,7 @@ class Triton:
         """Returns once the model's stub processes are gone (or after `timeout_s`): Triton finishes
         the requests in flight first, and reports the model unloaded before its instance is gone."""
         stubs = stub_processes(self.process.pid)
-        await self.client.unload_model(name)
+        await self.client.unload_model(name, headers=self.admin)
         _, alive = await asyncio.to_thread(psutil.wait_procs, stubs, timeout_s)
         if alive:
             log.warning("%s: %d stub processes still running %.0fs after its unload", name, len(alive), timeout_s)

@@ -6,6 +6,7 @@ disaggregated one, the multi-host ones): only one runs at a time (`real_meshes`,
 from __future__ import annotations
 
 import asyncio
+import secrets
 import subprocess
 import sys
 import time
@@ -24,15 +25,19 @@ WORKERS = 2
 PROFILE_CONTEXT = 128
 REPOSITORY = Path(__file__).parents[2] / "triton_models"
 SIM_MODEL = "sim"
+# The `triton` fixture's admin key, as the gRPC metadata that carries it (services/worker/triton_server.py).
+ADMIN_KEY = secrets.token_urlsafe()
+ADMIN = {triton_server.GRPC_ADMIN_HEADER: ADMIN_KEY}
 
 
 @pytest.fixture(scope="module")
 def triton(tmp_path_factory):
-    """A bare tritonserver on kvmesh's repository, nothing loaded: (process, gRPC address)."""
+    """A bare tritonserver on kvmesh's repository, nothing loaded, its admin APIs behind ADMIN_KEY:
+    (process, gRPC address)."""
     grpc_port, http_port, metrics_port = free_ports(3, "127.0.0.1")
     log = tmp_path_factory.mktemp("triton") / "triton.log"
     process = triton_server.start(
-        REPOSITORY, "127.0.0.1", triton_server.TritonPorts(grpc_port, http_port, metrics_port), {}, log
+        REPOSITORY, "127.0.0.1", triton_server.TritonPorts(grpc_port, http_port, metrics_port), {}, log, ADMIN_KEY
     )
     yield process, f"127.0.0.1:{grpc_port}"
     process.terminate()
@@ -46,7 +51,7 @@ async def load_sim(client) -> None:
         assert time.monotonic() < deadline, "Triton did not come up"
         await asyncio.sleep(0.1)
     config = model_config.with_engine_args(model_config.read(REPOSITORY / SIM_MODEL), {})
-    await client.load_model(SIM_MODEL, config=config)
+    await client.load_model(SIM_MODEL, headers=ADMIN, config=config)
 
 
 async def _live(client) -> bool:

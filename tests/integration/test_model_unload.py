@@ -13,8 +13,8 @@ import tritonclient.grpc.aio as triton_aio
 from kvmesh.v1 import worker_pb2
 from services.gateway.engine_client import TritonPool
 from services.worker import triton_server
+from tests.integration.conftest import ADMIN, load_sim
 from tests.integration.conftest import SIM_MODEL as MODEL
-from tests.integration.conftest import load_sim
 
 # A few tokens each: the race is at a stream's end, so many short streams meet it often.
 REQUESTS, CONCURRENCY, MAX_TOKENS = 80, 4, 4
@@ -47,7 +47,7 @@ async def serve_and_unload(process, address: str, chunks_read: int | None, mux: 
         assert len(answers) == REQUESTS
         assert answers.count("length") == (REQUESTS if chunks_read is None else 0)
         started = time.monotonic()
-        await client.unload_model(MODEL)
+        await client.unload_model(MODEL, headers=ADMIN)
         _, alive = await asyncio.to_thread(psutil.wait_procs, stubs, 20)
         return None if alive else time.monotonic() - started
     finally:

@@ -8,8 +8,8 @@ import grpc
 import pytest
 
 from kvmesh import grpc_server
-from kvmesh.cli.certs import write_dev_certs
 from kvmesh.tls import MutualTls
+from tests.support.certs import ours_and_another_ca
 
 
 async def echo(request: bytes, context) -> bytes:
@@ -21,10 +21,7 @@ ECHO = grpc.method_handlers_generic_handler("test.Echo", {"Echo": grpc.unary_una
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
-    ours, theirs = tmp_path_factory.mktemp("ours"), tmp_path_factory.mktemp("theirs")
-    write_dev_certs(ours, [], 1, force=False)
-    write_dev_certs(theirs, [], 1, force=False)
-    return ours, theirs
+    return ours_and_another_ca(tmp_path_factory)
 
 
 @pytest.fixture

@@ -1,0 +1,145 @@
+"""Locked-down internals, on real components: Redis refuses a client without the password, and with
+TLS a client without TLS; `kvmesh up --tls-dir` serves OpenAI and REST requests through every gRPC
+hop under mutual TLS while the gateway and the router refuse a caller without a certificate of the
+mesh's CA; a worker's Triton refuses its admin APIs to anyone without the worker's key."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import httpx
+import pytest
+import redis
+import tritonclient.grpc.aio as triton_aio
+from tritonclient.utils import InferenceServerException
+
+from kvmesh import registry
+from kvmesh.cli.local_mesh import LocalMesh
+from kvmesh.cli.supervisor import http_ok
+from kvmesh.net import free_port
+from kvmesh.redis_server import RedisServer
+from kvmesh.tls import MutualTls
+from kvmesh.v1 import router_pb2, router_pb2_grpc
+from tests.support.certs import ours_and_another_ca
+from tests.support.waiting import wait_for
+
+HEALTH = "/grpc.health.v1.Health/Check"
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    return ours_and_another_ca(tmp_path_factory)
+
+
+@pytest.fixture
+def redis_with(tmp_path):
+    started = []
+
+    def start(**kwargs) -> RedisServer:
+        started.append(RedisServer(free_port(), workdir=tmp_path, **kwargs).start())
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def test_redis_with_a_password_refuses_a_client_without_it(redis_with):
+    server = redis_with(password="the-password")
+    bare = redis.Redis(port=server.port, protocol=2)
+    with pytest.raises(redis.AuthenticationError, match="Authentication required"):  # Redis said NOAUTH
+        bare.ping()
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=server.port, password="not-it").ping()
+    assert redis.Redis.from_url(server.url).ping()
+
+
+def test_redis_with_tls_answers_rediss_and_refuses_plain_tcp(redis_with, certs):
+    server = redis_with(password="pw", tls=MutualTls.in_dir(certs[0], "redis"))
+    assert server.url.startswith("rediss://")
+
+    async def ping(url: str) -> bool:
+        client = registry.connect(url, timeout_s=2)
+        try:
+            return await client.ping()
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(ping(server.url))
+    with pytest.raises(redis.ConnectionError):
+        asyncio.run(ping(f"redis://:pw@127.0.0.1:{server.port}/0"))
+
+
+@pytest.fixture(scope="module")
+def secure(certs, tmp_path_factory):
+    mesh = LocalMesh.start(
+        tmp_path_factory.mktemp("tls-mesh-logs"), extra_args=("--engine", "sim"), tls_dir=certs[0],
+        ready_timeout_s=300,
+    )  # fmt: skip
+    mesh.wait_for_workers(1)
+    wait_for(lambda: http_ok(f"{mesh.rest}/healthz"), timeout_s=30, what="the REST front")  # kvmesh up starts it last
+    yield mesh
+    assert mesh.stop() == 0, mesh.log("up")
+
+
+def test_an_openai_request_crosses_every_hop_under_mutual_tls(secure):
+    assert secure.redis_url.startswith("rediss://") and redis.Redis.from_url(secure.redis_url).ping()
+    body = {"model": secure.model, "prompt": "The capital of France is", "max_tokens": 4}
+    answer = httpx.post(f"{secure.http}/v1/completions", json=body, timeout=60)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["usage"]["completion_tokens"] == 4
+
+
+def test_rest_reaches_the_services_with_its_certificate(secure):
+    workers = httpx.get(f"{secure.rest}/v1/router/workers", timeout=10)
+    assert workers.status_code == 200, workers.text
+    assert len(workers.json()["workers"]) == 1
+    assert httpx.get(f"{secure.rest}/v1/kvindex/stats", timeout=10).status_code == 200
+    body = {"model": secure.model, "token_ids": {"ids": [504, 3575, 282]}, "sampling": {"max_tokens": 3}}
+    generated = httpx.post(f"{secure.rest}/v1/kvmesh/generate", json=body, timeout=60)
+    assert generated.status_code == 200 and '"FINISH_REASON_' in generated.text, generated.text
+
+
+def refused(address: str, credentials: grpc.ChannelCredentials | None) -> grpc.RpcError:
+    channel = grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)
+    with channel, pytest.raises(grpc.RpcError) as failed:
+        channel.unary_unary(HEALTH)(b"", timeout=5)
+    return failed.value
+
+
+@pytest.mark.parametrize("service", ["grpc", "router"])
+def test_a_caller_without_a_certificate_of_the_mesh_is_refused(secure, certs, service):
+    address = getattr(secure, service)
+    ca = (certs[0] / "ca.crt").read_bytes()
+    other = MutualTls.in_dir(certs[1], "client")
+    no_certificate = grpc.ssl_channel_credentials(root_certificates=ca)
+    another_ca = grpc.ssl_channel_credentials(ca, other.key.read_bytes(), other.cert.read_bytes())
+    for credentials in (None, no_certificate, another_ca):
+        assert refused(address, credentials).code() == grpc.StatusCode.UNAVAILABLE
+    with secure.channel(address) as channel:  # and the mesh's client certificate is served
+        assert channel.unary_unary(HEALTH)(b"", timeout=5) is not None
+
+
+def test_a_workers_triton_refuses_a_caller_without_a_certificate_and_its_admin_apis_without_the_key(secure):
+    with secure.channel(secure.router) as channel:
+        (worker,) = router_pb2_grpc.RouterStub(channel).Workers(router_pb2.WorkersRequest(), timeout=5).workers
+    address = worker.record.triton_grpc_address
+    assert refused(address, None).code() == grpc.StatusCode.UNAVAILABLE
+
+    async def try_admin() -> list[str]:
+        # The mesh's own certificate gets through TLS, so what stops these calls is the missing key.
+        client = triton_aio.InferenceServerClient(address, creds=secure.tls.channel_credentials())
+        refusals = []
+        try:
+            assert await client.is_server_live()
+            for call in (client.get_model_repository_index(), client.load_model("sim"), client.unload_model("sim")):
+                with pytest.raises(InferenceServerException) as failed:
+                    await call
+                refusals.append(failed.value.message())
+        finally:
+            await client.close()
+        return refusals
+
+    for message in asyncio.run(try_admin()):
+        assert "restricted" in message and "kvmesh-admin-key" in message, message
