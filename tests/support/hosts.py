@@ -33,6 +33,7 @@ import httpx
 
 from kvmesh import models
 from kvmesh.cli import rest_front
+from kvmesh.tls import MutualTls
 from kvmesh.v1 import router_pb2, router_pb2_grpc
 
 PREFIX = "kvmt-"
@@ -224,12 +225,13 @@ class Mesh:
     def redis_url(self) -> str:
         return f"redis://:{self.redis_password}@{self.placement.ctl.address}:{PORTS['redis']}/0"
 
-    def tls_args(self, name: str) -> list[str]:
-        if self.tls_dir is None:
-            return []
-        d = self.tls_dir
-        return ["--tls-cert", str(d / f"{name}.crt"), "--tls-key", str(d / f"{name}.key"),
-                "--tls-ca", str(d / "ca.crt")]  # fmt: skip
+    def tls(self, name: str) -> MutualTls | None:
+        """`name`'s certificate, when the mesh runs mutual TLS."""
+        return MutualTls.in_dir(self.tls_dir, name) if self.tls_dir else None
+
+    def tls_flags(self, name: str, prefix: str = "--") -> list[str]:
+        tls = self.tls(name)
+        return tls.flags(prefix) if tls else []
 
     def spawn(self, name: str, host: Host, argv: list[str], env: dict[str, str] | None = None) -> None:
         process = host.spawn(argv, {"REDIS_URL": self.redis_url, **(env or {})}, self.log_dir / f"{name}.log")
@@ -237,7 +239,7 @@ class Mesh:
 
     def service(self, name: str, host: Host, args: list[str], env: dict[str, str] | None = None) -> None:
         module = name.split("-")[0]
-        tls = self.tls_args("worker" if module == "worker" else module)
+        tls = self.tls_flags(module)
         self.spawn(name, host, [sys.executable, "-m", f"services.{module}", "--host", host.address, *args, *tls], env)
 
     def tails(self, lines: int = 30) -> str:
@@ -325,7 +327,7 @@ def mesh(
         running.wait_ready([f"{running.http}/health"], len(triton_models), timeout_s)
         # Last, once the gRPC services it forwards to listen (as `kvmesh up` starts it).
         rest = rest_front.argv(f"{gw.address}:{PORTS['rest']}", running.grpc, running.router, running.kvindex)
-        running.spawn("rest", gw, rest + running.tls_args("rest"))  # Go's flags take --name too
+        running.spawn("rest", gw, rest + running.tls_flags("rest", prefix="-"))
         running.wait_ready([f"{running.rest}/healthz"], len(triton_models), 30)
         yield running
     finally:
@@ -336,10 +338,7 @@ def channel(address: str, tls_dir: Path | None) -> grpc.Channel:
     """A client's channel, with the `client` certificate of `tls_dir` when there is one."""
     if tls_dir is None:
         return grpc.insecure_channel(address)
-    credentials = grpc.ssl_channel_credentials(
-        (tls_dir / "ca.crt").read_bytes(), (tls_dir / "client.key").read_bytes(), (tls_dir / "client.crt").read_bytes()
-    )
-    return grpc.secure_channel(address, credentials)
+    return grpc.secure_channel(address, MutualTls.in_dir(tls_dir, "client").channel_credentials())
 
 
 def _ready(args: argparse.Namespace) -> None:

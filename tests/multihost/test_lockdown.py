@@ -1,0 +1,31 @@
+"""What each host exposes: every listening socket on the host's own address or loopback (Triton,
+vLLM, UCX and NIXL included), Triton's repository API closed to the gateway's host, Redis closed
+to a client without the password."""
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_every_listening_socket_is_on_the_hosts_address_or_loopback(aggregated):
+    offenders = {}
+    for name, host in aggregated.hosts.items():
+        wrong = [s for s in host.ss_listening() if s.address not in (host.address, "127.0.0.1", "::1")]
+        if wrong:
+            offenders[name] = wrong
+    assert not offenders, f"listening beyond the host's address: {offenders}"
+    assert any(s.process == "tritonserver" for s in aggregated.hosts["w1"].ss_listening())
+
+
+def test_tritons_repository_api_refuses_the_gateways_host(aggregated):
+    for worker in aggregated.client.workers(router=aggregated.mesh.router):
+        answer = aggregated.gw.triton_repository_index(address=worker["triton"])
+        assert answer.startswith("refused:") and "restricted" in answer.lower(), answer
+
+
+def test_redis_refuses_a_client_without_the_password(aggregated):
+    mesh = aggregated.mesh
+    without = mesh.redis_url.replace(f":{mesh.redis_password}@", "")
+    # redis-py's name for Redis's NOAUTH answer.
+    assert aggregated.gw.redis_ping(url=without).startswith("AuthenticationError"), without
+    assert aggregated.gw.redis_ping(url=mesh.redis_url) == "True"
