@@ -1,0 +1,41 @@
+"""The TLS settings every process shares: the three files together or none, each a real file, and
+kvmesh.tls turning them into credentials (None when TLS is off)."""
+
+import pytest
+
+from kvmesh.settings import CommonSettings, load
+from kvmesh.tls import MutualTls
+from tests.support.certs import ours_and_another_ca
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    return ours_and_another_ca(tmp_path_factory)[0]
+
+
+def flags(directory, name="router") -> list[str]:
+    return MutualTls.in_dir(directory, name).flags()
+
+
+def test_the_three_files_make_mutual_tls(certs):
+    settings = load(CommonSettings, flags(certs))
+    assert MutualTls.of(settings) == MutualTls.in_dir(certs, "router")
+    assert MutualTls.of(settings).server_credentials() is not None
+
+
+def test_without_them_tls_is_off():
+    assert MutualTls.of(load(CommonSettings, [])) is None
+
+
+@pytest.mark.parametrize("dropped", [0, 1, 2])
+def test_one_file_missing_is_refused_naming_it(certs, dropped):
+    given = flags(certs)
+    missing = given.pop(dropped).split("=")[0]
+    with pytest.raises(SystemExit, match=f"missing {missing}"):
+        load(CommonSettings, given)
+
+
+def test_a_file_that_is_not_there_is_refused(certs):
+    given = [*flags(certs)[:2], f"--tls-ca={certs / 'nope.crt'}"]
+    with pytest.raises(SystemExit, match="tls_ca: .*nope.crt is not a file"):
+        load(CommonSettings, given)
