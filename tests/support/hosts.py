@@ -33,7 +33,7 @@ import httpx
 
 from kvmesh import models
 from kvmesh.cli import rest_front
-from kvmesh.tls import MutualTls
+from kvmesh.tls import MutualTls, blocking_channel
 from kvmesh.v1 import router_pb2, router_pb2_grpc
 
 PREFIX = "kvmt-"
@@ -229,9 +229,9 @@ class Mesh:
         """`name`'s certificate, when the mesh runs mutual TLS."""
         return MutualTls.in_dir(self.tls_dir, name) if self.tls_dir else None
 
-    def tls_flags(self, name: str, prefix: str = "--") -> list[str]:
+    def tls_flags(self, name: str) -> list[str]:
         tls = self.tls(name)
-        return tls.flags(prefix) if tls else []
+        return tls.flags() if tls else []
 
     def spawn(self, name: str, host: Host, argv: list[str], env: dict[str, str] | None = None) -> None:
         process = host.spawn(argv, {"REDIS_URL": self.redis_url, **(env or {})}, self.log_dir / f"{name}.log")
@@ -309,6 +309,7 @@ def mesh(
     running = Mesh(placement, log_dir, secrets.token_urlsafe(16), tls_dir)
     ctl, gw = placement.ctl, placement.gw
     try:
+        # Spawned here, not by kvmesh.redis_server, which starts and pings it from this process's namespace.
         running.spawn("redis", ctl, ["redis-server", "--bind", ctl.address, "--port", str(PORTS["redis"]),
                                      "--requirepass", running.redis_password, "--save", "", "--appendonly", "no",
                                      "--dir", str(log_dir)])  # fmt: skip
@@ -326,8 +327,9 @@ def mesh(
         running.service("gateway", gw, gateway_args)
         running.wait_ready([f"{running.http}/health"], len(triton_models), timeout_s)
         # Last, once the gRPC services it forwards to listen (as `kvmesh up` starts it).
-        rest = rest_front.argv(f"{gw.address}:{PORTS['rest']}", running.grpc, running.router, running.kvindex)
-        running.spawn("rest", gw, rest + running.tls_flags("rest", prefix="-"))
+        rest = rest_front.argv(f"{gw.address}:{PORTS['rest']}", running.grpc, running.router, running.kvindex,
+                               tls=running.tls("rest"))  # fmt: skip
+        running.spawn("rest", gw, rest)
         running.wait_ready([f"{running.rest}/healthz"], len(triton_models), 30)
         yield running
     finally:
@@ -336,9 +338,7 @@ def mesh(
 
 def channel(address: str, tls_dir: Path | None) -> grpc.Channel:
     """A client's channel, with the `client` certificate of `tls_dir` when there is one."""
-    if tls_dir is None:
-        return grpc.insecure_channel(address)
-    return grpc.secure_channel(address, MutualTls.in_dir(tls_dir, "client").channel_credentials())
+    return blocking_channel(address, MutualTls.in_dir(tls_dir, "client") if tls_dir else None)
 
 
 def _ready(args: argparse.Namespace) -> None:
