@@ -23,7 +23,7 @@ from kvmesh.cli import rest_front
 from kvmesh.cli.options import default, setting
 from kvmesh.cli.supervisor import Supervisor, http_ok, tail
 from kvmesh.redis_server import PASSWORD_ENV, RedisServer, masked
-from kvmesh.settings import DEFAULT_REDIS_URL, CommonSettings
+from kvmesh.settings import DEFAULT_REDIS_URL, WILDCARD_HOSTS, CommonSettings
 from kvmesh.tls import MutualTls, blocking_channel
 from kvmesh.v1 import router_pb2, router_pb2_grpc, worker_pb2
 from services.gateway.config import GatewaySettings
@@ -71,6 +71,12 @@ def up(
     """Start the whole mesh and serve until Ctrl-C."""
     log_dir = log_dir or models.cache_dir() / "run" / time.strftime("%Y%m%d-%H%M%S")
     planner_profile = planner_profile or models.cache_dir() / "profiles" / f"{engine}.json"
+    if host in WILDCARD_HOSTS:
+        raise typer.BadParameter(
+            f"{host!r} is every interface, and the services dial each other at --host: give one of this host's "
+            "addresses (on several hosts, each service takes --host and --advertise-host: docs/deploy.md)",
+            param_hint="--host",
+        )
     if planner and not disagg:
         raise typer.BadParameter("the planner sizes prefill and decode pools: add --disagg", param_hint="--planner")
     if planner and not planner_profile.exists():

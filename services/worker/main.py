@@ -17,7 +17,7 @@ import uvloop
 
 from kvmesh import grpc_server, registry
 from kvmesh.net import free_ports, interface_of, is_loopback
-from kvmesh.settings import load
+from kvmesh.settings import WILDCARD_HOSTS, load
 from kvmesh.tls import MutualTls
 from kvmesh.v1 import worker_pb2
 from services.worker import model_config, role_change, triton_server
@@ -42,7 +42,9 @@ async def run(settings: WorkerSettings) -> None:
     admin_key, tls = secrets.token_urlsafe(32), MutualTls.of(settings)  # a new key for each Triton this worker starts
     engine_env = _engine_env(settings, spare)
     process = triton_server.start(settings.model_repository, settings.host, ports, engine_env, None, admin_key, tls)
-    triton = Triton(process, settings.host, ports, admin_key, tls)
+    # Bound to every interface, Triton is dialled where the mesh dials it (its certificate names that).
+    local = settings.advertise_host if settings.host in WILDCARD_HOSTS else settings.host
+    triton = Triton(process, local, ports, admin_key, tls)
     worker_id = settings.worker_id or f"w-{secrets.token_hex(3)}"
     registration = Registration(settings, registry.Registry(registry.connect(settings.redis_url)), worker_id)
     relay = None

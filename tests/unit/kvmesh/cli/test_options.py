@@ -38,3 +38,9 @@ def test_a_flag_may_allow_less_than_its_field():
 def test_up_refuses_port_0_which_it_would_hand_on_to_other_services():
     refused = CliRunner().invoke(app, ["up", "--router-port", "0"])
     assert refused.exit_code == 2 and "router-port" in refused.output
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::"])
+def test_up_refuses_a_wildcard_host_which_its_services_would_dial(host):
+    refused = CliRunner().invoke(app, ["up", "--host", host], env={"COLUMNS": "200"})
+    assert refused.exit_code == 2 and "every interface" in refused.output and "--advertise-host" in refused.output
