@@ -16,10 +16,8 @@ import grpc
 import httpx
 import redis
 import tritonclient.grpc as triton
-from google.protobuf import wrappers_pb2
 
 from kvmesh.v1 import (
-    inference_pb2,
     inference_pb2_grpc,
     kvindex_pb2,
     kvindex_pb2_grpc,
@@ -28,6 +26,7 @@ from kvmesh.v1 import (
     router_pb2,
     router_pb2_grpc,
 )
+from tests.support import greedy
 from tests.support.hosts import channel
 
 
@@ -39,14 +38,15 @@ class Agent:
     def generate(self, address: str, model: str, ids: list[int], max_tokens: int) -> dict:
         """Greedy, all `max_tokens` (ignore_eos): the answer's worker, tokens and usage."""
         with channel(address, self.tls_dir) as c:
-            replies = list(inference_pb2_grpc.InferenceStub(c).Generate(_request(model, ids, max_tokens), timeout=300))
+            request = greedy.request(model, ids, max_tokens)
+            replies = list(inference_pb2_grpc.InferenceStub(c).Generate(request, timeout=300))
         return _answer(replies)
 
     def stream_start(self, address: str, model: str, ids: list[int], max_tokens: int) -> dict:
         """Starts the same request as a stream and returns its first message; stream_rest the others."""
         self.stream_channel = channel(address, self.tls_dir)
         self.stream = inference_pb2_grpc.InferenceStub(self.stream_channel).Generate(
-            _request(model, ids, max_tokens), timeout=300
+            greedy.request(model, ids, max_tokens), timeout=300
         )
         return _answer([next(self.stream)])
 
@@ -117,18 +117,6 @@ class Agent:
             except grpc.RpcError as e:
                 return e.code().name
         return "OK"
-
-
-def _request(model: str, ids: list[int], max_tokens: int) -> inference_pb2.GenerateRequest:
-    return inference_pb2.GenerateRequest(
-        model=model,
-        token_ids=inference_pb2.TokenIds(ids=ids),
-        sampling=inference_pb2.SamplingParams(
-            max_tokens=wrappers_pb2.UInt32Value(value=max_tokens),
-            temperature=wrappers_pb2.FloatValue(value=0.0),
-            ignore_eos=True,
-        ),
-    )
 
 
 def _answer(replies: list) -> dict:

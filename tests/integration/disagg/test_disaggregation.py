@@ -18,14 +18,13 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
-from google.protobuf import wrappers_pb2
 from tritonclient.utils import InferenceServerException
 
 from kvmesh import hashing
 from kvmesh.net import free_port
 from kvmesh.v1 import inference_pb2, inference_pb2_grpc, router_pb2, worker_pb2
 from tests.integration.disagg.conftest import THRESHOLD
-from tests.support import prompts
+from tests.support import greedy, prompts
 from tests.support.crash import crash
 from tests.support.waiting import wait_for
 
@@ -46,16 +45,7 @@ def workers(router) -> dict[int, worker_pb2.WorkerRecord]:
 
 
 def generate(inference, model, ids, max_tokens=MAX_TOKENS) -> list[inference_pb2.GenerateResponse]:
-    request = inference_pb2.GenerateRequest(
-        model=model,
-        token_ids=inference_pb2.TokenIds(ids=ids),
-        sampling=inference_pb2.SamplingParams(
-            max_tokens=wrappers_pb2.UInt32Value(value=max_tokens),
-            temperature=wrappers_pb2.FloatValue(value=0.0),
-            ignore_eos=True,
-        ),
-    )
-    return list(inference.Generate(request, timeout=120))
+    return list(inference.Generate(greedy.request(model, ids, max_tokens), timeout=120))
 
 
 def tokens(responses: list[inference_pb2.GenerateResponse]) -> list[int]:
