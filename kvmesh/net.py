@@ -36,9 +36,13 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def bracketed(host: str) -> str:
+    """An IPv6 address in brackets, as URLs, gRPC and ZMQ want it; anything else as it is."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 def hostport(host: str, port: int) -> str:
-    """`host:port`, an IPv6 address in brackets (as gRPC and ZMQ want it)."""
-    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+    return f"{bracketed(host)}:{port}"
 
 
 def interface_of(address: str) -> str | None:

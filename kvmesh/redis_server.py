@@ -32,13 +32,12 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        """What a client needs: the password, and with TLS the CA and a certificate to show (Redis's
-        own, which is a client certificate too)."""
+        """What every client is given: the password, and with TLS the CA that signed Redis's
+        certificate; each client shows its own certificate (registry.connect's `tls`), never Redis's key."""
         credentials = f":{quote(self.password, safe='')}@" if self.password else ""
         if not self.tls:
             return f"redis://{credentials}{self.host}:{self.port}/0"
-        files = {"ssl_ca_certs": self.tls.ca, "ssl_certfile": self.tls.cert, "ssl_keyfile": self.tls.key}
-        return f"rediss://{credentials}{self.host}:{self.port}/0?{urlencode(files)}"
+        return f"rediss://{credentials}{self.host}:{self.port}/0?{urlencode({'ssl_ca_certs': self.tls.ca})}"
 
     def start(self, timeout_s: float = 10.0) -> RedisServer:
         binary = shutil.which("redis-server")
@@ -62,7 +61,8 @@ class RedisServer:
         assert self.process.stdin is not None
         self.process.stdin.write(config.encode())
         self.process.stdin.close()
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
+        own = self.tls.redis_options() if self.tls else {}
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5, **own)
         deadline = time.monotonic() + timeout_s
         while True:
             try:

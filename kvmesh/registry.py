@@ -25,6 +25,7 @@ import hiredis
 import redis.asyncio as redis
 from prometheus_client import Gauge
 
+from kvmesh.tls import MutualTls
 from kvmesh.v1 import worker_pb2
 
 log = logging.getLogger(__name__)
@@ -129,17 +130,22 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def connect(url: str, timeout_s: float = 2.0, max_connections: int = 64) -> redis.Redis:
+def connect(
+    url: str, timeout_s: float = 2.0, max_connections: int = 64, tls: MutualTls | None = None
+) -> redis.Redis:
     """A client whose commands wait (up to `timeout_s`) for one of `max_connections` connections:
     redis-py's default pool fails the 101st concurrent command at once ("Too many connections"),
     which under load looked like Redis being down. The URL's scheme picks the connection (TCP,
     TLS for rediss://, a Unix socket), each packing with hiredis; credentials and ssl_* options
-    come from the URL."""
+    come from the URL. Over rediss://, `tls` is this process's own certificate for a Redis that
+    asks for one (and its CA)."""
     scheme = url.split("://", 1)[0].lower()
+    own = tls.redis_options() if tls and scheme == "rediss" else {}
     pool = redis.BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=timeout_s, socket_connect_timeout=timeout_s,
         socket_timeout=timeout_s, health_check_interval=10,
         connection_class=CONNECTION_CLASSES.get(scheme, HiredisPackingConnection),  # from_url refuses other schemes
+        **own,
     )  # fmt: skip
     return redis.Redis.from_pool(pool)
 

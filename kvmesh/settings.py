@@ -38,6 +38,12 @@ class CommonSettings(BaseSettings):
     tls_key: Path | None = Field(None, description="the private key of --tls-cert (PEM)")
     tls_ca: Path | None = Field(None, description="PEM CA every peer's certificate must be signed by")
 
+    @property
+    def local_host(self) -> str:
+        """Where to bind what listens on one address only, and to dial this process itself:
+        --host, or the advertised address when --host is a wildcard."""
+        return self.advertise_host if self.host in WILDCARD_HOSTS else self.host
+
     @model_validator(mode="after")
     def _advertised_address(self) -> CommonSettings:
         if not self.advertise_host:

@@ -41,6 +41,10 @@ class MutualTls:
         """The flags handing these files to a kvmesh service (or, with prefix "-", the REST front)."""
         return [f"{prefix}tls-cert={self.cert}", f"{prefix}tls-key={self.key}", f"{prefix}tls-ca={self.ca}"]
 
+    def redis_options(self) -> dict[str, str]:
+        """redis-py's options to show this certificate to a Redis over TLS and check Redis's."""
+        return {"ssl_certfile": str(self.cert), "ssl_keyfile": str(self.key), "ssl_ca_certs": str(self.ca)}
+
     def server_credentials(self) -> grpc.ServerCredentials:
         return grpc.ssl_server_credentials(
             [(self.key.read_bytes(), self.cert.read_bytes())],

@@ -26,11 +26,11 @@ log = logging.getLogger("kvmesh.gateway")
 
 async def run(settings: GatewaySettings) -> None:
     telemetry.setup_tracing("gateway")
-    redis_client = registry.connect(settings.redis_url)
+    tls = MutualTls.of(settings)
+    redis_client = registry.connect(settings.redis_url, tls=tls)
     watcher = registry.Watcher(registry.Registry(redis_client), settings.refresh_ms / 1000)
     await watcher.start()
     served = ServedModels(settings.models, watcher)
-    tls = MutualTls.of(settings)
     router = RouterClient(settings.router_address, tls)
     engines = TritonPool(mux=settings.mux, tls=tls)
     watcher.on_change(lambda: engines.fail_workers_gone(watcher.workers))

@@ -18,9 +18,10 @@ from services.kvindex.servicer import KvIndexServicer
 async def run(settings: KvIndexSettings) -> None:
     telemetry.setup_tracing("kvindex")
     metrics_port = telemetry.start_metrics_server(settings.host, settings.metrics_port)
-    workers = Watcher(registry.Registry(registry.connect(settings.redis_url)), settings.refresh_ms / 1000)
+    tls = MutualTls.of(settings)
+    workers = Watcher(registry.Registry(registry.connect(settings.redis_url, tls=tls)), settings.refresh_ms / 1000)
     await workers.start()
-    index = BlockIndex(registry.connect(settings.redis_url, timeout_s=5.0))
+    index = BlockIndex(registry.connect(settings.redis_url, timeout_s=5.0, tls=tls))
     await index.load_functions()
     ingestor = Ingestor(workers, index, settings.refresh_ms / 1000)
     await ingestor.start()
@@ -30,7 +31,7 @@ async def run(settings: KvIndexSettings) -> None:
         settings.host,
         settings.port,
         lambda s: kvindex_pb2_grpc.add_KvIndexServicer_to_server(servicer, s),
-        tls=MutualTls.of(settings),
+        tls=tls,
     )
     print(f"kvindex ready on {settings.host}:{served.port} (metrics on :{metrics_port}/metrics)", flush=True)
     await grpc_server.wait_for_signal()

@@ -30,7 +30,8 @@ async def run(settings: PlannerSettings) -> None:
     telemetry.setup_tracing("planner")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per scrape otherwise
     metrics_port = telemetry.start_metrics_server(settings.host, settings.metrics_port)
-    workers = Watcher(registry.Registry(registry.connect(settings.redis_url)), settings.refresh_ms / 1000)
+    tls = MutualTls.of(settings)
+    workers = Watcher(registry.Registry(registry.connect(settings.redis_url, tls=tls)), settings.refresh_ms / 1000)
     await workers.start()
 
     connector = connectors.make(settings, workers)
@@ -51,7 +52,7 @@ async def run(settings: PlannerSettings) -> None:
         settings.host,
         settings.port,
         lambda s: planner_pb2_grpc.add_PlannerServicer_to_server(servicer, s),
-        tls=MutualTls.of(settings),
+        tls=tls,
     )
     print(f"planner ready on {settings.host}:{served.port} (metrics on :{metrics_port}/metrics)", flush=True)
 

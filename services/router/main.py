@@ -23,10 +23,11 @@ from services.router.servicer import RouterServicer
 
 async def assemble(settings: RouterSettings) -> tuple[RouterServicer, Callable[[], Awaitable[None]]]:
     """The servicer with its background work started, and what stops that work."""
-    workers = Watcher(registry.Registry(registry.connect(settings.redis_url)), settings.refresh_ms / 1000)
+    tls = MutualTls.of(settings)
+    workers = Watcher(registry.Registry(registry.connect(settings.redis_url, tls=tls)), settings.refresh_ms / 1000)
     await workers.start()
     profiles = {name: build(name, spec) for name, spec in settings.policies.items()}
-    client = registry.connect(settings.redis_url, timeout_s=1.0)
+    client = registry.connect(settings.redis_url, timeout_s=1.0, tls=tls)
     try:
         await redis_functions.load(client, [block_index.LIBRARY, shared_load.LIBRARY])
     except Exception as e:  # noqa: BLE001 - they load on first use once Redis is back

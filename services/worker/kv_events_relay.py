@@ -11,7 +11,6 @@ to the asker, up to the END_SEQ frame; one request at a time, as the engine answ
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ import zmq
 import zmq.asyncio
 
 from kvmesh import kv_events
+from kvmesh.net import bracketed, hostport
 
 log = logging.getLogger("kvmesh.worker")
 REPLAY_TIMEOUT_S = 2.0
@@ -31,16 +31,17 @@ class Endpoints:
 
 
 class KvEventsRelay:
-    def __init__(self, engine: Endpoints, host: str, port: int = 0, replay_port: int = 0):
-        """Binds tcp://`host`:`port` (0: a free port) for the events and `replay_port` for the replay."""
+    def __init__(self, engine: Endpoints, host: str, advertise_host: str, port: int = 0, replay_port: int = 0):
+        """Binds `host`:`port` (0: a free port) for the events and `replay_port` for the replay;
+        `public` names them at `advertise_host`."""
         self.engine = engine
         self._ctx = zmq.asyncio.Context()
         self._xsub = self._socket(zmq.XSUB)
         self._xpub = self._socket(zmq.XPUB)
         self._router = self._socket(zmq.ROUTER)
         self._xsub.connect(engine.events)
-        self.public = Endpoints(self._bind(self._xpub, host, port), self._bind(self._router, host, replay_port))
-        self._tasks: list[asyncio.Task] = []
+        ports = self._bind(self._xpub, host, port), self._bind(self._router, host, replay_port)
+        self.public = Endpoints(*(f"tcp://{hostport(advertise_host, p)}" for p in ports))
 
     def _socket(self, kind: int) -> zmq.asyncio.Socket:
         sock = self._ctx.socket(kind)
@@ -49,20 +50,28 @@ class KvEventsRelay:
         return sock
 
     @staticmethod
-    def _bind(sock: zmq.asyncio.Socket, host: str, port: int) -> str:
-        address = f"[{host.strip('[]')}]" if ":" in host else host
+    def _bind(sock: zmq.asyncio.Socket, host: str, port: int) -> int:
         if port:
-            sock.bind(f"tcp://{address}:{port}")
-        else:
-            port = sock.bind_to_random_port(f"tcp://{address}")
-        return f"tcp://{address}:{port}"
+            sock.bind(f"tcp://{hostport(host, port)}")
+            return port
+        return sock.bind_to_random_port(f"tcp://{bracketed(host)}")
 
-    def start(self) -> None:
-        self._tasks = [
+    async def run(self) -> None:
+        """Relays until cancelled; raises what stopped it otherwise. Closes the sockets either way."""
+        tasks = [
             asyncio.create_task(self._forward(self._xsub, self._xpub)),
             asyncio.create_task(self._forward(self._xpub, self._xsub)),  # subscriptions, upstream
             asyncio.create_task(self._serve_replay()),
         ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._ctx.destroy(linger=0)
 
     @staticmethod
     async def _forward(source: zmq.asyncio.Socket, sink: zmq.asyncio.Socket) -> None:
@@ -93,10 +102,3 @@ class KvEventsRelay:
                     return
         finally:
             dealer.close()
-
-    async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._ctx.destroy(linger=0)

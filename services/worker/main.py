@@ -17,7 +17,7 @@ import uvloop
 
 from kvmesh import grpc_server, registry
 from kvmesh.net import free_ports, interface_of, is_loopback
-from kvmesh.settings import WILDCARD_HOSTS, load
+from kvmesh.settings import load
 from kvmesh.tls import MutualTls
 from kvmesh.v1 import worker_pb2
 from services.worker import model_config, role_change, triton_server
@@ -42,17 +42,11 @@ async def run(settings: WorkerSettings) -> None:
     admin_key, tls = secrets.token_urlsafe(32), MutualTls.of(settings)  # a new key for each Triton this worker starts
     engine_env = _engine_env(settings, spare)
     process = triton_server.start(settings.model_repository, settings.host, ports, engine_env, None, admin_key, tls)
-    # Bound to every interface, Triton is dialled where the mesh dials it (its certificate names that).
-    local = settings.advertise_host if settings.host in WILDCARD_HOSTS else settings.host
-    triton = Triton(process, local, ports, admin_key, tls)
+    triton = Triton(process, settings.local_host, ports, admin_key, tls)
     worker_id = settings.worker_id or f"w-{secrets.token_hex(3)}"
-    registration = Registration(settings, registry.Registry(registry.connect(settings.redis_url)), worker_id)
-    relay = None
-    if settings.relays_kv_events:
-        engine_endpoints = Endpoints(*settings.kv_events_endpoints(worker_id))
-        relay_ports = (settings.kv_events_port or next(spare), settings.kv_events_replay_port or next(spare))
-        relay = KvEventsRelay(engine_endpoints, settings.host, *relay_ports)
-        relay.start()
+    registration = Registration(settings, registry.Registry(registry.connect(settings.redis_url, tls=tls)), worker_id)
+    relay: KvEventsRelay | None = None
+    relaying: asyncio.Task | None = None
 
     async def load_model(triton_model: str) -> worker_pb2.WorkerRecord:
         """Loads the engine model; returns its registration record."""
@@ -69,6 +63,11 @@ async def run(settings: WorkerSettings) -> None:
         await role_change.change(registration, triton_model, unload_model, load_model)
 
     try:
+        if settings.relays_kv_events:
+            engine_endpoints = Endpoints(*settings.kv_events_endpoints(worker_id))
+            relay_ports = (settings.kv_events_port or next(spare), settings.kv_events_replay_port or next(spare))
+            relay = KvEventsRelay(engine_endpoints, settings.local_host, settings.advertise_host, *relay_ports)
+        relaying = asyncio.create_task(relay.run()) if relay else None
         await triton.wait_live(timeout_s=60)
         started = time.monotonic()
         loading = asyncio.ensure_future(load_model(settings.triton_model))
@@ -84,17 +83,21 @@ async def run(settings: WorkerSettings) -> None:
         log.info("worker %s ready in %.1fs: %s", worker_id, time.monotonic() - started, json.dumps(ready))
         print(f"worker {worker_id} ready: model {record.model} on Triton {triton.address}", flush=True)
         heartbeat = asyncio.create_task(registration.heartbeat(process, change_to))
-        done, _ = await asyncio.wait({heartbeat, stop}, return_when=asyncio.FIRST_COMPLETED)
+        # A relay that stops ends the worker: kvindex would silently lose its KV events.
+        critical = {heartbeat} | ({relaying} if relaying else set())
+        done, _ = await asyncio.wait(critical | {stop}, return_when=asyncio.FIRST_COMPLETED)
         heartbeat.cancel()
-        if heartbeat in done and not heartbeat.cancelled() and heartbeat.exception():
-            raise heartbeat.exception()
+        for task in critical & done:
+            if not task.cancelled() and task.exception():
+                raise task.exception()
         await registration.leave()
     finally:
         stop.cancel()
         await registration.close()
         await triton.close()
-        if relay:
-            await relay.close()
+        if relaying:
+            relaying.cancel()
+            await asyncio.gather(relaying, return_exceptions=True)
         for endpoint in settings.kv_events_endpoints(worker_id) if settings.kv_events else ():
             Path(endpoint.removeprefix("ipc://")).unlink(missing_ok=True)  # the engine died before unbinding
 
@@ -117,9 +120,13 @@ def _engine_env(settings: WorkerSettings, spare: Iterator[int]) -> dict[str, str
         "VLLM_NIXL_SIDE_CHANNEL_HOST": host,
         "VLLM_NIXL_SIDE_CHANNEL_PORT": str(settings.nixl_port or next(spare)),
     }
-    device = "lo" if is_loopback(host) else interface_of(host)
-    if "UCX_NET_DEVICES" not in os.environ and device:
-        env["UCX_NET_DEVICES"] = device
+    if "UCX_NET_DEVICES" not in os.environ:
+        device = "lo" if is_loopback(settings.local_host) else interface_of(settings.local_host)
+        if device:
+            env["UCX_NET_DEVICES"] = device
+        else:
+            log.warning("no interface holds %s: UCX listens on every interface (set UCX_NET_DEVICES)",
+                        settings.local_host)  # fmt: skip
     return env
 
 

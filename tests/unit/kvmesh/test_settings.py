@@ -1,5 +1,6 @@
-"""The TLS settings every process shares: the three files together or none, each a real file, and
-kvmesh.tls turning them into credentials (None when TLS is off)."""
+"""The settings every process shares: the address it binds and the one it advertises (a wildcard
+needs the latter); TLS's three files together or none, each a real file, and kvmesh.tls turning
+them into credentials (None when TLS is off)."""
 
 import pytest
 
@@ -39,3 +40,21 @@ def test_a_file_that_is_not_there_is_refused(certs):
     given = [*flags(certs)[:2], f"--tls-ca={certs / 'nope.crt'}"]
     with pytest.raises(SystemExit, match="tls_ca: .*nope.crt is not a file"):
         load(CommonSettings, given)
+
+
+def test_the_advertised_address_defaults_to_the_bound_one():
+    settings = load(CommonSettings, ["--host", "10.213.47.11"])
+    assert (settings.advertise_host, settings.local_host) == ("10.213.47.11", "10.213.47.11")
+
+
+@pytest.mark.parametrize("wildcard", ["0.0.0.0", "::"])
+def test_a_wildcard_host_needs_an_advertised_address_and_binds_one_address_things_there(wildcard):
+    with pytest.raises(SystemExit, match="advertise_host: --host .* listens on every interface"):
+        load(CommonSettings, ["--host", wildcard])
+    settings = load(CommonSettings, ["--host", wildcard, "--advertise-host", "10.213.47.11"])
+    assert (settings.advertise_host, settings.local_host) == ("10.213.47.11", "10.213.47.11")
+
+
+def test_an_advertised_wildcard_is_refused():
+    with pytest.raises(SystemExit, match="advertise_host: 0.0.0.0 is a wildcard"):
+        load(CommonSettings, ["--advertise-host", "0.0.0.0"])

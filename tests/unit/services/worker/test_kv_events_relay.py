@@ -22,10 +22,11 @@ def _removed(block: int) -> list[kv_events.Event]:
 async def relayed(tmp_path):
     engine = Endpoints(f"ipc://{tmp_path}/kv.sock", f"ipc://{tmp_path}/kv-replay.sock")
     publisher = KvEventPublisher(engine.events, engine.replay)
-    relay = KvEventsRelay(engine, "127.0.0.1")
-    relay.start()
+    relay = KvEventsRelay(engine, "127.0.0.1", "127.0.0.1")
+    relaying = asyncio.create_task(relay.run())
     yield publisher, relay
-    await relay.close()
+    relaying.cancel()
+    await asyncio.gather(relaying, return_exceptions=True)
     publisher.close()
 
 
@@ -83,3 +84,13 @@ async def test_a_malformed_replay_request_is_dropped_and_the_relay_keeps_answeri
     assert [kv_events.decode(a[1:])[1].events[0].block_hashes for a in answers] == [[1]]
     bad.close()
     ctx.destroy()
+
+
+async def test_the_endpoints_it_names_are_at_the_advertised_address(tmp_path):
+    engine = Endpoints(f"ipc://{tmp_path}/kv.sock", f"ipc://{tmp_path}/kv-replay.sock")
+    relay = KvEventsRelay(engine, "127.0.0.1", "10.213.47.11")
+    relaying = asyncio.create_task(relay.run())
+    assert relay.public.events.startswith("tcp://10.213.47.11:")
+    assert relay.public.replay.startswith("tcp://10.213.47.11:")
+    relaying.cancel()
+    await asyncio.gather(relaying, return_exceptions=True)
