@@ -55,20 +55,25 @@ def test_redis_with_a_password_refuses_a_client_without_it(redis_with):
     assert redis.Redis.from_url(server.url).ping()
 
 
-def test_redis_with_tls_answers_rediss_and_refuses_plain_tcp(redis_with, certs):
+def test_redis_with_tls_answers_a_client_with_its_own_certificate_only(redis_with, certs):
     server = redis_with(password="pw", tls=MutualTls.in_dir(certs[0], "redis"))
-    assert server.url.startswith("rediss://")
+    assert server.url.startswith("rediss://") and "redis.key" not in server.url  # Redis's key stays with Redis
+    client_tls = MutualTls.in_dir(certs[0], "client")
 
-    async def ping(url: str) -> bool:
-        client = registry.connect(url, timeout_s=2)
+    async def ping(url: str, tls: MutualTls | None) -> bool:
+        client = registry.connect(url, timeout_s=2, tls=tls)
         try:
             return await client.ping()
         finally:
             await client.aclose()
 
-    assert asyncio.run(ping(server.url))
+    assert asyncio.run(ping(server.url, client_tls))
     with pytest.raises(redis.ConnectionError):
-        asyncio.run(ping(f"redis://:pw@127.0.0.1:{server.port}/0"))
+        asyncio.run(ping(server.url, None))  # TLS, but no certificate to show
+    with pytest.raises(redis.ConnectionError):
+        asyncio.run(ping(server.url, MutualTls.in_dir(certs[1], "client")))  # another CA's
+    with pytest.raises(redis.ConnectionError):
+        asyncio.run(ping(f"redis://:pw@127.0.0.1:{server.port}/0", None))
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +89,8 @@ def secure(certs, tmp_path_factory):
 
 
 def test_an_openai_request_crosses_every_hop_under_mutual_tls(secure):
-    assert secure.redis_url.startswith("rediss://") and redis.Redis.from_url(secure.redis_url).ping()
+    own = secure.tls.redis_options()
+    assert secure.redis_url.startswith("rediss://") and redis.Redis.from_url(secure.redis_url, **own).ping()
     body = {"model": secure.model, "prompt": "The capital of France is", "max_tokens": 4}
     answer = httpx.post(f"{secure.http}/v1/completions", json=body, timeout=60)
     assert answer.status_code == 200, answer.text

@@ -309,10 +309,14 @@ def mesh(
     running = Mesh(placement, log_dir, secrets.token_urlsafe(16), tls_dir)
     ctl, gw = placement.ctl, placement.gw
     try:
-        # Spawned here, not by kvmesh.redis_server, which starts and pings it from this process's namespace.
-        running.spawn("redis", ctl, ["redis-server", "--bind", ctl.address, "--port", str(PORTS["redis"]),
-                                     "--requirepass", running.redis_password, "--save", "", "--appendonly", "no",
-                                     "--dir", str(log_dir)])  # fmt: skip
+        # Spawned here, not by kvmesh.redis_server, which starts and pings it from this process's
+        # namespace. The password in a file only its owner reads, as docs/deploy.md has it: never on
+        # a command line, which every local user can read.
+        config = log_dir / "redis.conf"
+        config.touch(mode=0o600)
+        config.write_text(f"requirepass {running.redis_password}\n")
+        running.spawn("redis", ctl, ["redis-server", str(config), "--bind", ctl.address, "--port", str(PORTS["redis"]),
+                                     "--save", "", "--appendonly", "no", "--dir", str(log_dir)])  # fmt: skip
         running.service("kvindex", ctl, ["--port", str(PORTS["kvindex"])])
         running.service("router", ctl, ["--port", str(PORTS["router"]), *router_args])
         reserved = json.dumps(sorted(PORTS.values()))
