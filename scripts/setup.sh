@@ -21,7 +21,7 @@ if [ ! -x build/kubernetes-client/usr/bin/kubectl ]; then
   echo "== kubectl: Debian's kubernetes-client into build/kubernetes-client/"
   deb_dir=$(mktemp -d) && chmod 777 "$deb_dir"  # apt downloads as its sandbox user, _apt
   (cd "$deb_dir" && { apt-get download -qq kubernetes-client 2>/dev/null || { apt-get update -qq && apt-get download -qq kubernetes-client; }; })
-  dpkg-deb -x "$deb_dir"/kubernetes-client_*.deb build/kubernetes-client
+  mkdir -p build/kubernetes-client && dpkg-deb -x "$deb_dir"/kubernetes-client_*.deb build/kubernetes-client
   rm -rf "$deb_dir"
 fi
 # The REST front: Go and grpc-gateway from Debian (GOPATH mode, offline). Without them the rest of
