@@ -71,7 +71,8 @@ class Agent:
             listed = router_pb2_grpc.RouterStub(c).Workers(router_pb2.WorkersRequest(), timeout=10).workers
         return [
             {"id": w.record.id, "triton": w.record.triton_grpc_address, "kv_events": w.record.kv_events_endpoint,
-             "kv_replay": w.record.kv_events_replay_endpoint, "in_flight": w.in_flight}
+             "kv_replay": w.record.kv_events_replay_endpoint, "metrics": w.record.labels["triton_metrics"],
+             "in_flight": w.in_flight}
             for w in listed
         ]  # fmt: skip
 
@@ -104,6 +105,11 @@ class Agent:
             return f"answered: {triton.InferenceServerClient(address, **kwargs).get_model_repository_index()}"
         except triton.InferenceServerException as e:
             return f"refused: {e.message()}"
+
+    def http_post_status(self, url: str) -> str:
+        """The status and body an HTTP POST without credentials gets."""
+        response = httpx.post(url, timeout=30)
+        return f"{response.status_code} {response.text}"
 
     def without_certificate(self, address: str, service: str) -> str:
         """The status a TLS client that trusts the CA but shows no certificate gets."""

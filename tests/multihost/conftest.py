@@ -65,6 +65,14 @@ class Topology:
     client: Remote  # in the client host
     gw: Remote  # in the gateway's host
 
+    def off_address_listeners(self) -> dict[str, list[hosts.Listening]]:
+        """By host, the sockets listening anywhere but the host's own address or loopback."""
+        offenders = {}
+        for name, host in self.hosts.items():
+            if wrong := [s for s in host.ss_listening() if s.address not in (host.address, "127.0.0.1", "::1")]:
+                offenders[name] = wrong
+        return offenders
+
     def worker_ids(self) -> dict[str, str]:
         """Host name → the id its worker registered, by the Triton address in the record."""
         by_address = {h.address: name for name, h in self.hosts.items()}

@@ -50,6 +50,14 @@ def test_prefill_on_w1_decode_on_w2_and_the_kv_crosses_the_link(disaggregated, a
     assert answer["received"] >= kv_bytes(full_blocks), f"w2 received {answer['received']} bytes"
 
 
+def test_nixl_and_ucx_listen_on_the_workers_address_only(disaggregated, answer):
+    """After a transfer, when NIXL's side channel and UCX's listeners are all up."""
+    assert not (offenders := disaggregated.off_address_listeners()), f"beyond the host's address: {offenders}"
+    for name in ("w1", "w2"):
+        beside_triton = [s for s in disaggregated.hosts[name].ss_listening() if s.process != "tritonserver"]
+        assert beside_triton, f"{name}: no listener but Triton's (NIXL's side channel, UCX)"
+
+
 @pytest.mark.parametrize("service", ["gateway", "router"])
 def test_a_client_without_a_certificate_is_refused(disaggregated, service):
     mesh = disaggregated.mesh
