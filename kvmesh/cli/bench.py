@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from kvmesh import models
 from kvmesh.replay import report, traces
 from kvmesh.replay.runner import ReplayOptions, replay
+from kvmesh.tls import MutualTls
 
 app = typer.Typer(no_args_is_help=True, help="Benchmarks against a running mesh.")
 console = Console()
@@ -30,6 +31,7 @@ def replay_command(
     max_in_flight: int = typer.Option(256, min=1),
     out: Path = typer.Option(Path("replay-results"), help="directory for <name>.json and <name>.png"),
     name: str = typer.Option("", help="default: the trace's file name"),
+    tls_dir: Path = typer.Option(None, help="the mesh's `kvmesh certs dev` directory (its client certificate)"),
 ) -> None:
     """Open-loop replay at the trace's arrival times (scaled)."""
     try:
@@ -37,11 +39,12 @@ def replay_command(
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="TRACE") from None
     options = ReplayOptions(time_scale, max_output_tokens, max_in_flight)
+    client_tls = MutualTls.in_dir(tls_dir, "client") if tls_dir else None
     columns = [TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("replay", total=len(requests))
         outcomes, wall = asyncio.run(
-            replay(target, model, requests, options, progress=lambda _: progress.advance(task))
+            replay(target, model, requests, options, lambda _: progress.advance(task), client_tls)
         )
     summary = report.summarize(outcomes, wall)
     paths = report.write(out, name or trace.stem, summary, outcomes)

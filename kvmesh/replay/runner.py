@@ -12,6 +12,7 @@ import grpc
 from google.protobuf import wrappers_pb2
 
 from kvmesh.replay.traces import TraceRequest
+from kvmesh.tls import MutualTls
 from kvmesh.v1 import inference_pb2, inference_pb2_grpc
 
 
@@ -44,10 +45,18 @@ async def replay(
     requests: list[TraceRequest],
     options: ReplayOptions,
     progress: Callable[[Outcome], None] | None = None,
+    tls: MutualTls | None = None,
 ) -> tuple[list[Outcome], float]:
-    """Returns the outcomes (trace order) and the wall time."""
+    """Returns the outcomes (trace order) and the wall time. `tls`: the client certificate for a
+    gateway under mutual TLS."""
     slots = asyncio.Semaphore(options.max_in_flight)
-    async with grpc.aio.insecure_channel(target, options=[("grpc.max_receive_message_length", -1)]) as channel:
+    unbounded = [("grpc.max_receive_message_length", -1)]
+    channel = (
+        grpc.aio.secure_channel(target, tls.channel_credentials(), options=unbounded)
+        if tls
+        else grpc.aio.insecure_channel(target, options=unbounded)
+    )
+    async with channel:
         stub = inference_pb2_grpc.InferenceStub(channel)
         start = time.perf_counter()
         base = requests[0].arrival_s

@@ -19,6 +19,8 @@ from kvmesh.cli.local_mesh import LocalMesh
 from kvmesh.cli.supervisor import http_ok
 from kvmesh.net import free_port
 from kvmesh.redis_server import RedisServer
+from kvmesh.replay.runner import ReplayOptions, replay
+from kvmesh.replay.traces import TraceRequest
 from kvmesh.tls import MutualTls
 from kvmesh.v1 import router_pb2, router_pb2_grpc
 from tests.support.certs import ours_and_another_ca
@@ -105,6 +107,15 @@ def test_rest_reaches_the_services_with_its_certificate(secure):
     body = {"model": secure.model, "token_ids": {"ids": [504, 3575, 282]}, "sampling": {"max_tokens": 3}}
     generated = httpx.post(f"{secure.rest}/v1/kvmesh/generate", json=body, timeout=60)
     assert generated.status_code == 200 and '"FINISH_REASON_' in generated.text, generated.text
+
+
+def test_a_trace_replays_with_the_client_certificate_only(secure):
+    requests = [TraceRequest(index=i, arrival_s=0.0, input_length=40, output_length=3) for i in range(2)]
+    options = ReplayOptions(time_scale=0.0, timeout_s=60)
+    served, _ = asyncio.run(replay(secure.grpc, secure.model, requests, options, tls=secure.tls))
+    assert [o.output_tokens for o in served] == [3, 3] and not any(o.error for o in served)
+    refused_all, _ = asyncio.run(replay(secure.grpc, secure.model, requests, options))
+    assert all(o.error for o in refused_all)
 
 
 def refused(address: str, credentials: grpc.ChannelCredentials | None) -> grpc.RpcError:
