@@ -26,6 +26,8 @@ class RedisServer:
         password: str | None = None,
         tls: MutualTls | None = None,
     ):
+        if password is not None and any(c in password for c in "\r\n\0"):
+            raise ValueError("the Redis password cannot contain a line break or a NUL (it goes into redis.conf)")
         self.host, self.port, self.password, self.tls = host, port, password, tls
         self.workdir = workdir
         self.process: subprocess.Popen | None = None
@@ -85,7 +87,6 @@ def masked(url: str) -> str:
 
 
 def _quoted(value: str) -> str:
-    """A string for redis.conf: double-quoted, its backslashes and quotes escaped."""
-    if any(c in value for c in "\r\n\0"):
-        raise SystemExit("the Redis password cannot contain a line break or a NUL")
+    """A string for redis.conf (no line break, RedisServer checks): double-quoted, its backslashes
+    and quotes escaped."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -89,8 +89,12 @@ def up(
     redis_url = os.environ.get("REDIS_URL")
     if not redis_url:
         password = os.environ.get(PASSWORD_ENV) or secrets.token_urlsafe(24)
+        try:
+            redis = RedisServer(redis_port, host, password=password, tls=tls("redis"))
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint=PASSWORD_ENV) from None
         with console.status(f"starting redis-server on {host}:{redis_port}…"):
-            redis = RedisServer(redis_port, host, password=password, tls=tls("redis")).start()
+            redis.start()
         redis_url = redis.url
     # The URL (with its password) goes by the environment: a command line is visible to every local user.
     supervisor = Supervisor(log_dir, env={"REDIS_URL": redis_url})

@@ -44,3 +44,9 @@ def test_up_refuses_port_0_which_it_would_hand_on_to_other_services():
 def test_up_refuses_a_wildcard_host_which_its_services_would_dial(host):
     refused = CliRunner().invoke(app, ["up", "--host", host], env={"COLUMNS": "200"})
     assert refused.exit_code == 2 and "every interface" in refused.output and "--advertise-host" in refused.output
+
+
+def test_up_refuses_a_redis_password_that_cannot_go_into_redis_conf():
+    env = {"COLUMNS": "200", "KVMESH_REDIS_PASSWORD": "a\nrequirepass b", "REDIS_URL": None}  # its own Redis
+    refused = CliRunner().invoke(app, ["up"], env=env)
+    assert refused.exit_code == 2 and "KVMESH_REDIS_PASSWORD" in refused.output and "line break" in refused.output
