@@ -5,6 +5,7 @@ from pydantic_settings import SettingsConfigDict
 
 from kvmesh import models
 from kvmesh.settings import WatcherSettings
+from services.gateway.limits import InputLimits
 
 
 class GatewaySettings(WatcherSettings):
@@ -35,3 +36,17 @@ class GatewaySettings(WatcherSettings):
         description="a non-streaming request's engine responses after the first token come at most this often "
         "(the tokens between ride together); 0: one per token",
     )  # fmt: skip
+    max_body_bytes: int = Field(
+        8 * 2**20, ge=1024, description="largest HTTP body and gRPC message a client may send; larger: 413"
+    )
+    max_messages: int = Field(1024, ge=1, description="chat messages per request")
+    max_prompt_chars: int = Field(
+        500_000, ge=1, description="characters of prompt text per request, checked before tokenizing"
+    )
+    max_stop_strings: int = Field(16, ge=0, description="stop strings per request")
+    max_stop_chars: int = Field(512, ge=1, description="characters per stop string")
+    max_stop_token_ids: int = Field(256, ge=0, description="stop_token_ids per request")
+
+    def input_limits(self) -> InputLimits:
+        return InputLimits(self.max_messages, self.max_prompt_chars, self.max_stop_strings, self.max_stop_chars,
+                           self.max_stop_token_ids)  # fmt: skip

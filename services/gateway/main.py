@@ -38,14 +38,19 @@ async def run(settings: GatewaySettings) -> None:
         router, engines, served, settings.prefill_timeout_s, settings.max_migrations, settings.whole_answer_interval_ms
     )
 
+    limits = settings.input_limits()
+
     def register(server) -> None:
         inference_pb2_grpc.add_InferenceServicer_to_server(
-            InferenceServicer(served, generator, settings.default_max_tokens), server
+            InferenceServicer(served, generator, settings.default_max_tokens, limits), server
         )
         models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(served), server)
 
-    grpc_served = await grpc_server.serve("gateway", settings.host, settings.grpc_port, register, tls)
-    app = create_app(served, OpenAIServing(served, generator, settings.default_max_tokens))
+    grpc_served = await grpc_server.serve(
+        "gateway", settings.host, settings.grpc_port, register, tls, max_message_bytes=settings.max_body_bytes
+    )
+    openai_serving = OpenAIServing(served, generator, settings.default_max_tokens, limits)
+    app = create_app(served, openai_serving, settings.max_body_bytes)
     http = uvicorn.Server(
         uvicorn.Config(
             app,

@@ -8,8 +8,10 @@ from kvmesh.errors import InvalidArgument, KvmeshError
 from kvmesh.v1 import inference_pb2, inference_pb2_grpc, models_pb2, models_pb2_grpc
 from services.gateway import metrics, prompt
 from services.gateway.generation import Chunk, Generator, new_request_id
+from services.gateway.limits import InputLimits
 from services.gateway.sampling import Sampling, engine_sampling
 from services.gateway.served import ServedModel, ServedModels
+from services.gateway.tokenization import encode_sized
 
 FINISH = {
     "stop": inference_pb2.FINISH_REASON_STOP,
@@ -42,21 +44,24 @@ def _usage(chunk: Chunk) -> inference_pb2.Usage | None:
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
-    def __init__(self, served: ServedModels, generator: Generator, default_max_tokens: int):
+    def __init__(self, served: ServedModels, generator: Generator, default_max_tokens: int, limits: InputLimits):
         self.served = served
         self.generator = generator
         self.default_max_tokens = default_max_tokens
+        self.limits = limits
 
-    async def _run(self, request, request_id: str, prompt_ids: Callable[[ServedModel], list[int]]):
-        """Validate, then stream chunks, counting the call's outcome; a KvmeshError goes on to
-        the server's interceptor, which ends the call with its status."""
+    async def _run(self, request, request_id: str, chars: int, prompt_ids: Callable[[ServedModel], list[int]]):
+        """Validate (the limits first, then the prompt of `chars` characters is tokenized), then
+        stream chunks, counting the call's outcome; a KvmeshError goes on to the server's
+        interceptor, which ends the call with its status."""
         try:
             model = self.served.get(request.model)
-            ids = prompt_ids(model)
+            sampling = sampling_from_proto(request.sampling)
+            self.limits.check_sampling(sampling)
+            self.limits.check_prompt_chars(chars, "prompt")
+            ids = await encode_sized(chars, lambda: prompt_ids(model))
             limit = self.served.max_model_len(model.name)
-            engine = engine_sampling(
-                sampling_from_proto(request.sampling), len(ids), limit, self.default_max_tokens, model.defaults
-            )
+            engine = engine_sampling(sampling, len(ids), limit, self.default_max_tokens, model.defaults)
             async for chunk in self.generator.generate(model, ids, engine, request_id):
                 yield chunk
         except KvmeshError as e:
@@ -66,7 +71,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
     async def Generate(self, request, context) -> AsyncIterator[inference_pb2.GenerateResponse]:
         request_id = request.request_id or new_request_id()
-        async for chunk in self._run(request, request_id, lambda model: _generate_prompt(model, request)):
+        chars = len(request.text) if request.WhichOneof("prompt") == "text" else 0
+        async for chunk in self._run(request, request_id, chars, lambda model: _generate_prompt(model, request)):
             yield inference_pb2.GenerateResponse(
                 request_id=request_id,
                 token_ids=chunk.token_ids,
@@ -78,9 +84,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
     async def Chat(self, request, context) -> AsyncIterator[inference_pb2.ChatResponse]:
         request_id = request.request_id or new_request_id()
+        self.limits.check_messages(len(request.messages))
         chat = [(m.role, m.content) for m in request.messages]
+        chars = sum(len(content) for _, content in chat)
         first = True
-        async for chunk in self._run(request, request_id, lambda model: prompt.chat_ids(model.tokenizer, chat)):
+        async for chunk in self._run(request, request_id, chars, lambda model: prompt.chat_ids(model.tokenizer, chat)):
             yield inference_pb2.ChatResponse(
                 request_id=request_id,
                 role="assistant" if first else "",

@@ -7,14 +7,26 @@ encode exactly as the whole does, and a system prompt many requests share is tok
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import AutoTokenizer
 
 from kvmesh.errors import InvalidArgument
+
+# Prompts at least this long are tokenized in a thread: a megabyte of text takes the tokenizer
+# long enough to stall every other stream on the event loop.
+OFF_LOOP_CHARS = 16_384
+
+
+async def encode_sized(chars: int, encode: Callable[[], list[int]]) -> list[int]:
+    """`encode()` for a prompt of `chars` characters, off the event loop when it is long."""
+    return await asyncio.to_thread(encode) if chars >= OFF_LOOP_CHARS else encode()
+
 
 # Distinct pieces kept: shared system prompts stay, one-off questions come and go. Longer pieces
 # are not kept, so a client sending huge unique prompts holds at most 1024 × 32 KiB here.

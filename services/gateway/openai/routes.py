@@ -9,14 +9,16 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.gateway.openai import errors
+from services.gateway.openai.body_limit import BodyLimit
 from services.gateway.openai.protocol import ChatCompletionRequest, CompletionRequest
 from services.gateway.openai.serving import OpenAIServing
 from services.gateway.served import ServedModels
 
 
-def create_app(served: ServedModels, serving: OpenAIServing) -> FastAPI:
+def create_app(served: ServedModels, serving: OpenAIServing, max_body_bytes: int) -> FastAPI:
     app = FastAPI(title="kvmesh gateway", docs_url=None, redoc_url=None)
     errors.install(app)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     started = int(time.time())
 
     @app.post("/v1/chat/completions")

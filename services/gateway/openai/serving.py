@@ -16,10 +16,12 @@ from kvmesh import telemetry
 from kvmesh.errors import InvalidArgument
 from services.gateway import metrics, prompt
 from services.gateway.generation import Chunk, Generator, Usage, new_request_id
+from services.gateway.limits import InputLimits
 from services.gateway.openai.errors import sse_error
 from services.gateway.openai.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 from services.gateway.sampling import Sampling, engine_sampling
 from services.gateway.served import ServedModel, ServedModels
+from services.gateway.tokenization import encode_sized
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -54,19 +56,25 @@ def _sampling(body: SamplingFields, max_tokens: int | None) -> Sampling:
 
 
 class OpenAIServing:
-    def __init__(self, served: ServedModels, generator: Generator, default_max_tokens: int):
+    def __init__(self, served: ServedModels, generator: Generator, default_max_tokens: int, limits: InputLimits):
         self.served = served
         self.generator = generator
         self.default_max_tokens = default_max_tokens
+        self.limits = limits
 
     async def chat(self, request: Request, body: ChatCompletionRequest):
         model = self.served.get(body.model)
         _refuse(body.n != 1, "n", "kvmesh generates one choice per request; use n=1")
         _refuse(bool(body.logprobs) or body.top_logprobs is not None, "logprobs", "log probabilities are not supported")
         _refuse(bool(body.tools), "tools", "tool calling is not supported")
-        prompt_ids = prompt.chat_ids(model.tokenizer, [(m.role, m.text()) for m in body.messages])
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-        return await self._respond(request, body, model, prompt_ids, max_tokens, ChatFormat())
+        sampling = self._sampling(body, max_tokens)
+        messages = [(m.role, m.text()) for m in body.messages]
+        self.limits.check_messages(len(messages))
+        chars = sum(len(text) for _, text in messages)
+        self.limits.check_prompt_chars(chars, "messages")
+        prompt_ids = await encode_sized(chars, lambda: prompt.chat_ids(model.tokenizer, messages))
+        return await self._respond(request, body, model, prompt_ids, sampling, ChatFormat())
 
     async def completions(self, request: Request, body: CompletionRequest):
         model = self.served.get(body.model)
@@ -78,18 +86,22 @@ class OpenAIServing:
         if isinstance(given, list) and given and isinstance(given[0], str):
             _refuse(len(given) != 1, "prompt", "one prompt per request")
             given = given[0]
+        sampling = self._sampling(body, body.max_tokens if body.max_tokens is not None else 16)  # OpenAI's default
         if isinstance(given, str):
-            prompt_ids = model.tokenizer.encode(given)
+            self.limits.check_prompt_chars(len(given), "prompt")
+            prompt_ids = await encode_sized(len(given), lambda: model.tokenizer.encode(given))
         else:
             prompt_ids = prompt.token_ids(model.tokenizer, given, "prompt")
-        max_tokens = body.max_tokens if body.max_tokens is not None else 16  # OpenAI's default here
-        return await self._respond(request, body, model, prompt_ids, max_tokens, CompletionFormat())
+        return await self._respond(request, body, model, prompt_ids, sampling, CompletionFormat())
 
-    async def _respond(self, request, body, model: ServedModel, prompt_ids, max_tokens, fmt: _Format):
+    def _sampling(self, body: SamplingFields, max_tokens: int | None) -> Sampling:
+        sampling = _sampling(body, max_tokens)
+        self.limits.check_sampling(sampling)
+        return sampling
+
+    async def _respond(self, request, body, model: ServedModel, prompt_ids, sampling: Sampling, fmt: _Format):
         limit = self.served.max_model_len(model.name)
-        engine = engine_sampling(
-            _sampling(body, max_tokens), len(prompt_ids), limit, self.default_max_tokens, model.defaults
-        )
+        engine = engine_sampling(sampling, len(prompt_ids), limit, self.default_max_tokens, model.defaults)
         request_id = fmt.id_prefix + new_request_id()
         parent = telemetry.extract(request.headers)  # a caller's traceparent, if any
         chunks = self.generator.generate(model, prompt_ids, engine, request_id, parent, whole=not body.stream)
