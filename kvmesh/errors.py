@@ -41,8 +41,29 @@ class Unavailable(KvmeshError):
     grpc_code, http_status, error_type = grpc.StatusCode.UNAVAILABLE, 503, "service_unavailable"
 
 
+class Unauthenticated(KvmeshError):
+    grpc_code, http_status, error_type = grpc.StatusCode.UNAUTHENTICATED, 401, "authentication_error"
+
+
+class PermissionDenied(KvmeshError):
+    grpc_code, http_status, error_type = grpc.StatusCode.PERMISSION_DENIED, 403, "permission_error"
+
+
+class AtCapacity(ResourceExhausted):
+    """Every worker that could take the request is full: the gateway queues it (not the client's fault)."""
+
+
 _BY_GRPC_CODE = {
-    cls.grpc_code: cls for cls in (InvalidArgument, NotFound, FailedPrecondition, ResourceExhausted, Unavailable)
+    cls.grpc_code: cls
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        FailedPrecondition,
+        ResourceExhausted,
+        Unavailable,
+        Unauthenticated,
+        PermissionDenied,
+    )
 }
 _BY_CODE_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 

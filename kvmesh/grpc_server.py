@@ -9,7 +9,7 @@ import asyncio
 import inspect
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,14 +32,22 @@ class Served:
 
 
 async def serve(
-    service_name: str, host: str, port: int, register: Callable[[grpc.aio.Server], None], tls: MutualTls | None = None,
+    service_name: str,
+    host: str,
+    port: int,
+    register: Callable[[grpc.aio.Server], None],
+    tls: MutualTls | None = None,
     max_message_bytes: int | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> Served:
     """`max_message_bytes`: a larger request message is refused by gRPC itself (RESOURCE_EXHAUSTED)
-    before it is parsed; default gRPC's 4 MiB."""
+    before it is parsed; default gRPC's 4 MiB. `interceptors` run inside the error interceptor, so
+    a KvmeshError they raise ends the call with its status (e.g. kvmesh/auth.py's)."""
     options = [("grpc.max_receive_message_length", max_message_bytes)] if max_message_bytes else []
     # The first interceptor is the outermost: telemetry sees the status the error interceptor set.
-    server = grpc.aio.server(interceptors=[ServerInterceptor(service_name), ErrorInterceptor()], options=options)
+    server = grpc.aio.server(
+        interceptors=[ServerInterceptor(service_name), ErrorInterceptor(), *interceptors], options=options
+    )
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
