@@ -14,10 +14,16 @@ class KvmeshError(Exception):
     http_status = 500
     error_type = "internal_error"
 
-    def __init__(self, message: str, *, param: str | None = None):
+    def __init__(
+        self, message: str, *, param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None
+    ):
+        """`code`: OpenAI's error code (default: the HTTP status); `headers`: sent with the error, as
+        HTTP headers or gRPC trailing metadata (e.g. Retry-After)."""
         super().__init__(message)
         self.message = message
         self.param = param
+        self.code = code
+        self.headers = headers or {}
 
 
 # Each kind: its gRPC code, HTTP status and OpenAI error type.

@@ -117,7 +117,7 @@ def _aborting(behaviour: Callable) -> Callable:
                 async for response in behaviour(request, context):
                     yield response
             except KvmeshError as e:
-                await context.abort(e.grpc_code, e.message)
+                await _abort(context, e)
 
         return stream
     if inspect.iscoroutinefunction(behaviour):
@@ -126,7 +126,12 @@ def _aborting(behaviour: Callable) -> Callable:
             try:
                 return await behaviour(request, context)
             except KvmeshError as e:
-                await context.abort(e.grpc_code, e.message)
+                await _abort(context, e)
 
         return call
     return behaviour  # a synchronous handler runs in a thread pool: not one of ours
+
+
+async def _abort(context: grpc.aio.ServicerContext, e: KvmeshError) -> None:
+    trailers = tuple((name.lower(), value) for name, value in e.headers.items())
+    await context.abort(e.grpc_code, e.message, trailing_metadata=trailers)

@@ -22,7 +22,7 @@ def error_body(message: str, error_type: str, status: int, param: str | None = N
 
 
 def from_kvmesh(e: KvmeshError) -> tuple[int, dict]:
-    return e.http_status, error_body(e.message, e.error_type, e.http_status, e.param)
+    return e.http_status, error_body(e.message, e.error_type, e.http_status, e.param, e.code)
 
 
 def from_validation(e: RequestValidationError) -> tuple[int, dict]:
@@ -46,13 +46,13 @@ def sse_error(e: Exception) -> str:
 
 
 def install(app: FastAPI) -> None:
-    def respond(status: int, body: dict) -> JSONResponse:
+    def respond(status: int, body: dict, headers: dict[str, str] | None = None) -> JSONResponse:
         metrics.REQUESTS.labels("http", str(status)).inc()
-        return JSONResponse(body, status_code=status)
+        return JSONResponse(body, status_code=status, headers=headers)
 
     @app.exception_handler(KvmeshError)
     async def _kvmesh(request: Request, e: KvmeshError) -> JSONResponse:
-        return respond(*from_kvmesh(e))
+        return respond(*from_kvmesh(e), e.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, e: RequestValidationError) -> JSONResponse:
