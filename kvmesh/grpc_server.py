@@ -92,14 +92,14 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return None
-        for kind, make in _HANDLER_KINDS:
+        for kind, make in HANDLER_KINDS:
             behaviour = getattr(handler, kind)
             if behaviour is not None:
                 return make(_aborting(behaviour), handler.request_deserializer, handler.response_serializer)
         return handler
 
 
-_HANDLER_KINDS = (
+HANDLER_KINDS = (
     ("unary_unary", grpc.unary_unary_rpc_method_handler),
     ("unary_stream", grpc.unary_stream_rpc_method_handler),
     ("stream_unary", grpc.stream_unary_rpc_method_handler),

@@ -7,10 +7,12 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
+
+from kvmesh.net import is_loopback
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6390/0"
 WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]", "*"})
@@ -37,6 +39,15 @@ class CommonSettings(BaseSettings):
     )
     tls_key: Path | None = Field(None, description="the private key of --tls-cert (PEM)")
     tls_ca: Path | None = Field(None, description="PEM CA every peer's certificate must be signed by")
+    auth: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="API keys (Authorization: Bearer) on every call but health checks; auto: on unless --host is "
+        "loopback. With auth on, the services show each other the token in KVMESH_MESH_TOKEN",
+    )
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.auth == "on" or (self.auth == "auto" and not is_loopback(self.host))
 
     @property
     def local_host(self) -> str:

@@ -1,0 +1,115 @@
+"""API keys, kept in Redis. A key's secret is `kvm-` and 43 URL-safe characters (256 random bits),
+shown once when it is made; Redis holds only its SHA-256 beside the key's record. A fast hash is
+enough here: the secret is random, not a password a person chose, so there is nothing to guess.
+
+    kvkeys:records  HASH  sha256(secret) → the record (JSON)
+    kvkeys:names    HASH  name → sha256(secret)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import time
+from typing import Literal
+
+import msgspec
+import redis.asyncio as aioredis
+
+from kvmesh.errors import FailedPrecondition, InvalidArgument, NotFound
+
+PREFIX = "kvm-"
+RECORDS = "kvkeys:records"
+NAMES = "kvkeys:names"
+NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# A lookup's answer is reused this long: a revoked key stops working within it on every gateway.
+CACHE_S = 1.0
+# Random wrong secrets are remembered as wrong too; past this many remembered answers, forget all.
+CACHE_ENTRIES = 10_000
+
+Priority = Literal["high", "normal", "low"]
+Role = Literal["user", "admin", "mesh"]
+PRIORITIES: tuple[Priority, ...] = ("high", "normal", "low")
+
+
+class ApiKey(msgspec.Struct, frozen=True, kw_only=True):
+    name: str  # quotas and usage are kept by name
+    role: Role = "user"
+    rpm: int = 0  # requests per minute; 0: no limit
+    tpm: int = 0  # prompt + completion tokens per minute; 0: no limit
+    max_concurrency: int = 0  # requests in flight at once; 0: no limit
+    priority: Priority = "normal"
+    models: tuple[str, ...] = ()  # empty: every model
+    created: float = 0.0
+
+    def may_use(self, model: str) -> bool:
+        return not self.models or model in self.models
+
+
+def digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def validate(key: ApiKey) -> None:
+    if not NAME.fullmatch(key.name):
+        raise InvalidArgument(f"name: {key.name!r} is not 1-64 of A-Z a-z 0-9 . _ -", param="name")
+    if key.role == "mesh":
+        raise InvalidArgument("role: the mesh's identity is its token (KVMESH_MESH_TOKEN), not a key", param="role")
+    for field in ("rpm", "tpm", "max_concurrency"):
+        if getattr(key, field) < 0:
+            raise InvalidArgument(f"{field}: must be ≥ 0 (0: no limit)", param=field)
+
+
+class KeyStore:
+    def __init__(self, redis: aioredis.Redis, cache_s: float = CACHE_S):
+        self.redis = redis
+        self.cache_s = cache_s
+        self._cache: dict[str, tuple[float, ApiKey | None]] = {}
+
+    async def create(self, key: ApiKey, secret: str | None = None) -> str:
+        """Stores `key` under a new secret (or the one given) and returns the secret."""
+        validate(key)
+        secret = secret or PREFIX + secrets.token_urlsafe(32)
+        key = msgspec.structs.replace(key, created=key.created or time.time())
+        hashed = digest(secret)
+        if not await self.redis.hsetnx(NAMES, key.name, hashed):
+            raise FailedPrecondition(f"name: a key named {key.name!r} exists; revoke it first", param="name")
+        await self.redis.hset(RECORDS, hashed, msgspec.json.encode(key))
+        return secret
+
+    async def ensure(self, key: ApiKey, secret: str) -> None:
+        """`key` under exactly `secret`, replacing a key of that name with another secret: how a key
+        handed to a service from outside (e.g. the admin key of `kvmesh up`) comes to exist."""
+        hashed = digest(secret)
+        if await self.redis.hget(NAMES, key.name) != hashed.encode():
+            await self.revoke(key.name, missing_ok=True)
+            await self.create(key, secret)
+
+    async def list(self) -> list[ApiKey]:
+        records = await self.redis.hvals(RECORDS)
+        return sorted((msgspec.json.decode(r, type=ApiKey) for r in records), key=lambda k: k.name)
+
+    async def revoke(self, name: str, missing_ok: bool = False) -> None:
+        hashed = await self.redis.hget(NAMES, name)
+        if hashed is None:
+            if missing_ok:
+                return
+            raise NotFound(f"name: no key named {name!r}", param="name")
+        async with self.redis.pipeline(transaction=True) as pipe:
+            await pipe.hdel(RECORDS, hashed).hdel(NAMES, name).execute()
+        self._cache.clear()
+
+    async def lookup(self, secret: str) -> ApiKey | None:
+        """The key whose secret this is, or None (unknown or revoked)."""
+        hashed = digest(secret)
+        now = time.monotonic()
+        cached = self._cache.get(hashed)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        record = await self.redis.hget(RECORDS, hashed)
+        key = msgspec.json.decode(record, type=ApiKey) if record is not None else None
+        if len(self._cache) >= CACHE_ENTRIES:
+            self._cache.clear()
+        self._cache[hashed] = (now + self.cache_s, key)
+        return key
