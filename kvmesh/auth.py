@@ -11,10 +11,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
+import redis.asyncio as aioredis
 
 from kvmesh.api_keys import ApiKey, KeyStore
 from kvmesh.errors import PermissionDenied, Unauthenticated
 from kvmesh.grpc_server import HANDLER_KINDS
+from kvmesh.settings import CommonSettings
 
 MESH_TOKEN_ENV = "KVMESH_MESH_TOKEN"
 MESH = ApiKey(name="mesh", role="mesh")
@@ -55,6 +57,13 @@ def mesh_token(required: bool) -> str:
             "(16+ characters) in every service's environment (kvmesh up makes one)"
         )
     return token
+
+
+def interceptors(settings: CommonSettings, redis: aioredis.Redis) -> list[grpc.aio.ServerInterceptor]:
+    """What a service's gRPC server checks callers with: nothing when its settings turn auth off."""
+    if not settings.auth_enabled:
+        return []
+    return [AuthInterceptor(Authenticator(KeyStore(redis), mesh_token(required=True)))]
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:

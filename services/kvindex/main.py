@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uvloop
 
-from kvmesh import grpc_server, registry, telemetry
+from kvmesh import auth, grpc_server, registry, telemetry
 from kvmesh.block_index import BlockIndex
 from kvmesh.registry import Watcher
 from kvmesh.settings import load
@@ -32,6 +32,7 @@ async def run(settings: KvIndexSettings) -> None:
         settings.port,
         lambda s: kvindex_pb2_grpc.add_KvIndexServicer_to_server(servicer, s),
         tls=tls,
+        interceptors=auth.interceptors(settings, registry.connect(settings.redis_url, tls=tls)),
     )
     print(f"kvindex ready on {settings.host}:{served.port} (metrics on :{metrics_port}/metrics)", flush=True)
     await grpc_server.wait_for_signal()

@@ -7,7 +7,7 @@ import logging
 
 import uvloop
 
-from kvmesh import grpc_server, registry, telemetry
+from kvmesh import auth, grpc_server, registry, telemetry
 from kvmesh.profile import EngineProfile
 from kvmesh.registry import Watcher
 from kvmesh.settings import load
@@ -53,6 +53,7 @@ async def run(settings: PlannerSettings) -> None:
         settings.port,
         lambda s: planner_pb2_grpc.add_PlannerServicer_to_server(servicer, s),
         tls=tls,
+        interceptors=auth.interceptors(settings, registry.connect(settings.redis_url, tls=tls)),
     )
     print(f"planner ready on {settings.host}:{served.port} (metrics on :{metrics_port}/metrics)", flush=True)
 

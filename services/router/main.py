@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 import uvloop
 
-from kvmesh import block_index, grpc_server, redis_functions, registry, telemetry
+from kvmesh import auth, block_index, grpc_server, redis_functions, registry, telemetry
 from kvmesh.registry import Watcher
 from kvmesh.settings import load
 from kvmesh.tls import MutualTls
@@ -54,12 +54,14 @@ async def run(settings: RouterSettings) -> None:
     telemetry.setup_tracing("router")
     metrics_port = telemetry.start_metrics_server(settings.host, settings.metrics_port)
     servicer, stop_background = await assemble(settings)
+    tls = MutualTls.of(settings)
     served = await grpc_server.serve(
         "router",
         settings.host,
         settings.port,
         lambda s: router_pb2_grpc.add_RouterServicer_to_server(servicer, s),
-        tls=MutualTls.of(settings),
+        tls=tls,
+        interceptors=auth.interceptors(settings, registry.connect(settings.redis_url, tls=tls)),
     )
     print(f"router ready on {settings.host}:{served.port} (metrics on :{metrics_port}/metrics)", flush=True)
     await grpc_server.wait_for_signal()

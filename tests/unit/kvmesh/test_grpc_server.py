@@ -103,7 +103,7 @@ class RecordingContext:
     def __init__(self):
         self.aborted = False
 
-    async def abort(self, code, details):
+    async def abort(self, code, details, trailing_metadata=()):
         self.aborted = True
 
 
