@@ -33,3 +33,13 @@ DISAGG_FIRST_TOKEN_MISMATCH = Counter(
 MIGRATIONS = Counter("kvmesh_gateway_migrations", "Requests moved to another worker after theirs failed")
 MUX_BATCHES = Counter("kvmesh_gateway_mux_batches", "Responses received on workers' muxes (each a batch of deltas)")
 MUX_DELTAS = Counter("kvmesh_gateway_mux_deltas", "Request deltas received in mux batches")
+# The admission queue (admission.py). Every admitted request is observed, 0 when it did not queue: the
+# count is the requests admitted and the first bucket the share that never waited; refusals are not.
+QUEUE_SECONDS = Histogram(
+    "kvmesh_gateway_queue_seconds", "Time waited in the admission queue for a worker", ["priority"],
+    buckets=LATENCY_BUCKETS,
+)  # fmt: skip
+QUEUED = Gauge("kvmesh_gateway_queued", "Requests waiting in the admission queue", ["priority"])
+QUEUE_REJECTIONS = Counter(
+    "kvmesh_gateway_queue_rejections", "Requests the admission queue refused: full or timed out", ["priority", "reason"]
+)
