@@ -1,7 +1,8 @@
 """Serving a gRPC service: port 0 binds a free port, the standard health service, telemetry
 interceptors, a KvmeshError ending a call as its status, the start-up heap frozen out of the
 garbage collector, SIGTERM/SIGINT → NOT_SERVING → drain → stop(grace); mutual TLS when given
-(kvmesh/tls.py), on servers and channels alike."""
+(kvmesh/tls.py), on servers and channels alike, or a server's own credentials (the gateway's
+front: kvmesh.tls.FrontTls)."""
 
 from __future__ import annotations
 
@@ -39,10 +40,12 @@ async def serve(
     tls: MutualTls | None = None,
     max_message_bytes: int | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    credentials: grpc.ServerCredentials | None = None,
 ) -> Served:
     """`max_message_bytes`: a larger request message is refused by gRPC itself (RESOURCE_EXHAUSTED)
     before it is parsed; default gRPC's 4 MiB. `interceptors` run inside the error interceptor, so
-    a KvmeshError they raise ends the call with its status (e.g. kvmesh/auth.py's)."""
+    a KvmeshError they raise ends the call with its status (e.g. kvmesh/auth.py's). `credentials`,
+    when given, secure the port instead of `tls` (which then serves the process's clients only)."""
     options = [("grpc.max_receive_message_length", max_message_bytes)] if max_message_bytes else []
     # The first interceptor is the outermost: telemetry sees the status the error interceptor set.
     server = grpc.aio.server(
@@ -52,13 +55,15 @@ async def serve(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     address = f"{host}:{port}"
-    bound = server.add_secure_port(address, tls.server_credentials()) if tls else server.add_insecure_port(address)
+    if credentials is None and tls:
+        credentials = tls.server_credentials()
+    bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if bound == 0:
         raise SystemExit(f"{service_name}: cannot listen on {host}:{port}")
     await server.start()
     freeze_startup_heap()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    log.info("%s listening on %s:%d%s", service_name, host, bound, " (mutual TLS)" if tls else "")
+    log.info("%s listening on %s:%d%s", service_name, host, bound, " (TLS)" if credentials else "")
     return Served(server, bound, health_servicer)
 
 

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import ClassVar, Literal, TypeVar
 
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
@@ -39,6 +39,9 @@ class CommonSettings(BaseSettings):
     )
     tls_key: Path | None = Field(None, description="the private key of --tls-cert (PEM)")
     tls_ca: Path | None = Field(None, description="PEM CA every peer's certificate must be signed by")
+    # True for a service whose client-facing ports serve TLS from --tls-cert/--tls-key alone (the
+    # gateway's front); its mesh hops stay plain unless --tls-ca is given too.
+    tls_ca_optional: ClassVar[bool] = False
     auth: Literal["auto", "on", "off"] = Field(
         "auto",
         description="API keys (Authorization: Bearer) on every call but health checks; auto: on unless --host is "
@@ -71,9 +74,11 @@ class CommonSettings(BaseSettings):
     @model_validator(mode="after")
     def _tls_all_or_nothing(self) -> CommonSettings:
         given = {name: getattr(self, name) for name in ("tls_cert", "tls_key", "tls_ca")}
-        if any(given.values()) and not all(given.values()):
-            missing = ", ".join("--" + n.replace("_", "-") for n, v in given.items() if not v)
-            raise ValueError(f"tls: mutual TLS needs --tls-cert, --tls-key and --tls-ca; missing {missing}")
+        needed = {n: v for n, v in given.items() if not (n == "tls_ca" and self.tls_ca_optional)}
+        if any(given.values()) and not all(needed.values()):
+            missing = ", ".join("--" + n.replace("_", "-") for n, v in needed.items() if not v)
+            together = "--tls-cert and --tls-key" if self.tls_ca_optional else "--tls-cert, --tls-key and --tls-ca"
+            raise ValueError(f"tls: TLS needs {together}; missing {missing}")
         for name, path in given.items():
             if path is not None and not path.is_file():
                 raise ValueError(f"{name}: {path} is not a file")
