@@ -1,0 +1,115 @@
+#!lua name=kvmesh_quota
+-- Per-key quotas shared by gateway replicas (client: kvmesh/quota.py). Keys, one hash tag per key name:
+--   KEYS[1] kvq:{<name>}:buckets  HASH  r, rt | t, tt → request / token bucket level and its last refill (ms)
+--   KEYS[2] kvq:{<name>}:leases   ZSET  <request id> scored by lease deadline (ms)
+--   KEYS[3] kvq:{<name>}:usage:<hour>  HASH  <model>|requests | prompt_tokens | cached_tokens | completion_tokens
+-- Levels are integers in 1/60000 of a request or token, so a bucket of `limit` per minute refills
+-- exactly `limit` units a millisecond and holds limit * 60000: no rounding, whatever the limit.
+-- An absent bucket is full: each expires when it would have refilled.
+-- Every call first sweeps leases past their deadline (gateways that died give their slots back).
+
+local UNIT = 60000
+local USAGE_TTL_S = 35 * 24 * 3600
+
+local function sweep(keys, now)
+  redis.call('ZREMRANGEBYSCORE', keys[2], '-inf', now)
+end
+
+-- The bucket `f` (field of its level; its time is f .. 't') of `limit` per minute, refilled to `now`.
+local function level(keys, f, limit, now)
+  local cap = limit * UNIT
+  local stored = redis.call('HMGET', keys[1], f, f .. 't')
+  if not stored[1] then return cap end
+  local elapsed = math.max(now - tonumber(stored[2]), 0) -- a gateway whose clock lags adds nothing
+  return math.min(tonumber(stored[1]) + elapsed * limit, cap)
+end
+
+-- Milliseconds until the bucket holds `need` units (0: it does).
+local function wait_ms(lvl, need, limit)
+  if lvl >= need then return 0 end
+  return math.ceil((need - lvl) / limit)
+end
+
+local function save(keys, f, lvl, limit, now)
+  redis.call('HSET', keys[1], f, lvl, f .. 't', now)
+  local full_in = wait_ms(lvl, limit * UNIT, limit) + 1000
+  if redis.call('PTTL', keys[1]) < full_in then redis.call('PEXPIRE', keys[1], full_in) end
+end
+
+-- limit, remaining, ms until full again, for the x-ratelimit-* headers (zeros when there is no limit).
+local function header(lvl, limit)
+  if limit == 0 then return {0, 0, 0} end
+  return {limit, math.max(math.floor(lvl / UNIT), 0), wait_ms(lvl, limit * UNIT, limit)}
+end
+
+-- ARGV: request id, now ms, rpm, tpm, max concurrency, prompt tokens, lease deadline ms.
+-- Returns {verdict, retry ms, limit/remaining/reset ms of requests, the same of tokens}; verdict is
+-- 'ok' (a request, the prompt's tokens and a slot are taken), or which limit refused ('prompt':
+-- larger than the token limit, never admitted); a refusal takes nothing.
+local function admit(keys, args)
+  local rid, now = args[1], tonumber(args[2])
+  local rpm, tpm, max_conc = tonumber(args[3]), tonumber(args[4]), tonumber(args[5])
+  local prompt, deadline = tonumber(args[6]), tonumber(args[7])
+  sweep(keys, now)
+  local r = rpm > 0 and level(keys, 'r', rpm, now) or 0
+  local t = tpm > 0 and level(keys, 't', tpm, now) or 0
+  local verdict, retry = 'ok', 0
+  if tpm > 0 and prompt > tpm then
+    verdict = 'prompt'
+  else
+    if max_conc > 0 and redis.call('ZSCORE', keys[2], rid) == false
+        and redis.call('ZCARD', keys[2]) >= max_conc then
+      verdict, retry = 'concurrency', 1000 -- no way to know when a slot frees; ask again soon
+    end
+    local r_wait = rpm > 0 and wait_ms(r, UNIT, rpm) or 0
+    local t_wait = tpm > 0 and wait_ms(t, prompt * UNIT, tpm) or 0
+    -- Name the limit that holds the request back longest: retrying sooner would be refused again.
+    if r_wait > 0 and r_wait >= t_wait and r_wait > retry then verdict, retry = 'rpm', r_wait end
+    if t_wait > 0 and t_wait > r_wait and t_wait > retry then verdict, retry = 'tpm', t_wait end
+  end
+  if verdict == 'ok' then
+    if rpm > 0 then r = r - UNIT; save(keys, 'r', r, rpm, now) end
+    if tpm > 0 then t = t - prompt * UNIT; save(keys, 't', t, tpm, now) end
+    if max_conc > 0 then
+      redis.call('ZADD', keys[2], deadline, rid)
+      if redis.call('PTTL', keys[2]) < deadline - now then redis.call('PEXPIRE', keys[2], deadline - now) end
+    end
+  end
+  local out = {verdict, retry}
+  for _, v in ipairs(header(r, rpm)) do out[#out + 1] = v end
+  for _, v in ipairs(header(t, tpm)) do out[#out + 1] = v end
+  return out
+end
+
+local function take_tokens(keys, tokens, tpm, now)
+  if tpm <= 0 or tokens <= 0 then return end
+  save(keys, 't', level(keys, 't', tpm, now) - tokens * UNIT, tpm, now) -- may go below zero
+end
+
+-- ARGV: tokens, tpm, now ms. Completion tokens as they stream (KEYS 1-2).
+local function charge(keys, args)
+  local now = tonumber(args[3])
+  sweep(keys, now)
+  take_tokens(keys, tonumber(args[1]), tonumber(args[2]), now)
+  return 1
+end
+
+-- ARGV: request id, now ms, tokens still to charge, tpm, model, prompt, cached, completion tokens.
+-- Frees the request's slot, charges what its last charge() missed and adds it to the hour's usage.
+local function release(keys, args)
+  local now = tonumber(args[2])
+  sweep(keys, now)
+  redis.call('ZREM', keys[2], args[1])
+  take_tokens(keys, tonumber(args[3]), tonumber(args[4]), now)
+  local model = args[5]
+  redis.call('HINCRBY', keys[3], model .. '|requests', 1)
+  redis.call('HINCRBY', keys[3], model .. '|prompt_tokens', args[6])
+  redis.call('HINCRBY', keys[3], model .. '|cached_tokens', args[7])
+  redis.call('HINCRBY', keys[3], model .. '|completion_tokens', args[8])
+  redis.call('EXPIRE', keys[3], USAGE_TTL_S)
+  return 1
+end
+
+redis.register_function('kvmesh_quota_admit', admit)
+redis.register_function('kvmesh_quota_charge', charge)
+redis.register_function('kvmesh_quota_release', release)

@@ -1,0 +1,233 @@
+"""Per-key quotas from real token counts, shared by every gateway replica through Redis (quota.lua).
+
+A request is admitted with one FCALL (`Quotas.admit`: a request from the key's requests-per-minute
+bucket, the prompt's tokens from its tokens-per-minute bucket, a concurrency slot under a lease);
+the completion tokens are charged as they stream, at most one FCALL a second (`Metered.completed`);
+one FCALL at the end frees the slot and adds the request to the key's hourly usage
+(`Metered.finish`). A gateway that dies gives its slots back when their leases run out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from typing import TYPE_CHECKING
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from kvmesh import redis_functions
+from kvmesh.errors import ResourceExhausted, Unavailable
+
+if TYPE_CHECKING:
+    from kvmesh.api_keys import ApiKey
+
+LIBRARY = resources.files("kvmesh").joinpath("quota.lua").read_text()
+LIBRARIES = [LIBRARY]
+HOUR_FORMAT = "%Y-%m-%dT%H"  # UTC; the suffix of a usage record's key
+FLUSH_S = 1.0  # streamed completion tokens are charged at most this often per request
+log = logging.getLogger(__name__)
+
+
+def keys(name: str, hour: str = "") -> tuple[str, str, str]:
+    """A key name's buckets, leases and (for `hour`) usage record: one hash tag, one cluster slot."""
+    return f"kvq:{{{name}}}:buckets", f"kvq:{{{name}}}:leases", f"kvq:{{{name}}}:usage:{hour}"
+
+
+class RateLimited(ResourceExhausted):
+    """Over a key's quota: HTTP 429 / RESOURCE_EXHAUSTED, with Retry-After and the x-ratelimit-* headers."""
+
+    def __init__(self, message: str, headers: dict[str, str]):
+        super().__init__(message, code="rate_limit_exceeded", headers=headers)
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    name: str
+    hour: datetime  # its start, UTC
+    model: str
+    requests: int
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+
+
+class Quotas:
+    def __init__(self, client: aioredis.Redis, lease_s: float = 900.0, clock: Callable[[], float] = time.time):
+        """`lease_s`: how long a request holds its concurrency slot if its gateway never releases it."""
+        self.redis = client
+        self.lease_s = lease_s
+        self.clock = clock
+        # Releases run on after a cancelled caller stops waiting; held here so that none is collected.
+        self._background: set[asyncio.Task] = set()
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    async def fcall(self, function: str, keys: tuple[str, ...], *args) -> list:
+        try:
+            return await redis_functions.call(
+                self.redis, LIBRARIES, lambda: self.redis.fcall(function, len(keys), *keys, *args)
+            )
+        except (RedisConnectionError, RedisTimeoutError) as e:
+            raise Unavailable(f"quota store (Redis) unreachable: {e}") from e
+
+    async def admit(self, key: ApiKey, request_id: str, prompt_tokens: int) -> Metered:
+        """Takes a request, `prompt_tokens` and a slot from `key`'s quota, or raises RateLimited."""
+        if not (key.rpm or key.tpm or key.max_concurrency):
+            return Metered(self, key, request_id, prompt_tokens, {})
+        now = self.now_ms()
+        deadline = now + int(self.lease_s * 1000)
+        args = (request_id, now, key.rpm, key.tpm, key.max_concurrency, prompt_tokens, deadline)
+        verdict, retry_ms, *figures = await self.fcall("kvmesh_quota_admit", keys(key.name)[:2], *args)
+        headers = _ratelimit_headers(key, figures)
+        verdict = verdict.decode() if isinstance(verdict, bytes) else verdict
+        if verdict == "ok":
+            return Metered(self, key, request_id, prompt_tokens, headers)
+        if verdict == "prompt":
+            raise RateLimited(
+                f"key {key.name!r}: a prompt of {prompt_tokens} tokens can never fit its limit of {key.tpm} "
+                "tokens per minute; shorten the prompt or raise the key's tpm",
+                headers,
+            )
+        seconds = max(1, math.ceil(retry_ms / 1000))
+        used_up = {
+            "rpm": f"{key.rpm} requests per minute used up",
+            "tpm": f"{key.tpm} tokens per minute used up (this prompt needs {prompt_tokens})",
+            "concurrency": f"{key.max_concurrency} requests in flight, its most at once",
+        }[verdict]
+        raise RateLimited(
+            f"key {key.name!r}: {used_up}; retry in {seconds} s", {"Retry-After": str(seconds), **headers}
+        )
+
+    async def usage(self, names: list[str] | None, hours: int) -> list[UsageRow]:
+        """Usage per key, model and hour over the last `hours` hours (this one included), oldest
+        first; `names` None: every key that has any."""
+        now = datetime.fromtimestamp(self.clock(), UTC).replace(minute=0, second=0, microsecond=0)
+        wanted = [(now - timedelta(hours=h)).strftime(HOUR_FORMAT) for h in reversed(range(hours))]
+        if names is None:
+            found = {_name_of(k) async for k in self.redis.scan_iter(match="kvq:{*}:usage:*", count=1000)}
+            names = sorted(found)
+        records = [(name, hour) for hour in wanted for name in names]
+        pipe = self.redis.pipeline(transaction=False)
+        for name, hour in records:
+            pipe.hgetall(keys(name, hour)[2])
+        rows = []
+        for (name, hour), fields in zip(records, await pipe.execute(), strict=True):
+            start = datetime.strptime(hour, HOUR_FORMAT).replace(tzinfo=UTC)
+            rows += _rows(name, start, fields)
+        return rows
+
+
+def _name_of(usage_key: bytes | str) -> str:
+    text = usage_key.decode() if isinstance(usage_key, bytes) else usage_key
+    return text[text.index("{") + 1 : text.index("}")]
+
+
+def _rows(name: str, hour: datetime, fields: dict) -> list[UsageRow]:
+    by_model: dict[str, dict[str, int]] = {}
+    for field, value in fields.items():
+        model, _, what = (field.decode() if isinstance(field, bytes) else field).rpartition("|")
+        by_model.setdefault(model, {})[what] = int(value)
+    return [
+        UsageRow(
+            name,
+            hour,
+            model,
+            f.get("requests", 0),
+            f.get("prompt_tokens", 0),
+            f.get("cached_tokens", 0),
+            f.get("completion_tokens", 0),
+        )
+        for model, f in sorted(by_model.items())
+    ]
+
+
+class Metered:
+    """One admitted request: charges its streamed tokens and, at `finish`, releases it."""
+
+    def __init__(self, quotas: Quotas, key: ApiKey, request_id: str, prompt_tokens: int, headers: dict[str, str]):
+        self.quotas = quotas
+        self.key = key
+        self.request_id = request_id
+        self.prompt_tokens = prompt_tokens
+        self.headers = headers  # x-ratelimit-* for the response
+        self.charged = 0  # completion tokens charged, or being charged, so far
+        self._counted = 0  # completion tokens reported by completed()
+        self._last_flush = quotas.clock()
+        self._flush: asyncio.Task | None = None
+        self._finish: asyncio.Task | None = None
+
+    def completed(self, n: int) -> None:
+        """`n` more completion tokens streamed; charged in the background, at most once a second."""
+        self._counted += n
+        if not self.key.tpm or self._finish or (self._flush and not self._flush.done()):
+            return
+        now = self.quotas.clock()
+        if now - self._last_flush >= FLUSH_S:
+            self._last_flush = now
+            self._flush = asyncio.ensure_future(self._charge(self._counted - self.charged))
+
+    async def _charge(self, tokens: int) -> None:
+        self.charged += tokens
+        try:
+            now = self.quotas.now_ms()
+            await self.quotas.fcall("kvmesh_quota_charge", keys(self.key.name)[:2], tokens, self.key.tpm, now)
+        except Exception as e:  # noqa: BLE001 - finish() charges these again; the stream goes on
+            self.charged -= tokens
+            log.warning("charging %s tokens to key %r failed: %s", tokens, self.key.name, e)
+
+    async def finish(self, model: str, prompt_tokens: int, cached_tokens: int, completion_tokens: int) -> None:
+        """Frees the slot, charges what is still uncharged and records the usage; only the first
+        call counts. Safe in a `finally`: a cancelled caller stops waiting, the release still runs."""
+        if self._finish is None:
+            self._finish = asyncio.ensure_future(self._release(model, prompt_tokens, cached_tokens, completion_tokens))
+            self.quotas._background.add(self._finish)
+            self._finish.add_done_callback(self.quotas._background.discard)
+        await asyncio.shield(self._finish)
+
+    async def _release(self, model: str, prompt_tokens: int, cached_tokens: int, completion_tokens: int) -> None:
+        if self._flush:
+            await self._flush  # never raises; after it, `charged` is what Redis has
+        # The usage's counts are the truth; admission took the prompt as tokenized, the charges the stream.
+        owed = max(completion_tokens - self.charged, 0) + max(prompt_tokens - self.prompt_tokens, 0)
+        hour = datetime.fromtimestamp(self.quotas.clock(), UTC).strftime(HOUR_FORMAT)
+        args = (self.request_id, self.quotas.now_ms(), owed, self.key.tpm, model)
+        counts = (prompt_tokens, cached_tokens, completion_tokens)
+        try:
+            await self.quotas.fcall("kvmesh_quota_release", keys(self.key.name, hour), *args, *counts)
+        except Exception as e:  # noqa: BLE001 - runs in a finally; the lease frees the slot in the end
+            log.warning("releasing request %s of key %r failed: %s", self.request_id, self.key.name, e)
+
+
+def _ratelimit_headers(key: ApiKey, figures: list[int]) -> dict[str, str]:
+    """OpenAI's x-ratelimit-* headers, for the limits `key` has."""
+    headers = {}
+    for kind, limit, (_, remaining, reset_ms) in (
+        ("requests", key.rpm, figures[0:3]),
+        ("tokens", key.tpm, figures[3:6]),
+    ):
+        if limit:
+            headers[f"x-ratelimit-limit-{kind}"] = str(limit)
+            headers[f"x-ratelimit-remaining-{kind}"] = str(remaining)
+            headers[f"x-ratelimit-reset-{kind}"] = duration(reset_ms)
+    return headers
+
+
+def duration(ms: int) -> str:
+    """A duration as OpenAI writes it (Go's): 20ms, 1s, 8.64s, 6m0s, 1h2m3.5s."""
+    if ms < 1000:
+        return f"{ms}ms" if ms > 0 else "0s"
+    hours, rest = divmod(ms, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    seconds = f"{rest // 1000}.{rest % 1000:03d}".rstrip("0").rstrip(".") + "s"
+    if hours:
+        return f"{hours}h{minutes}m{seconds}"
+    return f"{minutes}m{seconds}" if minutes else seconds
