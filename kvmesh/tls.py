@@ -260,3 +260,8 @@ def _load_into(context: ssl.SSLContext, pair: tuple[bytes, bytes]) -> None:
         context.load_cert_chain(f"/proc/self/fd/{descriptor}")
     finally:
         os.close(descriptor)
+
+
+def trusting(ca: Path) -> ssl.SSLContext:
+    """For an HTTPS client of a front (httpx's verify=): trusts the certificates `ca` signed."""
+    return ssl.create_default_context(cafile=str(ca))

@@ -72,7 +72,7 @@ class LocalMesh:
             grpc=f"127.0.0.1:{ports['grpc']}",
             router=f"127.0.0.1:{ports['router']}",
             kvindex=f"127.0.0.1:{ports['kvindex']}",
-            rest=f"http://127.0.0.1:{ports['rest']}",
+            rest=f"{'https' if tls_dir else 'http'}://127.0.0.1:{ports['rest']}",  # HTTPS with the mesh's certificates
             planner=f"127.0.0.1:{ports['planner']}",
             redis_url=redis.url,
             log_dir=log_dir,

@@ -23,9 +23,16 @@ def unavailable_reason() -> str | None:
 
 
 def argv(
-    listen: str, gateway: str, router: str, kvindex: str, planner: str = "", tls: MutualTls | None = None
+    listen: str,
+    gateway: str,
+    router: str,
+    kvindex: str,
+    planner: str = "",
+    tls: MutualTls | None = None,
+    expose_internal: bool = False,
 ) -> list[str]:
-    """With `tls`, the front dials the services with that client certificate; its own HTTP stays plain."""
+    """With `tls`, the front dials the services with that client certificate and serves HTTPS with
+    it. `expose_internal`: the router's, kvindex's and planner's routes too (else they answer 404)."""
     return [
         str(BINARY),
         f"--listen={listen}",
@@ -35,4 +42,5 @@ def argv(
         f"--planner={planner}",
         f"--openapi={OPENAPI}",
         *(tls.flags(prefix="-") if tls else []),
+        *(["-expose-internal"] if expose_internal else []),
     ]

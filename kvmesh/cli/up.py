@@ -9,6 +9,7 @@ import os
 import secrets
 import shlex
 import signal
+import ssl
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -24,7 +25,7 @@ from kvmesh.cli.options import default, setting
 from kvmesh.cli.supervisor import Supervisor, http_ok, tail
 from kvmesh.redis_server import PASSWORD_ENV, RedisServer, masked
 from kvmesh.settings import DEFAULT_REDIS_URL, WILDCARD_HOSTS, CommonSettings
-from kvmesh.tls import MutualTls, blocking_channel
+from kvmesh.tls import CA, MutualTls, blocking_channel, trusting
 from kvmesh.v1 import router_pb2, router_pb2_grpc, worker_pb2
 from services.gateway.config import GatewaySettings
 from services.kvindex.config import KvIndexSettings
@@ -34,7 +35,7 @@ from services.worker.config import WorkerSettings
 
 console = Console()
 MAX_RESTARTS = 3
-TLS_DIR_HELP = "a `kvmesh certs dev` directory: mutual TLS on every gRPC hop and Redis (the HTTP ports stay plain)"
+TLS_DIR_HELP = "a `kvmesh certs dev` directory: mutual TLS on every gRPC hop and Redis, HTTPS on the REST front"
 
 
 def up(
@@ -44,6 +45,9 @@ def up(
     grpc_port: int = setting(GatewaySettings, "grpc_port", help="kvmesh.v1 gRPC (Inference, Models)", min=1),
     # The REST front is a Go program, without a Settings class of its own.
     rest_port: int = typer.Option(8082, help="REST (grpc-gateway over every service; OpenAPI at /openapi.json)"),
+    rest_internal: bool = typer.Option(
+        False, help="REST also serves the router's, kvindex's and planner's routes (mesh-internal and admin RPCs)"
+    ),
     router_port: int = setting(RouterSettings, "port", help="the router's gRPC (kvmesh.v1.Router)", min=1),
     kvindex_port: int = setting(KvIndexSettings, "port", help="the kvindex's gRPC (kvmesh.v1.KvIndex)", min=1),
     planner_port: int = setting(PlannerSettings, "port", help="with --planner: its gRPC (kvmesh.v1.Planner)", min=1),
@@ -149,17 +153,20 @@ def up(
         _wait_ready(supervisor, f"http://{host}:{http_port}/health", ready_timeout_s)
         # Last, once the services it forwards to listen.
         rest_off = rest_front.unavailable_reason()
+        # With the mesh's certificates it serves HTTPS with its own.
+        rest_url = None if rest_off else f"{'https' if tls_dir else 'http'}://{host}:{rest_port}"
         if rest_off is None:
             grpc_addresses = {"gateway": grpc_port, "router": router_port, "kvindex": kvindex_port}
             if planner:
                 grpc_addresses["planner"] = planner_port
             backends = {k: f"{host}:{v}" for k, v in grpc_addresses.items()}
-            rest_argv = rest_front.argv(f"{host}:{rest_port}", tls=tls("rest"), **backends)
+            rest_argv = rest_front.argv(f"{host}:{rest_port}", tls=tls("rest"), expose_internal=rest_internal,
+                                        **backends)  # fmt: skip
             supervisor.start_program("rest", rest_argv)
-            _wait_ready(supervisor, f"http://{host}:{rest_port}/healthz", 30.0, what="starting the REST front")
+            verify = trusting(tls_dir / f"{CA}.crt") if tls_dir else True
+            _wait_ready(supervisor, f"{rest_url}/healthz", 30.0, what="starting the REST front", verify=verify)
         else:
             console.print(f"[yellow]REST is off: {rest_off}[/]; gRPC and OpenAI HTTP are unaffected")
-        rest_url = None if rest_off else f"http://{host}:{rest_port}"
         _print_endpoints(
             host, http_port, grpc_port, rest_url, router_port, kvindex_port, masked(redis_url), Path(model).name,
             log_dir, planner_port if planner else None,
@@ -217,11 +224,15 @@ def _supervise(supervisor: Supervisor, redis: RedisServer | None) -> None:
 
 
 def _wait_ready(
-    supervisor: Supervisor, health_url: str, timeout_s: float, what: str = "loading the model into Triton + vLLM"
+    supervisor: Supervisor,
+    health_url: str,
+    timeout_s: float,
+    what: str = "loading the model into Triton + vLLM",
+    verify: ssl.SSLContext | bool = True,
 ) -> None:
     start = time.monotonic()
     with console.status("") as status:
-        while not http_ok(health_url):
+        while not http_ok(health_url, verify):
             if (dead := supervisor.dead()) is not None:
                 console.print(f"[red]{dead.name} exited with code {dead.process.returncode}[/]:\n{tail(dead.log)}")
                 raise typer.Exit(1)

@@ -2,8 +2,12 @@
 // call its google.api.http annotation names and forwards it to the service that owns it; the
 // handlers are generated from protos/ by scripts/build_rest.py. Server-streaming RPCs
 // (Inference.Generate, Inference.Chat) answer newline-delimited JSON, one {"result": ...} per
-// message, flushed as it arrives. With -tls-cert, -tls-key and -tls-ca it dials the services with
-// mutual TLS (its certificate, theirs checked against the CA); its own HTTP listener stays plain.
+// message, flushed as it arrives. With -tls-cert and -tls-key its own listener serves HTTPS (the
+// certificate re-read for new connections when its files change or on SIGHUP); with -tls-ca as
+// well it dials the services with mutual TLS (its certificate, theirs checked against the CA).
+// The router's, kvindex's and planner's RPCs are the mesh's own and an admin's: their routes exist
+// only with -expose-internal. The Authorization header reaches the services as the gRPC
+// `authorization` metadata (grpc-gateway's runtime.AnnotateContext passes it through).
 package main
 
 import (
@@ -15,6 +19,9 @@ import (
 	"log"
 	"net/http"
 	"os"
+	"os/signal"
+	"sync"
+	"syscall"
 	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/runtime"
@@ -36,10 +43,16 @@ func main() {
 	kvindex := flag.String("kvindex", "", "gRPC address of the kvindex service")
 	planner := flag.String("planner", "", "gRPC address of the planner (empty: its routes answer 404)")
 	openapi := flag.String("openapi", "", "OpenAPI 3 document served at /openapi.json")
-	tlsCert := flag.String("tls-cert", "", "PEM certificate shown to the services (mutual TLS; with -tls-key, -tls-ca)")
+	tlsCert := flag.String("tls-cert", "", "PEM certificate: HTTPS on -listen (with -tls-key); with -tls-ca also "+
+		"shown to the services (mutual TLS)")
 	tlsKey := flag.String("tls-key", "", "the private key of -tls-cert (PEM)")
-	tlsCA := flag.String("tls-ca", "", "PEM CA the services' certificates must be signed by")
+	tlsCA := flag.String("tls-ca", "", "PEM CA the services' certificates must be signed by (mutual TLS to them)")
+	exposeInternal := flag.Bool("expose-internal", false, "serve the router's, kvindex's and planner's routes "+
+		"(mesh-internal and admin RPCs); without it they answer 404")
 	flag.Parse()
+	if (*tlsCert == "") != (*tlsKey == "") || (*tlsCA != "" && *tlsCert == "") {
+		log.Fatalf("tls: -tls-cert and -tls-key come together, and -tls-ca needs them")
+	}
 	transport, err := transportCredentials(*tlsCert, *tlsKey, *tlsCA)
 	if err != nil {
 		log.Fatalf("tls: %v", err)
@@ -66,15 +79,17 @@ func main() {
 	dial := []grpc.DialOption{transport, grpc.WithConnectParams(grpc.ConnectParams{Backoff: reconnect})}
 	backends := []struct {
 		address    string
+		internal   bool
 		registrars []registrar
 	}{
-		{*gateway, []registrar{kvmesh.RegisterInferenceHandlerFromEndpoint, kvmesh.RegisterModelsHandlerFromEndpoint}},
-		{*router, []registrar{kvmesh.RegisterRouterHandlerFromEndpoint}},
-		{*kvindex, []registrar{kvmesh.RegisterKvIndexHandlerFromEndpoint}},
-		{*planner, []registrar{kvmesh.RegisterPlannerHandlerFromEndpoint}},
+		{*gateway, false, []registrar{kvmesh.RegisterInferenceHandlerFromEndpoint, kvmesh.RegisterKeysHandlerFromEndpoint,
+			kvmesh.RegisterModelsHandlerFromEndpoint}},
+		{*router, true, []registrar{kvmesh.RegisterRouterHandlerFromEndpoint}},
+		{*kvindex, true, []registrar{kvmesh.RegisterKvIndexHandlerFromEndpoint}},
+		{*planner, true, []registrar{kvmesh.RegisterPlannerHandlerFromEndpoint}},
 	}
 	for _, backend := range backends {
-		if backend.address == "" {
+		if backend.address == "" || (backend.internal && !*exposeInternal) {
 			continue
 		}
 		for _, register := range backend.registrars {
@@ -97,17 +112,83 @@ func main() {
 		})
 	}
 	root.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
-	log.Printf("kvmesh-rest listening on %s", *listen)
-	log.Fatal(http.ListenAndServe(*listen, root))
+	if *tlsCert == "" {
+		log.Printf("kvmesh-rest listening on %s", *listen)
+		log.Fatal(http.ListenAndServe(*listen, root))
+	}
+	certificate, err := newReloadingCertificate(*tlsCert, *tlsKey)
+	if err != nil {
+		log.Fatalf("tls: %v", err)
+	}
+	server := &http.Server{Addr: *listen, Handler: root,
+		TLSConfig: &tls.Config{GetCertificate: certificate.get, MinVersion: tls.VersionTLS12}}
+	log.Printf("kvmesh-rest listening on %s (HTTPS)", *listen)
+	log.Fatal(server.ListenAndServeTLS("", ""))
 }
 
-// transportCredentials: plain text without the three files, mutual TLS with all three.
-func transportCredentials(cert, key, ca string) (grpc.DialOption, error) {
-	if cert == "" && key == "" && ca == "" {
-		return grpc.WithInsecure(), nil
+// reloadingCertificate: the listener's certificate, re-read at a new connection when the files'
+// size or modification time changed, or after SIGHUP. A pair that does not load is logged and the
+// previous one kept (a renewal half written: the new certificate beside the old key).
+type reloadingCertificate struct {
+	certFile, keyFile string
+	mu                sync.Mutex
+	current           *tls.Certificate
+	stamp             string // the files' size and mtime when current was read
+	failed            string // the stamp of a pair that did not load, logged once
+	sighup            chan os.Signal
+}
+
+func newReloadingCertificate(certFile, keyFile string) (*reloadingCertificate, error) {
+	r := &reloadingCertificate{certFile: certFile, keyFile: keyFile, sighup: make(chan os.Signal, 1)}
+	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, err
 	}
-	if cert == "" || key == "" || ca == "" {
-		return nil, fmt.Errorf("mutual TLS needs -tls-cert, -tls-key and -tls-ca together")
+	r.current, r.stamp = &pair, r.filesStamp()
+	signal.Notify(r.sighup, syscall.SIGHUP)
+	return r, nil
+}
+
+func (r *reloadingCertificate) filesStamp() string {
+	stamp := ""
+	for _, name := range []string{r.certFile, r.keyFile} {
+		if info, err := os.Stat(name); err == nil {
+			stamp += fmt.Sprintf("%d/%d;", info.Size(), info.ModTime().UnixNano())
+		}
+	}
+	return stamp
+}
+
+func (r *reloadingCertificate) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	forced := false
+	select {
+	case <-r.sighup:
+		forced = true
+	default:
+	}
+	stamp := r.filesStamp()
+	if !forced && stamp == r.stamp {
+		return r.current, nil
+	}
+	pair, err := tls.LoadX509KeyPair(r.certFile, r.keyFile)
+	if err != nil {
+		if stamp != r.failed {
+			log.Printf("tls: keeping the current certificate: %v", err)
+			r.failed = stamp
+		}
+		return r.current, nil
+	}
+	log.Printf("tls: %s reloaded for new connections", r.certFile)
+	r.current, r.stamp, r.failed = &pair, stamp, ""
+	return r.current, nil
+}
+
+// transportCredentials: plain text towards the services without -tls-ca, mutual TLS with it.
+func transportCredentials(cert, key, ca string) (grpc.DialOption, error) {
+	if ca == "" {
+		return grpc.WithInsecure(), nil
 	}
 	pair, err := tls.LoadX509KeyPair(cert, key)
 	if err != nil {

@@ -76,7 +76,7 @@ def mesh(real_meshes, tmp_path_factory, traces) -> LocalMesh:
         "OTEL_EXPORTER_OTLP_INSECURE": "true",
         "OTEL_BSP_SCHEDULE_DELAY": "200",
     }
-    args = ("--workers", str(WORKERS))
+    args = ("--workers", str(WORKERS), "--rest-internal")  # test_rest and the README call the router over REST
     return real_meshes.get(
         "aggregated", lambda: meshes.running(tmp_path_factory.mktemp("mesh-logs"), args, WORKERS, env=otel)
     )

@@ -39,6 +39,7 @@ def planned(tmp_path_factory, sim_profile):
         str(sim_profile),
         "--planner-args",
         planner_args,
+        "--rest-internal",  # the planner's status over REST
     )
     mesh = LocalMesh.start(tmp_path_factory.mktemp("planner-mesh-logs"), extra_args=args)
     mesh.wait_for_workers(2)

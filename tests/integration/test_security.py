@@ -21,7 +21,7 @@ from kvmesh.net import free_port
 from kvmesh.redis_server import RedisServer
 from kvmesh.replay.runner import ReplayOptions, replay
 from kvmesh.replay.traces import TraceRequest
-from kvmesh.tls import MutualTls
+from kvmesh.tls import MutualTls, trusting
 from kvmesh.v1 import router_pb2, router_pb2_grpc
 from tests.support.certs import ours_and_another_ca
 from tests.support.waiting import wait_for
@@ -81,11 +81,12 @@ def test_redis_with_tls_answers_a_client_with_its_own_certificate_only(redis_wit
 @pytest.fixture(scope="module")
 def secure(certs, tmp_path_factory):
     mesh = LocalMesh.start(
-        tmp_path_factory.mktemp("tls-mesh-logs"), extra_args=("--engine", "sim"), tls_dir=certs[0],
+        tmp_path_factory.mktemp("tls-mesh-logs"), extra_args=("--engine", "sim", "--rest-internal"), tls_dir=certs[0],
         ready_timeout_s=300,
     )  # fmt: skip
     mesh.wait_for_workers(1)
-    wait_for(lambda: http_ok(f"{mesh.rest}/healthz"), timeout_s=30, what="the REST front")  # kvmesh up starts it last
+    rest_ca = trusting(mesh.tls.ca)  # the REST front serves HTTPS with its certificate of the mesh's CA
+    wait_for(lambda: http_ok(f"{mesh.rest}/healthz", rest_ca), timeout_s=30, what="the REST front")  # started last
     yield mesh
     assert mesh.stop() == 0, mesh.log("up")
 
@@ -100,12 +101,13 @@ def test_an_openai_request_crosses_every_hop_under_mutual_tls(secure):
 
 
 def test_rest_reaches_the_services_with_its_certificate(secure):
-    workers = httpx.get(f"{secure.rest}/v1/router/workers", timeout=10)
-    assert workers.status_code == 200, workers.text
-    assert len(workers.json()["workers"]) == 1
-    assert httpx.get(f"{secure.rest}/v1/kvindex/stats", timeout=10).status_code == 200
-    body = {"model": secure.model, "token_ids": {"ids": [504, 3575, 282]}, "sampling": {"max_tokens": 3}}
-    generated = httpx.post(f"{secure.rest}/v1/kvmesh/generate", json=body, timeout=60)
+    with httpx.Client(base_url=secure.rest, verify=trusting(secure.tls.ca), timeout=60) as rest:
+        workers = rest.get("/v1/router/workers")
+        assert workers.status_code == 200, workers.text
+        assert len(workers.json()["workers"]) == 1
+        assert rest.get("/v1/kvindex/stats").status_code == 200
+        body = {"model": secure.model, "token_ids": {"ids": [504, 3575, 282]}, "sampling": {"max_tokens": 3}}
+        generated = rest.post("/v1/kvmesh/generate", json=body)
     assert generated.status_code == 200 and '"FINISH_REASON_' in generated.text, generated.text
 
 

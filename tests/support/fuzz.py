@@ -22,7 +22,9 @@ from hypothesis import strategies as st
 NO_WORKER_503 = "no live worker"
 # The mesh fuzzed: simulated workers, fast, with a short context so that a junk max_tokens is
 # refused rather than decoded for minutes.
-SIM_MESH_ARGS = ("--engine", "sim", "--engine-args", '{"max_model_len": 512, "timing": {"speedup": 1000}}')
+# --rest-internal: every operation of the OpenAPI document is served, the router's included.
+SIM_MESH_ARGS = ("--engine", "sim", "--engine-args", '{"max_model_len": 512, "timing": {"speedup": 1000}}',
+                 "--rest-internal")  # fmt: skip
 
 
 @dataclass

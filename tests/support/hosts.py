@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-import httpx
 
 from kvmesh import models
 from kvmesh.cli import rest_front
-from kvmesh.tls import MutualTls, blocking_channel
+from kvmesh.cli.supervisor import http_ok
+from kvmesh.tls import CA, MutualTls, blocking_channel, trusting
 from kvmesh.v1 import router_pb2, router_pb2_grpc
 
 PREFIX = "kvmt-"
@@ -207,7 +207,8 @@ class Mesh:
 
     @property
     def rest(self) -> str:
-        return f"http://{self.placement.gw.address}:{PORTS['rest']}"
+        scheme = "https" if self.tls_dir else "http"  # the REST front serves HTTPS with its certificate
+        return f"{scheme}://{self.placement.gw.address}:{PORTS['rest']}"
 
     @property
     def grpc(self) -> str:
@@ -348,10 +349,11 @@ def channel(address: str, tls_dir: Path | None) -> grpc.Channel:
 def _ready(args: argparse.Namespace) -> None:
     deadline = time.monotonic() + args.timeout
     pending = list(args.url)
+    verify = trusting(args.tls_dir / f"{CA}.crt") if args.tls_dir else True
     with channel(args.router, args.tls_dir) as router_channel:
         router = router_pb2_grpc.RouterStub(router_channel)
         while True:
-            pending = [u for u in pending if not _ok(u)]
+            pending = [u for u in pending if not http_ok(u, verify)]
             if not pending:
                 with contextlib.suppress(grpc.RpcError):
                     if len(router.Workers(router_pb2.WorkersRequest(), timeout=3).workers) >= args.workers:
@@ -359,13 +361,6 @@ def _ready(args: argparse.Namespace) -> None:
             if time.monotonic() > deadline:
                 raise SystemExit(f"not ready after {args.timeout:.0f}s: waiting for {pending or 'the workers'}")
             time.sleep(0.5)
-
-
-def _ok(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 if __name__ == "__main__":
