@@ -29,14 +29,13 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import TypeVar
 
+from kvmesh.api_keys import PRIORITIES, Priority
 from kvmesh.errors import AtCapacity, ResourceExhausted
 from services.gateway import metrics
 
 T = TypeVar("T")
-Priority = Literal["high", "normal", "low"]
-PRIORITIES: tuple[Priority, ...] = ("high", "normal", "low")  # the order queues are served in
 # The queue cannot know when a slot frees; a second is many turns of a busy mesh and short for a person.
 RETRY_AFTER = {"Retry-After": "1"}
 
@@ -94,7 +93,7 @@ class Admission:
         if timeout_s <= 0 or retry_interval_s <= 0:
             raise ValueError(f"timeout_s and retry_interval_s must be > 0, not {timeout_s} and {retry_interval_s}")
         self.max_queued, self.timeout_s, self.retry_interval_s = max_queued, timeout_s, retry_interval_s
-        self._lanes = {p: _Lane() for p in PRIORITIES}
+        self._lanes = {p: _Lane() for p in PRIORITIES}  # in the order they are served
         self._seq = itertools.count()
         self._wake = asyncio.Event()  # a slot may have freed
         self._server: asyncio.Task | None = None  # hands out turns while anything is queued
