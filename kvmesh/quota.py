@@ -17,17 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import resources
-from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from kvmesh import redis_functions
-from kvmesh.errors import ResourceExhausted, Unavailable
-
-if TYPE_CHECKING:
-    from kvmesh.api_keys import ApiKey
+from kvmesh.api_keys import ApiKey
+from kvmesh.errors import InvalidArgument, ResourceExhausted, Unavailable
 
 LIBRARY = resources.files("kvmesh").joinpath("quota.lua").read_text()
 LIBRARIES = [LIBRARY]
@@ -110,6 +107,8 @@ class Quotas:
     async def usage(self, names: list[str] | None, hours: int) -> list[UsageRow]:
         """Usage per key, model and hour over the last `hours` hours (this one included), oldest
         first; `names` None: every key that has any."""
+        if hours < 1:
+            raise InvalidArgument(f"hours: must be ≥ 1, not {hours}", param="hours")
         now = datetime.fromtimestamp(self.clock(), UTC).replace(minute=0, second=0, microsecond=0)
         wanted = [(now - timedelta(hours=h)).strftime(HOUR_FORMAT) for h in reversed(range(hours))]
         if names is None:

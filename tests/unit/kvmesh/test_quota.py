@@ -13,7 +13,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from kvmesh.api_keys import ApiKey
-from kvmesh.errors import Unavailable
+from kvmesh.errors import InvalidArgument, Unavailable
 from kvmesh.net import free_port
 from kvmesh.quota import Quotas, RateLimited, UsageRow, duration
 
@@ -186,6 +186,8 @@ async def test_usage_per_key_model_and_hour(quotas, clock):
     ]
     assert await quotas.usage(["team-a"], hours=1) == [UsageRow("team-a", four, "m1", 1, 3, 0, 1)]
     assert await quotas.usage(["nobody"], hours=24) == []
+    with pytest.raises(InvalidArgument, match="hours"):
+        await quotas.usage(None, hours=0)
 
 
 async def test_usage_records_expire_after_35_days(client, quotas):
