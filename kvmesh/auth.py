@@ -19,6 +19,9 @@ from kvmesh.grpc_server import HANDLER_KINDS
 from kvmesh.settings import CommonSettings
 
 MESH_TOKEN_ENV = "KVMESH_MESH_TOKEN"
+# An admin key handed in from outside (kvmesh up makes one; on Kubernetes, a Secret): the gateway
+# stores its hash as the key named "admin", so whoever holds it can make the others.
+ADMIN_KEY_ENV = "KVMESH_ADMIN_KEY"
 MESH = ApiKey(name="mesh", role="mesh")
 
 OPEN: frozenset[str] = frozenset()

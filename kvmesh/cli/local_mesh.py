@@ -1,6 +1,7 @@
 """`kvmesh up` as a child process on free loopback ports: what the integration tests and the
 benchmarks start, exactly as a user would. It picks its Redis's password (and with `tls_dir`,
-mutual TLS everywhere), so that `redis_url` reaches that Redis and `tls` is a client certificate."""
+mutual TLS everywhere) and its admin key, so that `redis_url` reaches that Redis, `tls` is a client
+certificate and `admin_key` works wherever auth is on."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from pathlib import Path
 import grpc
 import psutil
 
+from kvmesh.api_keys import PREFIX
+from kvmesh.auth import ADMIN_KEY_ENV, bearer
 from kvmesh.cli.supervisor import http_ok
 from kvmesh.models import DEFAULT_MODEL
 from kvmesh.net import free_ports
@@ -38,6 +41,7 @@ class LocalMesh:
     log_dir: Path
     model: str = DEFAULT_MODEL
     tls: MutualTls | None = None  # the `client` certificate of the mesh's CA, when it runs mutual TLS
+    admin_key: str = ""  # the mesh's admin key (it checks keys with --auth on)
 
     @classmethod
     def start(
@@ -64,6 +68,7 @@ class LocalMesh:
         redis = RedisServer(ports["redis"], password=password, tls=redis_tls)  # kvmesh up starts it; this names it
         child_env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"} | (env or {})  # its own Redis
         child_env[PASSWORD_ENV] = password
+        child_env.setdefault(ADMIN_KEY_ENV, PREFIX + secrets.token_urlsafe(32))
         with open(log_dir / "up.log", "wb") as out:
             process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=child_env)
         mesh = cls(
@@ -77,6 +82,7 @@ class LocalMesh:
             redis_url=redis.url,
             log_dir=log_dir,
             tls=MutualTls.in_dir(tls_dir, "client") if tls_dir else None,
+            admin_key=child_env[ADMIN_KEY_ENV],
         )
         deadline = time.monotonic() + ready_timeout_s
         while not http_ok(f"{mesh.http}/health"):
@@ -93,7 +99,7 @@ class LocalMesh:
         with self.channel(self.router) as channel:
             stub = router_pb2_grpc.RouterStub(channel)
             while True:
-                workers = stub.Workers(router_pb2.WorkersRequest(), timeout=5).workers
+                workers = stub.Workers(router_pb2.WorkersRequest(), timeout=5, metadata=bearer(self.admin_key)).workers
                 if sum(w.record.id not in gone for w in workers) >= count:
                     return
                 if self.process.poll() is not None or time.monotonic() > deadline:

@@ -20,9 +20,12 @@ from rich.console import Console
 from rich.table import Table
 
 from kvmesh import models
+from kvmesh.api_keys import PREFIX
+from kvmesh.auth import ADMIN_KEY_ENV, MESH_TOKEN_ENV, bearer
 from kvmesh.cli import rest_front
 from kvmesh.cli.options import default, setting
 from kvmesh.cli.supervisor import Supervisor, http_ok, tail
+from kvmesh.net import is_loopback
 from kvmesh.redis_server import PASSWORD_ENV, RedisServer, masked
 from kvmesh.settings import DEFAULT_REDIS_URL, WILDCARD_HOSTS, CommonSettings
 from kvmesh.tls import CA, MutualTls, blocking_channel, trusting
@@ -69,6 +72,7 @@ def up(
     planner_profile: Path = typer.Option(None, help="`kvmesh profile` output; default <cache>/profiles/<engine>.json"),
     planner_args: str = typer.Option("", help="more planner flags, e.g. '--ttft-ms 500 --itl-ms 50 --max-replicas 4'"),
     tls_dir: Path = typer.Option(None, help=TLS_DIR_HELP, exists=True, file_okay=False),
+    auth: str = setting(CommonSettings, "auth"),
     log_dir: Path = typer.Option(None, help="default: <cache>/run/<time>"),
     ready_timeout_s: float = typer.Option(900.0),
 ) -> None:
@@ -81,6 +85,8 @@ def up(
             "addresses (on several hosts, each service takes --host and --advertise-host: docs/deploy.md)",
             param_hint="--host",
         )
+    if auth not in ("auto", "on", "off"):
+        raise typer.BadParameter(f"{auth!r}: one of auto, on, off", param_hint="--auth")
     if planner and not disagg:
         raise typer.BadParameter("the planner sizes prefill and decode pools: add --disagg", param_hint="--planner")
     if planner and not planner_profile.exists():
@@ -100,8 +106,12 @@ def up(
         with console.status(f"starting redis-server on {host}:{redis_port}…"):
             redis.start()
         redis_url = redis.url
-    # The URL (with its password) goes by the environment: a command line is visible to every local user.
-    supervisor = Supervisor(log_dir, env={"REDIS_URL": redis_url})
+    # Secrets go by the environment: a command line is visible to every local user. The services show
+    # each other the mesh token; the gateway makes the admin key the key named "admin".
+    mesh_token = os.environ.get(MESH_TOKEN_ENV) or secrets.token_urlsafe(32)
+    admin_key = os.environ.get(ADMIN_KEY_ENV) or PREFIX + secrets.token_urlsafe(32)
+    env = {"REDIS_URL": redis_url, MESH_TOKEN_ENV: mesh_token, ADMIN_KEY_ENV: admin_key}
+    supervisor = Supervisor(log_dir, env=env)
     # Our children stop on our terms; SIGTERM is handled like Ctrl-C. SIGINT explicitly too: a
     # launcher that ran us in the background (`cmd &` in a script, nohup) left it ignored, and
     # Python then never raises KeyboardInterrupt, so Ctrl-C or a bench's SIGINT did nothing.
@@ -111,7 +121,7 @@ def up(
         if model in models.CATALOG:
             with console.status(f"preparing {model}…"):
                 models.prepare(model)
-        common = ["--host", host]
+        common = ["--host", host, "--auth", auth]
         # A worker picks free ports for its Triton while the services below may not have bound theirs.
         mesh_ports = [http_port, grpc_port, rest_port, router_port, kvindex_port, planner_port, redis_port]
         worker_common = [*common, *_flags(tls("worker")), "--reserved-ports", json.dumps(mesh_ports), "--model", model]
@@ -167,9 +177,10 @@ def up(
             _wait_ready(supervisor, f"{rest_url}/healthz", 30.0, what="starting the REST front", verify=verify)
         else:
             console.print(f"[yellow]REST is off: {rest_off}[/]; gRPC and OpenAI HTTP are unaffected")
+        auth_on = auth == "on" or (auth == "auto" and not is_loopback(host))
         _print_endpoints(
             host, http_port, grpc_port, rest_url, router_port, kvindex_port, masked(redis_url), Path(model).name,
-            log_dir, planner_port if planner else None,
+            log_dir, planner_port if planner else None, admin_key if auth_on else None,
         )  # fmt: skip
         _supervise(supervisor, redis)
     except KeyboardInterrupt:
@@ -246,7 +257,7 @@ def _wait_ready(
 
 
 def _print_endpoints(host, http_port, grpc_port, rest_url, router_port, kvindex_port, redis_url, model, log_dir,
-                     planner_port=None):  # fmt: skip
+                     planner_port=None, admin_key=None):  # fmt: skip
     console.print(f"  OpenAI HTTP  http://{host}:{http_port}/v1   (health /health, metrics /metrics)")
     console.print(f"  gRPC         {host}:{grpc_port}   kvmesh.v1.Inference, kvmesh.v1.Models")
     if rest_url:
@@ -257,10 +268,15 @@ def _print_endpoints(host, http_port, grpc_port, rest_url, router_port, kvindex_
         console.print(f"  planner      {host}:{planner_port}   kvmesh.v1.Planner")
     console.print(f"  redis        {redis_url}")
     console.print(f"  logs         {log_dir}")
+    if admin_key:
+        console.print(f"  auth         on; the admin key, shown once ({ADMIN_KEY_ENV}): {admin_key}", highlight=False)
+        console.print("               `kvmesh keys create NAME` makes the users' keys (docs/security.md)")
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": "What is the capital of France?"}]})
     console.print("Try:", style="bold")
     console.print(
-        f"curl -s http://{host}:{http_port}/v1/chat/completions -H 'Content-Type: application/json' -d '{body}'",
+        f"curl -s http://{host}:{http_port}/v1/chat/completions -H 'Content-Type: application/json'"
+        + (f" -H 'Authorization: Bearer {admin_key}'" if admin_key else "")
+        + f" -d '{body}'",
         soft_wrap=True,
         highlight=False,
     )
@@ -273,12 +289,14 @@ ROUTER_ADDRESS = f"{default(CommonSettings, 'host')}:{default(RouterSettings, 'p
 def status(
     router: str = typer.Option(ROUTER_ADDRESS, help="the router's address"),
     tls_dir: Path = typer.Option(None, help="the mesh's `kvmesh certs dev` directory (its client certificate)"),
+    admin_key: str = typer.Option("", envvar=ADMIN_KEY_ENV, help="for a router with auth on: an admin key"),
 ) -> None:
     """Live workers and their load, as the router sees them."""
     client = _tls_in(tls_dir)("client")
     try:
         with blocking_channel(router, client) as channel:
-            reply = router_pb2_grpc.RouterStub(channel).Workers(router_pb2.WorkersRequest(), timeout=3)
+            stub = router_pb2_grpc.RouterStub(channel)
+            reply = stub.Workers(router_pb2.WorkersRequest(), timeout=3, metadata=bearer(admin_key))
     except grpc.RpcError as e:
         console.print(f"[red]router at {router}: {e.details()}[/]")
         raise typer.Exit(1) from None

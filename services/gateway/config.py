@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -10,6 +12,8 @@ from services.gateway.limits import InputLimits
 
 class GatewaySettings(WatcherSettings):
     model_config = SettingsConfigDict(env_prefix="KVMESH_GATEWAY_", cli_prog_name="kvmesh gateway")
+    # --tls-cert/--tls-key alone: TLS on the client-facing ports; --tls-ca too: mutual TLS inside the mesh.
+    tls_ca_optional: ClassVar[bool] = True
 
     http_port: int = Field(8080, ge=0, le=65535, description="OpenAI-compatible HTTP; 0 = a free port")
     grpc_port: int = Field(8081, ge=0, le=65535, description="kvmesh.v1 Inference/Models; 0 = a free port")
@@ -46,6 +50,13 @@ class GatewaySettings(WatcherSettings):
     max_stop_strings: int = Field(16, ge=0, description="stop strings per request")
     max_stop_chars: int = Field(512, ge=1, description="characters per stop string")
     max_stop_token_ids: int = Field(256, ge=0, description="stop_token_ids per request")
+    max_queued: int = Field(
+        256, ge=0, description="requests waiting for a worker, per priority, when every worker is full; more: 429"
+    )
+    queue_timeout_s: float = Field(30.0, gt=0, description="longest a request waits for a worker; then 429")
+    metrics_max_keys: int = Field(
+        100, ge=1, description="API keys with a label of their own in the per-key metrics; the rest: 'other'"
+    )
 
     def input_limits(self) -> InputLimits:
         return InputLimits(self.max_messages, self.max_prompt_chars, self.max_stop_strings, self.max_stop_chars,

@@ -17,9 +17,11 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from kvmesh import hashing, telemetry
+from kvmesh.api_keys import Priority
 from kvmesh.errors import Unavailable
 from kvmesh.sampling import SamplingParams
 from services.gateway import metrics
+from services.gateway.admission import Admission
 from services.gateway.detokenizer import TextStream
 from services.gateway.engine_client import TritonPool
 from services.gateway.phases import Phases
@@ -53,6 +55,16 @@ def new_request_id() -> str:
 
 
 @dataclass
+class Ticket:
+    """Who a request is for the fair queue (admission.py), and how long it waited there."""
+
+    key: str = "anonymous"
+    priority: Priority = "normal"
+    cost: int = 0  # tokens: prompt + most it may generate
+    queued_s: float = 0.0
+
+
+@dataclass
 class _Progress:
     """What the client has been sent, across the workers a request ran on, and its latencies."""
 
@@ -82,9 +94,11 @@ class _Progress:
 class Generator:
     def __init__(
         self, router: RouterClient, engines: TritonPool, served: ServedModels, prefill_timeout_s: float = 30.0,
-        max_migrations: int = 1, whole_answer_interval_ms: float = 0.0,
+        max_migrations: int = 1, whole_answer_interval_ms: float = 0.0, admission: Admission | None = None,
     ):  # fmt: skip
+        """`admission`: where requests wait when every worker is full; None: they fail at once."""
         self.router = router
+        self.admission = admission
         self.phases = Phases(engines, prefill_timeout_s)
         self.served = served
         self.max_migrations = max_migrations
@@ -98,9 +112,11 @@ class Generator:
         request_id: str,
         parent: otel_context.Context | None = None,
         whole: bool = False,
+        ticket: Ticket | None = None,
     ) -> AsyncIterator[Chunk]:
         """`parent`: the caller's trace context (default: the current one). `whole`: the caller
         answers only once the request is done (non-streaming), so the engine need not send each token.
+        `ticket`: its place in the fair queue when the mesh is full (default: anonymous, normal).
 
         If the worker fails mid-stream (unreachable, killed, aborted), the request moves to
         another worker: the prompt plus the tokens already sent, for the tokens still owed, so
@@ -113,11 +129,14 @@ class Generator:
         progress = _Progress(time.perf_counter(), TextStream(model.tokenizer.backend, sampling.stop))
         failed: list[str] = []
         interval_ms = self.whole_answer_interval_ms if whole else 0.0
+        ticket = ticket or Ticket(cost=len(prompt_ids) + sampling.max_tokens)
         metrics.IN_FLIGHT.inc()
         metrics.PROMPT_LENGTH.observe(len(prompt_ids))
         try:
             while True:
-                attempt = self._attempt(model, prompt_ids, sampling, request_id, progress, failed, span, interval_ms)
+                attempt = self._attempt(
+                    model, prompt_ids, sampling, request_id, progress, failed, span, interval_ms, ticket
+                )
                 tried = len(failed)
                 try:
                     async with aclosing(attempt) as chunks:
@@ -136,15 +155,16 @@ class Generator:
             span.end()
 
     async def _attempt(
-        self, model, prompt_ids, sampling, request_id, progress: _Progress, failed: list[str], span, interval_ms: float
-    ):
+        self, model, prompt_ids, sampling, request_id, progress: _Progress, failed: list[str], span, interval_ms: float,
+        ticket: Ticket,
+    ):  # fmt: skip
         """One worker's (or one prefill + decode pair's) go at what the request still owes; the
         worker joins `failed` if it fails (Unavailable)."""
         attempt_id = f"{request_id}-m{len(failed)}" if failed else request_id
         ids = prompt_ids + progress.sent
         owed = msgspec.structs.replace(sampling, max_tokens=sampling.max_tokens - len(progress.sent))
         trace_headers = telemetry.carrier(trace.set_span_in_context(span))
-        decision = await self._route(model, attempt_id, ids, owed, failed, trace_headers)
+        decision = await self._admitted_route(ticket, model, attempt_id, ids, owed, failed, trace_headers)
         worker = decision.worker
         span.set_attribute("kvmesh.worker", worker.id)
         if decision.HasField("prefill_worker"):
@@ -181,6 +201,17 @@ class Generator:
             # Leaving early (stop string, client gone) closes the engine stream, which aborts it.
             await stream.aclose()
             self.router.release(attempt_id)
+            if self.admission is not None:
+                self.admission.released()
+
+    async def _admitted_route(self, ticket: Ticket, *route_args):
+        if self.admission is None:
+            return await self._route(*route_args)
+        decision, queued_s = await self.admission.run(
+            ticket.key, ticket.priority, ticket.cost, lambda: self._route(*route_args)
+        )
+        ticket.queued_s += queued_s
+        return decision
 
     async def _route(self, model, request_id, ids, sampling, failed, trace_headers):
         block_size = self.served.block_size(model.name)

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 import uvicorn
 import uvloop
 
-from kvmesh import grpc_server, registry, telemetry
+from kvmesh import auth, grpc_server, registry, telemetry
+from kvmesh.api_keys import ApiKey, KeyStore
+from kvmesh.quota import Quotas
 from kvmesh.settings import load
-from kvmesh.tls import MutualTls
-from kvmesh.v1 import inference_pb2_grpc, models_pb2_grpc
+from kvmesh.tls import FrontTls, MutualTls, install_sighup
+from kvmesh.v1 import inference_pb2_grpc, keys_pb2_grpc, models_pb2_grpc
+from services.gateway.admission import Admission
 from services.gateway.config import GatewaySettings
 from services.gateway.engine_client import TritonPool
+from services.gateway.front_door import FrontDoor
 from services.gateway.generation import Generator
+from services.gateway.key_metrics import KeyMetrics
+from services.gateway.keys_servicer import KeysServicer
 from services.gateway.openai.routes import create_app
 from services.gateway.openai.serving import OpenAIServing
 from services.gateway.router_client import RouterClient
@@ -26,56 +33,74 @@ log = logging.getLogger("kvmesh.gateway")
 
 async def run(settings: GatewaySettings) -> None:
     telemetry.setup_tracing("gateway")
-    tls = MutualTls.of(settings)
+    tls = MutualTls.of(settings)  # the mesh's hops: with --tls-ca
+    front_tls = FrontTls.of(settings, api_keys=settings.auth_enabled)  # the client-facing ports
     redis_client = registry.connect(settings.redis_url, tls=tls)
     watcher = registry.Watcher(registry.Registry(redis_client), settings.refresh_ms / 1000)
     await watcher.start()
     served = ServedModels(settings.models, watcher)
-    router = RouterClient(settings.router_address, tls)
+    keys, quotas = KeyStore(redis_client), Quotas(redis_client)
+    authenticator = None
+    if settings.auth_enabled:
+        authenticator = auth.Authenticator(keys, auth.mesh_token(required=True))
+        if admin_key := os.environ.get(auth.ADMIN_KEY_ENV):
+            await keys.ensure(ApiKey(name="admin", role="admin"), admin_key)
+    router = RouterClient(settings.router_address, tls, auth.mesh_token(required=False))
     engines = TritonPool(mux=settings.mux, tls=tls)
     watcher.on_change(lambda: engines.fail_workers_gone(watcher.workers))
     generator = Generator(
-        router, engines, served, settings.prefill_timeout_s, settings.max_migrations, settings.whole_answer_interval_ms
-    )
-
+        router, engines, served, settings.prefill_timeout_s, settings.max_migrations, settings.whole_answer_interval_ms,
+        Admission(settings.max_queued, settings.queue_timeout_s),
+    )  # fmt: skip
+    front = FrontDoor(generator, quotas if authenticator else None, KeyMetrics(settings.metrics_max_keys))
     limits = settings.input_limits()
 
     def register(server) -> None:
         inference_pb2_grpc.add_InferenceServicer_to_server(
-            InferenceServicer(served, generator, settings.default_max_tokens, limits), server
+            InferenceServicer(served, front, settings.default_max_tokens, limits), server
         )
         models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(served), server)
+        keys_pb2_grpc.add_KeysServicer_to_server(KeysServicer(keys, quotas), server)
 
     grpc_served = await grpc_server.serve(
-        "gateway", settings.host, settings.grpc_port, register, tls, max_message_bytes=settings.max_body_bytes
+        "gateway", settings.host, settings.grpc_port, register, tls, max_message_bytes=settings.max_body_bytes,
+        interceptors=[auth.AuthInterceptor(authenticator)] if authenticator else [],
+        credentials=front_tls.grpc_credentials() if front_tls else None,
+    )  # fmt: skip
+    openai_serving = OpenAIServing(served, front, settings.default_max_tokens, limits)
+    app = create_app(served, openai_serving, settings.max_body_bytes, authenticator)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.http_port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        # Longer than clients keep idle connections (httpx, and so the openai client: 5 s): else a
+        # client may reuse a connection the moment the server closes it, and the request fails.
+        timeout_keep_alive=settings.http_keep_alive_s,
+        **(front_tls.uvicorn_kwargs() if front_tls else {}),
     )
-    openai_serving = OpenAIServing(served, generator, settings.default_max_tokens, limits)
-    app = create_app(served, openai_serving, settings.max_body_bytes)
-    http = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=settings.host,
-            port=settings.http_port,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            # Longer than clients keep idle connections (httpx, and so the openai client: 5 s): else a
-            # client may reuse a connection the moment the server closes it, and the request fails.
-            timeout_keep_alive=settings.http_keep_alive_s,
-        )
-    )
+    http = uvicorn.Server(config)
+    if front_tls:
+        install_sighup()
+        reloading = asyncio.create_task(front_tls.watch(config))
     serving = asyncio.create_task(http.serve())  # uvicorn handles SIGINT/SIGTERM and returns
     while not http.started and not serving.done():
         await asyncio.sleep(0.02)
     if http.started:
         port = http.servers[0].sockets[0].getsockname()[1]
+        scheme = "https" if front_tls else "http"
         print(
-            f"gateway ready: http://{settings.host}:{port} (OpenAI), grpc {settings.host}:{grpc_served.port}",
+            f"gateway ready: {scheme}://{settings.host}:{port} (OpenAI), grpc {settings.host}:{grpc_served.port}"
+            f"{' (TLS)' if front_tls else ''}, auth {'on' if authenticator else 'off'}",
             flush=True,
         )
     try:
         await serving
     finally:
+        if front_tls:
+            reloading.cancel()
         await grpc_server.drain(grpc_served, grace_s=5.0)
         await router.close()
         await engines.close()

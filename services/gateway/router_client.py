@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kvmesh import grpc_server
+from kvmesh import auth, grpc_server
 from kvmesh.tls import MutualTls
 from kvmesh.v1 import router_pb2, router_pb2_grpc
 from services.gateway.router_session import RouterSession
@@ -14,14 +14,16 @@ class RouterClient:
     """Routes over one Router.Session stream (services/gateway/router_session.py), opened on first
     use and again after it breaks."""
 
-    def __init__(self, address: str, tls: MutualTls | None = None):
+    def __init__(self, address: str, tls: MutualTls | None = None, mesh_token: str = ""):
+        """`mesh_token`: shown to a router that checks callers (kvmesh/auth.py)."""
         self.channel = grpc_server.channel(address, tls)
+        self.metadata = auth.bearer(mesh_token)
         self.stub = router_pb2_grpc.RouterStub(self.channel)
         self._session: RouterSession | None = None
 
     def _open(self) -> RouterSession:
         if self._session is None or self._session.closed:
-            self._session = RouterSession(self.stub)
+            self._session = RouterSession(self.stub, self.metadata)
         return self._session
 
     async def route(

@@ -11,7 +11,7 @@ import logging
 
 import grpc
 
-from kvmesh.errors import Unavailable, from_status
+from kvmesh.errors import AtCapacity, KvmeshError, Unavailable, from_status
 from kvmesh.streams import coalesce
 from kvmesh.v1 import router_pb2, router_pb2_grpc
 
@@ -19,10 +19,10 @@ log = logging.getLogger(__name__)
 
 
 class RouterSession:
-    def __init__(self, stub: router_pb2_grpc.RouterStub):
+    def __init__(self, stub: router_pb2_grpc.RouterStub, metadata: tuple[tuple[str, str], ...] = ()):
         self._outgoing: asyncio.Queue[router_pb2.SessionRequest] = asyncio.Queue()
         self._waiting: dict[str, asyncio.Future] = {}
-        self._call = stub.Session(self._messages())
+        self._call = stub.Session(self._messages(), metadata=metadata)
         self._reader = asyncio.ensure_future(self._read())
         self.closed = False
 
@@ -40,7 +40,7 @@ class RouterSession:
                     if answer.HasField("route"):
                         future.set_result(answer.route)
                     else:
-                        future.set_exception(from_status(answer.error.code, answer.error.message))
+                        future.set_exception(_route_error(answer.error))
             reason = "the router ended the session"
         except grpc.RpcError as e:
             reason = f"router session: {e.details() or e.code().name}"
@@ -78,3 +78,10 @@ class RouterSession:
         self.closed = True
         self._call.cancel()
         await asyncio.gather(self._reader, return_exceptions=True)
+
+
+def _route_error(error) -> KvmeshError:
+    # The router is out of workers with room only when every candidate is at capacity.
+    if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]:
+        return AtCapacity(error.message)
+    return from_status(error.code, error.message)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 
+from kvmesh import auth
 from kvmesh.errors import InvalidArgument, KvmeshError
 from kvmesh.v1 import inference_pb2, inference_pb2_grpc, models_pb2, models_pb2_grpc
 from services.gateway import metrics, prompt
-from services.gateway.generation import Chunk, Generator, new_request_id
+from services.gateway.front_door import FrontDoor
+from services.gateway.generation import Chunk, new_request_id
 from services.gateway.limits import InputLimits
 from services.gateway.sampling import Sampling, engine_sampling
 from services.gateway.served import ServedModel, ServedModels
@@ -44,17 +46,22 @@ def _usage(chunk: Chunk) -> inference_pb2.Usage | None:
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
-    def __init__(self, served: ServedModels, generator: Generator, default_max_tokens: int, limits: InputLimits):
+    def __init__(self, served: ServedModels, front: FrontDoor, default_max_tokens: int, limits: InputLimits):
         self.served = served
-        self.generator = generator
+        self.front = front
         self.default_max_tokens = default_max_tokens
         self.limits = limits
 
-    async def _run(self, request, request_id: str, chars: int, prompt_ids: Callable[[ServedModel], list[int]]):
-        """Validate (the limits first, then the prompt of `chars` characters is tokenized), then
-        stream chunks, counting the call's outcome; a KvmeshError goes on to the server's
-        interceptor, which ends the call with its status."""
+    async def _run(
+        self, request, context, request_id: str, chars: int, prompt_ids: Callable[[ServedModel], list[int]],
+        messages: int = 0,
+    ):  # fmt: skip
+        """Validate (the limits first, then the prompt of `chars` characters is tokenized), pass the
+        front door, then stream chunks (the rate-limit and queue headers go out as the call's
+        metadata with the first), counting the call's outcome; a KvmeshError goes on to the
+        server's interceptor, which ends the call with its status."""
         try:
+            self.limits.check_messages(messages)
             model = self.served.get(request.model)
             sampling = sampling_from_proto(request.sampling)
             self.limits.check_sampling(sampling)
@@ -62,7 +69,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             ids = await encode_sized(chars, lambda: prompt_ids(model))
             limit = self.served.max_model_len(model.name)
             engine = engine_sampling(sampling, len(ids), limit, self.default_max_tokens, model.defaults)
-            async for chunk in self.generator.generate(model, ids, engine, request_id):
+            admitted = self.front.enter(auth.CALLER.get(), model, ids, engine, request_id)
+            first = True
+            async for chunk in admitted.chunks:
+                if first:
+                    await context.send_initial_metadata(tuple(admitted.headers().items()))
+                    first = False
                 yield chunk
         except KvmeshError as e:
             metrics.REQUESTS.labels("grpc", e.grpc_code.name).inc()
@@ -72,7 +84,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     async def Generate(self, request, context) -> AsyncIterator[inference_pb2.GenerateResponse]:
         request_id = request.request_id or new_request_id()
         chars = len(request.text) if request.WhichOneof("prompt") == "text" else 0
-        async for chunk in self._run(request, request_id, chars, lambda model: _generate_prompt(model, request)):
+        prompt_ids = lambda model: _generate_prompt(model, request)  # noqa: E731
+        async for chunk in self._run(request, context, request_id, chars, prompt_ids):
             yield inference_pb2.GenerateResponse(
                 request_id=request_id,
                 token_ids=chunk.token_ids,
@@ -84,11 +97,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
     async def Chat(self, request, context) -> AsyncIterator[inference_pb2.ChatResponse]:
         request_id = request.request_id or new_request_id()
-        self.limits.check_messages(len(request.messages))
         chat = [(m.role, m.content) for m in request.messages]
         chars = sum(len(content) for _, content in chat)
         first = True
-        async for chunk in self._run(request, request_id, chars, lambda model: prompt.chat_ids(model.tokenizer, chat)):
+        prompt_ids = lambda model: prompt.chat_ids(model.tokenizer, chat)  # noqa: E731
+        async for chunk in self._run(request, context, request_id, chars, prompt_ids, len(chat)):
             yield inference_pb2.ChatResponse(
                 request_id=request_id,
                 role="assistant" if first else "",

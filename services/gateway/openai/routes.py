@@ -8,17 +8,24 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from kvmesh.auth import Authenticator
 from services.gateway.openai import errors
+from services.gateway.openai.bearer_auth import BearerAuth
 from services.gateway.openai.body_limit import BodyLimit
 from services.gateway.openai.protocol import ChatCompletionRequest, CompletionRequest
 from services.gateway.openai.serving import OpenAIServing
 from services.gateway.served import ServedModels
 
 
-def create_app(served: ServedModels, serving: OpenAIServing, max_body_bytes: int) -> FastAPI:
+def create_app(
+    served: ServedModels, serving: OpenAIServing, max_body_bytes: int, authenticator: Authenticator | None = None
+) -> FastAPI:
+    """`authenticator`: API keys on /v1/ (kvmesh/auth.py); None: auth is off."""
     app = FastAPI(title="kvmesh gateway", docs_url=None, redoc_url=None)
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    if authenticator is not None:  # the last added runs first: keys before anything else
+        app.add_middleware(BearerAuth, authenticator=authenticator)
     started = int(time.time())
 
     @app.post("/v1/chat/completions")
@@ -30,9 +37,12 @@ def create_app(served: ServedModels, serving: OpenAIServing, max_body_bytes: int
         return await serving.completions(request, body)
 
     @app.get("/v1/models")
-    async def list_models():
+    async def list_models(request: Request):
+        caller = getattr(request.state, "caller", None)
         data = []
         for name, records in served.live().items():
+            if caller is not None and not caller.may_use(name):
+                continue
             entry = {"id": name, "object": "model", "created": started, "owned_by": "kvmesh", "workers": len(records)}
             if records:
                 entry["max_model_len"] = min(r.max_model_len for r in records)

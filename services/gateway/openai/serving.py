@@ -15,7 +15,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from kvmesh import telemetry
 from kvmesh.errors import InvalidArgument
 from services.gateway import metrics, prompt
-from services.gateway.generation import Chunk, Generator, Usage, new_request_id
+from services.gateway.front_door import FrontDoor
+from services.gateway.generation import Chunk, Usage, new_request_id
 from services.gateway.limits import InputLimits
 from services.gateway.openai.errors import sse_error
 from services.gateway.openai.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
@@ -56,9 +57,9 @@ def _sampling(body: SamplingFields, max_tokens: int | None) -> Sampling:
 
 
 class OpenAIServing:
-    def __init__(self, served: ServedModels, generator: Generator, default_max_tokens: int, limits: InputLimits):
+    def __init__(self, served: ServedModels, front: FrontDoor, default_max_tokens: int, limits: InputLimits):
         self.served = served
-        self.generator = generator
+        self.front = front
         self.default_max_tokens = default_max_tokens
         self.limits = limits
 
@@ -104,7 +105,9 @@ class OpenAIServing:
         engine = engine_sampling(sampling, len(prompt_ids), limit, self.default_max_tokens, model.defaults)
         request_id = fmt.id_prefix + new_request_id()
         parent = telemetry.extract(request.headers)  # a caller's traceparent, if any
-        chunks = self.generator.generate(model, prompt_ids, engine, request_id, parent, whole=not body.stream)
+        caller = getattr(request.state, "caller", None)  # set by BearerAuth when auth is on
+        admitted = self.front.enter(caller, model, prompt_ids, engine, request_id, parent, whole=not body.stream)
+        chunks = admitted.chunks
         created = int(time.time())
         if body.stream:
             # Routing failures must still be an HTTP error: wait for the first chunk before answering 200.
@@ -117,13 +120,14 @@ class OpenAIServing:
                 include_usage,
                 lambda u: fmt.usage_chunk(request_id, created, model.name, u),
             )
-            return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+            headers = {**SSE_HEADERS, **admitted.headers()}
+            return StreamingResponse(events, media_type="text/event-stream", headers=headers)
         result = await _until_disconnect(request, _collect(chunks))
         if result is None:
             metrics.REQUESTS.labels("http", "499").inc()
             return Response(status_code=499)  # nobody reads it: the client is gone
         metrics.REQUESTS.labels("http", "200").inc()
-        return JSONResponse(fmt.whole(request_id, created, model.name, *result))
+        return JSONResponse(fmt.whole(request_id, created, model.name, *result), headers=admitted.headers())
 
 
 async def _collect(chunks: AsyncIterator[Chunk]) -> tuple[str, str, Usage]:
