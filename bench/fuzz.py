@@ -29,12 +29,13 @@ def main() -> None:
     logs = RESULTS / "fuzz-logs"  # kept: a traceback in them is a finding to read
     shutil.rmtree(logs, ignore_errors=True)
     mesh = LocalMesh.start(logs, extra_args=fuzz.SIM_MESH_ARGS)
+    admin = fuzz.key_headers(mesh.admin_key)
     try:
         start = time.monotonic()
-        rest = fuzz.fuzz_rest(mesh.rest, rest_front.OPENAPI, args.rest_per_operation)
-        openai = fuzz.fuzz_openai(mesh.http, mesh.model, args.openai_per_endpoint)
+        rest = fuzz.fuzz_rest(mesh.rest, rest_front.OPENAPI, args.rest_per_operation, admin)
+        openai = fuzz.fuzz_openai(mesh.http, mesh.model, args.openai_per_endpoint, admin)
         elapsed = time.monotonic() - start
-        healthy = fuzz.healthy(mesh.http, mesh.rest, mesh.model)
+        healthy = fuzz.healthy(mesh.http, mesh.rest, mesh.model, admin)
         crashes = fuzz.crashes(mesh.log_dir)
     finally:
         mesh.stop()

@@ -19,7 +19,7 @@ import grpc
 import psutil
 
 from kvmesh.api_keys import PREFIX
-from kvmesh.auth import ADMIN_KEY_ENV, bearer
+from kvmesh.auth import ADMIN_KEY_ENV, MESH_TOKEN_ENV, bearer
 from kvmesh.cli.supervisor import http_ok
 from kvmesh.models import DEFAULT_MODEL
 from kvmesh.net import free_ports
@@ -42,6 +42,7 @@ class LocalMesh:
     model: str = DEFAULT_MODEL
     tls: MutualTls | None = None  # the `client` certificate of the mesh's CA, when it runs mutual TLS
     admin_key: str = ""  # the mesh's admin key (it checks keys with --auth on)
+    mesh_token: str = ""  # what its services show each other
 
     @classmethod
     def start(
@@ -69,6 +70,7 @@ class LocalMesh:
         child_env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"} | (env or {})  # its own Redis
         child_env[PASSWORD_ENV] = password
         child_env.setdefault(ADMIN_KEY_ENV, PREFIX + secrets.token_urlsafe(32))
+        child_env.setdefault(MESH_TOKEN_ENV, secrets.token_urlsafe(32))
         with open(log_dir / "up.log", "wb") as out:
             process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=child_env)
         mesh = cls(
@@ -83,6 +85,7 @@ class LocalMesh:
             log_dir=log_dir,
             tls=MutualTls.in_dir(tls_dir, "client") if tls_dir else None,
             admin_key=child_env[ADMIN_KEY_ENV],
+            mesh_token=child_env[MESH_TOKEN_ENV],
         )
         deadline = time.monotonic() + ready_timeout_s
         while not http_ok(f"{mesh.http}/health"):

@@ -57,11 +57,13 @@ class FrontDoor:
         ticket.cost = len(prompt_ids) + sampling.max_tokens
         admitted = Pass(ticket)
         chunks = self.generator.generate(model, prompt_ids, sampling, request_id, parent, whole, ticket)
-        admitted.chunks = self._metered(caller, admitted, model.name, request_id, len(prompt_ids), chunks)
+        # The headers dict, not the Pass: a Pass holding the generator that holds it would be a cycle,
+        # and an abandoned request's router slot would wait for the garbage collector.
+        admitted.chunks = self._metered(caller, admitted.rate_headers, model.name, request_id, len(prompt_ids), chunks)
         return admitted
 
     async def _metered(
-        self, caller: ApiKey | None, admitted: Pass, model: str, request_id: str, prompt_tokens: int,
+        self, caller: ApiKey | None, rate_headers: dict[str, str], model: str, request_id: str, prompt_tokens: int,
         chunks: AsyncIterator[Chunk],
     ) -> AsyncIterator[Chunk]:  # fmt: skip
         metered: Metered | None = None
@@ -72,7 +74,7 @@ class FrontDoor:
                 self.key_metrics.request(caller.name, "429")
                 await chunks.aclose()
                 raise
-            admitted.rate_headers = metered.headers
+            rate_headers.update(metered.headers)
         completion, cached, status = 0, 0, "error"
         try:
             async for chunk in chunks:

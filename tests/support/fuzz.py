@@ -22,9 +22,14 @@ from hypothesis import strategies as st
 NO_WORKER_503 = "no live worker"
 # The mesh fuzzed: simulated workers, fast, with a short context so that a junk max_tokens is
 # refused rather than decoded for minutes.
-# --rest-internal: every operation of the OpenAPI document is served, the router's included.
+# --rest-internal: every operation of the OpenAPI document is served, the router's included; with
+# --auth on, as an exposed mesh runs (the fuzzer shows the admin key: every operation is reached).
 SIM_MESH_ARGS = ("--engine", "sim", "--engine-args", '{"max_model_len": 512, "timing": {"speedup": 1000}}',
-                 "--rest-internal")  # fmt: skip
+                 "--rest-internal", "--auth", "on")  # fmt: skip
+
+
+def key_headers(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
 
 
 @dataclass
@@ -56,10 +61,10 @@ def _settings(examples: int):
 # --- REST (grpc-gateway) ---------------------------------------------------------------------
 
 
-def fuzz_rest(rest_url: str, openapi: Path, examples_per_operation: int) -> Tally:
+def fuzz_rest(rest_url: str, openapi: Path, examples_per_operation: int, headers: dict | None = None) -> Tally:
     tally = Tally()
     schema = schemathesis.openapi.from_path(str(openapi))
-    with httpx.Client(base_url=rest_url, timeout=60) as client:
+    with httpx.Client(base_url=rest_url, timeout=60, headers=headers) as client:
         for result in schema.get_all_operations():
             operation = result.ok()
             _fuzz_operation(client, operation, examples_per_operation, tally)
@@ -176,10 +181,10 @@ RAW = st.one_of(
 )
 
 
-def fuzz_openai(http_url: str, model: str, examples: int) -> Tally:
+def fuzz_openai(http_url: str, model: str, examples: int, headers: dict | None = None) -> Tally:
     tally = Tally()
     endpoints = {"/v1/chat/completions": chat_bodies(model), "/v1/completions": completion_bodies(model)}
-    with httpx.Client(base_url=http_url, timeout=60) as client:
+    with httpx.Client(base_url=http_url, timeout=60, headers=headers) as client:
         for path, bodies in endpoints.items():
             _fuzz_endpoint(client, path, bodies, examples, tally)
     return tally
@@ -247,9 +252,9 @@ def crashes(log_dir: Path) -> list[str]:
     return found
 
 
-def healthy(http_url: str, rest_url: str, model: str) -> bool:
+def healthy(http_url: str, rest_url: str, model: str, headers: dict | None = None) -> bool:
     """The mesh still answers a plain request on both fronts."""
     body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
-    chat = httpx.post(f"{http_url}/v1/chat/completions", json=body, timeout=60)
-    models = httpx.get(f"{rest_url}/v1/kvmesh/models", timeout=10)
+    chat = httpx.post(f"{http_url}/v1/chat/completions", json=body, timeout=60, headers=headers)
+    models = httpx.get(f"{rest_url}/v1/kvmesh/models", timeout=10, headers=headers)
     return chat.status_code == 200 and models.status_code == 200

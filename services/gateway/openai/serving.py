@@ -8,6 +8,7 @@ import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -132,10 +133,11 @@ class OpenAIServing:
 
 async def _collect(chunks: AsyncIterator[Chunk]) -> tuple[str, str, Usage]:
     parts: list[str] = []
-    async for chunk in chunks:
-        parts.append(chunk.text)
-        if chunk.finish_reason:
-            return "".join(parts), chunk.finish_reason, chunk.usage
+    async with aclosing(chunks):  # now: the request's slots are freed as it ends, not when collected
+        async for chunk in chunks:
+            parts.append(chunk.text)
+            if chunk.finish_reason:
+                return "".join(parts), chunk.finish_reason, chunk.usage
     raise RuntimeError("generation ended without a finish reason")
 
 
