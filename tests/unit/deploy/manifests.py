@@ -19,6 +19,12 @@ OVERLAYS = ("cpu", "gpu")
 # Stand-ins for what the kubelet fills in.
 POD_IP = "10.244.1.7"
 REDIS_PASSWORD = "not-the-real-password"
+# The Secrets the operator creates (docs/deploy.md), as these tests stand them in.
+SECRETS = {
+    ("kvmesh-redis", "password"): REDIS_PASSWORD,
+    ("kvmesh-auth", "mesh-token"): "not-the-real-mesh-token",
+    ("kvmesh-auth", "admin-key"): "kvm-not-the-real-admin-key",
+}
 COMPONENT = "app.kubernetes.io/component"
 
 
@@ -85,8 +91,9 @@ def resolved_env(entries: list[dict], namespace: str) -> dict[str, str]:
             fields = {"status.podIP": POD_IP, "metadata.namespace": namespace}
             env[entry["name"]] = fields[source["fieldRef"]["fieldPath"]]
         elif "secretKeyRef" in source:
-            assert source["secretKeyRef"] == {"name": "kvmesh-redis", "key": "password"}, entry
-            env[entry["name"]] = REDIS_PASSWORD
+            ref = source["secretKeyRef"]
+            assert (ref["name"], ref["key"]) in SECRETS, entry
+            env[entry["name"]] = SECRETS[ref["name"], ref["key"]]
         else:
             raise AssertionError(f"an env source these tests do not model: {entry}")
     return env

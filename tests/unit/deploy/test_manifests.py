@@ -221,7 +221,7 @@ def test_every_container_requests_cpu_and_memory_and_has_a_memory_limit(docs):
 
 
 def test_the_redis_password_comes_from_its_secret_only(docs):
-    assert not of_kind(docs, "Secret"), "the operator creates the Secret; no password in the manifests"
+    assert not of_kind(docs, "Secret"), "the operator creates the Secrets; no secret in the manifests"
     rendered = yaml.safe_dump_all(docs)
     assert set(re.findall(r"redis://\S*", rendered)) == {"redis://:$(REDIS_PASSWORD)@kvmesh-redis:6379/0"}
     redis = next(c for c in containers(docs) if c.component == "redis")
@@ -231,6 +231,21 @@ def test_the_redis_password_comes_from_its_secret_only(docs):
         assert ("REDIS_URL" in entries) == (container.component in USES_REDIS - {"redis"})
         if "REDIS_PASSWORD" in entries:
             assert entries["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "kvmesh-redis", "key": "password"}
+
+
+def test_services_on_pod_addresses_check_keys_with_the_auth_secret(docs, monkeypatch):
+    """Pod IPs are not loopback, so auth is on: each gRPC service needs the mesh token, and the
+    gateway also the admin key, both from the kvmesh-auth Secret and nowhere else."""
+    for container in services_py(docs):
+        cls, settings = parsed(container, monkeypatch)
+        entries = {e["name"]: e for e in container.spec.get("env", [])}
+        serves_grpc = container.component in {"gateway", "router", "kvindex", "planner"}
+        assert settings.auth_enabled
+        assert ("KVMESH_MESH_TOKEN" in entries) == serves_grpc, container.component
+        assert ("KVMESH_ADMIN_KEY" in entries) == (container.component == "gateway"), container.component
+        for name, key in (("KVMESH_MESH_TOKEN", "mesh-token"), ("KVMESH_ADMIN_KEY", "admin-key")):
+            if name in entries:
+                assert entries[name]["valueFrom"]["secretKeyRef"] == {"name": "kvmesh-auth", "key": key}
 
 
 def test_a_workers_kv_transfer_role_is_its_models(docs, monkeypatch):
