@@ -29,6 +29,8 @@ from kvmesh.errors import InvalidArgument, ResourceExhausted, Unavailable
 LIBRARY = resources.files("kvmesh").joinpath("quota.lua").read_text()
 LIBRARIES = [LIBRARY]
 HOUR_FORMAT = "%Y-%m-%dT%H"  # UTC; the suffix of a usage record's key
+USAGE_KEPT_HOURS = 35 * 24  # quota.lua's USAGE_TTL_S: no record is older
+MAX_USAGE_NAMES = 1000
 FLUSH_S = 1.0  # streamed completion tokens are charged at most this often per request
 log = logging.getLogger(__name__)
 
@@ -107,8 +109,10 @@ class Quotas:
     async def usage(self, names: list[str] | None, hours: int) -> list[UsageRow]:
         """Usage per key, model and hour over the last `hours` hours (this one included), oldest
         first; `names` None: every key that has any."""
-        if hours < 1:
-            raise InvalidArgument(f"hours: must be ≥ 1, not {hours}", param="hours")
+        if not 1 <= hours <= USAGE_KEPT_HOURS:
+            raise InvalidArgument(f"hours: 1 to {USAGE_KEPT_HOURS} (usage is kept 35 days), not {hours}", param="hours")
+        if names is not None and len(names) > MAX_USAGE_NAMES:
+            raise InvalidArgument(f"names: at most {MAX_USAGE_NAMES} keys at once", param="names")
         now = datetime.fromtimestamp(self.clock(), UTC).replace(minute=0, second=0, microsecond=0)
         wanted = [(now - timedelta(hours=h)).strftime(HOUR_FORMAT) for h in reversed(range(hours))]
         if names is None:

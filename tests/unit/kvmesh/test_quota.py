@@ -186,8 +186,11 @@ async def test_usage_per_key_model_and_hour(quotas, clock):
     ]
     assert await quotas.usage(["team-a"], hours=1) == [UsageRow("team-a", four, "m1", 1, 3, 0, 1)]
     assert await quotas.usage(["nobody"], hours=24) == []
-    with pytest.raises(InvalidArgument, match="hours"):
-        await quotas.usage(None, hours=0)
+    for hours in (0, 35 * 24 + 1, 2**32 - 1):  # a client's uint32: never a loop over billions of hours
+        with pytest.raises(InvalidArgument, match="hours"):
+            await quotas.usage(None, hours=hours)
+    with pytest.raises(InvalidArgument, match="names"):
+        await quotas.usage([f"k{i}" for i in range(1001)], hours=1)
 
 
 async def test_usage_records_expire_after_35_days(client, quotas):
