@@ -128,9 +128,10 @@ class ModelsServicer(models_pb2_grpc.ModelsServicer):
         self.served = served
 
     async def List(self, request, context):
+        caller = auth.CALLER.get()
         out = []
         for name, records in self.served.live().items():
-            if not records:
+            if not records or (caller is not None and not caller.may_use(name)):
                 continue
             out.append(
                 models_pb2.ModelInfo(
