@@ -58,3 +58,23 @@ def test_a_wildcard_host_needs_an_advertised_address_and_binds_one_address_thing
 def test_an_advertised_wildcard_is_refused():
     with pytest.raises(SystemExit, match="advertise_host: 0.0.0.0 is a wildcard"):
         load(CommonSettings, ["--advertise-host", "0.0.0.0"])
+
+
+@pytest.mark.parametrize(
+    "flags, enabled",
+    [
+        ([], False),  # loopback: a developer's machine
+        (["--host", "::1"], False),
+        (["--host", "10.1.2.3"], True),  # reachable from elsewhere: keys by default
+        (["--host", "0.0.0.0", "--advertise-host", "10.1.2.3"], True),
+        (["--auth", "on"], True),
+        (["--host", "10.1.2.3", "--auth", "off"], False),
+    ],
+)
+def test_auth_is_on_by_default_off_loopback(flags, enabled):
+    assert load(CommonSettings, flags).auth_enabled is enabled
+
+
+def test_an_unknown_auth_mode_is_refused():
+    with pytest.raises(SystemExit, match="auth"):
+        load(CommonSettings, ["--auth", "maybe"])
