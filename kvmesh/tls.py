@@ -72,6 +72,13 @@ class MutualTls:
             require_client_auth=True,
         )
 
+    def client_ssl_context(self) -> ssl.SSLContext:
+        """For an HTTPS client (httpx's verify=) of a front that asks for a certificate of the mesh's
+        CA (the gateway's HTTP port with --tls-ca and auth off): trusts the CA and shows this one."""
+        context = trusting(self.ca)
+        context.load_cert_chain(self.cert, self.key)
+        return context
+
     def channel_credentials(self) -> grpc.ChannelCredentials:
         """Also what tritonclient takes (`creds=`) to reach a Triton started with this CA."""
         return grpc.ssl_channel_credentials(

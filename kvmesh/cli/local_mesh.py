@@ -9,6 +9,7 @@ import contextlib
 import os
 import secrets
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -75,7 +76,8 @@ class LocalMesh:
             process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=child_env)
         mesh = cls(
             process=process,
-            http=f"http://127.0.0.1:{ports['http']}",
+            # With the mesh's certificates the gateway serves HTTPS and asks for the client's (auth off).
+            http=f"{'https' if tls_dir else 'http'}://127.0.0.1:{ports['http']}",
             grpc=f"127.0.0.1:{ports['grpc']}",
             router=f"127.0.0.1:{ports['router']}",
             kvindex=f"127.0.0.1:{ports['kvindex']}",
@@ -88,7 +90,8 @@ class LocalMesh:
             mesh_token=child_env[MESH_TOKEN_ENV],
         )
         deadline = time.monotonic() + ready_timeout_s
-        while not http_ok(f"{mesh.http}/health"):
+        verify = mesh.http_verify()
+        while not http_ok(f"{mesh.http}/health", verify):
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
                 raise RuntimeError(f"kvmesh up did not get ready:\n{mesh.log('up')}")
@@ -108,6 +111,11 @@ class LocalMesh:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"{count} workers did not register:\n{self.log('up')}")
                 time.sleep(0.5)
+
+    def http_verify(self) -> ssl.SSLContext | bool:
+        """httpx's verify= for the gateway's HTTP port: under TLS, the mesh's CA and the `client`
+        certificate to show it; a new context each call (httpcore sets its ALPN on the one it is given)."""
+        return self.tls.client_ssl_context() if self.tls else True
 
     def channel(self, address: str) -> grpc.Channel:
         """A channel to one of the mesh's gRPC services, as the `client` when it runs mutual TLS."""

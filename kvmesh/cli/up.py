@@ -38,7 +38,11 @@ from services.worker.config import WorkerSettings
 
 console = Console()
 MAX_RESTARTS = 3
-TLS_DIR_HELP = "a `kvmesh certs dev` directory: mutual TLS on every gRPC hop and Redis, HTTPS on the REST front"
+TLS_DIR_HELP = (
+    "a `kvmesh certs dev` directory: mutual TLS on every gRPC hop and Redis; HTTPS on the gateway's OpenAI port "
+    "and TLS on its gRPC port (with auth off, clients show a certificate of the directory's CA: client.crt), "
+    "HTTPS on the REST front"
+)
 
 
 def up(
@@ -95,6 +99,12 @@ def up(
             param_hint="--planner-profile",
         )
     tls = _tls_in(tls_dir)
+    auth_on = auth == "on" or (auth == "auto" and not is_loopback(host))
+    # With the directory the gateway's HTTP port is HTTPS; this process, the planner and the curl
+    # below show the client certificate (the gateway asks for one of the CA unless keys identify callers).
+    client = tls("client")
+    client_verify = client.client_ssl_context() if client else True
+    gateway_url = f"{'https' if tls_dir else 'http'}://{host}:{http_port}"
     redis = None
     redis_url = os.environ.get("REDIS_URL")
     if not redis_url:
@@ -154,13 +164,13 @@ def up(
         )
         if planner:
             worker_args = [*worker_common, "--engine-args", engine_args]
-            metrics_urls = json.dumps([f"http://{host}:{http_port}/metrics"])
+            metrics_urls = json.dumps([f"{gateway_url}/metrics"])
             planner_argv = [*common, *_flags(tls("planner")), "--port", str(planner_port), "--profile",
                             str(planner_profile), "--gateway-metrics", metrics_urls, "--engine", engine,
                             "--worker-args", shlex.join(worker_args), "--log-dir", str(log_dir),
                             *shlex.split(planner_args)]  # fmt: skip
             supervisor.start("planner", "services.planner", planner_argv)
-        _wait_ready(supervisor, f"http://{host}:{http_port}/health", ready_timeout_s)
+        _wait_ready(supervisor, f"{gateway_url}/health", ready_timeout_s, verify=client_verify)
         # Last, once the services it forwards to listen.
         rest_off = rest_front.unavailable_reason()
         # With the mesh's certificates it serves HTTPS with its own.
@@ -177,10 +187,10 @@ def up(
             _wait_ready(supervisor, f"{rest_url}/healthz", 30.0, what="starting the REST front", verify=verify)
         else:
             console.print(f"[yellow]REST is off: {rest_off}[/]; gRPC and OpenAI HTTP are unaffected")
-        auth_on = auth == "on" or (auth == "auto" and not is_loopback(host))
         _print_endpoints(
-            host, http_port, grpc_port, rest_url, router_port, kvindex_port, masked(redis_url), Path(model).name,
+            host, gateway_url, grpc_port, rest_url, router_port, kvindex_port, masked(redis_url), Path(model).name,
             log_dir, planner_port if planner else None, admin_key if auth_on else None,
+            _curl_tls(tls_dir, client_cert=not auth_on) if tls_dir else "",
         )  # fmt: skip
         _supervise(supervisor, redis)
     except KeyboardInterrupt:
@@ -256,10 +266,17 @@ def _wait_ready(
     console.print(f"[green]ready[/] in {time.monotonic() - start:.0f}s")
 
 
-def _print_endpoints(host, http_port, grpc_port, rest_url, router_port, kvindex_port, redis_url, model, log_dir,
-                     planner_port=None, admin_key=None):  # fmt: skip
-    console.print(f"  OpenAI HTTP  http://{host}:{http_port}/v1   (health /health, metrics /metrics)")
-    console.print(f"  gRPC         {host}:{grpc_port}   kvmesh.v1.Inference, kvmesh.v1.Models")
+def _curl_tls(tls_dir: Path, client_cert: bool) -> str:
+    """curl's options to trust the mesh's CA, and to show the client certificate when the gateway asks for one."""
+    options = f"--cacert {tls_dir / f'{CA}.crt'}"
+    return options + (f" --cert {tls_dir / 'client.crt'} --key {tls_dir / 'client.key'}" if client_cert else "")
+
+
+def _print_endpoints(host, gateway_url, grpc_port, rest_url, router_port, kvindex_port, redis_url, model, log_dir,
+                     planner_port=None, admin_key=None, curl_tls=""):  # fmt: skip
+    console.print(f"  OpenAI HTTP  {gateway_url}/v1   (health /health, metrics /metrics)")
+    tls_note = " (TLS)" if gateway_url.startswith("https") else ""
+    console.print(f"  gRPC         {host}:{grpc_port}{tls_note}   kvmesh.v1.Inference, kvmesh.v1.Models")
     if rest_url:
         console.print(f"  REST         {rest_url}/v1/...   every service (OpenAPI {rest_url}/openapi.json)")
     console.print(f"  router       {host}:{router_port}   kvmesh.v1.Router")
@@ -274,7 +291,8 @@ def _print_endpoints(host, http_port, grpc_port, rest_url, router_port, kvindex_
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": "What is the capital of France?"}]})
     console.print("Try:", style="bold")
     console.print(
-        f"curl -s http://{host}:{http_port}/v1/chat/completions -H 'Content-Type: application/json'"
+        f"curl -s {curl_tls + ' ' if curl_tls else ''}{gateway_url}/v1/chat/completions"
+        " -H 'Content-Type: application/json'"
         + (f" -H 'Authorization: Bearer {admin_key}'" if admin_key else "")
         + f" -d '{body}'",
         soft_wrap=True,

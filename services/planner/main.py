@@ -38,7 +38,7 @@ async def run(settings: PlannerSettings) -> None:
     targets = Targets(settings.ttft_ms, settings.itl_ms, settings.percentile, settings.max_replicas)
     forecaster = forecast.make(settings.forecaster, settings.forecast_window, settings.forecast_smooth)
     planner = Planner(
-        GatewayMetrics(settings.gateway_metrics, settings.percentile),
+        GatewayMetrics(settings.gateway_metrics, settings.percentile, tls),
         EngineProfile.load(settings.profile),
         targets,
         forecaster,

@@ -7,11 +7,14 @@ scrapes, so each observation covers one interval only."""
 from __future__ import annotations
 
 import math
+import ssl
 import time
 from dataclasses import dataclass
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+
+from kvmesh.tls import MutualTls
 
 HISTOGRAMS = {
     "kvmesh_gateway_prompt_length_tokens": "isl",
@@ -73,9 +76,12 @@ class _Histogram:
         return self.total / self.count if self.count > 0 else math.nan
 
 
-def scrape(url: str, timeout_s: float = 2.0) -> tuple[dict[str, _Histogram], float]:
-    """The gateway's histograms by short name, and its in-flight gauge."""
-    text = httpx.get(url, timeout=timeout_s).raise_for_status().text
+def scrape(
+    url: str, timeout_s: float = 2.0, verify: ssl.SSLContext | bool = True
+) -> tuple[dict[str, _Histogram], float]:
+    """The gateway's histograms by short name, and its in-flight gauge. `verify`: for an https URL,
+    what to trust and the certificate to show (kvmesh.tls.MutualTls.client_ssl_context)."""
+    text = httpx.get(url, timeout=timeout_s, verify=verify).raise_for_status().text
     histograms: dict[str, _Histogram] = {}
     in_flight = 0.0
     for family in text_string_to_metric_families(text):
@@ -96,9 +102,11 @@ def scrape(url: str, timeout_s: float = 2.0) -> tuple[dict[str, _Histogram], flo
 
 
 class GatewayMetrics:
-    def __init__(self, urls: list[str], percentile: float):
+    def __init__(self, urls: list[str], percentile: float, tls: MutualTls | None = None):
+        """`tls`: the planner's certificate, shown to gateways that serve HTTPS with the mesh's CA."""
         self.urls = urls
         self.percentile = percentile
+        self.tls = tls
         self._last: dict[str, tuple[dict[str, _Histogram], float]] = {}
 
     def observe(self) -> Observation:
@@ -107,7 +115,8 @@ class GatewayMetrics:
         in_flight, elapsed, answered, errors = 0.0, 0.0, 0, []
         for url in self.urls:
             try:
-                histograms, flight = scrape(url)
+                # Read at each scrape: a certificate renewed on disk is the one shown.
+                histograms, flight = scrape(url, verify=self.tls.client_ssl_context() if self.tls else True)
             except (httpx.HTTPError, ValueError) as e:
                 errors.append(f"{url}: {e}")
                 continue

@@ -1,11 +1,13 @@
 """Locked-down internals, on real components: Redis refuses a client without the password, and with
-TLS a client without TLS; `kvmesh up --tls-dir` serves OpenAI and REST requests through every gRPC
-hop under mutual TLS while the gateway and the router refuse a caller without a certificate of the
-mesh's CA; a worker's Triton refuses its admin APIs to anyone without the worker's key."""
+TLS a client without TLS; `kvmesh up --tls-dir` serves OpenAI requests over HTTPS and REST requests
+through every gRPC hop under mutual TLS while the gateway (both ports) and the router refuse a caller
+without a certificate of the mesh's CA; a worker's Triton refuses its admin APIs to anyone without
+the worker's key."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import grpc
 import httpx
@@ -95,9 +97,22 @@ def test_an_openai_request_crosses_every_hop_under_mutual_tls(secure):
     own = secure.tls.redis_options()
     assert secure.redis_url.startswith("rediss://") and redis.Redis.from_url(secure.redis_url, **own).ping()
     body = {"model": secure.model, "prompt": "The capital of France is", "max_tokens": 4}
-    answer = httpx.post(f"{secure.http}/v1/completions", json=body, timeout=60)
+    answer = httpx.post(f"{secure.http}/v1/completions", json=body, timeout=60, verify=secure.http_verify())
     assert answer.status_code == 200, answer.text
     assert answer.json()["usage"]["completion_tokens"] == 4
+
+
+def test_the_gateways_https_port_refuses_a_client_without_a_certificate_of_the_mesh(secure, certs):
+    assert secure.http.startswith("https://")
+    health = f"{secure.http}/health"
+    assert httpx.get(health, verify=secure.http_verify(), timeout=10).status_code == 200
+    # Trusting the mesh's CA, without a certificate, and with one of another CA.
+    another_ca = dataclasses.replace(MutualTls.in_dir(certs[1], "client"), ca=secure.tls.ca)
+    for verify in (trusting(secure.tls.ca), another_ca.client_ssl_context()):
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(health, verify=verify, timeout=10)
+    with pytest.raises(httpx.HTTPError):  # plain HTTP to the TLS port
+        httpx.get(health.replace("https://", "http://"), timeout=10)
 
 
 def test_rest_reaches_the_services_with_its_certificate(secure):
