@@ -16,17 +16,20 @@ from typing import Literal
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
-from kvmesh.errors import FailedPrecondition, InvalidArgument, NotFound
+from kvmesh.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 
 PREFIX = "kvm-"
 RECORDS = "kvkeys:records"
 NAMES = "kvkeys:names"
 NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
-# A lookup's answer is reused this long: a revoked key stops working within it on every gateway.
+# What any key looks like (ours: 43 characters after the prefix; one handed in, e.g. `kvm-` and 64
+# hex digits, may be longer): anything else is refused without asking Redis.
+SECRET = re.compile(r"kvm-[A-Za-z0-9_-]{32,128}")
+# A found key is reused this long: a revoked key stops working within it on every gateway. Only
+# found keys are kept, so random wrong secrets can neither grow the cache nor push real keys out.
 CACHE_S = 1.0
-# Random wrong secrets are remembered as wrong too; past this many remembered answers, forget all.
-CACHE_ENTRIES = 10_000
 
 Priority = Literal["high", "normal", "low"]
 Role = Literal["user", "admin", "mesh"]
@@ -65,7 +68,7 @@ class KeyStore:
     def __init__(self, redis: aioredis.Redis, cache_s: float = CACHE_S):
         self.redis = redis
         self.cache_s = cache_s
-        self._cache: dict[str, tuple[float, ApiKey | None]] = {}
+        self._cache: dict[str, tuple[float, ApiKey]] = {}
 
     async def create(self, key: ApiKey, secret: str | None = None) -> str:
         """Stores `key` under a new secret (or the one given) and returns the secret."""
@@ -80,11 +83,19 @@ class KeyStore:
 
     async def ensure(self, key: ApiKey, secret: str) -> None:
         """`key` under exactly `secret`, replacing a key of that name with another secret: how a key
-        handed to a service from outside (e.g. the admin key of `kvmesh up`) comes to exist."""
-        hashed = digest(secret)
-        if await self.redis.hget(NAMES, key.name) != hashed.encode():
-            await self.revoke(key.name, missing_ok=True)
+        handed to a service from outside (e.g. the admin key of `kvmesh up`) comes to exist. Several
+        gateways starting at once may all do it: whoever loses the race finds it done."""
+        if not SECRET.fullmatch(secret):
+            raise InvalidArgument(f"key {key.name!r}: a key is 'kvm-' and 32-128 of A-Z a-z 0-9 _ -")
+        hashed = digest(secret).encode()
+        if await self.redis.hget(NAMES, key.name) == hashed:
+            return
+        await self.revoke(key.name, missing_ok=True)
+        try:
             await self.create(key, secret)
+        except FailedPrecondition:
+            if await self.redis.hget(NAMES, key.name) != hashed:
+                raise
 
     async def list(self) -> list[ApiKey]:
         records = await self.redis.hvals(RECORDS)
@@ -101,15 +112,21 @@ class KeyStore:
         self._cache.clear()
 
     async def lookup(self, secret: str) -> ApiKey | None:
-        """The key whose secret this is, or None (unknown or revoked)."""
+        """The key whose secret this is, or None (unknown or revoked); Unavailable when Redis is."""
+        if not SECRET.fullmatch(secret):
+            return None
         hashed = digest(secret)
         now = time.monotonic()
         cached = self._cache.get(hashed)
         if cached is not None and cached[0] > now:
             return cached[1]
-        record = await self.redis.hget(RECORDS, hashed)
-        key = msgspec.json.decode(record, type=ApiKey) if record is not None else None
-        if len(self._cache) >= CACHE_ENTRIES:
-            self._cache.clear()
+        try:
+            record = await self.redis.hget(RECORDS, hashed)
+        except (RedisError, OSError):
+            raise Unavailable("API keys cannot be checked: the key store is unreachable; retry") from None
+        if record is None:
+            self._cache.pop(hashed, None)
+            return None
+        key = msgspec.json.decode(record, type=ApiKey)
         self._cache[hashed] = (now + self.cache_s, key)
         return key

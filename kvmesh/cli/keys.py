@@ -16,6 +16,7 @@ from rich.table import Table
 from kvmesh import auth
 from kvmesh.api_keys import PRIORITIES
 from kvmesh.cli.options import default
+from kvmesh.net import is_loopback
 from kvmesh.tls import MutualTls
 from kvmesh.v1 import keys_pb2, keys_pb2_grpc
 from services.gateway.config import GatewaySettings
@@ -31,12 +32,20 @@ ADMIN_KEY = typer.Option("", envvar=auth.ADMIN_KEY_ENV, help=f"an admin key (def
 TLS_DIR = typer.Option(
     None, help="the mesh's `kvmesh certs dev` directory: its CA checks the gateway, its client certificate is shown"
 )
+CA_FILE = typer.Option(None, help="TLS to a gateway whose certificate this CA signed (no client certificate)")
 
 
-def _call(gateway: str, admin_key: str, tls_dir: Path | None, rpc: Callable[[keys_pb2_grpc.KeysStub, tuple], T]) -> T:
+def _call(
+    gateway: str, admin_key: str, tls_dir: Path | None, ca: Path | None,
+    rpc: Callable[[keys_pb2_grpc.KeysStub, tuple], T],
+) -> T:  # fmt: skip
     if tls_dir:
-        client = MutualTls.in_dir(tls_dir, "client")
-        channel = grpc.secure_channel(gateway, client.channel_credentials())
+        channel = grpc.secure_channel(gateway, MutualTls.in_dir(tls_dir, "client").channel_credentials())
+    elif ca:
+        channel = grpc.secure_channel(gateway, grpc.ssl_channel_credentials(root_certificates=ca.read_bytes()))
+    elif not is_loopback(gateway.rsplit(":", 1)[0]):
+        raise typer.BadParameter(f"{gateway} is not loopback: the admin key would cross the network in plain text; "
+                                 "give --ca (or --tls-dir)", param_hint="--gateway")  # fmt: skip
     else:
         channel = grpc.insecure_channel(gateway)
     try:
@@ -59,6 +68,7 @@ def create(
     gateway: str = GATEWAY,
     admin_key: str = ADMIN_KEY,
     tls_dir: Path = TLS_DIR,
+    ca: Path = CA_FILE,
 ) -> None:
     """A new key. Its secret goes to stdout, once: it is kept nowhere but in what you do with it."""
     if priority not in PRIORITIES:
@@ -69,16 +79,16 @@ def create(
         models=[m.strip() for m in models.split(",") if m.strip()],
     )  # fmt: skip
     reply = _call(
-        gateway, admin_key, tls_dir, lambda stub, md: stub.Create(keys_pb2.KeysCreateRequest(key=info), metadata=md)
+        gateway, admin_key, tls_dir, ca, lambda stub, md: stub.Create(keys_pb2.KeysCreateRequest(key=info), metadata=md)
     )
     print(reply.secret)
     print(f"key {name!r} created; its secret above is shown this once", file=sys.stderr)
 
 
 @app.command("list")
-def list_keys(gateway: str = GATEWAY, admin_key: str = ADMIN_KEY, tls_dir: Path = TLS_DIR) -> None:
+def list_keys(gateway: str = GATEWAY, admin_key: str = ADMIN_KEY, tls_dir: Path = TLS_DIR, ca: Path = CA_FILE) -> None:
     """Every key (never a secret)."""
-    reply = _call(gateway, admin_key, tls_dir, lambda stub, md: stub.List(keys_pb2.KeysListRequest(), metadata=md))
+    reply = _call(gateway, admin_key, tls_dir, ca, lambda stub, md: stub.List(keys_pb2.KeysListRequest(), metadata=md))
     table = Table("name", "role", "priority", "rpm", "tpm", "concurrency", "models")
     for k in reply.keys:
         limits = [str(v) if v else "-" for v in (k.rpm, k.tpm, k.max_concurrency)]
@@ -90,10 +100,16 @@ def list_keys(gateway: str = GATEWAY, admin_key: str = ADMIN_KEY, tls_dir: Path 
 
 @app.command()
 def revoke(
-    name: str, gateway: str = GATEWAY, admin_key: str = ADMIN_KEY, tls_dir: Path = TLS_DIR
+    name: str, gateway: str = GATEWAY, admin_key: str = ADMIN_KEY, tls_dir: Path = TLS_DIR, ca: Path = CA_FILE
 ) -> None:  # fmt: skip
     """The key stops working on every gateway within a second."""
-    _call(gateway, admin_key, tls_dir, lambda stub, md: stub.Revoke(keys_pb2.KeysRevokeRequest(name=name), metadata=md))
+    _call(
+        gateway,
+        admin_key,
+        tls_dir,
+        ca,
+        lambda stub, md: stub.Revoke(keys_pb2.KeysRevokeRequest(name=name), metadata=md),
+    )
     console.print(f"key {name!r} revoked")
 
 
@@ -104,10 +120,11 @@ def usage(
     gateway: str = GATEWAY,
     admin_key: str = ADMIN_KEY,
     tls_dir: Path = TLS_DIR,
+    ca: Path = CA_FILE,
 ) -> None:
     """Requests and prompt/cached/completion tokens per key, model and hour (UTC)."""
     request = keys_pb2.KeysUsageRequest(names=name or [], hours=hours)
-    reply = _call(gateway, admin_key, tls_dir, lambda stub, md: stub.Usage(request, metadata=md))
+    reply = _call(gateway, admin_key, tls_dir, ca, lambda stub, md: stub.Usage(request, metadata=md))
     table = Table("hour (UTC)", "key", "model", "requests", "prompt", "cached", "completion")
     for r in reply.rows:
         figures = (r.requests, r.prompt_tokens, r.cached_tokens, r.completion_tokens)

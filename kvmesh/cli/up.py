@@ -287,13 +287,15 @@ def _print_endpoints(host, gateway_url, grpc_port, rest_url, router_port, kvinde
     console.print(f"  logs         {log_dir}")
     if admin_key:
         console.print(f"  auth         on; the admin key, shown once ({ADMIN_KEY_ENV}): {admin_key}", highlight=False)
-        console.print("               `kvmesh keys create NAME` makes the users' keys (docs/security.md)")
+        console.print(
+            f"               export {ADMIN_KEY_ENV}=...; `kvmesh keys create NAME` makes users' keys (docs/security.md)"
+        )
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": "What is the capital of France?"}]})
     console.print("Try:", style="bold")
     console.print(
         f"curl -s {curl_tls + ' ' if curl_tls else ''}{gateway_url}/v1/chat/completions"
         " -H 'Content-Type: application/json'"
-        + (f" -H 'Authorization: Bearer {admin_key}'" if admin_key else "")
+        + (f' -H "Authorization: Bearer ${ADMIN_KEY_ENV}"' if admin_key else "")  # the key itself: once, above
         + f" -d '{body}'",
         soft_wrap=True,
         highlight=False,

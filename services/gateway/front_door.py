@@ -1,7 +1,8 @@
-"""What a parsed request passes before and while it runs, for both fronts: its key may use the
-model, its key's quotas admit it (kvmesh/quota.py: one Redis call, shared by every gateway),
-it waits its fair turn when the mesh is full (admission.py, by its key and priority), and its
-completion tokens are charged as they stream and its usage recorded when it ends."""
+"""What a parsed request passes before and while it runs, for both fronts: its key's quotas admit
+it (kvmesh/quota.py: one Redis call, shared by every gateway), it waits its fair turn when the
+mesh is full (admission.py, by its key and priority), and its completion tokens are charged as
+they stream and its usage recorded when it ends. The fronts check the key's models before they
+tokenize."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from dataclasses import dataclass, field
 
 from opentelemetry import context as otel_context
 
-from kvmesh import auth
 from kvmesh.api_keys import ApiKey
 from kvmesh.quota import Metered, Quotas, RateLimited
 from kvmesh.sampling import SamplingParams
@@ -52,7 +52,6 @@ class FrontDoor:
         parent: otel_context.Context | None = None,
         whole: bool = False,
     ) -> Pass:
-        auth.permit_model(caller, model.name)
         ticket = Ticket(caller.name, caller.priority) if caller is not None else Ticket()
         ticket.cost = len(prompt_ids) + sampling.max_tokens
         admitted = Pass(ticket)
@@ -70,8 +69,8 @@ class FrontDoor:
         if caller is not None and self.quotas is not None:
             try:
                 metered = await self.quotas.admit(caller, request_id, prompt_tokens)
-            except RateLimited:
-                self.key_metrics.request(caller.name, "429")
+            except Exception as e:
+                self.key_metrics.request(caller.name, "429" if isinstance(e, RateLimited) else "error")
                 await chunks.aclose()
                 raise
             rate_headers.update(metered.headers)

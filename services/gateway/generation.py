@@ -8,7 +8,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
@@ -94,11 +94,14 @@ class _Progress:
 class Generator:
     def __init__(
         self, router: RouterClient, engines: TritonPool, served: ServedModels, prefill_timeout_s: float = 30.0,
-        max_migrations: int = 1, whole_answer_interval_ms: float = 0.0, admission: Admission | None = None,
+        max_migrations: int = 1, whole_answer_interval_ms: float = 0.0,
+        admission: Callable[[], Admission] | None = None,
     ):  # fmt: skip
-        """`admission`: where requests wait when every worker is full; None: they fail at once."""
+        """`admission`: makes the queue where a model's requests wait when every worker of that model
+        is full (one per model: a full model never holds up another's); None: they fail at once."""
         self.router = router
-        self.admission = admission
+        self._new_admission = admission
+        self._admissions: dict[str, Admission] = {}
         self.phases = Phases(engines, prefill_timeout_s)
         self.served = served
         self.max_migrations = max_migrations
@@ -201,14 +204,17 @@ class Generator:
             # Leaving early (stop string, client gone) closes the engine stream, which aborts it.
             await stream.aclose()
             self.router.release(attempt_id)
-            if self.admission is not None:
-                self.admission.released()
+            if (admission := self._admissions.get(model.name)) is not None:
+                admission.released()
 
-    async def _admitted_route(self, ticket: Ticket, *route_args):
-        if self.admission is None:
-            return await self._route(*route_args)
-        decision, queued_s = await self.admission.run(
-            ticket.key, ticket.priority, ticket.cost, lambda: self._route(*route_args)
+    async def _admitted_route(self, ticket: Ticket, model: ServedModel, *route_args):
+        if self._new_admission is None:
+            return await self._route(model, *route_args)
+        admission = self._admissions.get(model.name)
+        if admission is None:
+            admission = self._admissions[model.name] = self._new_admission()
+        decision, queued_s = await admission.run(
+            ticket.key, ticket.priority, ticket.cost, lambda: self._route(model, *route_args)
         )
         ticket.queued_s += queued_s
         return decision

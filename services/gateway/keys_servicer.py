@@ -4,11 +4,11 @@ admin key gets here (kvmesh/auth.py's POLICY)."""
 from __future__ import annotations
 
 from kvmesh.api_keys import ApiKey, KeyStore
-from kvmesh.quota import Quotas
+from kvmesh.quota import HOUR_FORMAT, Quotas
 from kvmesh.v1 import keys_pb2, keys_pb2_grpc
 
 ROLES = {keys_pb2.KEY_ROLE_UNSPECIFIED: "user", keys_pb2.KEY_ROLE_USER: "user", keys_pb2.KEY_ROLE_ADMIN: "admin"}
-PRIORITIES = {
+PRIORITY_NAMES = {
     keys_pb2.PRIORITY_UNSPECIFIED: "normal",
     keys_pb2.PRIORITY_HIGH: "high",
     keys_pb2.PRIORITY_NORMAL: "normal",
@@ -26,7 +26,7 @@ def key_from_proto(info: keys_pb2.KeyInfo) -> ApiKey:
         rpm=info.rpm,
         tpm=info.tpm,
         max_concurrency=info.max_concurrency,
-        priority=PRIORITIES.get(info.priority, "normal"),
+        priority=PRIORITY_NAMES.get(info.priority, "normal"),
         models=tuple(info.models),
     )
 
@@ -66,7 +66,7 @@ class KeysServicer(keys_pb2_grpc.KeysServicer):
         return keys_pb2.KeysUsageResponse(
             rows=[
                 keys_pb2.UsageRow(
-                    name=r.name, hour=r.hour.strftime("%Y-%m-%dT%H"), model=r.model, requests=r.requests,
+                    name=r.name, hour=r.hour.strftime(HOUR_FORMAT), model=r.model, requests=r.requests,
                     prompt_tokens=r.prompt_tokens, cached_tokens=r.cached_tokens, completion_tokens=r.completion_tokens,
                 )
                 for r in rows

@@ -50,7 +50,7 @@ async def run(settings: GatewaySettings) -> None:
     watcher.on_change(lambda: engines.fail_workers_gone(watcher.workers))
     generator = Generator(
         router, engines, served, settings.prefill_timeout_s, settings.max_migrations, settings.whole_answer_interval_ms,
-        Admission(settings.max_queued, settings.queue_timeout_s),
+        lambda: Admission(settings.max_queued, settings.queue_timeout_s),
     )  # fmt: skip
     front = FrontDoor(generator, quotas if authenticator else None, KeyMetrics(settings.metrics_max_keys))
     limits = settings.input_limits()
@@ -60,7 +60,8 @@ async def run(settings: GatewaySettings) -> None:
             InferenceServicer(served, front, settings.default_max_tokens, limits), server
         )
         models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(served), server)
-        keys_pb2_grpc.add_KeysServicer_to_server(KeysServicer(keys, quotas), server)
+        if authenticator:  # with auth off there is no admin to manage keys: keys made then would outlive it
+            keys_pb2_grpc.add_KeysServicer_to_server(KeysServicer(keys, quotas), server)
 
     grpc_served = await grpc_server.serve(
         "gateway", settings.host, settings.grpc_port, register, tls, max_message_bytes=settings.max_body_bytes,

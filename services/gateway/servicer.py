@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Callable
 
 from kvmesh import auth
@@ -15,6 +16,7 @@ from services.gateway.sampling import Sampling, engine_sampling
 from services.gateway.served import ServedModel, ServedModels
 from services.gateway.tokenization import encode_sized
 
+CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 FINISH = {
     "stop": inference_pb2.FINISH_REASON_STOP,
     "length": inference_pb2.FINISH_REASON_LENGTH,
@@ -63,6 +65,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         try:
             self.limits.check_messages(messages)
             model = self.served.get(request.model)
+            auth.permit_model(auth.CALLER.get(), model.name)
             sampling = sampling_from_proto(request.sampling)
             self.limits.check_sampling(sampling)
             self.limits.check_prompt_chars(chars, "prompt")
@@ -82,10 +85,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         metrics.REQUESTS.labels("grpc", "OK").inc()
 
     async def Generate(self, request, context) -> AsyncIterator[inference_pb2.GenerateResponse]:
-        request_id = request.request_id or new_request_id()
+        run_id, request_id = _request_ids(request.request_id)
         chars = len(request.text) if request.WhichOneof("prompt") == "text" else 0
         prompt_ids = lambda model: _generate_prompt(model, request)  # noqa: E731
-        async for chunk in self._run(request, context, request_id, chars, prompt_ids):
+        async for chunk in self._run(request, context, run_id, chars, prompt_ids):
             yield inference_pb2.GenerateResponse(
                 request_id=request_id,
                 token_ids=chunk.token_ids,
@@ -96,12 +99,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             )
 
     async def Chat(self, request, context) -> AsyncIterator[inference_pb2.ChatResponse]:
-        request_id = request.request_id or new_request_id()
+        run_id, request_id = _request_ids(request.request_id)
         chat = [(m.role, m.content) for m in request.messages]
         chars = sum(len(content) for _, content in chat)
         first = True
         prompt_ids = lambda model: prompt.chat_ids(model.tokenizer, chat)  # noqa: E731
-        async for chunk in self._run(request, context, request_id, chars, prompt_ids, len(chat)):
+        async for chunk in self._run(request, context, run_id, chars, prompt_ids, len(chat)):
             yield inference_pb2.ChatResponse(
                 request_id=request_id,
                 role="assistant" if first else "",
@@ -112,6 +115,18 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                 worker_id=chunk.worker_id,
             )
             first = False
+
+
+def _request_ids(given: str) -> tuple[str, str]:
+    """(the id the mesh runs the request under, the id its answers carry). The mesh names every
+    request itself, so two clients that chose the same id never meet (in quotas, the router, the
+    engines); a client's id is a label in front of it, in every log line, and is echoed back."""
+    if not given:
+        request_id = new_request_id()
+        return request_id, request_id
+    if not CLIENT_REQUEST_ID.fullmatch(given):
+        raise InvalidArgument("request_id: 1-64 of A-Z a-z 0-9 . _ : - (or none)", param="request_id")
+    return f"{given}.{new_request_id()}", given
 
 
 def _generate_prompt(model: ServedModel, request: inference_pb2.GenerateRequest) -> list[int]:

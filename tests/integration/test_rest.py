@@ -3,6 +3,7 @@ the real vLLM workers: unary and streaming calls, errors, disconnect cancellatio
 document it serves."""
 
 import json
+import re
 import uuid
 
 import grpc
@@ -96,8 +97,13 @@ def test_a_router_session_answers_each_route_and_sums_up(rest, mesh):
     messages = [
         {"route": {"model": mesh.model, "request_id": "s1", "num_tokens": 4}},
         {"route": {"model": "no-such-model", "request_id": "s2"}},
-        {"more": [{"released": "s1"}, {"route": {"model": mesh.model, "request_id": "s3", "num_tokens": 4}},
-                  {"released": "s3"}]},
+        {
+            "more": [
+                {"released": "s1"},
+                {"route": {"model": mesh.model, "request_id": "s3", "num_tokens": 4}},
+                {"released": "s3"},
+            ]
+        },
     ]
     response = rest.post("/v1/router/session", content="\n".join(json.dumps(m) for m in messages))
     assert response.status_code == 200, response.text
@@ -126,7 +132,10 @@ def test_closing_the_connection_cancels_the_request_in_the_engine(mesh):
             assert json.loads(next(r.iter_lines()))["result"]["request_id"] == request_id
     # The gateway's gRPC stream is cancelled, then Triton's, then the engine aborts it.
     wait_for(
-        lambda: any(f"request {request_id}: cancelled by the client" in mesh.log(f"worker-{i}") for i in range(2)),
+        lambda: any(
+            re.search(rf"request {request_id}\.[0-9a-f]+: cancelled by the client", mesh.log(f"worker-{i}"))
+            for i in range(2)
+        ),
         timeout_s=10,
         what="the engine aborting the request",
     )

@@ -13,7 +13,8 @@ from contextlib import aclosing
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from kvmesh import telemetry
+from kvmesh import auth, telemetry
+from kvmesh.api_keys import ApiKey
 from kvmesh.errors import InvalidArgument
 from services.gateway import metrics, prompt
 from services.gateway.front_door import FrontDoor
@@ -66,6 +67,7 @@ class OpenAIServing:
 
     async def chat(self, request: Request, body: ChatCompletionRequest):
         model = self.served.get(body.model)
+        auth.permit_model(_caller(request), model.name)
         _refuse(body.n != 1, "n", "kvmesh generates one choice per request; use n=1")
         _refuse(bool(body.logprobs) or body.top_logprobs is not None, "logprobs", "log probabilities are not supported")
         _refuse(bool(body.tools), "tools", "tool calling is not supported")
@@ -80,6 +82,7 @@ class OpenAIServing:
 
     async def completions(self, request: Request, body: CompletionRequest):
         model = self.served.get(body.model)
+        auth.permit_model(_caller(request), model.name)
         _refuse(body.n != 1 or (body.best_of or 1) != 1, "n", "kvmesh generates one choice per request")
         _refuse(body.logprobs is not None, "logprobs", "log probabilities are not supported")
         _refuse(body.echo, "echo", "echo is not supported")
@@ -106,8 +109,9 @@ class OpenAIServing:
         engine = engine_sampling(sampling, len(prompt_ids), limit, self.default_max_tokens, model.defaults)
         request_id = fmt.id_prefix + new_request_id()
         parent = telemetry.extract(request.headers)  # a caller's traceparent, if any
-        caller = getattr(request.state, "caller", None)  # set by BearerAuth when auth is on
-        admitted = self.front.enter(caller, model, prompt_ids, engine, request_id, parent, whole=not body.stream)
+        admitted = self.front.enter(
+            _caller(request), model, prompt_ids, engine, request_id, parent, whole=not body.stream
+        )
         chunks = admitted.chunks
         created = int(time.time())
         if body.stream:
@@ -129,6 +133,10 @@ class OpenAIServing:
             return Response(status_code=499)  # nobody reads it: the client is gone
         metrics.REQUESTS.labels("http", "200").inc()
         return JSONResponse(fmt.whole(request_id, created, model.name, *result), headers=admitted.headers())
+
+
+def _caller(request: Request) -> ApiKey | None:
+    return getattr(request.state, "caller", None)  # set by BearerAuth when auth is on
 
 
 async def _collect(chunks: AsyncIterator[Chunk]) -> tuple[str, str, Usage]:

@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 
 from kvmesh import auth, grpc_server
 from kvmesh.api_keys import ApiKey, KeyStore, digest
-from kvmesh.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
+from kvmesh.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated, Unavailable
 
 MESH_TOKEN = "mesh-token-0123456789abcdef"
 
@@ -55,11 +55,39 @@ async def test_bad_keys_are_refused_naming_the_field(store, key, field):
     assert refused.value.param == field
 
 
+FIRST, SECOND = "kvm-" + "1" * 64, "kvm-" + "2" * 64
+
+
 async def test_ensure_puts_a_given_secret_in_place(store):
-    await store.ensure(ApiKey(name="admin", role="admin"), "kvm-first-secret")
-    await store.ensure(ApiKey(name="admin", role="admin"), "kvm-second-secret")
-    assert await store.lookup("kvm-first-secret") is None
-    assert (await store.lookup("kvm-second-secret")).role == "admin"
+    await store.ensure(ApiKey(name="admin", role="admin"), FIRST)
+    await store.ensure(ApiKey(name="admin", role="admin"), SECOND)
+    assert await store.lookup(FIRST) is None
+    assert (await store.lookup(SECOND)).role == "admin"
+    with pytest.raises(InvalidArgument, match="kvm-"):
+        await store.ensure(ApiKey(name="admin", role="admin"), "short")
+
+
+async def test_gateways_starting_together_all_ensure_the_same_key(store):
+    admin = ApiKey(name="admin", role="admin")
+    await asyncio.gather(*(KeyStore(store.redis).ensure(admin, FIRST) for _ in range(4)))
+    assert (await store.lookup(FIRST)).name == "admin"
+
+
+async def test_secrets_that_cannot_be_keys_never_reach_redis(store, monkeypatch):
+    async def no_redis(*args):
+        raise AssertionError("asked Redis")
+
+    monkeypatch.setattr(store.redis, "hget", no_redis)
+    for junk in ("", "kvm-", "kvm-short", "x" * 47, "kvm-" + "é" * 43, "kvm-" + "a" * 129):
+        assert await store.lookup(junk) is None
+
+
+async def test_an_unreachable_key_store_is_unavailable_not_a_crash():
+    dead = aioredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    with pytest.raises(Unavailable, match="key store is unreachable") as failed:
+        await KeyStore(dead).lookup(FIRST)
+    assert "127.0.0.1" not in failed.value.message
+    await dead.aclose()
 
 
 async def test_identify_reads_bearer_values(store):
