@@ -93,7 +93,7 @@ class LocalMesh:
         verify = mesh.http_verify()
         while not http_ok(f"{mesh.http}/health", verify):
             if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
+                mesh.kill()
                 raise RuntimeError(f"kvmesh up did not get ready:\n{mesh.log('up')}")
             time.sleep(0.5)
         return mesh
@@ -144,8 +144,15 @@ class LocalMesh:
         try:
             return self.process.wait(timeout_s)
         except subprocess.TimeoutExpired:
-            # Its services run in their own process groups: killing kvmesh up alone would orphan them.
-            for process in [*psutil.Process(self.process.pid).children(recursive=True), self.process]:
-                with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
-                    process.kill()
+            self.kill()
             raise
+
+    def kill(self) -> None:
+        """kvmesh up and everything it started, at once. Its services run in their own process
+        groups: killing kvmesh up alone would orphan them."""
+        children = []
+        with contextlib.suppress(psutil.NoSuchProcess):
+            children = psutil.Process(self.process.pid).children(recursive=True)
+        for process in [*children, self.process]:
+            with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+                process.kill()
