@@ -109,7 +109,10 @@ async def one_request(client: httpx.AsyncClient, url: str, body: dict) -> Reques
     return RequestTiming(end - start, [], end - start, response.json()["usage"]["completion_tokens"])
 
 
-async def run_level(url: str, bodies: list[dict], concurrency: int) -> LevelResult:
+async def run_level(
+    url: str, bodies: list[dict], concurrency: int, headers: dict[str, str] | None = None
+) -> LevelResult:
+    """`bodies` POSTed to `url` in order by `concurrency` clients, with `headers` on every request."""
     queue: asyncio.Queue = asyncio.Queue()
     for body in bodies:
         queue.put_nowait(body)
@@ -119,7 +122,7 @@ async def run_level(url: str, bodies: list[dict], concurrency: int) -> LevelResu
         # A client (one keep-alive connection) per slot: one client's pool shared by 64 slots cost
         # the generator 8 CPU-ms a request, taken from the two cores the server under test has.
         limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        async with httpx.AsyncClient(timeout=600, limits=limits, headers=headers) as client:
             while not queue.empty():
                 body = queue.get_nowait()
                 send = one_stream if body.get("stream") else one_request

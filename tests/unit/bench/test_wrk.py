@@ -1,5 +1,5 @@
-"""bench/wrk.py drives Debian's wrk: every body goes out once and in order, and a run that would
-repeat bodies is refused (the overhead benchmark's prompts must never repeat)."""
+"""bench/wrk.py drives Debian's wrk: every body goes out once and in order, with the headers asked
+for, and a run that would repeat bodies is refused (the overhead benchmark's prompts must never repeat)."""
 
 from __future__ import annotations
 
@@ -17,12 +17,14 @@ pytestmark = pytest.mark.skipif(not wrk.available(), reason="wrk is not installe
 @pytest.fixture
 def server():
     received: list[int] = []
+    seen_headers: list[dict[str, str]] = []
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def do_POST(self):
             received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"])))["n"])
+            seen_headers.append(dict(self.headers))
             self.send_response(200)
             self.send_header("Content-Length", "2")
             self.end_headers()
@@ -34,13 +36,13 @@ def server():
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{httpd.server_port}/", received
+    yield f"http://127.0.0.1:{httpd.server_port}/", received, seen_headers
     httpd.shutdown()
     httpd.server_close()
 
 
 def test_every_body_goes_out_once_in_order(server):
-    url, received = server
+    url, received, _ = server
     figures = wrk.run(url, [{"n": i} for i in range(200_000)], concurrency=1, seconds=1)
     assert figures["failed"] == 0 and figures["requests"] > 10
     # wrk counts the responses it read; the server may have taken one more as the run ended.
@@ -52,6 +54,13 @@ def test_every_body_goes_out_once_in_order(server):
 
 
 def test_a_run_longer_than_its_bodies_is_refused(server):
-    url, _ = server
+    url, _, _ = server
     with pytest.raises(RuntimeError, match="some repeated"):
         wrk.run(url, [{"n": i} for i in range(3)], concurrency=1, seconds=1)
+
+
+def test_every_request_carries_the_headers_given(server):
+    url, _, seen_headers = server
+    figures = wrk.run(url, [{"n": i} for i in range(200_000)], 2, 1, headers={"Authorization": "Bearer kvm-x"})
+    assert figures["failed"] == 0 and len(seen_headers) > 10
+    assert all(h["Authorization"] == "Bearer kvm-x" and h["Content-Type"] == "application/json" for h in seen_headers)
