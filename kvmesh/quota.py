@@ -22,9 +22,9 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from kvmesh import redis_functions
 from kvmesh.api_keys import ApiKey
 from kvmesh.errors import InvalidArgument, ResourceExhausted, Unavailable
+from kvmesh.redis_batch import Coalescer
 
 LIBRARY = resources.files("kvmesh").joinpath("quota.lua").read_text()
 LIBRARIES = [LIBRARY]
@@ -62,6 +62,7 @@ class Quotas:
     def __init__(self, client: aioredis.Redis, lease_s: float = 900.0, clock: Callable[[], float] = time.time):
         """`lease_s`: how long a request holds its concurrency slot if its gateway never releases it."""
         self.redis = client
+        self._calls = Coalescer(client, LIBRARIES)
         self.lease_s = lease_s
         self.clock = clock
         # Releases run on after a cancelled caller stops waiting; held here so that none is collected.
@@ -72,9 +73,7 @@ class Quotas:
 
     async def fcall(self, function: str, keys: tuple[str, ...], *args) -> list:
         try:
-            return await redis_functions.call(
-                self.redis, LIBRARIES, lambda: self.redis.fcall(function, len(keys), *keys, *args)
-            )
+            return await self._calls.fcall(function, keys, *args)
         except (RedisConnectionError, RedisTimeoutError) as e:
             raise Unavailable(f"quota store (Redis) unreachable: {e}") from e
 
@@ -190,11 +189,15 @@ class Metered:
     async def finish(self, model: str, prompt_tokens: int, cached_tokens: int, completion_tokens: int) -> None:
         """Frees the slot, charges what is still uncharged and records the usage; only the first
         call counts. Safe in a `finally`: a cancelled caller stops waiting, the release still runs."""
+        self.end(model, prompt_tokens, cached_tokens, completion_tokens)
+        await asyncio.shield(self._finish)
+
+    def end(self, model: str, prompt_tokens: int, cached_tokens: int, completion_tokens: int) -> None:
+        """finish(), not waited for: an answer need not wait for Redis to hear it ended."""
         if self._finish is None:
             self._finish = asyncio.ensure_future(self._release(model, prompt_tokens, cached_tokens, completion_tokens))
             self.quotas._background.add(self._finish)
             self._finish.add_done_callback(self.quotas._background.discard)
-        await asyncio.shield(self._finish)
 
     async def _release(self, model: str, prompt_tokens: int, cached_tokens: int, completion_tokens: int) -> None:
         if self._flush:

@@ -89,7 +89,7 @@ class FrontDoor:
                 await chunks.aclose()
             finally:
                 if metered is not None:
-                    await metered.finish(model, prompt_tokens, cached, completion)
+                    metered.end(model, prompt_tokens, cached, completion)
                 if caller is not None:
                     self.key_metrics.request(caller.name, status)
                     self.key_metrics.tokens(caller.name, prompt_tokens, cached, completion)
