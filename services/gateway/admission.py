@@ -178,6 +178,9 @@ class Admission:
         loop = asyncio.get_running_loop()
         try:
             while (w := self._head()) is not None:
+                if w.turn.done():  # its waiter was cancelled or timed out: its `finally` takes it out next
+                    await asyncio.sleep(0)
+                    continue
                 # A release from here on (even during the attempt) means: try again at once.
                 self._wake.clear()
                 self._holder, self._turn_over = w, loop.create_future()

@@ -316,3 +316,25 @@ async def test_a_bad_priority_or_cost_is_refused_naming_it():
         await admission.run("a", "urgent", 1, mesh.attempt("a/1"))
     with pytest.raises(ValueError, match="cost"):
         await admission.run("a", "normal", -1, mesh.attempt("a/1"))
+
+
+async def test_a_head_cancelled_just_before_its_turn_does_not_stop_the_queue():
+    """A waiter cancelled while the queue serves (its turn future cancelled, its `finally` not yet
+    run) must be passed over, not handed a turn: the queue keeps serving the rest."""
+    admission = Admission(max_queued=8, timeout_s=5, retry_interval_s=0.01)
+    full = True
+
+    async def attempt():
+        if full:
+            raise AtCapacity("full")
+        return "ok"
+
+    first = asyncio.create_task(admission.run("a", "normal", 1, attempt))
+    await asyncio.sleep(0.02)
+    second = asyncio.create_task(admission.run("b", "normal", 1, attempt))
+    await asyncio.sleep(0.02)
+    first.cancel()
+    full = False
+    admission.released()  # the server wakes in the same turn the cancelled head is still queued
+    assert await asyncio.wait_for(second, 2) == ("ok", pytest.approx(0.04, abs=0.5))
+    assert admission.queued() == 0
