@@ -63,8 +63,12 @@ class RouterSession:
         self.send(router_pb2.SessionRequest(route=request))
         try:
             return await asyncio.wait_for(future, timeout_s)
-        except TimeoutError:
-            raise Unavailable(f"the router did not answer within {timeout_s:g}s") from None
+        except (TimeoutError, asyncio.CancelledError) as e:
+            # The router may still decide, and count the request on a worker nobody will use.
+            self.send(router_pb2.SessionRequest(released=request.request_id))
+            if isinstance(e, TimeoutError):
+                raise Unavailable(f"the router did not answer within {timeout_s:g}s") from None
+            raise
         finally:
             self._waiting.pop(request.request_id, None)
 

@@ -120,3 +120,17 @@ async def test_a_broken_stream_fails_its_waiting_routes_and_the_next_route_opens
     first, second = await route_pair(client, "r5", "r6")
     assert (first.worker.id, second.worker.id) == ("worker-for-r5", "worker-for-r6")
     assert fake.sessions == 2
+
+
+async def test_a_route_given_up_on_is_released(router):
+    """The caller left (its client went away while it waited for a worker): the router may still
+    decide and count the request, so it is told the request is over."""
+    fake, client = router
+    waiting = asyncio.ensure_future(route(client, "lonely"))  # held for a partner that never comes
+    while "lonely" not in fake.routed:
+        await asyncio.sleep(0.01)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await route_pair(client, "r1", "r2")  # the release went out before these, on the same stream
+    assert ("released", "lonely") in fake.bookkeeping
