@@ -17,8 +17,9 @@ import grpc
 import httpx
 import openai
 import pytest
+import redis
 
-from kvmesh import auth
+from kvmesh import auth, quota
 from kvmesh.cli.local_mesh import LocalMesh
 from kvmesh.cli.supervisor import http_ok
 from kvmesh.net import free_ports
@@ -174,12 +175,16 @@ async def _stream_long(mesh: LocalMesh, key: str, client: httpx.AsyncClient) -> 
 
 
 def test_concurrency_trips_at_one_over_and_frees_when_a_request_ends(mesh):
-    key = make_key(mesh, "two-at-once", "--max-concurrency", "2")
+    key_name = "two-at-once"
+    key = make_key(mesh, key_name, "--max-concurrency", "2")
 
     async def run() -> tuple[list[int], int]:
         async with httpx.AsyncClient(timeout=60) as client:
             long = [asyncio.create_task(_stream_long(mesh, key, client)) for _ in range(2)]
-            await asyncio.sleep(0.7)  # both admitted; 64 tokens take the sim engine about 2 s
+            # Both admitted (their leases in the key's quota); 64 tokens take the sim engine about 2 s.
+            leases = redis.Redis.from_url(mesh.redis_url)
+            await asyncio.to_thread(wait_for, lambda: leases.zcard(quota.keys(key_name)[1]) == 2, 10, "two admitted")
+            leases.close()
             third = await asyncio.to_thread(chat, mesh, key)
             return await asyncio.gather(*long), third.status_code
 
