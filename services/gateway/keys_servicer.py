@@ -4,6 +4,7 @@ admin key gets here (kvmesh/auth.py's POLICY)."""
 from __future__ import annotations
 
 from kvmesh.api_keys import ApiKey, KeyStore
+from kvmesh.errors import FailedPrecondition
 from kvmesh.quota import HOUR_FORMAT, Quotas
 from kvmesh.v1 import keys_pb2, keys_pb2_grpc
 
@@ -45,23 +46,34 @@ def key_to_proto(key: ApiKey) -> keys_pb2.KeyInfo:
 
 
 class KeysServicer(keys_pb2_grpc.KeysServicer):
-    def __init__(self, keys: KeyStore, quotas: Quotas):
+    def __init__(self, keys: KeyStore, quotas: Quotas, auth_on: bool):
+        """`auth_on`: without it there is no admin to manage keys, and keys made then would outlive it."""
         self.keys = keys
         self.quotas = quotas
+        self.auth_on = auth_on
+
+    def _needs_auth(self) -> None:
+        if not self.auth_on:
+            raise FailedPrecondition("API keys are off on this gateway (--auth off, or auto on loopback): "
+                                     "start it with --auth on to manage keys")  # fmt: skip
 
     async def Create(self, request, context):
+        self._needs_auth()
         secret = await self.keys.create(key_from_proto(request.key))
         created = await self.keys.lookup(secret)
         return keys_pb2.KeysCreateResponse(key=key_to_proto(created), secret=secret)
 
     async def List(self, request, context):
+        self._needs_auth()
         return keys_pb2.KeysListResponse(keys=[key_to_proto(k) for k in await self.keys.list()])
 
     async def Revoke(self, request, context):
+        self._needs_auth()
         await self.keys.revoke(request.name)
         return keys_pb2.KeysRevokeResponse()
 
     async def Usage(self, request, context):
+        self._needs_auth()
         rows = await self.quotas.usage(list(request.names) or None, request.hours or DEFAULT_USAGE_HOURS)
         return keys_pb2.KeysUsageResponse(
             rows=[

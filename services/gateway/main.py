@@ -60,8 +60,7 @@ async def run(settings: GatewaySettings) -> None:
             InferenceServicer(served, front, settings.default_max_tokens, limits), server
         )
         models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(served), server)
-        if authenticator:  # with auth off there is no admin to manage keys: keys made then would outlive it
-            keys_pb2_grpc.add_KeysServicer_to_server(KeysServicer(keys, quotas), server)
+        keys_pb2_grpc.add_KeysServicer_to_server(KeysServicer(keys, quotas, auth_on=authenticator is not None), server)
 
     grpc_served = await grpc_server.serve(
         "gateway", settings.host, settings.grpc_port, register, tls, max_message_bytes=settings.max_body_bytes,
