@@ -2,8 +2,10 @@
 shown once when it is made; Redis holds only its SHA-256 beside the key's record. A fast hash is
 enough here: the secret is random, not a password a person chose, so there is nothing to guess.
 
-    kvkeys:records  HASH  sha256(secret) → the record (JSON)
-    kvkeys:names    HASH  name → sha256(secret)
+    kvkeys:{keys}:records  HASH  sha256(secret) → the record (JSON)
+    kvkeys:{keys}:names    HASH  name → sha256(secret)
+
+(one hash tag: what changes both does so in one step, also on a cluster)
 """
 
 from __future__ import annotations
@@ -21,8 +23,18 @@ from redis.exceptions import RedisError
 from kvmesh.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 
 PREFIX = "kvm-"
-RECORDS = "kvkeys:records"
-NAMES = "kvkeys:names"
+RECORDS = "kvkeys:{keys}:records"
+NAMES = "kvkeys:{keys}:names"
+# `ensure` in one step: gateways starting together each put the same key in place, and none can
+# undo another's (a revoke between another's create and its check did).
+ENSURE = """
+local old = redis.call('HGET', KEYS[2], ARGV[1])
+if old == ARGV[2] then return 0 end
+if old then redis.call('HDEL', KEYS[1], old) end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+return 1
+"""
 NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # What any key looks like (ours: 43 characters after the prefix; one handed in, e.g. `kvm-` and 64
 # hex digits, may be longer): anything else is refused without asking Redis.
@@ -87,15 +99,10 @@ class KeyStore:
         gateways starting at once may all do it: whoever loses the race finds it done."""
         if not SECRET.fullmatch(secret):
             raise InvalidArgument(f"key {key.name!r}: a key is 'kvm-' and 32-128 of A-Z a-z 0-9 _ -")
-        hashed = digest(secret).encode()
-        if await self.redis.hget(NAMES, key.name) == hashed:
-            return
-        await self.revoke(key.name, missing_ok=True)
-        try:
-            await self.create(key, secret)
-        except FailedPrecondition:
-            if await self.redis.hget(NAMES, key.name) != hashed:
-                raise
+        validate(key)
+        key = msgspec.structs.replace(key, created=key.created or time.time())
+        if await self.redis.eval(ENSURE, 2, RECORDS, NAMES, key.name, digest(secret), msgspec.json.encode(key)):
+            self._cache.clear()
 
     async def list(self) -> list[ApiKey]:
         records = await self.redis.hvals(RECORDS)

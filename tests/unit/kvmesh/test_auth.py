@@ -25,7 +25,7 @@ async def store(redis_url):
 async def test_a_key_is_stored_by_its_hash_only(store):
     secret = await store.create(ApiKey(name="team-a", rpm=600, priority="high", models=("m1",)))
     assert secret.startswith("kvm-") and len(secret) == 47
-    stored = b"".join(k + v for k, v in (await store.redis.hgetall("kvkeys:records")).items())
+    stored = b"".join(k + v for k, v in (await store.redis.hgetall("kvkeys:{keys}:records")).items())
     assert secret.encode() not in stored and digest(secret).encode() in stored
     key = await store.lookup(secret)
     assert (key.name, key.rpm, key.priority, key.models, key.role) == ("team-a", 600, "high", ("m1",), "user")

@@ -52,4 +52,4 @@ async def test_with_auth_off_nothing_is_made_or_shown(client):
     for call in calls:
         with pytest.raises(FailedPrecondition, match="--auth on"):
             await call
-    assert await client.hlen("kvkeys:records") == 0
+    assert await client.hlen("kvkeys:{keys}:records") == 0
