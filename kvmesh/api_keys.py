@@ -120,20 +120,20 @@ class KeyStore:
 
     async def lookup(self, secret: str) -> ApiKey | None:
         """The key whose secret this is, or None (unknown or revoked); Unavailable when Redis is."""
+        now = time.monotonic()
+        cached = self._cache.get(secret)  # by the secret itself: no hashing for a key just seen
+        if cached is not None and cached[0] > now:
+            return cached[1]
         if not SECRET.fullmatch(secret):
             return None
         hashed = digest(secret)
-        now = time.monotonic()
-        cached = self._cache.get(hashed)
-        if cached is not None and cached[0] > now:
-            return cached[1]
         try:
             record = await self.redis.hget(RECORDS, hashed)
         except (RedisError, OSError):
             raise Unavailable("API keys cannot be checked: the key store is unreachable; retry") from None
         if record is None:
-            self._cache.pop(hashed, None)
+            self._cache.pop(secret, None)
             return None
         key = msgspec.json.decode(record, type=ApiKey)
-        self._cache[hashed] = (now + self.cache_s, key)
+        self._cache[secret] = (now + self.cache_s, key)
         return key

@@ -6,22 +6,17 @@
 -- Levels are integers in 1/60000 of a request or token, so a bucket of `limit` per minute refills
 -- exactly `limit` units a millisecond and holds limit * 60000: no rounding, whatever the limit.
 -- An absent bucket is full: each expires when it would have refilled.
--- Every call first sweeps leases past their deadline (gateways that died give their slots back).
+-- An admission first sweeps leases past their deadline (gateways that died give their slots back).
 
 local UNIT = 60000
 local USAGE_TTL_S = 35 * 24 * 3600
 
-local function sweep(keys, now)
-  redis.call('ZREMRANGEBYSCORE', keys[2], '-inf', now)
-end
-
--- The bucket `f` (field of its level; its time is f .. 't') of `limit` per minute, refilled to `now`.
-local function level(keys, f, limit, now)
+-- A bucket of `limit` per minute at `now`, from its stored level and time (absent: full).
+local function refilled(stored, at, limit, now)
   local cap = limit * UNIT
-  local stored = redis.call('HMGET', keys[1], f, f .. 't')
-  if not stored[1] then return cap end
-  local elapsed = math.max(now - tonumber(stored[2]), 0) -- a gateway whose clock lags adds nothing
-  return math.min(tonumber(stored[1]) + elapsed * limit, cap)
+  if not stored then return cap end
+  local elapsed = math.max(now - tonumber(at), 0) -- a gateway whose clock lags adds nothing
+  return math.min(tonumber(stored) + elapsed * limit, cap)
 end
 
 -- Milliseconds until the bucket holds `need` units (0: it does).
@@ -30,10 +25,18 @@ local function wait_ms(lvl, need, limit)
   return math.ceil((need - lvl) / limit)
 end
 
-local function save(keys, f, lvl, limit, now)
-  redis.call('HSET', keys[1], f, lvl, f .. 't', now)
-  local full_in = wait_ms(lvl, limit * UNIT, limit) + 1000
-  if redis.call('PTTL', keys[1]) < full_in then redis.call('PEXPIRE', keys[1], full_in) end
+-- Stores the levels of `buckets` ({field, level, limit} each) and keeps the hash until the
+-- emptiest of them would be full again.
+local function save(keys, now, buckets)
+  local fields, full_in = {}, 0
+  for _, b in ipairs(buckets) do
+    fields[#fields + 1] = b[1]; fields[#fields + 1] = b[2]
+    fields[#fields + 1] = b[1] .. 't'; fields[#fields + 1] = now
+    full_in = math.max(full_in, wait_ms(b[2], b[3] * UNIT, b[3]))
+  end
+  if #fields == 0 then return end
+  redis.call('HSET', keys[1], unpack(fields))
+  if redis.call('PTTL', keys[1]) < full_in + 1000 then redis.call('PEXPIRE', keys[1], full_in + 1000) end
 end
 
 -- limit, remaining, ms until full again, for the x-ratelimit-* headers (zeros when there is no limit).
@@ -50,16 +53,18 @@ local function admit(keys, args)
   local rid, now = args[1], tonumber(args[2])
   local rpm, tpm, max_conc = tonumber(args[3]), tonumber(args[4]), tonumber(args[5])
   local prompt, deadline = tonumber(args[6]), tonumber(args[7])
-  sweep(keys, now)
-  local r = rpm > 0 and level(keys, 'r', rpm, now) or 0
-  local t = tpm > 0 and level(keys, 't', tpm, now) or 0
+  local stored = redis.call('HMGET', keys[1], 'r', 'rt', 't', 'tt')
+  local r = rpm > 0 and refilled(stored[1], stored[2], rpm, now) or 0
+  local t = tpm > 0 and refilled(stored[3], stored[4], tpm, now) or 0
   local verdict, retry = 'ok', 0
   if tpm > 0 and prompt > tpm then
     verdict = 'prompt'
   else
-    if max_conc > 0 and redis.call('ZSCORE', keys[2], rid) == false
-        and redis.call('ZCARD', keys[2]) >= max_conc then
-      verdict, retry = 'concurrency', 1000 -- no way to know when a slot frees; ask again soon
+    if max_conc > 0 then
+      redis.call('ZREMRANGEBYSCORE', keys[2], '-inf', now) -- slots of gateways that died
+      if redis.call('ZCARD', keys[2]) >= max_conc and redis.call('ZSCORE', keys[2], rid) == false then
+        verdict, retry = 'concurrency', 1000 -- no way to know when a slot frees; ask again soon
+      end
     end
     local r_wait = rpm > 0 and wait_ms(r, UNIT, rpm) or 0
     local t_wait = tpm > 0 and wait_ms(t, prompt * UNIT, tpm) or 0
@@ -68,8 +73,10 @@ local function admit(keys, args)
     if t_wait > 0 and t_wait > r_wait and t_wait > retry then verdict, retry = 'tpm', t_wait end
   end
   if verdict == 'ok' then
-    if rpm > 0 then r = r - UNIT; save(keys, 'r', r, rpm, now) end
-    if tpm > 0 then t = t - prompt * UNIT; save(keys, 't', t, tpm, now) end
+    local taken = {}
+    if rpm > 0 then r = r - UNIT; taken[#taken + 1] = {'r', r, rpm} end
+    if tpm > 0 then t = t - prompt * UNIT; taken[#taken + 1] = {'t', t, tpm} end
+    save(keys, now, taken)
     if max_conc > 0 then
       redis.call('ZADD', keys[2], deadline, rid)
       if redis.call('PTTL', keys[2]) < deadline - now then redis.call('PEXPIRE', keys[2], deadline - now) end
@@ -83,24 +90,21 @@ end
 
 local function take_tokens(keys, tokens, tpm, now)
   if tpm <= 0 or tokens <= 0 then return end
-  save(keys, 't', level(keys, 't', tpm, now) - tokens * UNIT, tpm, now) -- may go below zero
+  local stored = redis.call('HMGET', keys[1], 't', 'tt')
+  save(keys, now, {{'t', refilled(stored[1], stored[2], tpm, now) - tokens * UNIT, tpm}}) -- may go below zero
 end
 
 -- ARGV: tokens, tpm, now ms. Completion tokens as they stream (KEYS 1-2).
 local function charge(keys, args)
-  local now = tonumber(args[3])
-  sweep(keys, now)
-  take_tokens(keys, tonumber(args[1]), tonumber(args[2]), now)
+  take_tokens(keys, tonumber(args[1]), tonumber(args[2]), tonumber(args[3]))
   return 1
 end
 
 -- ARGV: request id, now ms, tokens still to charge, tpm, model, prompt, cached, completion tokens.
 -- Frees the request's slot, charges what its last charge() missed and adds it to the hour's usage.
 local function release(keys, args)
-  local now = tonumber(args[2])
-  sweep(keys, now)
   redis.call('ZREM', keys[2], args[1])
-  take_tokens(keys, tonumber(args[3]), tonumber(args[4]), now)
+  take_tokens(keys, tonumber(args[3]), tonumber(args[4]), tonumber(args[2]))
   local model = args[5]
   redis.call('HINCRBY', keys[3], model .. '|requests', 1)
   redis.call('HINCRBY', keys[3], model .. '|prompt_tokens', args[6])

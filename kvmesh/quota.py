@@ -3,7 +3,7 @@
 A request is admitted with one FCALL (`Quotas.admit`: a request from the key's requests-per-minute
 bucket, the prompt's tokens from its tokens-per-minute bucket, a concurrency slot under a lease);
 the completion tokens are charged as they stream, at most one FCALL a second (`Metered.completed`);
-one FCALL at the end frees the slot and adds the request to the key's hourly usage
+one FCALL at the end (waiting up to RELEASE_LINGER_S for other calls to ride with) frees the slot and adds the request to the key's hourly usage
 (`Metered.finish`). A gateway that dies gives its slots back when their leases run out.
 """
 
@@ -32,6 +32,9 @@ HOUR_FORMAT = "%Y-%m-%dT%H"  # UTC; the suffix of a usage record's key
 USAGE_KEPT_HOURS = 35 * 24  # quota.lua's USAGE_TTL_S: no record is older
 MAX_USAGE_NAMES = 1000
 FLUSH_S = 1.0  # streamed completion tokens are charged at most this often per request
+# A release waits up to this long to ride with other calls (kvmesh/redis_batch.py): a key's slot
+# frees, and its usage shows, that much later.
+RELEASE_LINGER_S = 0.05
 log = logging.getLogger(__name__)
 
 
@@ -71,9 +74,9 @@ class Quotas:
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
 
-    async def fcall(self, function: str, keys: tuple[str, ...], *args) -> list:
+    async def fcall(self, function: str, keys: tuple[str, ...], *args, linger_s: float = 0.0) -> list:
         try:
-            return await self._calls.fcall(function, keys, *args)
+            return await self._calls.fcall(function, keys, *args, linger_s=linger_s)
         except (RedisConnectionError, RedisTimeoutError) as e:
             raise Unavailable(f"quota store (Redis) unreachable: {e}") from e
 
@@ -208,7 +211,9 @@ class Metered:
         args = (self.request_id, self.quotas.now_ms(), owed, self.key.tpm, model)
         counts = (prompt_tokens, cached_tokens, completion_tokens)
         try:
-            await self.quotas.fcall("kvmesh_quota_release", keys(self.key.name, hour), *args, *counts)
+            await self.quotas.fcall(
+                "kvmesh_quota_release", keys(self.key.name, hour), *args, *counts, linger_s=RELEASE_LINGER_S
+            )
         except Exception as e:  # noqa: BLE001 - runs in a finally; the lease frees the slot in the end
             log.warning("releasing request %s of key %r failed: %s", self.request_id, self.key.name, e)
 
