@@ -3,8 +3,9 @@
 A request is admitted with one FCALL (`Quotas.admit`: a request from the key's requests-per-minute
 bucket, the prompt's tokens from its tokens-per-minute bucket, a concurrency slot under a lease);
 the completion tokens are charged as they stream, at most one FCALL a second (`Metered.completed`);
-one FCALL at the end (waiting up to RELEASE_LINGER_S for other calls to ride with) frees the slot and adds the request to the key's hourly usage
-(`Metered.finish`). A gateway that dies gives its slots back when their leases run out.
+one FCALL at the end frees the slot and adds the request to the key's hourly usage (`Metered.finish`;
+it waits up to RELEASE_LINGER_S for other calls to ride with). A gateway that dies gives its slots
+back when their leases run out.
 """
 
 from __future__ import annotations
