@@ -11,6 +11,7 @@ back when their leases run out.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -208,7 +209,7 @@ class Metered:
             await self._flush  # never raises; after it, `charged` is what Redis has
         # The usage's counts are the truth; admission took the prompt as tokenized, the charges the stream.
         owed = max(completion_tokens - self.charged, 0) + max(prompt_tokens - self.prompt_tokens, 0)
-        hour = datetime.fromtimestamp(self.quotas.clock(), UTC).strftime(HOUR_FORMAT)
+        hour = hour_of(self.quotas.clock())
         args = (self.request_id, self.quotas.now_ms(), owed, self.key.tpm, model)
         counts = (prompt_tokens, cached_tokens, completion_tokens)
         try:
@@ -217,6 +218,16 @@ class Metered:
             )
         except Exception as e:  # noqa: BLE001 - runs in a finally; the lease frees the slot in the end
             log.warning("releasing request %s of key %r failed: %s", self.request_id, self.key.name, e)
+
+
+@functools.lru_cache(maxsize=4)
+def _hour_named(hours_since_epoch: int) -> str:
+    return datetime.fromtimestamp(hours_since_epoch * 3600, UTC).strftime(HOUR_FORMAT)
+
+
+def hour_of(t: float) -> str:
+    """The usage record's hour (UTC) of time `t`; formatted once an hour, not once a request."""
+    return _hour_named(int(t // 3600))
 
 
 def _ratelimit_headers(key: ApiKey, figures: list[int]) -> dict[str, str]:

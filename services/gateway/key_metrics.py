@@ -17,6 +17,7 @@ class KeyMetrics:
             raise ValueError(f"max_keys: must be ≥ 0, not {max_keys}")
         self.max_keys = max_keys
         self._labelled: set[str] = set()
+        self._children: dict[tuple, object] = {}  # labels() costs µs a call; each request makes four
 
     def label(self, name: str) -> str:
         if name in self._labelled:
@@ -27,10 +28,16 @@ class KeyMetrics:
         return OTHER
 
     def request(self, name: str, status: str) -> None:
-        KEY_REQUESTS.labels(self.label(name), status).inc()
+        self._child(KEY_REQUESTS, self.label(name), status).inc()
 
     def tokens(self, name: str, prompt: int, cached: int, completion: int) -> None:
         label = self.label(name)
         for kind, count in (("prompt", prompt), ("cached", cached), ("completion", completion)):
             if count:
-                KEY_TOKENS.labels(label, kind).inc(count)
+                self._child(KEY_TOKENS, label, kind).inc(count)
+
+    def _child(self, counter: Counter, *labels: str):
+        child = self._children.get((counter, *labels))
+        if child is None:
+            child = self._children[(counter, *labels)] = counter.labels(*labels)
+        return child
