@@ -1,4 +1,5 @@
-"""Starts the mesh's processes, watches them, and stops them in order with no orphans."""
+"""Starts the mesh's processes, watches them, restarts one that dies (with backoff, never giving
+up), and stops them in order with no orphans."""
 
 from __future__ import annotations
 
@@ -8,10 +9,26 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """How long a process that died waits before it starts again: `initial_s` after its first
+    crash, doubling with each crash in a row up to `cap_s`, so that one that cannot start costs
+    little and one that crashed once is back at once. A process that ran `healthy_s` before it
+    died starts the count afresh."""
+
+    initial_s: float = 0.5
+    cap_s: float = 30.0
+    healthy_s: float = 60.0
+
+    def delay_s(self, crashes_in_a_row: int) -> float:
+        return min(self.initial_s * 2 ** (crashes_in_a_row - 1), self.cap_s)
 
 
 @dataclass
@@ -20,7 +37,10 @@ class Child:
     argv: list[str]
     process: subprocess.Popen
     log: Path
+    started_s: float  # the supervisor's clock at the last start
     restarts: int = 0
+    crashes_in_a_row: int = 0
+    restart_at_s: float | None = None  # set while it is dead and waiting out its backoff
 
 
 @dataclass
@@ -28,6 +48,8 @@ class Supervisor:
     log_dir: Path
     env: dict[str, str] = field(default_factory=dict)
     children: list[Child] = field(default_factory=list)
+    backoff: Backoff = field(default_factory=Backoff)
+    clock: Callable[[], float] = time.monotonic
 
     def start(self, name: str, module: str, args: list[str]) -> Child:
         """A kvmesh service: `python -m <module> <args>`."""
@@ -36,13 +58,35 @@ class Supervisor:
     def start_program(self, name: str, argv: list[str]) -> Child:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / f"{name}.log"
-        child = Child(name, argv, self._spawn(argv, log), log)
+        child = Child(name, argv, self._spawn(argv, log), log, started_s=self.clock())
         self.children.append(child)
         return child
+
+    def newly_dead(self) -> list[Child]:
+        """The children found dead since the last call, each given the time of its restart."""
+        found = []
+        now = self.clock()
+        for child in self.children:
+            if child.restart_at_s is not None or child.process.poll() is None:
+                continue
+            if now - child.started_s >= self.backoff.healthy_s:
+                child.crashes_in_a_row = 0
+            child.crashes_in_a_row += 1
+            child.restart_at_s = now + self.backoff.delay_s(child.crashes_in_a_row)
+            found.append(child)
+        return found
+
+    def restart_due(self) -> list[Child]:
+        """Starts again the dead children whose backoff is over; returns them."""
+        due = [c for c in self.children if c.restart_at_s is not None and c.restart_at_s <= self.clock()]
+        for child in due:
+            self.restart(child)
+        return due
 
     def restart(self, child: Child) -> None:
         _reap_group(child.process, timeout_s=30.0)  # what the dead one left behind stops first
         child.process = self._spawn(child.argv, child.log)
+        child.started_s, child.restart_at_s = self.clock(), None
         child.restarts += 1
 
     def _spawn(self, argv: list[str], log: Path) -> subprocess.Popen:

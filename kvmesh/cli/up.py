@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import grpc
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from kvmesh import models
@@ -37,7 +38,6 @@ from services.router.config import DEFAULT_POLICIES, RouterSettings
 from services.worker.config import WorkerSettings
 
 console = Console()
-MAX_RESTARTS = 3
 TLS_DIR_HELP = (
     "a `kvmesh certs dev` directory: mutual TLS on every gRPC hop and Redis; HTTPS on the gateway's OpenAI port "
     "and TLS on its gRPC port (with auth off, clients show a certificate of the directory's CA: client.crt), "
@@ -225,23 +225,24 @@ def _worker_cpus(workers: int) -> list[str]:
 
 
 def _supervise(supervisor: Supervisor, redis: RedisServer | None) -> None:
-    """Restart a process that dies (a few times), so that one crash does not take the mesh down.
-    Our own Redis comes back empty: the services re-register and kvindex rebuilds the index from
-    the engines' replay buffers."""
+    """Restart a process that dies, after a backoff that grows while it keeps crashing
+    (supervisor.Backoff), never giving up: one crashing service must not take the mesh down, and
+    each crash is told with the end of its log. Our own Redis comes back empty: the services
+    re-register and kvindex rebuilds the index from the engines' replay buffers."""
     while True:
-        time.sleep(0.5)
+        time.sleep(0.25)
         if redis and redis.process and redis.process.poll() is not None:
             console.print(f"[yellow]redis-server exited with code {redis.process.returncode}; restarting it[/]")
             redis.start()
-        dead = supervisor.dead()
-        if dead is None:
-            continue
-        code = dead.process.returncode
-        if dead.restarts >= MAX_RESTARTS:
-            console.print(f"[red]{dead.name} exited with code {code} again[/]; last lines:\n{tail(dead.log)}")
-            raise typer.Exit(1)
-        console.print(f"[yellow]{dead.name} exited with code {code}; restarting it[/] (logs: {dead.log})")
-        supervisor.restart(dead)
+        for dead in supervisor.newly_dead():
+            in_a_row = f", {dead.crashes_in_a_row} crashes in a row" if dead.crashes_in_a_row > 1 else ""
+            console.print(
+                f"[yellow]{dead.name} exited with code {dead.process.returncode}{in_a_row}; restarting it in "
+                f"{supervisor.backoff.delay_s(dead.crashes_in_a_row):.1f}s[/] ({dead.log}, last lines):\n"
+                + escape(tail(dead.log, 10))  # a log's brackets are not markup
+            )
+        for restarted in supervisor.restart_due():
+            console.print(f"{restarted.name} restarted (restart {restarted.restarts})")
 
 
 def _wait_ready(
