@@ -13,6 +13,7 @@ from services.router.plugins.filters.draining import DrainingFilter
 from services.router.plugins.filters.excluded import ExcludedFilter
 from services.router.plugins.filters.model import ModelFilter
 from services.router.plugins.filters.role import RoleFilter
+from services.router.plugins.filters.unresponsive import UnresponsiveFilter
 from services.router.plugins.pickers.max_score import MaxScorePicker
 from services.router.plugins.pickers.power_of_two import PowerOfTwoPicker
 from services.router.plugins.pickers.random_pick import RandomPicker
@@ -29,6 +30,7 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "excluded": ExcludedFilter,
     "capacity": CapacityFilter,
     "draining": DrainingFilter,
+    "unresponsive": UnresponsiveFilter,
 }
 SCORERS: dict[str, Callable[..., Any]] = {
     "least_loaded": LeastLoadedScorer,
@@ -46,7 +48,9 @@ PICKERS: dict[str, Callable[..., Any]] = {
 
 
 class SchedulingProfileSpec(BaseModel):
-    filters: list[str] = Field(default_factory=lambda: ["model", "role", "draining", "excluded", "capacity"])
+    filters: list[str] = Field(
+        default_factory=lambda: ["model", "role", "draining", "unresponsive", "excluded", "capacity"]
+    )
     scorers: dict[str, float] = Field(default_factory=dict)
     picker: str = "max_score"
     # Per-plugin parameters, by type name.

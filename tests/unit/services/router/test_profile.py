@@ -10,10 +10,13 @@ from services.router.framework.plugins import SchedulingProfileSpec, build
 from services.router.framework.types import Candidate, Request, WorkerLoad
 
 
-def cand(worker_id, in_flight=0, capacity=4, model="m", role=worker_pb2.ROLE_AGGREGATED, draining=False):
+def cand(
+    worker_id, in_flight=0, capacity=4, model="m", role=worker_pb2.ROLE_AGGREGATED, draining=False, unresponsive=False
+):
     rec = worker_pb2.WorkerRecord(
-        id=worker_id, model=model, role=role, capacity=capacity, kv_block_size=16, draining=draining
-    )
+        id=worker_id, model=model, role=role, capacity=capacity, kv_block_size=16, draining=draining,
+        unresponsive=unresponsive,
+    )  # fmt: skip
     return Candidate(rec, WorkerLoad(in_flight=in_flight))
 
 
@@ -29,6 +32,8 @@ REQ = Request(model="m", request_id="r", num_tokens=40)
         ([cand("a", role=worker_pb2.ROLE_PREFILL), cand("b", 3)], "b", ""),
         ([cand("a", draining=True), cand("b", 3)], "b", ""),  # changing role: takes nothing new
         ([cand("a", draining=True)], None, "draining"),
+        ([cand("a", unresponsive=True), cand("b", 3)], "b", ""),  # its engine does not answer: nothing new
+        ([cand("a", unresponsive=True)], None, "unresponsive"),
         ([cand("a", model="other")], None, "model"),
         ([cand("a", 32, capacity=4)], None, "capacity"),  # 4 × queue factor 8
         ([], None, ""),
