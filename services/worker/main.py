@@ -23,6 +23,7 @@ from kvmesh.v1 import worker_pb2
 from services.worker import model_config, role_change, triton_server
 from services.worker.config import WorkerSettings
 from services.worker.kv_events_relay import Endpoints, KvEventsRelay
+from services.worker.liveness import EngineLiveness
 from services.worker.registration import Registration, describe
 from services.worker.triton_server import Triton, TritonPorts
 
@@ -82,7 +83,7 @@ async def run(settings: WorkerSettings) -> None:
                  "block_size": record.kv_block_size}  # fmt: skip
         log.info("worker %s ready in %.1fs: %s", worker_id, time.monotonic() - started, json.dumps(ready))
         print(f"worker {worker_id} ready: model {record.model} on Triton {triton.address}", flush=True)
-        heartbeat = asyncio.create_task(registration.heartbeat(process, change_to))
+        heartbeat = asyncio.create_task(registration.heartbeat(process, change_to, EngineLiveness(triton.client)))
         # A relay that stops ends the worker: kvindex would silently lose its KV events.
         critical = {heartbeat} | ({relaying} if relaying else set())
         done, _ = await asyncio.wait(critical | {stop}, return_when=asyncio.FIRST_COMPLETED)

@@ -1,7 +1,8 @@
 """The worker in the registry: its record (what the routers and the planner see of it), registered
-under a lease that the heartbeat renews; the heartbeat also takes up the planner's role-change
-requests. On the way out it drains (routers send it nothing new; what was routed to it finishes),
-then leaves the registry."""
+under a lease that the heartbeat renews; the heartbeat also marks the record unresponsive while
+Triton does not answer (liveness.py) and takes up the planner's role-change requests. On the way
+out it drains (routers send it nothing new; what was routed to it finishes), then leaves the
+registry."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from kvmesh.v1 import worker_pb2
 from services.worker import model_config
 from services.worker.config import WorkerSettings
 from services.worker.kv_events_relay import Endpoints
+from services.worker.liveness import EngineLiveness
 from services.worker.triton_server import TritonPorts
 
 log = logging.getLogger("kvmesh.worker")
@@ -72,11 +74,19 @@ class Registration:
     async def register(self) -> None:
         await self.reg.register(self.record, self.settings.lease_ms)
 
-    async def heartbeat(self, triton: subprocess.Popen, change_to: Callable[[str], Awaitable[None]]) -> None:
-        """Renews the lease while Triton runs (also while a role change does) and hands a
-        requested model to `change_to`, one change at a time."""
+    async def heartbeat(
+        self, triton: subprocess.Popen, change_to: Callable[[str], Awaitable[None]], engine: EngineLiveness
+    ) -> None:
+        """Renews the lease while Triton runs (also while a role change does), marks the record
+        unresponsive while `engine` says Triton does not answer (not asked during a role change,
+        which unloads the model and registers as draining), and hands a requested model to
+        `change_to`, one change at a time."""
         changing: asyncio.Task | None = None
+        interval_s = self.settings.lease_ms / 3000
         while triton.poll() is None:
+            beat = time.monotonic()
+            if changing is None or changing.done():
+                self._mark_unresponsive(not await engine.responsive(self.record.triton_model))
             try:
                 await self.register()
                 wanted = await self.reg.assignment(self.worker_id)
@@ -87,8 +97,22 @@ class Registration:
                 raise changing.exception()
             if wanted and wanted != self.record.triton_model and (changing is None or changing.done()):
                 changing = asyncio.create_task(change_to(wanted))
-            await asyncio.sleep(self.settings.lease_ms / 3000)
+            await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - beat)))  # the probe's wait included
         raise SystemExit(f"tritonserver exited with code {triton.returncode}")
+
+    def _mark_unresponsive(self, unresponsive: bool) -> None:
+        """The record registered from now on, with `unresponsive` (a new record, as drain() makes)."""
+        if self.record.unresponsive == unresponsive:
+            return
+        if unresponsive:
+            log.warning("worker %s: Triton does not answer; registered unresponsive (routers send nothing new)",
+                        self.worker_id)  # fmt: skip
+        else:
+            log.info("worker %s: Triton answers again; registered responsive", self.worker_id)
+        marked = worker_pb2.WorkerRecord()
+        marked.CopyFrom(self.record)
+        marked.unresponsive = unresponsive
+        self.record = marked
 
     async def routed_requests_done(self, poll_s: float = 0.2, timeout_s: float | None = None) -> None:
         """Waits (up to `timeout_s`, default drain_timeout_s) until the routers count no request on
