@@ -48,6 +48,11 @@ class _Replies(asyncio.Protocol):
             self.done.set_exception(self.lost)
 
 
+def _time_out(done: asyncio.Future, timeout_s: float) -> None:
+    if not done.done():
+        done.set_exception(RedisTimeoutError(f"Redis did not answer within {timeout_s} s"))
+
+
 class RedisWire:
     def __init__(self, client: aioredis.Redis):
         """`client`: whose pool's settings say where and how to connect; it is not used otherwise."""
@@ -73,14 +78,19 @@ class RedisWire:
     async def _exchange(self, replies: _Replies, commands: Sequence[Sequence]) -> list:
         if replies.lost is not None:
             raise replies.lost
+        loop = asyncio.get_running_loop()
         replies.replies, replies.expected = [], len(commands)
-        replies.done = asyncio.get_running_loop().create_future()
+        done = replies.done = loop.create_future()
         assert replies.transport is not None
         replies.transport.write(b"".join(hiredis.pack_command(tuple(c)) for c in commands))
+        timeout_s = self.settings.socket_timeout
+        # A timer, not asyncio.wait_for: half the CPU, and this runs once a batch.
+        timer = loop.call_later(timeout_s, _time_out, done, timeout_s) if timeout_s else None
         try:
-            await asyncio.wait_for(replies.done, self.settings.socket_timeout)
-        except TimeoutError:
-            raise RedisTimeoutError(f"Redis did not answer within {self.settings.socket_timeout} s") from None
+            await done
+        finally:
+            if timer is not None:
+                timer.cancel()
         return replies.replies
 
     async def _connect(self) -> _Replies:
