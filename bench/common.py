@@ -1,10 +1,12 @@
-"""What the benchmarks share: where results go, and starting one kvmesh service on its own."""
+"""What the benchmarks share: where results go, and starting a kvmesh service or another gateway on its own."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +14,10 @@ from pathlib import Path
 import grpc
 import psutil
 
-from kvmesh import processes
+from kvmesh import auth, processes
+from kvmesh.cli.local_mesh import LocalMesh
+from kvmesh.cli.supervisor import http_ok
+from kvmesh.net import free_ports
 
 RESULTS = Path(__file__).parent / "results"
 # The traces the benchmarks replay by default (bench/traces/README.md: source, licence, format).
@@ -83,6 +88,26 @@ def start_service(name: str, port: int, redis_url: str) -> subprocess.Popen:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         grpc.channel_ready_future(channel).result(timeout=30)
     return process
+
+
+def start_gateway(mesh: LocalMesh, log: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    """Another gateway of `mesh`: its own process and loopback ports, the same Redis and routers,
+    started with `args` (e.g. `--auth on`); returns it and its HTTP base URL once /health answers."""
+    http_port, grpc_port = free_ports(2)
+    argv = [sys.executable, "-m", "services.gateway", "--host", "127.0.0.1", "--http-port", str(http_port),
+            "--grpc-port", str(grpc_port), "--router-address", mesh.router, "--models", json.dumps([mesh.model]),
+            *args]  # fmt: skip
+    env = {**os.environ, "REDIS_URL": mesh.redis_url, auth.MESH_TOKEN_ENV: mesh.mesh_token}
+    with open(log, "wb") as out:
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{http_port}"
+    deadline = time.monotonic() + 120
+    while not http_ok(f"{base}/health"):
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop(process)
+            raise RuntimeError(f"a gateway ({' '.join(args)}) did not start: see {log}")
+        time.sleep(0.2)
+    return process, base
 
 
 def stop(process: subprocess.Popen | None) -> None:

@@ -30,10 +30,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import subprocess
-import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -43,14 +41,12 @@ import httpx
 import psutil
 
 from bench import wrk
-from bench.common import GPU_LIKE, RESULTS, save, service_of, stop, tree_cpu_s
+from bench.common import GPU_LIKE, RESULTS, save, service_of, start_gateway, stop, tree_cpu_s
 from bench.loadgen import LevelResult, run_level
 from bench.overhead import bodies
-from kvmesh import auth, registry
+from kvmesh import registry
 from kvmesh.api_keys import ApiKey, KeyStore
 from kvmesh.cli.local_mesh import LocalMesh
-from kvmesh.cli.supervisor import http_ok
-from kvmesh.net import free_ports
 from kvmesh.quota import Quotas
 
 ARMS = ("off", "on")
@@ -68,21 +64,9 @@ class Gateway:
     headers: dict[str, str]
 
 
-def start_gateway(mesh: LocalMesh, arm: str, headers: dict[str, str], log_dir: Path) -> Gateway:
-    http_port, grpc_port = free_ports(2)
-    argv = [sys.executable, "-m", "services.gateway", "--host", "127.0.0.1", "--auth", arm, "--http-port",
-            str(http_port), "--grpc-port", str(grpc_port), "--router-address", mesh.router, "--models",
-            json.dumps([mesh.model])]  # fmt: skip
-    env = {**os.environ, "REDIS_URL": mesh.redis_url, auth.MESH_TOKEN_ENV: mesh.mesh_token}
-    with open(log_dir / f"gateway-auth-{arm}.log", "wb") as out:
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 120
-    while not http_ok(f"http://127.0.0.1:{http_port}/health"):
-        if process.poll() is not None or time.monotonic() > deadline:
-            stop(process)
-            raise RuntimeError(f"the --auth {arm} gateway did not start: see {out.name}")
-        time.sleep(0.2)
-    return Gateway(arm, process, f"http://127.0.0.1:{http_port}/v1/chat/completions", headers)
+def start_arm(mesh: LocalMesh, arm: str, headers: dict[str, str], log_dir: Path) -> Gateway:
+    process, base = start_gateway(mesh, log_dir / f"gateway-auth-{arm}.log", "--auth", arm)
+    return Gateway(arm, process, f"{base}/v1/chat/completions", headers)
 
 
 async def make_key(redis_url: str) -> str:
@@ -287,7 +271,7 @@ def main() -> None:
         secret = asyncio.run(make_key(mesh.redis_url))
         for arm in ARMS:
             headers = {"Authorization": f"Bearer {secret}"} if arm == "on" else {}
-            gateways[arm] = start_gateway(mesh, arm, headers, log_dir)
+            gateways[arm] = start_arm(mesh, arm, headers, log_dir)
         bench = Bench(mesh, gateways, args)
         check_arms(gateways, bench.take(1, False)[0])
         for gateway in gateways.values():  # warm-up
