@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import binascii
 import struct
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from importlib import resources
 from typing import NamedTuple
 
 import redis.asyncio as aioredis
 
-from kvmesh import redis_functions
+from kvmesh import redis_functions, worker_ids
 
 LIBRARY = resources.files("kvmesh").joinpath("block_index.lua").read_text()
 PREFIX = "kvi"
@@ -32,6 +32,12 @@ def block_key(root: int, seq: int) -> str:
 
 def reverse_key(root: int, worker_id: str) -> str:
     return f"{PREFIX}:{{{_hex(root)}}}:w:{worker_id}"
+
+
+# Every reverse key, the root spelt out as 16 hex digits: "}:w:" can then only stand where the id
+# begins, so a pattern never lets one worker's id reach into another's keys.
+REVERSE_GLOB = reverse_key(0, "").replace("0" * 16, "[0-9a-f]" * 16)
+_WORKER_AT = len(reverse_key(0, ""))
 
 
 class BlockRun(NamedTuple):
@@ -75,17 +81,35 @@ class BlockIndex:
         return int(await self._fcall(False, "kvmesh_apply", keys, args))
 
     async def purge(self, worker_id: str, batch: int = 256) -> int:
-        """Drops every block of a worker; returns how many it held."""
-        pattern = f"{PREFIX}:{{*}}:w:{_glob_escape(worker_id)}"
-        removed = 0
-        keys: list[str] = []
+        """Drops every block of a worker; returns how many it held. An id outside
+        kvmesh.worker_ids' rule is refused (ValueError): no pattern is built from it."""
+        worker_ids.check(worker_id)
+        return sum((await self._purge(REVERSE_GLOB + worker_id, set(), batch)).values())
+
+    async def purge_all_but(self, live: Collection[str], batch: int = 256) -> dict[str, int]:
+        """Drops every block of every worker not in `live` (workers that died while no kvindex
+        ran, whatever their id); returns the blocks each held. One SCAN over the reverse keys."""
+        return await self._purge(REVERSE_GLOB + "*", {w.encode() for w in live}, batch)
+
+    async def _purge(self, pattern: str, keep: set[bytes], batch: int) -> dict[str, int]:
+        removed: dict[str, int] = {}
+        pending: dict[bytes, list[bytes]] = {}
+
+        async def flush(worker: bytes) -> None:
+            name = worker.decode(errors="replace")
+            gone = int(await self._fcall(False, "kvmesh_purge", pending.pop(worker), [worker]))
+            removed[name] = removed.get(name, 0) + gone
+
         async for key in self.redis.scan_iter(match=pattern, count=1000):
-            keys.append(_text(key))
+            worker = _bytes(key)[_WORKER_AT:]
+            if worker in keep:
+                continue
+            keys = pending.setdefault(worker, [])
+            keys.append(_bytes(key))
             if len(keys) >= batch:
-                removed += int(await self._fcall(False, "kvmesh_purge", keys, [worker_id]))
-                keys = []
-        if keys:
-            removed += int(await self._fcall(False, "kvmesh_purge", keys, [worker_id]))
+                await flush(worker)
+        for worker in list(pending):
+            await flush(worker)
         return removed
 
 
@@ -114,5 +138,5 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _glob_escape(text: str) -> str:
-    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+def _bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()

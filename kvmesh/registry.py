@@ -25,6 +25,7 @@ import hiredis
 import redis.asyncio as redis
 from prometheus_client import Gauge
 
+from kvmesh import worker_ids
 from kvmesh.tls import MutualTls
 from kvmesh.v1 import worker_pb2
 
@@ -58,7 +59,9 @@ class Registry:
 
     async def register(self, record: worker_pb2.WorkerRecord, lease_ms: int) -> None:
         """Also the heartbeat: writing the record again renews the lease. A new or changed record
-        is announced on CHANGED; a renewal is not, so watchers stay asleep between changes."""
+        is announced on CHANGED; a renewal is not, so watchers stay asleep between changes. An id
+        outside kvmesh.worker_ids' rule is refused (ValueError)."""
+        worker_ids.check(record.id)
         blob = record.SerializeToString()
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(RECORD + record.id, blob, px=lease_ms)

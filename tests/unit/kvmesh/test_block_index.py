@@ -69,13 +69,6 @@ async def test_functions_reload_after_redis_loses_them(index):
     assert await index.match(PROMPT) == {"a": 2}
 
 
-async def test_worker_ids_with_glob_characters_purge_only_themselves(index):
-    await index.apply("w*", stored(PROMPT[:2]))
-    await index.apply("wx", stored(PROMPT[:2]))
-    assert await index.purge("w*") == 2
-    assert await index.match(PROMPT) == {"wx": 2}
-
-
 async def test_one_batch_mixes_roots_and_kinds_in_order_and_skips_empty_runs(index):
     other = sequence_hashes(list(range(100, 132)), block_size=8)  # another prompt: another root
     batch = [*stored(PROMPT[:4]), *stored(other[:2]), BlockRun(False, PROMPT[0], [PROMPT[3]]),
