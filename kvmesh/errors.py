@@ -55,6 +55,12 @@ class PermissionDenied(KvmeshError):
     grpc_code, http_status, error_type = grpc.StatusCode.PERMISSION_DENIED, 403, "permission_error"
 
 
+class DeadlineExceeded(KvmeshError):
+    """The request's deadline (the client's, or the gateway's --request-timeout-s) passed."""
+
+    grpc_code, http_status, error_type = grpc.StatusCode.DEADLINE_EXCEEDED, 504, "timeout_error"
+
+
 class AtCapacity(ResourceExhausted):
     """Every worker that could take the request is full: the gateway queues it (not the client's fault)."""
 
@@ -69,6 +75,7 @@ _BY_GRPC_CODE = {
         Unavailable,
         Unauthenticated,
         PermissionDenied,
+        DeadlineExceeded,
     )
 }
 _BY_CODE_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
