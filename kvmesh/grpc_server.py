@@ -23,6 +23,18 @@ from kvmesh.telemetry import ClientInterceptor, ServerInterceptor
 from kvmesh.tls import MutualTls
 
 log = logging.getLogger(__name__)
+# A channel's keepalive: a peer that stops answering (hung, SIGSTOPped, partitioned) fails its calls
+# within about 2 s instead of never. Pings go every second while a call is open, the ack awaited 1 s.
+KEEPALIVE = (
+    ("grpc.keepalive_time_ms", 1000),
+    ("grpc.keepalive_timeout_ms", 1000),
+    ("grpc.http2.ping_timeout_ms", 1000),
+    ("grpc.http2.max_pings_without_data", 0),
+)
+# Servers accept such pings (this is the server's setting, despite its name): by default gRPC answers
+# pings more often than every 5 minutes on a quiet stream with GOAWAY "too_many_pings", which would
+# break every long-lived session.
+ACCEPT_PINGS = (("grpc.http2.min_ping_interval_without_data_ms", 500),)
 
 
 @dataclass
@@ -46,7 +58,7 @@ async def serve(
     before it is parsed; default gRPC's 4 MiB. `interceptors` run inside the error interceptor, so
     a KvmeshError they raise ends the call with its status (e.g. kvmesh/auth.py's). `credentials`,
     when given, secure the port instead of `tls` (which then serves the process's clients only)."""
-    options = [("grpc.max_receive_message_length", max_message_bytes)] if max_message_bytes else []
+    options = [*ACCEPT_PINGS, *([("grpc.max_receive_message_length", max_message_bytes)] if max_message_bytes else [])]
     # The first interceptor is the outermost: telemetry sees the status the error interceptor set.
     server = grpc.aio.server(
         interceptors=[ServerInterceptor(service_name), ErrorInterceptor(), *interceptors], options=options
@@ -82,10 +94,13 @@ async def drain(served: Served, grace_s: float, before_stop: Callable[[], Awaita
     await served.server.stop(grace_s)
 
 
-def channel(address: str, tls: MutualTls | None = None) -> grpc.aio.Channel:
+def channel(address: str, tls: MutualTls | None = None, options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
+    """`options`: gRPC channel arguments, e.g. KEEPALIVE."""
     if tls:
-        return grpc.aio.secure_channel(address, tls.channel_credentials(), interceptors=[ClientInterceptor()])
-    return grpc.aio.insecure_channel(address, interceptors=[ClientInterceptor()])
+        return grpc.aio.secure_channel(
+            address, tls.channel_credentials(), options=list(options), interceptors=[ClientInterceptor()]
+        )
+    return grpc.aio.insecure_channel(address, options=list(options), interceptors=[ClientInterceptor()])
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
