@@ -211,8 +211,11 @@ Probe = Callable[[], bool]
 async def until(probe: Probe, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if await asyncio.to_thread(probe):
-            return True
+        try:
+            if await asyncio.to_thread(probe):
+                return True
+        except (grpc.RpcError, OSError, StopIteration):  # what it asks is down right now
+            pass
         await asyncio.sleep(0.1)
     return False
 
