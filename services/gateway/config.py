@@ -54,6 +54,9 @@ class GatewaySettings(WatcherSettings):
         256, ge=0, description="requests waiting for a worker, per priority, when every worker is full; more: 429"
     )
     queue_timeout_s: float = Field(30.0, gt=0, description="longest a request waits for a worker; then 429")
+    drain_timeout_s: float = Field(
+        30.0, gt=0, description="on SIGTERM, how long the requests in flight may take to finish; new ones are refused"
+    )
     metrics_max_keys: int = Field(
         100, ge=1, description="API keys with a label of their own in the per-key metrics; the rest: 'other'"
     )

@@ -1,10 +1,14 @@
-"""settings → dependencies → serve gRPC and HTTP in one event loop."""
+"""settings → dependencies → serve gRPC and HTTP in one event loop; on SIGTERM or SIGINT, drain
+both: new requests refused (the HTTP listener closed, gRPC health NOT_SERVING and new calls
+UNAVAILABLE), the ones in flight finished (up to --drain-timeout-s), then exit 0."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import time
 
 import uvicorn
 import uvloop
@@ -31,7 +35,16 @@ from services.gateway.servicer import InferenceServicer, ModelsServicer
 log = logging.getLogger("kvmesh.gateway")
 
 
+class _HttpServer(uvicorn.Server):
+    """uvicorn without its own signal handling: a signal drains gRPC and HTTP together here, and
+    uvicorn would raise the signal again once HTTP had stopped, killing the process mid-drain."""
+
+    def capture_signals(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+
 async def run(settings: GatewaySettings) -> None:
+    stop = asyncio.create_task(grpc_server.wait_for_signal())  # first: a stop while starting drains too
     telemetry.setup_tracing("gateway")
     tls = MutualTls.of(settings)  # the mesh's hops: with --tls-ca
     front_tls = FrontTls.of(settings, api_keys=settings.auth_enabled)  # the client-facing ports
@@ -79,13 +92,14 @@ async def run(settings: GatewaySettings) -> None:
         # Longer than clients keep idle connections (httpx, and so the openai client: 5 s): else a
         # client may reuse a connection the moment the server closes it, and the request fails.
         timeout_keep_alive=settings.http_keep_alive_s,
+        timeout_graceful_shutdown=settings.drain_timeout_s,  # then the streams left are cancelled
         **(front_tls.uvicorn_kwargs() if front_tls else {}),
     )
-    http = uvicorn.Server(config)
+    http = _HttpServer(config)
     if front_tls:
         install_sighup()
         reloading = asyncio.create_task(front_tls.watch(config))
-    serving = asyncio.create_task(http.serve())  # uvicorn handles SIGINT/SIGTERM and returns
+    serving = asyncio.create_task(http.serve())
     while not http.started and not serving.done():
         await asyncio.sleep(0.02)
     if http.started:
@@ -97,11 +111,16 @@ async def run(settings: GatewaySettings) -> None:
             flush=True,
         )
     try:
-        await serving
+        await asyncio.wait({stop, serving}, return_when=asyncio.FIRST_COMPLETED)
+        started = time.monotonic()
+        print(f"gateway draining (up to {settings.drain_timeout_s:g}s)", flush=True)
+        http.should_exit = True  # uvicorn closes its listener and idle connections, then waits
+        await asyncio.gather(grpc_server.drain(grpc_served, grace_s=settings.drain_timeout_s), serving)
+        print(f"gateway drained in {time.monotonic() - started:.1f}s", flush=True)
     finally:
+        stop.cancel()
         if front_tls:
             reloading.cancel()
-        await grpc_server.drain(grpc_served, grace_s=5.0)
         await router.close()
         await engines.close()
         await watcher.stop()

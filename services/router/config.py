@@ -33,6 +33,9 @@ class RouterSettings(WatcherSettings):
     policy: str = Field("kv-aware", description="the default policy")
     policies: dict[str, SchedulingProfileSpec] = Field(default_factory=lambda: dict(DEFAULT_POLICIES))
     request_lease_s: float = Field(900.0, gt=0, description="forget a routed request never released after this")
+    drain_timeout_s: float = Field(
+        10.0, gt=0, description="on SIGTERM, how long the routes in flight may take; new sessions are refused"
+    )
     disagg_threshold_tokens: int = Field(
         2048, ge=0, description="prefill on a prefill worker from this many uncached prompt tokens on; 0: never"
     )

@@ -1,4 +1,5 @@
-"""settings → dependencies → serve."""
+"""settings → dependencies → serve; on SIGTERM or SIGINT, drain (draining.py): new calls refused,
+health NOT_SERVING, the Routes in flight answered (up to --drain-timeout-s), then exit."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from services.router import shared_load
 from services.router.accounting import Accounting
 from services.router.candidates import CandidateSource
 from services.router.config import RouterSettings
+from services.router.draining import Draining
 from services.router.framework.plugins import build
 from services.router.inflight import InFlight
 from services.router.redis_health import RedisHealth
@@ -55,17 +57,20 @@ async def run(settings: RouterSettings) -> None:
     metrics_port = telemetry.start_metrics_server(settings.host, settings.metrics_port)
     servicer, stop_background = await assemble(settings)
     tls = MutualTls.of(settings)
+    draining = Draining()
     served = await grpc_server.serve(
         "router",
         settings.host,
         settings.port,
         lambda s: router_pb2_grpc.add_RouterServicer_to_server(servicer, s),
         tls=tls,
-        interceptors=auth.interceptors(settings, registry.connect(settings.redis_url, tls=tls)),
+        interceptors=[*auth.interceptors(settings, registry.connect(settings.redis_url, tls=tls)), draining],
     )
     print(f"router ready on {settings.host}:{served.port} (metrics on :{metrics_port}/metrics)", flush=True)
     await grpc_server.wait_for_signal()
-    await grpc_server.drain(served, grace_s=2.0, before_stop=stop_background)
+    # The accounting stops last: the Routes answered while draining count their load.
+    await grpc_server.drain(served, grace_s=settings.drain_timeout_s, before_stop=draining.begin)
+    await stop_background()
 
 
 def main() -> None:
