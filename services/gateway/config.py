@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from kvmesh import models
@@ -17,7 +17,9 @@ class GatewaySettings(WatcherSettings):
 
     http_port: int = Field(8080, ge=0, le=65535, description="OpenAI-compatible HTTP; 0 = a free port")
     grpc_port: int = Field(8081, ge=0, le=65535, description="kvmesh.v1 Inference/Models; 0 = a free port")
-    router_address: str = "127.0.0.1:8090"
+    router_address: str = Field(
+        "127.0.0.1:8090", description="the router's host:port, or several routers' comma-separated (failover)"
+    )
     models: list[str] = Field(
         default_factory=lambda: [models.DEFAULT_MODEL],
         description="catalog names or folders whose tokenizers this gateway serves",
@@ -60,6 +62,16 @@ class GatewaySettings(WatcherSettings):
     metrics_max_keys: int = Field(
         100, ge=1, description="API keys with a label of their own in the per-key metrics; the rest: 'other'"
     )
+
+    @field_validator("router_address")
+    @classmethod
+    def _router_addresses(cls, value: str) -> str:
+        addresses = [a.strip() for a in value.split(",")]
+        for address in addresses:
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"{address!r} is not host:port (several routers: comma-separated)")
+        return ",".join(addresses)
 
     def input_limits(self) -> InputLimits:
         return InputLimits(self.max_messages, self.max_prompt_chars, self.max_stop_strings, self.max_stop_chars,

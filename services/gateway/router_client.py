@@ -1,30 +1,41 @@
-"""The router, as the gateway sees it."""
+"""The routers, as the gateway sees them: a Router.Session to each (router_endpoint.py), Routes
+spread over the healthy ones by the fewest outstanding (taking turns on a tie).
+
+When a router's session breaks, no request fails for it: its Routes waiting go to another router
+(one with the same request id replaces any count the lost one made in the shared load), the
+MarkPrefilled and Release it may not have applied are sent again to another (both are idempotent
+in the shared load), and the bookkeeping of the requests it routed goes to a live one. While a
+router is healthy, a request's bookkeeping goes to the router that routed it, in order after the
+Route. With no router healthy, a Route waits for one (up to ROUTE_TIMEOUT_S), bookkeeping is held."""
 
 from __future__ import annotations
 
-from kvmesh import auth, grpc_server
+import asyncio
+
+from prometheus_client import Counter
+
+from kvmesh import auth
+from kvmesh.errors import Unavailable
 from kvmesh.tls import MutualTls
-from kvmesh.v1 import router_pb2, router_pb2_grpc
-from services.gateway.router_session import RouterSession
+from kvmesh.v1 import router_pb2
+from services.gateway.router_endpoint import RouterEndpoint
+from services.gateway.router_session import SessionLost
 
 ROUTE_TIMEOUT_S = 5.0
+RETRIES = Counter("kvmesh_gateway_route_retries", "Routes sent to another router after theirs was lost")
 
 
 class RouterClient:
-    """Routes over one Router.Session stream (services/gateway/router_session.py), opened on first
-    use and again after it breaks."""
-
-    def __init__(self, address: str, tls: MutualTls | None = None, mesh_token: str = ""):
-        """`mesh_token`: shown to a router that checks callers (kvmesh/auth.py)."""
-        self.channel = grpc_server.channel(address, tls)
-        self.metadata = auth.bearer(mesh_token)
-        self.stub = router_pb2_grpc.RouterStub(self.channel)
-        self._session: RouterSession | None = None
-
-    def _open(self) -> RouterSession:
-        if self._session is None or self._session.closed:
-            self._session = RouterSession(self.stub, self.metadata)
-        return self._session
+    def __init__(self, addresses: str, tls: MutualTls | None = None, mesh_token: str = ""):
+        """`addresses`: one router's host:port, or several comma-separated (--router-address).
+        `mesh_token`: shown to routers that check callers (kvmesh/auth.py)."""
+        metadata = auth.bearer(mesh_token)
+        self.endpoints = [
+            RouterEndpoint(a.strip(), self._lost, self._recovered, tls, metadata) for a in addresses.split(",")
+        ]
+        self._owners: dict[str, RouterEndpoint] = {}  # request id → the router that routed it, until Release
+        self._held: list[router_pb2.SessionRequest] = []  # bookkeeping while no router is healthy
+        self._recovery = asyncio.Condition()
 
     async def route(
         self,
@@ -47,17 +58,76 @@ class RouterClient:
             aggregated_only=aggregated_only,
             trace_context=trace_headers,
         )
-        return await self._open().route(request, ROUTE_TIMEOUT_S)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ROUTE_TIMEOUT_S
+        tried: set[RouterEndpoint] = set()  # each router once: a request that breaks routers stops
+        lost: SessionLost | None = None
+        while (endpoint := await self._healthy_one(tried, deadline)) is not None:
+            if tried:
+                RETRIES.inc()
+            tried.add(endpoint)
+            endpoint.outstanding += 1
+            endpoint.picked += 1
+            try:
+                answer = await endpoint.session().route(request, max(deadline - loop.time(), 0.001))
+            except SessionLost as e:
+                lost = e
+                continue
+            finally:
+                endpoint.outstanding -= 1
+            endpoint.answered()
+            self._owners[request_id] = endpoint
+            return answer
+        if lost is not None:
+            raise lost
+        raise Unavailable(f"no router answers (at {', '.join(e.address for e in self.endpoints)})")
+
+    def _pick(self, tried: set[RouterEndpoint]) -> RouterEndpoint | None:
+        candidates = [e for e in self.endpoints if e.healthy and e not in tried]
+        return min(candidates, key=lambda e: (e.outstanding, e.picked), default=None)
+
+    async def _healthy_one(self, tried: set[RouterEndpoint], deadline: float) -> RouterEndpoint | None:
+        """A healthy router not tried yet, waiting for one to recover until `deadline`; None if
+        every router was tried or none recovers in time."""
+        if (endpoint := self._pick(tried)) is not None or len(tried) == len(self.endpoints):
+            return endpoint
+        async with self._recovery:
+            try:
+                await asyncio.wait_for(
+                    self._recovery.wait_for(lambda: self._pick(tried) is not None),
+                    deadline - asyncio.get_running_loop().time(),
+                )
+            except TimeoutError:
+                return None
+        return self._pick(tried)
 
     def mark_prefilled(self, request_id: str) -> None:
         """Never holds up a token stream; a lost one is bounded by the router's in-flight lease."""
-        self._open().send(router_pb2.SessionRequest(prefilled=request_id))
+        self._send(self._owners.get(request_id), router_pb2.SessionRequest(prefilled=request_id))
 
     def release(self, request_id: str) -> None:
-        self._open().send(router_pb2.SessionRequest(released=request_id))
+        self._send(self._owners.pop(request_id, None), router_pb2.SessionRequest(released=request_id))
+
+    def _send(self, owner: RouterEndpoint | None, message: router_pb2.SessionRequest) -> None:
+        target = owner if owner is not None and owner.healthy else self._pick(set())
+        if target is None:
+            self._held.append(message)
+        else:
+            target.session().send(message)
+
+    def _lost(self, endpoint: RouterEndpoint, reason: str, unsettled: list[router_pb2.SessionRequest]) -> None:
+        for message in unsettled:
+            self._send(None, message)
+
+    def _recovered(self, endpoint: RouterEndpoint) -> None:
+        held, self._held = self._held, []
+        for message in held:
+            self._send(None, message)
+        asyncio.ensure_future(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._recovery:
+            self._recovery.notify_all()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.drain()
-            await self._session.close()
-        await self.channel.close()
+        await asyncio.gather(*(e.close() for e in self.endpoints))

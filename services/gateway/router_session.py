@@ -1,13 +1,16 @@
-"""The gateway's one long-lived Router.Session stream: Route requests wait for the answer that
+"""One long-lived Router.Session stream to one router: Route requests wait for the answer that
 names them; MarkPrefilled and Release are sent and forgotten. One writer task sends everything in
-order, what has queued meanwhile as one message. When the stream breaks, the Routes waiting fail
-as UNAVAILABLE (the gateway's retry path) and the next message opens a new stream; bookkeeping
-lost with it is bounded by the router's in-flight lease."""
+order, what has queued meanwhile as one message. When the stream breaks (or the router ends it),
+the Routes waiting fail as SessionLost and `on_lost` is told, with the bookkeeping sent in the last
+REPLAY_WINDOW_S that the router may not have applied: router_client.py sends both elsewhere."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import deque
+from collections.abc import Callable
 
 import grpc
 
@@ -16,12 +19,27 @@ from kvmesh.streams import coalesce
 from kvmesh.v1 import router_pb2, router_pb2_grpc
 
 log = logging.getLogger(__name__)
+# A router applies bookkeeping within milliseconds (one pipelined Redis write); keepalive finds a
+# hung one within ~2 s. What was sent longer ago than this was applied, or the lease frees it.
+REPLAY_WINDOW_S = 5.0
+
+
+class SessionLost(Unavailable):
+    """The session broke before its router answered: the Route may go to another router."""
 
 
 class RouterSession:
-    def __init__(self, stub: router_pb2_grpc.RouterStub, metadata: tuple[tuple[str, str], ...] = ()):
+    def __init__(
+        self,
+        stub: router_pb2_grpc.RouterStub,
+        metadata: tuple[tuple[str, str], ...] = (),
+        on_lost: Callable[[str, list[router_pb2.SessionRequest]], None] | None = None,
+    ):
+        """`on_lost(reason, unsettled)`: called once when the stream fails, not on close()."""
         self._outgoing: asyncio.Queue[router_pb2.SessionRequest] = asyncio.Queue()
         self._waiting: dict[str, asyncio.Future] = {}
+        self._sent: deque[tuple[float, router_pb2.SessionRequest]] = deque()  # bookkeeping, for a replay
+        self._on_lost = on_lost
         self._call = stub.Session(self._messages(), metadata=metadata)
         self._reader = asyncio.ensure_future(self._read())
         self.closed = False
@@ -44,23 +62,34 @@ class RouterSession:
             reason = "the router ended the session"
         except grpc.RpcError as e:
             reason = f"router session: {e.details() or e.code().name}"
-        if not self.closed:  # not our own close()
-            log.warning("%s; routing opens a new one", reason)
+        if self.closed:  # our own close()
+            return
         self.closed = True
+        if self._on_lost is not None:
+            self._on_lost(reason, self._unsettled())
         for future in self._waiting.values():
             if not future.done():
-                future.set_exception(Unavailable(reason))
+                future.set_exception(SessionLost(reason))
         self._waiting.clear()
 
+    def _unsettled(self) -> list[router_pb2.SessionRequest]:
+        since = time.monotonic() - REPLAY_WINDOW_S
+        return [message for sent_at, message in self._sent if sent_at >= since]
+
     def send(self, message: router_pb2.SessionRequest) -> None:
+        """Bookkeeping (MarkPrefilled, Release): sent in order, never waited for."""
+        now = time.monotonic()
+        while self._sent and self._sent[0][0] < now - REPLAY_WINDOW_S:
+            self._sent.popleft()
+        self._sent.append((now, message))
         self._outgoing.put_nowait(message)
 
     async def route(self, request: router_pb2.RouteRequest, timeout_s: float) -> router_pb2.RouteResponse:
         if self.closed:  # broke after the caller took it
-            raise Unavailable("router session: closed")
+            raise SessionLost("router session: closed")
         future = asyncio.get_running_loop().create_future()
         self._waiting[request.request_id] = future
-        self.send(router_pb2.SessionRequest(route=request))
+        self._outgoing.put_nowait(router_pb2.SessionRequest(route=request))
         try:
             return await asyncio.wait_for(future, timeout_s)
         except (TimeoutError, asyncio.CancelledError) as e:
