@@ -152,8 +152,10 @@ def growth(samples: list[Sample], requests: int) -> dict:
     }
     fds = {name: (first.fds[name], n) for name, n in last.fds.items() if name in first.fds}
     keys = [s.redis_keys for s in after]
+    series = {name: [(s.done, round(s.rss_mb[name], 1)) for s in samples if name in s.rss_mb] for name in last.rss_mb}
     return {
         "rss": rss,
+        "rss_mb_by_requests_done": series,
         "fds_after_warm_up_and_end": fds,
         "redis_keys_after_warm_up": first.redis_keys,
         "redis_keys_max_after_warm_up": max(keys),
@@ -182,7 +184,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--log-dir", type=Path, default=RESULTS / "soak")
     args = parser.parse_args(argv)
-    engine_args = json.dumps({"timing": {**GPU_LIKE, "speedup": 1000}})
+    # A small KV cache: the engines evict, and the index forgets, from early in the run.
+    engine_args = json.dumps({"timing": {**GPU_LIKE, "speedup": 1000}, "num_blocks": 512})
     mesh = LocalMesh.start(args.log_dir, extra_args=("--engine", "sim", "--workers", "2", "--engine-args", engine_args))
     samples: list[Sample] = []
     started = time.monotonic()
