@@ -135,7 +135,13 @@ def service_port(docs, address: str) -> int:
 def test_components_dial_each_other_by_service_name(docs, monkeypatch):
     by_args = {c.args[0]: parsed(c, monkeypatch)[1] for c in services_py(docs)}
     router, gateway, kvindex, planner = (by_args[f"services.{n}"] for n in ("router", "gateway", "kvindex", "planner"))
-    assert service_port(docs, gateway.router_address) == router.port
+    # A session to each router: one address per router, never the load-balanced Service.
+    routers = named(docs, "StatefulSet", "kvmesh-router")
+    router_pods = routers["spec"]["serviceName"]
+    assert named(docs, "Service", router_pods)["spec"]["clusterIP"] == "None"
+    assert gateway.router_address.split(",") == [
+        f"kvmesh-router-{i}.{router_pods}:{router.port}" for i in range(routers["spec"]["replicas"])
+    ]
     # The planner sums every gateway's counters: one URL per gateway, never the load-balanced Service.
     gateways = named(docs, "StatefulSet", "kvmesh-gateway")
     headless = gateways["spec"]["serviceName"]
