@@ -8,6 +8,7 @@ from pydantic_settings import SettingsConfigDict
 from kvmesh import models
 from kvmesh.settings import WatcherSettings
 from services.gateway.limits import InputLimits
+from services.gateway.slow_clients import DEFAULT_WRITE_TIMEOUT_S
 
 
 class GatewaySettings(WatcherSettings):
@@ -56,6 +57,11 @@ class GatewaySettings(WatcherSettings):
         256, ge=0, description="requests waiting for a worker, per priority, when every worker is full; more: 429"
     )
     queue_timeout_s: float = Field(30.0, gt=0, description="longest a request waits for a worker; then 429")
+    stream_write_timeout_s: float = Field(
+        DEFAULT_WRITE_TIMEOUT_S, gt=0,
+        description="longest a streamed answer's write waits for a client that stopped reading; then the request "
+        "is cancelled (the engine aborts it, the router frees its slot) and the stream cut off",
+    )  # fmt: skip
     drain_timeout_s: float = Field(
         30.0, gt=0, description="on SIGTERM, how long the requests in flight may take to finish; new ones are refused"
     )

@@ -14,6 +14,7 @@ from services.gateway.generation import Chunk, new_request_id
 from services.gateway.limits import InputLimits
 from services.gateway.sampling import Sampling, engine_sampling
 from services.gateway.served import ServedModel, ServedModels
+from services.gateway.slow_clients import DEFAULT_WRITE_TIMEOUT_S, SlowClient, taken_in_time
 from services.gateway.tokenization import encode_sized
 
 CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
@@ -48,11 +49,16 @@ def _usage(chunk: Chunk) -> inference_pb2.Usage | None:
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
-    def __init__(self, served: ServedModels, front: FrontDoor, default_max_tokens: int, limits: InputLimits):
+    def __init__(
+        self, served: ServedModels, front: FrontDoor, default_max_tokens: int, limits: InputLimits,
+        write_timeout_s: float = DEFAULT_WRITE_TIMEOUT_S,
+    ):  # fmt: skip
+        """`write_timeout_s`: the longest a response message waits for its client to read (slow_clients.py)."""
         self.served = served
         self.front = front
         self.default_max_tokens = default_max_tokens
         self.limits = limits
+        self.write_timeout_s = write_timeout_s
 
     async def _run(
         self, request, context, request_id: str, chars: int, prompt_ids: Callable[[ServedModel], list[int]],
@@ -61,7 +67,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         """Validate (the limits first, then the prompt of `chars` characters is tokenized), pass the
         front door, then stream chunks (the rate-limit and queue headers go out as the call's
         metadata with the first), counting the call's outcome; a KvmeshError goes on to the
-        server's interceptor, which ends the call with its status."""
+        server's interceptor, which ends the call with its status. A client that reads nothing
+        for the write timeout is cut off (counted then)."""
         try:
             self.limits.check_messages(messages)
             model = self.served.get(request.model)
@@ -74,11 +81,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             engine = engine_sampling(sampling, len(ids), limit, self.default_max_tokens, model.defaults)
             admitted = self.front.enter(auth.CALLER.get(), model, ids, engine, request_id)
             first = True
-            async for chunk in admitted.chunks:
+            async for chunk in taken_in_time(admitted.chunks, self.write_timeout_s, "grpc", request_id):
                 if first:
                     await context.send_initial_metadata(tuple(admitted.headers().items()))
                     first = False
                 yield chunk
+        except SlowClient:
+            raise
         except KvmeshError as e:
             metrics.REQUESTS.labels("grpc", e.grpc_code.name).inc()
             raise

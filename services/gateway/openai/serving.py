@@ -7,11 +7,11 @@ import asyncio
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from kvmesh import auth, telemetry
 from kvmesh.api_keys import ApiKey
@@ -22,8 +22,10 @@ from services.gateway.generation import Chunk, Usage, new_request_id
 from services.gateway.limits import InputLimits
 from services.gateway.openai.errors import sse_error
 from services.gateway.openai.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+from services.gateway.openai.sse_response import SseResponse
 from services.gateway.sampling import Sampling, engine_sampling
 from services.gateway.served import ServedModel, ServedModels
+from services.gateway.slow_clients import DEFAULT_WRITE_TIMEOUT_S
 from services.gateway.tokenization import encode_sized
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -59,11 +61,16 @@ def _sampling(body: SamplingFields, max_tokens: int | None) -> Sampling:
 
 
 class OpenAIServing:
-    def __init__(self, served: ServedModels, front: FrontDoor, default_max_tokens: int, limits: InputLimits):
+    def __init__(
+        self, served: ServedModels, front: FrontDoor, default_max_tokens: int, limits: InputLimits,
+        write_timeout_s: float = DEFAULT_WRITE_TIMEOUT_S,
+    ):  # fmt: skip
+        """`write_timeout_s`: the longest a streamed event waits for its client to read (sse_response.py)."""
         self.served = served
         self.front = front
         self.default_max_tokens = default_max_tokens
         self.limits = limits
+        self.write_timeout_s = write_timeout_s
 
     async def chat(self, request: Request, body: ChatCompletionRequest):
         model = self.served.get(body.model)
@@ -126,7 +133,7 @@ class OpenAIServing:
                 lambda u: fmt.usage_chunk(request_id, created, model.name, u),
             )
             headers = {**SSE_HEADERS, **admitted.headers()}
-            return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+            return SseResponse(events, request_id, self.write_timeout_s, headers)
         result = await _until_disconnect(request, _collect(chunks))
         if result is None:
             metrics.REQUESTS.labels("http", "499").inc()
@@ -175,7 +182,7 @@ async def _sse(
     render: Callable[[Chunk, bool], dict],
     include_usage: bool,
     render_usage: Callable[[Usage], dict],
-) -> AsyncIterator[str]:
+) -> AsyncGenerator[str, None]:
     is_first = True
     chunk = first
     try:
