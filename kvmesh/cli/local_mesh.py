@@ -9,10 +9,12 @@ import contextlib
 import os
 import secrets
 import signal
+import socket
 import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from kvmesh.api_keys import PREFIX
 from kvmesh.auth import ADMIN_KEY_ENV, MESH_TOKEN_ENV, bearer
 from kvmesh.cli.supervisor import http_ok
 from kvmesh.models import DEFAULT_MODEL
-from kvmesh.net import free_ports
+from kvmesh.net import free_port, free_ports
 from kvmesh.redis_server import PASSWORD_ENV, RedisServer
 from kvmesh.tls import MutualTls, blocking_channel
 from kvmesh.v1 import router_pb2, router_pb2_grpc
@@ -44,6 +46,7 @@ class LocalMesh:
     tls: MutualTls | None = None  # the `client` certificate of the mesh's CA, when it runs mutual TLS
     admin_key: str = ""  # the mesh's admin key (it checks keys with --auth on)
     mesh_token: str = ""  # what its services show each other
+    routers: tuple[str, ...] = ()  # every router's address, `router` first (`kvmesh up --routers`)
 
     @classmethod
     def start(
@@ -53,14 +56,16 @@ class LocalMesh:
         env: dict[str, str] | None = None,
         ready_timeout_s: float = 600,
         tls_dir: Path | None = None,
+        routers: int = 1,
     ) -> LocalMesh:
-        ports = dict(zip(("http", "grpc", "rest", "router", "kvindex", "planner", "redis"), free_ports(7), strict=True))
+        ports = dict(zip(("http", "grpc", "rest", "kvindex", "planner", "redis"), free_ports(6), strict=True))
+        ports["router"] = _free_run(routers, avoid=ports.values())
         log_dir.mkdir(parents=True, exist_ok=True)
         # The services append to their logs and benchmarks reuse their directories: what a caller
         # reads or counts in a log must be this mesh's alone.
         for stale in log_dir.glob("*.log"):
             stale.unlink()
-        argv = [sys.executable, "-m", "kvmesh", "up", "--log-dir", str(log_dir), *extra_args]
+        argv = [sys.executable, "-m", "kvmesh", "up", "--log-dir", str(log_dir), "--routers", str(routers), *extra_args]
         for name, port in ports.items():
             argv += [f"--{name}-port", str(port)]
         if tls_dir:
@@ -88,6 +93,7 @@ class LocalMesh:
             tls=MutualTls.in_dir(tls_dir, "client") if tls_dir else None,
             admin_key=child_env[ADMIN_KEY_ENV],
             mesh_token=child_env[MESH_TOKEN_ENV],
+            routers=tuple(f"127.0.0.1:{ports['router'] + i}" for i in range(routers)),
         )
         deadline = time.monotonic() + ready_timeout_s
         verify = mesh.http_verify()
@@ -156,3 +162,18 @@ class LocalMesh:
         for process in [*children, self.process]:
             with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
                 process.kill()
+
+
+def _free_run(count: int, avoid: Collection[int]) -> int:
+    """The first of `count` consecutive free ports (router i listens on --router-port + i)."""
+    while True:
+        first = free_port()
+        with contextlib.ExitStack() as held:
+            try:
+                for port in range(first, first + count):
+                    if port in avoid or port > 65535:
+                        raise OSError(f"{port} is taken by the mesh")
+                    held.enter_context(socket.socket()).bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return first

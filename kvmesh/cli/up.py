@@ -55,7 +55,12 @@ def up(
     rest_internal: bool = typer.Option(
         False, help="REST also serves the router's, kvindex's and planner's routes (mesh-internal and admin RPCs)"
     ),
-    router_port: int = setting(RouterSettings, "port", help="the router's gRPC (kvmesh.v1.Router)", min=1),
+    router_port: int = setting(
+        RouterSettings, "port", help="the router's gRPC (kvmesh.v1.Router); with --routers N, the first of N", min=1
+    ),
+    routers: int = typer.Option(
+        1, min=1, help="router replicas on --router-port and the ports after it; the gateway fails over between them"
+    ),
     kvindex_port: int = setting(KvIndexSettings, "port", help="the kvindex's gRPC (kvmesh.v1.KvIndex)", min=1),
     planner_port: int = setting(PlannerSettings, "port", help="with --planner: its gRPC (kvmesh.v1.Planner)", min=1),
     redis_port: int = typer.Option(
@@ -91,6 +96,8 @@ def up(
         )
     if auth not in ("auto", "on", "off"):
         raise typer.BadParameter(f"{auth!r}: one of auto, on, off", param_hint="--auth")
+    if router_port + routers - 1 > 65535:
+        raise typer.BadParameter(f"{routers} routers from port {router_port} pass 65535", param_hint="--routers")
     if planner and not disagg:
         raise typer.BadParameter("the planner sizes prefill and decode pools: add --disagg", param_hint="--planner")
     if planner and not planner_profile.exists():
@@ -133,13 +140,15 @@ def up(
                 models.prepare(model)
         common = ["--host", host, "--auth", auth]
         # A worker picks free ports for its Triton while the services below may not have bound theirs.
-        mesh_ports = [http_port, grpc_port, rest_port, router_port, kvindex_port, planner_port, redis_port]
+        router_ports = list(range(router_port, router_port + routers))
+        mesh_ports = [http_port, grpc_port, rest_port, *router_ports, kvindex_port, planner_port, redis_port]
         worker_common = [*common, *_flags(tls("worker")), "--reserved-ports", json.dumps(mesh_ports), "--model", model]
         kvindex_args = [*common, *_flags(tls("kvindex")), "--port", str(kvindex_port)]
         supervisor.start("kvindex", "services.kvindex", kvindex_args)
-        router_args = [*common, *_flags(tls("router")), "--port", str(router_port), "--policy", policy]
+        router_args = [*common, *_flags(tls("router")), "--policy", policy]
         router_args += ["--disagg-threshold-tokens", str(disagg_threshold if disagg else 0)]
-        supervisor.start("router", "services.router", router_args)
+        for i, port in enumerate(router_ports):  # the first keeps the name (and log) of a single router
+            supervisor.start(f"router-{i}" if i else "router", "services.router", [*router_args, "--port", str(port)])
         pools = [f"{engine}_prefill"] * prefill_workers + [f"{engine}_decode"] * decode_workers
         triton_models = pools if disagg else [engine] * workers
         for i, (triton_model, cpus) in enumerate(zip(triton_models, _worker_cpus(len(triton_models)), strict=True)):
@@ -157,7 +166,7 @@ def up(
                 "--grpc-port",
                 str(grpc_port),
                 "--router-address",
-                f"{host}:{router_port}",
+                ",".join(f"{host}:{port}" for port in router_ports),
                 "--models",
                 json.dumps([model]),
             ],
@@ -188,7 +197,7 @@ def up(
         else:
             console.print(f"[yellow]REST is off: {rest_off}[/]; gRPC and OpenAI HTTP are unaffected")
         _print_endpoints(
-            host, gateway_url, grpc_port, rest_url, router_port, kvindex_port, masked(redis_url), Path(model).name,
+            host, gateway_url, grpc_port, rest_url, router_ports, kvindex_port, masked(redis_url), Path(model).name,
             log_dir, planner_port if planner else None, admin_key if auth_on else None,
             _curl_tls(tls_dir, client_cert=not auth_on) if tls_dir else "",
         )  # fmt: skip
@@ -273,14 +282,15 @@ def _curl_tls(tls_dir: Path, client_cert: bool) -> str:
     return options + (f" --cert {tls_dir / 'client.crt'} --key {tls_dir / 'client.key'}" if client_cert else "")
 
 
-def _print_endpoints(host, gateway_url, grpc_port, rest_url, router_port, kvindex_port, redis_url, model, log_dir,
+def _print_endpoints(host, gateway_url, grpc_port, rest_url, router_ports, kvindex_port, redis_url, model, log_dir,
                      planner_port=None, admin_key=None, curl_tls=""):  # fmt: skip
     console.print(f"  OpenAI HTTP  {gateway_url}/v1   (health /health, metrics /metrics)")
     tls_note = " (TLS)" if gateway_url.startswith("https") else ""
     console.print(f"  gRPC         {host}:{grpc_port}{tls_note}   kvmesh.v1.Inference, kvmesh.v1.Models")
     if rest_url:
         console.print(f"  REST         {rest_url}/v1/...   every service (OpenAPI {rest_url}/openapi.json)")
-    console.print(f"  router       {host}:{router_port}   kvmesh.v1.Router")
+    for port in router_ports:
+        console.print(f"  router       {host}:{port}   kvmesh.v1.Router")
     console.print(f"  kvindex      {host}:{kvindex_port}   kvmesh.v1.KvIndex")
     if planner_port:
         console.print(f"  planner      {host}:{planner_port}   kvmesh.v1.Planner")
