@@ -13,6 +13,7 @@ from kvmesh.v1 import kvindex_pb2_grpc
 from services.kvindex.config import KvIndexSettings
 from services.kvindex.ingest import Ingestor
 from services.kvindex.servicer import KvIndexServicer
+from services.kvindex.subscription import Limits
 
 
 async def run(settings: KvIndexSettings) -> None:
@@ -23,7 +24,14 @@ async def run(settings: KvIndexSettings) -> None:
     await workers.start()
     index = BlockIndex(registry.connect(settings.redis_url, timeout_s=5.0, tls=tls))
     await index.load_functions()
-    ingestor = Ingestor(workers, index, settings.refresh_ms / 1000)
+    limits = Limits(
+        max_block_size=settings.max_block_size,
+        max_batch_blocks=settings.max_batch_blocks,
+        max_message_bytes=settings.max_message_mb << 20,
+        max_seq_gap=settings.max_seq_gap,
+        max_worker_blocks=settings.max_worker_blocks,
+    )
+    ingestor = Ingestor(workers, index, settings.refresh_ms / 1000, limits)
     await ingestor.start()
     servicer = KvIndexServicer(index, ingestor, settings.max_match_blocks)
     served = await grpc_server.serve(

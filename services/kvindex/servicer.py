@@ -8,6 +8,7 @@ import numpy as np
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from kvmesh import worker_ids
 from kvmesh.block_index import BlockIndex
 from kvmesh.errors import InvalidArgument, Unavailable
 from kvmesh.v1 import kvindex_pb2, kvindex_pb2_grpc
@@ -69,8 +70,10 @@ class KvIndexServicer(kvindex_pb2_grpc.KvIndexServicer):
         return max(total - before, 0) / max(now - then, 1e-9)
 
     async def Purge(self, message, context):
-        if not message.worker_id:
-            raise InvalidArgument("worker_id: required", param="worker_id")
+        if not worker_ids.valid(message.worker_id):
+            raise InvalidArgument(
+                f"worker_id: {message.worker_id!r} is not a worker id ({worker_ids.RULE})", param="worker_id"
+            )
         removed = await _redis(self.index.purge(message.worker_id))
         return kvindex_pb2.PurgeResponse(blocks_removed=removed)
 

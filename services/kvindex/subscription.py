@@ -4,6 +4,15 @@ Resync: ask the worker's replay endpoint for the missed batches; if it cannot gi
 (no endpoint, timeout, buffer too short, publisher restarted), drop the worker's blocks from the
 index and start over from what arrives next. The index may then under-report (fewer cache hits)
 but never claims a block the worker does not hold.
+
+Malformed input is counted (metrics.py) and dropped, within `Limits`: a message without a readable
+sequence number is skipped (if it mattered, the next one shows a gap); one that jumps more than
+`max_seq_gap` from the expected number, either way, is skipped unless the next one follows it (the
+publisher did jump: a restart, or a long partition), and then the worker's blocks are dropped, never
+replayed; a message whose payload cannot be used (undecodable, more than `max_batch_blocks` blocks)
+is lost content, so the worker's blocks are dropped. Replays are read and applied a chunk at a time,
+at most `max_seq_gap` messages of at most `max_message_bytes` (ZMQ disconnects a publisher that
+sends a bigger one).
 """
 
 from __future__ import annotations
@@ -12,6 +21,8 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 import zmq
@@ -19,13 +30,25 @@ import zmq.asyncio
 
 from kvmesh import kv_events
 from kvmesh.block_index import BlockIndex, BlockRun
-from kvmesh.kv_events import BadMessage, decode
+from kvmesh.kv_events import BadMessage
 from kvmesh.v1 import worker_pb2
+from services.kvindex.metrics import DROPPED_EVENTS, DROPPED_MESSAGES
 from services.kvindex.translate import WorkerBlocks
 
 log = logging.getLogger(__name__)
 REPLAY_TIMEOUT_S = 2.0
 MAX_COALESCED = 64
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one worker's stream may make kvindex hold or do (flags: config.py)."""
+
+    max_block_size: int
+    max_batch_blocks: int
+    max_message_bytes: int
+    max_seq_gap: int
+    max_worker_blocks: int
 
 
 @dataclass
@@ -42,20 +65,22 @@ class WorkerStats:
 
 
 class Subscription:
-    def __init__(self, ctx: zmq.asyncio.Context, record: worker_pb2.WorkerRecord, index: BlockIndex):
+    def __init__(self, ctx: zmq.asyncio.Context, record: worker_pb2.WorkerRecord, index: BlockIndex, limits: Limits):
         self.ctx = ctx
         self.record = record
         self.index = index
-        self.blocks = WorkerBlocks(identity=record.model)
+        self.limits = limits
+        self.blocks = WorkerBlocks(record.model, limits.max_block_size, limits.max_worker_blocks)
         self.stats = WorkerStats()
+        self._jumped: int | None = None  # the last message skipped for a jump, if the one before it
+        self._logged: set[str] = set()  # reasons already logged: a broken publisher must not flood the log
 
     @property
     def worker_id(self) -> str:
         return self.record.id
 
     async def run(self) -> None:
-        sub = self.ctx.socket(zmq.SUB)
-        sub.setsockopt(zmq.LINGER, 0)
+        sub = self._socket(zmq.SUB)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         sub.connect(self.record.kv_events_endpoint)
         try:
@@ -76,24 +101,46 @@ class Subscription:
         finally:
             sub.close()
 
+    def _socket(self, kind: int) -> zmq.asyncio.Socket:
+        socket = self.ctx.socket(kind)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.MAXMSGSIZE, self.limits.max_message_bytes)
+        return socket
+
     async def handle(self, *messages: list[bytes], replayed: bool = False) -> None:
-        """Applies messages in order; consecutive ones in one Redis call. The lag statistics count
-        live messages only: a replayed one is as old as the outage that made it needed."""
+        """Applies messages in order; consecutive ones in one Redis call (up to max_batch_blocks
+        blocks). The lag statistics count live messages only: a replayed one is as old as the
+        outage that made it needed."""
         pending: list[BlockRun] = []
         stamps: list[float] = []
         for frames in messages:
             try:
-                seq, batch = decode(frames)
+                seq = kv_events.sequence(frames)
             except BadMessage as e:
-                self.stats.bad_messages += 1
-                log.warning("worker %s: dropped a bad KV-event message: %s", self.worker_id, e)
+                self._bad(e)
                 continue
             expected = self.stats.last_seq + 1
-            if seq < expected and seq != 0:
+            # 0 is a restarted publisher; any other number that far off is believed only when the
+            # next one follows it.
+            jump = seq != 0 and abs(seq - expected) > self.limits.max_seq_gap
+            if jump and seq - 1 != self._jumped:
+                self._jumped = seq
+                self._bad(BadMessage("seq_jump", f"sequence number {seq}, expected {expected}"))
+                continue
+            self._jumped = None
+            if not jump and seq < expected and seq != 0:
                 continue  # already applied (replayed earlier)
             if seq != expected:
                 await self._flush(pending, stamps)
                 await self._resync(expected, seq)
+            self.stats.last_seq = seq
+            try:
+                batch = kv_events.decode_batch(frames[2], self.limits.max_batch_blocks)
+            except BadMessage as e:
+                self._bad(e)
+                await self._flush(pending, stamps)
+                await self._forget(f"KV-event batch {seq} unusable")
+                continue
             translation = self.blocks.translate(batch)
             if translation.cleared:
                 await self._flush(pending, stamps)
@@ -104,8 +151,22 @@ class Subscription:
             self.stats.events += sum(len(getattr(e, "block_hashes", ())) or 1 for e in batch.events)
             self.stats.batches += 1
             self.stats.dropped_blocks += translation.dropped
-            self.stats.last_seq = seq
+            for reason, n in translation.malformed.items():
+                DROPPED_EVENTS.labels(reason).inc(n)
+                self._log_once(reason, "dropped %d malformed BlockStored events (%s)", n, reason)
+            if sum(len(run.seqs) for run in pending) >= self.limits.max_batch_blocks:
+                await self._flush(pending, stamps)
         await self._flush(pending, stamps)
+
+    def _bad(self, e: BadMessage) -> None:
+        self.stats.bad_messages += 1
+        DROPPED_MESSAGES.labels(e.reason).inc()
+        self._log_once(e.reason, "dropped a bad KV-event message: %s", e)
+
+    def _log_once(self, reason: str, message: str, *args) -> None:
+        level = logging.DEBUG if reason in self._logged else logging.WARNING
+        self._logged.add(reason)
+        log.log(level, "worker %s: " + message, self.worker_id, *args)
 
     async def _flush(self, runs: list[BlockRun], stamps: list[float]) -> None:
         await self.index.apply(self.worker_id, runs)
@@ -117,58 +178,65 @@ class Subscription:
     async def _resync(self, expected: int, seq: int) -> None:
         """Makes the index whole up to (not including) `seq`."""
         self.stats.resyncs += 1
-        missed = await self._replay(expected, seq) if seq > expected else None
-        if missed is not None:
+        if 0 < seq - expected <= self.limits.max_seq_gap and await self._replay(expected, seq):
             log.info("worker %s: replayed KV-event batches %d..%d", self.worker_id, expected, seq - 1)
-            await self.handle(*missed, replayed=True)
             return
-        log.warning(
-            "worker %s: KV events %d..%d lost (got %d); clearing its index entries",
-            self.worker_id,
-            expected,
-            seq - 1,
-            seq,
-        )
+        await self._forget(f"KV events {expected}..{seq - 1} lost (got {seq})")
+
+    async def _forget(self, why: str) -> None:
+        log.warning("worker %s: %s; clearing its index entries", self.worker_id, why)
         self.blocks.clear()
         await self.index.purge(self.worker_id)
 
     async def catch_up(self) -> None:
         """Applies what the worker published before we subscribed, from its replay buffer."""
-        buffered = await self._fetch(0)
-        if not buffered:
-            return
-        first = int.from_bytes(buffered[0][1], "big")
-        if first > 0:  # the buffer no longer reaches the start: those blocks stay unknown
-            self.stats.resyncs += 1
-        self.stats.last_seq = first - 1
-        await self.handle(*buffered, replayed=True)
+        async with aclosing(self._fetch(0, self.limits.max_seq_gap)) as chunks:
+            async for chunk in chunks:
+                if self.stats.last_seq < 0:
+                    first = int.from_bytes(chunk[0][1], "big")
+                    if 0 < first <= kv_events.MAX_SEQ:  # the buffer no longer reaches the start
+                        self.stats.resyncs += 1
+                        self.stats.last_seq = first - 1
+                await self.handle(*chunk, replayed=True)
 
-    async def _replay(self, start: int, stop: int) -> list[list[bytes]] | None:
-        """Messages start..stop-1 from the replay endpoint, or None if it cannot give them all."""
-        got = [frames for frames in await self._fetch(start) or [] if int.from_bytes(frames[1], "big") < stop]
-        seqs = [int.from_bytes(frames[1], "big") for frames in got]
-        return got if seqs == list(range(start, stop)) else None
+    async def _replay(self, start: int, stop: int) -> bool:
+        """Applies messages start..stop-1 from the replay endpoint as they come; False if it cannot
+        give them all (the caller then drops the worker's blocks, these with them)."""
+        following = start
+        async with aclosing(self._fetch(start, stop - start)) as chunks:
+            async for chunk in chunks:
+                for frames in chunk:
+                    if int.from_bytes(frames[1], "big") != following:
+                        return False
+                    following += 1
+                await self.handle(*chunk, replayed=True)
+        return following == stop
 
-    async def _fetch(self, start: int) -> list[list[bytes]] | None:
-        """Every buffered message from `start` on ([topic, seq, payload] each); None if the
-        worker has no replay endpoint or it does not answer."""
+    async def _fetch(self, start: int, most: int) -> AsyncIterator[list[list[bytes]]]:
+        """The buffered messages from `start` on ([topic, seq, payload] each), up to `most` of
+        them, in chunks of MAX_COALESCED; they end early if the worker has no replay endpoint, or
+        it stops answering or answers out of shape."""
         if not self.record.kv_events_replay_endpoint:
-            return None
-        dealer = self.ctx.socket(zmq.DEALER)
-        dealer.setsockopt(zmq.LINGER, 0)
+            return
+        dealer = self._socket(zmq.DEALER)
         dealer.connect(self.record.kv_events_replay_endpoint)
-        got: list[list[bytes]] = []
+        chunk: list[list[bytes]] = []
         try:
             await dealer.send_multipart([b"", start.to_bytes(8, "big")])
-            while True:
+            while most > 0:
                 frames = await asyncio.wait_for(dealer.recv_multipart(), REPLAY_TIMEOUT_S)
                 if len(frames) == 4 and frames[2] == kv_events.END_SEQ:
-                    return got
+                    break
                 if len(frames) != 4 or len(frames[2]) != 8:
-                    raise BadMessage(f"replay answer with {len(frames)} frames")
-                got.append(frames[1:])
+                    raise BadMessage("frames", f"replay answer with {len(frames)} frames")
+                chunk.append(frames[1:])
+                most -= 1
+                if len(chunk) == MAX_COALESCED:
+                    yield chunk
+                    chunk = []
         except (TimeoutError, BadMessage) as e:
             log.warning("worker %s: replay failed: %s", self.worker_id, e)
-            return None
         finally:
             dealer.close()
+        if chunk:
+            yield chunk

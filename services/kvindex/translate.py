@@ -4,15 +4,21 @@ Engines name blocks with their own hashes; the index speaks the canonical chaine
 kvmesh.hashing. A BlockStored event carries the new blocks' token ids and the engine hash of
 their parent, so the canonical chain continues from the parent's canonical hash; the per-worker
 map engine hash → (root, seq) also turns BlockRemoved into canonical keys.
+
+A malformed BlockStored (block size outside 1..max_block_size, a bytes hash longer than
+kv_events.MAX_HASH_BYTES, token ids that do not make its blocks or lie outside u32) and one that
+would take the worker past `max_blocks` are dropped and counted by reason: dropping a store only
+makes the index under-report.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 from kvmesh import hashing
 from kvmesh.block_index import BlockRun
-from kvmesh.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, EngineHash, EventBatch
+from kvmesh.kv_events import MAX_HASH_BYTES, AllBlocksCleared, BlockRemoved, BlockStored, EngineHash, EventBatch
 
 
 @dataclass
@@ -23,11 +29,15 @@ class Translation:
     # Blocks that could not be placed (parent never seen, e.g. after a gap) or removals of
     # blocks never seen: dropped, so the index under-reports rather than lies.
     dropped: int = 0
+    # Malformed BlockStored events dropped, by reason (block_size, block_hash, token_ids, worker_full).
+    malformed: Counter[str] = field(default_factory=Counter)
 
 
 class WorkerBlocks:
-    def __init__(self, identity: str):
+    def __init__(self, identity: str, max_block_size: int, max_blocks: int):
         self.identity = identity
+        self.max_block_size = max_block_size
+        self.max_blocks = max_blocks
         self._canonical: dict[EngineHash, tuple[int, int]] = {}
 
     def __len__(self) -> int:
@@ -49,25 +59,41 @@ class WorkerBlocks:
         return out
 
     def _stored(self, event: BlockStored, out: Translation) -> None:
+        if not event.block_hashes:
+            return
         parent = None
         if event.parent_block_hash is not None:
             parent = self._canonical.get(event.parent_block_hash)
             if parent is None:
                 out.dropped += len(event.block_hashes)
                 return
-        try:
-            seqs = hashing.sequence_hashes(
-                event.token_ids, event.block_size, self.identity, parent_seq=parent[1] if parent else None
-            )
-        except OverflowError:  # a token id outside u32
-            seqs = []
-        if len(seqs) != len(event.block_hashes):
+        reason = self._malformed(event)
+        if reason is None:
+            try:
+                seqs = hashing.sequence_hashes(
+                    event.token_ids, event.block_size, self.identity, parent_seq=parent[1] if parent else None
+                )
+            except OverflowError:  # a token id outside u32
+                seqs = []
+            if len(seqs) != len(event.block_hashes):
+                reason = "token_ids"
+        if reason is not None:
+            out.malformed[reason] += 1
             out.dropped += len(event.block_hashes)
             return
         root = parent[0] if parent else seqs[0]
         for engine_hash, seq in zip(event.block_hashes, seqs, strict=True):
             self._canonical[engine_hash] = (root, seq)
         out.runs.append(BlockRun(True, root, seqs))
+
+    def _malformed(self, event: BlockStored) -> str | None:
+        if not 0 < event.block_size <= self.max_block_size:
+            return "block_size"
+        if any(isinstance(h, bytes) and len(h) > MAX_HASH_BYTES for h in event.block_hashes):
+            return "block_hash"
+        if len(self._canonical) + len(event.block_hashes) > self.max_blocks:
+            return "worker_full"
+        return None
 
     def _removed(self, event: BlockRemoved, out: Translation) -> None:
         for engine_hash in event.block_hashes:

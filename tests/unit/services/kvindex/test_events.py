@@ -15,12 +15,15 @@ from kvmesh import hashing, kv_events
 from kvmesh.block_index import BlockIndex, BlockRun
 from kvmesh.kv_events import AllBlocksCleared, BadMessage, BlockRemoved, BlockStored, EventBatch, decode, encode
 from kvmesh.v1 import worker_pb2
-from services.kvindex.subscription import Subscription
+from services.kvindex.subscription import Limits, Subscription
 from services.kvindex.translate import WorkerBlocks
 
 MODEL = "m"
 TOKENS = list(range(100, 132))  # 4 blocks of 8
 SEQ = hashing.sequence_hashes(TOKENS, 8, MODEL)
+LIMITS = Limits(
+    max_block_size=64, max_batch_blocks=16, max_message_bytes=1 << 20, max_seq_gap=100, max_worker_blocks=1000
+)
 
 
 def stored(engine_hashes, tokens, parent=None):
@@ -83,7 +86,7 @@ def test_bad_messages_are_rejected_cleanly(frames):
 
 
 def test_stored_blocks_chain_from_their_parent_and_removals_map_back():
-    blocks = WorkerBlocks(MODEL)
+    blocks = WorkerBlocks(MODEL, LIMITS.max_block_size, LIMITS.max_worker_blocks)
     first = blocks.translate(EventBatch(0, [stored([11, 12], TOKENS[:16])]))
     assert first.runs == [BlockRun(True, SEQ[0], SEQ[:2])]
     # bytes hashes (sha256 mode) work the same; the chain continues from the parent's canonical hash
@@ -95,7 +98,7 @@ def test_stored_blocks_chain_from_their_parent_and_removals_map_back():
 
 
 def test_unknown_parent_or_odd_sizes_are_dropped_not_guessed():
-    blocks = WorkerBlocks(MODEL)
+    blocks = WorkerBlocks(MODEL, LIMITS.max_block_size, LIMITS.max_worker_blocks)
     orphan = blocks.translate(EventBatch(0, [stored([5], TOKENS[8:16], parent=4)]))
     short = blocks.translate(EventBatch(0, [stored([6, 7], TOKENS[:12])]))
     assert orphan.runs == [] and orphan.dropped == 1
@@ -104,13 +107,13 @@ def test_unknown_parent_or_odd_sizes_are_dropped_not_guessed():
 
 @pytest.mark.parametrize("bad_token", [-1, 2**32])
 def test_token_ids_outside_u32_drop_their_blocks(bad_token):
-    blocks = WorkerBlocks(MODEL)
+    blocks = WorkerBlocks(MODEL, LIMITS.max_block_size, LIMITS.max_worker_blocks)
     out = blocks.translate(EventBatch(0, [stored([1], [bad_token] + TOKENS[1:8]), stored([2], TOKENS[:8])]))
     assert out.dropped == 1 and out.runs == [BlockRun(True, SEQ[0], SEQ[:1])]
 
 
 def test_all_blocks_cleared_forgets_what_came_before():
-    blocks = WorkerBlocks(MODEL)
+    blocks = WorkerBlocks(MODEL, LIMITS.max_block_size, LIMITS.max_worker_blocks)
     out = blocks.translate(EventBatch(0, [stored([1], TOKENS[:8]), AllBlocksCleared(), stored([2], TOKENS[8:16])]))
     assert out.cleared and out.runs[0].seqs == hashing.sequence_hashes(TOKENS[8:16], 8, MODEL)
     assert len(blocks) == 1
@@ -126,11 +129,13 @@ class FakeVllmPublisher:
         self.router.bind(f"ipc://{tmp_path}/replay.sock")
         self.buffer: list[list[bytes]] = []
         self.keep = keep
+        self.requests: list[int] = []  # the start of each replay asked for
         self.task = asyncio.ensure_future(self._replay())
 
     async def _replay(self):
         while True:
             client, _, start = await self.router.recv_multipart()
+            self.requests.append(int.from_bytes(start, "big"))
             for frames in self.buffer[-self.keep :]:
                 if int.from_bytes(frames[1], "big") >= int.from_bytes(start, "big"):
                     await self.router.send_multipart([client, b"", *frames])
@@ -149,7 +154,7 @@ async def index(redis_url):
     await client.aclose()
 
 
-async def subscription_for(tmp_path, index, keep):
+async def subscription_for(tmp_path, index, keep, limits=LIMITS):
     ctx = zmq.asyncio.Context()
     publisher = FakeVllmPublisher(ctx, tmp_path, keep)
     record = worker_pb2.WorkerRecord(
@@ -158,7 +163,7 @@ async def subscription_for(tmp_path, index, keep):
         kv_events_endpoint=f"ipc://{tmp_path}/pub.sock",
         kv_events_replay_endpoint=f"ipc://{tmp_path}/replay.sock",
     )
-    return ctx, publisher, Subscription(ctx, record, index)
+    return ctx, publisher, Subscription(ctx, record, index, limits)
 
 
 async def test_a_gap_is_filled_from_the_replay_buffer(tmp_path, index):
