@@ -455,8 +455,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--log-dir", type=Path, default=RESULTS / "chaos")
     args = parser.parse_args(argv)
     engine_args = json.dumps({"timing": GPU_LIKE})
-    mesh = LocalMesh.start(args.log_dir, extra_args=("--engine", "sim", "--workers", str(WORKERS), "--routers",
-                           str(ROUTERS), "--engine-args", engine_args))  # fmt: skip
+    mesh = LocalMesh.start(
+        args.log_dir, extra_args=("--engine", "sim", "--workers", str(WORKERS), "--engine-args", engine_args),
+        routers=ROUTERS,
+    )  # fmt: skip
     second = None
     try:
         mesh.wait_for_workers(WORKERS)

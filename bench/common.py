@@ -95,8 +95,8 @@ def start_gateway(mesh: LocalMesh, log: Path, *args: str) -> tuple[subprocess.Po
     started with `args` (e.g. `--auth on`); returns it and its HTTP base URL once /health answers."""
     http_port, grpc_port = free_ports(2)
     argv = [sys.executable, "-m", "services.gateway", "--host", "127.0.0.1", "--http-port", str(http_port),
-            "--grpc-port", str(grpc_port), "--router-address", mesh.router, "--models", json.dumps([mesh.model]),
-            *args]  # fmt: skip
+            "--grpc-port", str(grpc_port), "--router-address", ",".join(mesh.routers), "--models",
+            json.dumps([mesh.model]), *args]  # fmt: skip
     env = {**os.environ, "REDIS_URL": mesh.redis_url, auth.MESH_TOKEN_ENV: mesh.mesh_token}
     with open(log, "wb") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
