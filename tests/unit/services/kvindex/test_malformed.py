@@ -113,6 +113,15 @@ async def test_an_unusable_batch_is_lost_content_so_the_workers_blocks_go(sub, i
     assert await index.match(SEQ) == {"w": 1}
 
 
+async def test_a_stream_of_unusable_batches_scans_redis_once(sub, index, monkeypatch):
+    purges = []
+    purge = index.purge
+    monkeypatch.setattr(index, "purge", lambda w: purges.append(w) or purge(w))
+    await sub.handle(message(0, stored([1], TOKENS[:8])))
+    await sub.handle(*([b"kv", seq.to_bytes(8, "big"), b"\xc1"] for seq in range(1, 50)))
+    assert purges == ["w"] and await index.match(SEQ) == {}
+
+
 def test_the_block_bound_counts_blocks_of_every_event():
     events = [BlockRemoved([1, 2], medium="GPU"), stored([3], TOKENS[:8])]
     assert len(decode_batch(message(0, *events)[2], max_blocks=3).events) == 2
