@@ -14,7 +14,7 @@ from collections.abc import AsyncGenerator, Mapping
 from starlette.responses import StreamingResponse
 from starlette.types import Message, Send
 
-from services.gateway.slow_clients import cut_off
+from services.gateway.slow_clients import WriteWatch, cut_off
 
 
 class SseResponse(StreamingResponse):
@@ -27,19 +27,29 @@ class SseResponse(StreamingResponse):
         self.write_timeout_s = write_timeout_s
 
     async def stream_response(self, send: Send) -> None:
-        async def sent(message: Message) -> bool:
-            try:
-                async with asyncio.timeout(self.write_timeout_s):
-                    await send(message)
-                return True
-            except TimeoutError:
-                cut_off("http", self.request_id, self.write_timeout_s)
-                await self.events.aclose()  # suspended at its yield: the request ends now, not when collected
-                return False
+        task = asyncio.current_task()
+        assert task is not None
 
-        if not await sent({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}):
-            return
-        async for event in self.events:
-            if not await sent({"type": "http.response.body", "body": event.encode(), "more_body": True}):
-                return
-        await sent({"type": "http.response.body", "body": b"", "more_body": False})
+        def late() -> None:
+            cut_off("http", self.request_id, self.write_timeout_s)
+            task.cancel()  # the send waiting: taken back below, as asyncio.timeout does
+
+        watch = WriteWatch(self.write_timeout_s, late)
+
+        async def sent(message: Message) -> None:
+            watch.writing()
+            await send(message)
+            watch.written()
+
+        try:
+            await sent({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            async for event in self.events:
+                await sent({"type": "http.response.body", "body": event.encode(), "more_body": True})
+            await sent({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not watch.late:
+                raise  # the client left (Starlette's disconnect listener), or the server stops
+            task.uncancel()
+            await self.events.aclose()  # suspended at its yield: the request ends now, not when collected
+        finally:
+            watch.close()

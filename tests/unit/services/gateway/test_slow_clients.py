@@ -47,6 +47,15 @@ async def test_a_consumer_that_keeps_up_gets_every_item():
     assert len(got) == 5 and source.closed == 1
 
 
+async def test_a_slow_but_steady_consumer_is_never_cut_off():
+    """Each write within the timeout, all of them together well over it."""
+    source, got = Source(6), []
+    async for item in taken_in_time(source.items(), TIMEOUT_S, "grpc", "r"):
+        got.append(item)
+        await asyncio.sleep(TIMEOUT_S * 0.6)
+    assert len(got) == 6
+
+
 async def test_a_consumer_that_stops_taking_has_its_source_closed_then_an_error():
     source, before = Source(), cut_count("grpc")
     stream = taken_in_time(source.items(), TIMEOUT_S, "grpc", "r")
