@@ -33,6 +33,16 @@ class GatewaySettings(WatcherSettings):
         30.0, gt=0, description="a disaggregated request's prefill after which its decode worker prefills instead"
     )
     max_migrations: int = Field(1, ge=0, description="times a request moves to another worker when its worker fails")
+    stall_timeout_s: float = Field(
+        30.0, gt=0,
+        description="a request whose worker sent none of this gateway's requests anything this long moves to "
+        "another worker (a stuck engine)",
+    )  # fmt: skip
+    request_timeout_s: float = Field(
+        600.0, gt=0,
+        description="longest a request may take (a gRPC client's sooner deadline wins); then 504 / DEADLINE_EXCEEDED "
+        "and its engine request is cancelled",
+    )  # fmt: skip
     mux: bool = Field(
         True,
         description="receive each worker model's tokens for all requests on one stream, a response per engine "

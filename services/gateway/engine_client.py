@@ -2,7 +2,13 @@
 `tritonclient.grpc.aio`: on the worker model's mux when there is one, else on a stream of its own.
 Leaving the iteration before the final response cancels the request (its own gRPC stream, which
 Triton turns into `request.is_cancelled()` in the model, or a cancel through the mux), which
-aborts it in the engine."""
+aborts it in the engine.
+
+A request fails, to move to another worker (Unavailable), when its worker leaves the registry or is
+registered unresponsive, when its connection stops answering keepalive pings (grpc_server.KEEPALIVE),
+or when its worker has sent none of this gateway's requests anything for `stall_timeout_s` while it
+waited (a stuck engine behind a Triton that still answers); and it fails with DeadlineExceeded at
+its deadline."""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Mapping
 
 import grpc
 import msgspec
@@ -19,11 +25,14 @@ import tritonclient.grpc.aio as triton_aio
 from tritonclient.utils import InferenceServerException, deserialize_bytes_tensor
 
 from kvmesh import engine_wire as wire
+from kvmesh import grpc_server
 from kvmesh.engine_wire import EngineDelta
-from kvmesh.errors import KvmeshError, Unavailable
+from kvmesh.errors import DeadlineExceeded, KvmeshError, Unavailable
+from kvmesh.registry import LiveWorker
 from kvmesh.sampling import SamplingParams
 from kvmesh.tls import MutualTls
 from kvmesh.v1 import worker_pb2
+from services.gateway import metrics
 from services.gateway.engine_mux import EngineMux
 
 log = logging.getLogger(__name__)
@@ -48,20 +57,27 @@ def stream_error(worker: worker_pb2.WorkerRecord, message: str) -> KvmeshError:
 
 class Inbox:
     """One request's deltas, from its own stream or its mux, in the order they came, then the
-    error that ended it if one did: what the producers read is converted as they put it here."""
+    error that ended it if one did: what the producers read is converted as they put it here.
+    `heard` (worker id → when it last sent one of its requests anything) is kept up to date."""
 
-    def __init__(self, worker: worker_pb2.WorkerRecord) -> None:
+    def __init__(self, worker: worker_pb2.WorkerRecord, heard: dict[str, float] | None = None) -> None:
         self.worker = worker
+        self.started = time.monotonic()
+        self._heard = {} if heard is None else heard
         self._deltas: asyncio.Queue[EngineDelta | None] = asyncio.Queue()  # None: ended by _error
         self._error: KvmeshError | None = None
 
     def put(self, delta: EngineDelta) -> None:
+        self._heard[self.worker.id] = time.monotonic()
         self._deltas.put_nowait(delta)
 
-    def fail(self, error: KvmeshError) -> None:
-        if self._error is None:  # the first error ends the request; later ones are not read
-            self._error = error
-            self._deltas.put_nowait(None)
+    def fail(self, error: KvmeshError) -> bool:
+        """True if `error` ends the request: the first does, later ones are not read."""
+        if self._error is not None:
+            return False
+        self._error = error
+        self._deltas.put_nowait(None)
+        return True
 
     def engine_failed(self, message: str) -> None:
         """The error message Triton or the engine sent for this request."""
@@ -80,7 +96,10 @@ class TritonPool:
     this gateway's requests run there at a time: the engine then sends each step's tokens of all of
     them as one response."""
 
-    def __init__(self, mux: bool = True, mux_open_timeout_s: float = 5.0, tls: MutualTls | None = None) -> None:
+    def __init__(
+        self, mux: bool = True, mux_open_timeout_s: float = 5.0, tls: MutualTls | None = None,
+        stall_timeout_s: float = 30.0,
+    ) -> None:  # fmt: skip
         self._clients: dict[str, triton_aio.InferenceServerClient] = {}
         self._creds = tls.channel_credentials() if tls else None  # the gateway's certificate, to Triton
         self.use_mux = mux
@@ -91,11 +110,16 @@ class TritonPool:
         self._retired: set[EngineMux] = set()
         self._in_flight: dict[tuple[str, str], int] = {}
         self._inboxes: dict[str, set[Inbox]] = {}  # by worker id: the requests running there
+        self.stall_timeout_s = stall_timeout_s
+        self._heard: dict[str, float] = {}  # by worker id: when it last sent a request of ours anything
+        self._watchdog: asyncio.Task | None = None
 
     def _client(self, address: str) -> triton_aio.InferenceServerClient:
         client = self._clients.get(address)
         if client is None:
-            client = self._clients[address] = triton_aio.InferenceServerClient(address, creds=self._creds)
+            client = self._clients[address] = triton_aio.InferenceServerClient(
+                address, creds=self._creds, channel_args=CHANNEL_ARGS
+            )
         return client
 
     async def _mux(self, worker: worker_pb2.WorkerRecord, may_open: bool = True) -> EngineMux | None:
@@ -131,13 +155,37 @@ class TritonPool:
         finally:
             del self._opening[key]
 
-    def fail_workers_gone(self, live: Collection[str]) -> None:
-        """Fails the requests on workers no longer in the registry, so that they move to another:
-        a worker leaves only once drained, or when its lease runs out (dead, hung, or its host
-        cut off, whose streams would otherwise wait out TCP's timeouts)."""
-        for worker_id in self._inboxes.keys() - set(live):
+    def fail_workers_gone(self, live: Mapping[str, LiveWorker]) -> None:
+        """Fails the requests on workers no longer in the registry, or registered unresponsive, so
+        that they move to another: a worker leaves only once drained, or when its lease runs out
+        (dead, or its host cut off, whose streams would otherwise wait out TCP's timeouts); it is
+        unresponsive when its Triton does not answer (hung, stopped) though the worker lives."""
+        for worker_id in list(self._inboxes):
+            if worker_id not in live:
+                why = "left the registry"
+            elif live[worker_id].record.unresponsive:
+                why = "is unresponsive (its Triton does not answer)"
+            else:
+                continue
             for inbox in self._inboxes.pop(worker_id):
-                inbox.fail(Unavailable(f"worker {worker_id} left the registry"))
+                if inbox.fail(Unavailable(f"worker {worker_id} {why}")) and worker_id in live:
+                    metrics.HUNG_WORKER_FAILURES.labels("unresponsive").inc()
+
+    def fail_stalled(self, now: float) -> None:
+        """Fails the requests that waited `stall_timeout_s` while their worker sent none of this
+        gateway's requests anything: its engine is stuck though its Triton may answer. A worker
+        busy with others' requests is not stalled; nor is one busy only with other gateways'
+        requests for that long, which this gateway cannot tell from stuck (hence a generous default)."""
+        for worker_id, inboxes in list(self._inboxes.items()):
+            heard = self._heard.get(worker_id, 0.0)
+            for inbox in [i for i in inboxes if now - max(i.started, heard) >= self.stall_timeout_s]:
+                if inbox.fail(Unavailable(f"worker {worker_id}: nothing from its engine in {self.stall_timeout_s:g}s")):
+                    metrics.HUNG_WORKER_FAILURES.labels("stalled").inc()
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.stall_timeout_s / 4))
+            self.fail_stalled(time.monotonic())
 
     async def stream(
         self,
@@ -148,10 +196,16 @@ class TritonPool:
         trace_headers: dict[str, str],
         kv_transfer_params: dict | None = None,
         response_interval_ms: float = 0.0,
+        deadline: float | None = None,
     ) -> AsyncIterator[EngineDelta]:
         """`kv_transfer_params`: for a decode instance, what its prefill instance returned ({}:
         prefill there). `response_interval_ms`: after the first token, the engine sends at most
-        one response this often (0: one per token)."""
+        one response this often (0: one per token). `deadline` (time.monotonic()): the request
+        fails with DeadlineExceeded then, and is cancelled like one whose client left: Triton 2.51
+        is not given it as a gRPC deadline, whose expiry could cancel a stream just after its
+        final response (see _pump)."""
+        if self._watchdog is None:
+            self._watchdog = asyncio.create_task(self._watch())
         ids = triton_aio.InferInput(wire.INPUT_IDS, [len(prompt_ids)], "INT32")
         ids.set_data_from_numpy(np.asarray(prompt_ids, dtype=np.int32))
         inputs = [ids, _json_input(wire.SAMPLING_PARAMS, sampling)]
@@ -161,8 +215,13 @@ class TritonPool:
         if response_interval_ms:
             parameters[wire.RESPONSE_INTERVAL_MS] = response_interval_ms
         # Deltas come from the mux's reader or from the request's own stream.
-        inbox = Inbox(worker)
+        inbox = Inbox(worker, self._heard)
         self._inboxes.setdefault(worker.id, set()).add(inbox)
+        expiry = None
+        if deadline is not None:
+            expiry = asyncio.get_running_loop().call_later(
+                deadline - time.monotonic(), inbox.fail, DeadlineExceeded(f"worker {worker.id}: the deadline passed")
+            )
         key = (worker.triton_grpc_address, worker.triton_model)
         self._in_flight[key] = self._in_flight.get(key, 0) + 1
         # A mux is opened once two requests run on a worker model at a time; one open is used by
@@ -171,7 +230,7 @@ class TritonPool:
             mux = await self._mux(worker, may_open=self._in_flight[key] > 1)
         except BaseException:  # cancelled while the mux opened
             self._in_flight[key] -= 1
-            self._forget(inbox)
+            self._forget(inbox, expiry)
             raise
         if mux is not None:
             parameters[wire.MUX] = mux.id
@@ -200,7 +259,7 @@ class TritonPool:
                     return
         finally:
             self._in_flight[key] -= 1
-            self._forget(inbox)
+            self._forget(inbox, expiry)
             if mux is not None:
                 mux.leave(request_id)
                 if not answered and mux.open:
@@ -209,14 +268,19 @@ class TritonPool:
                 responses.cancel()
                 own.cancel()
 
-    def _forget(self, inbox: Inbox) -> None:
+    def _forget(self, inbox: Inbox, expiry: asyncio.TimerHandle | None) -> None:
+        if expiry is not None:
+            expiry.cancel()
         running = self._inboxes.get(inbox.worker.id)
         if running is not None:
             running.discard(inbox)
             if not running:
                 del self._inboxes[inbox.worker.id]
+                self._heard.pop(inbox.worker.id, None)
 
     async def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         for mux in [*self._muxes.values(), *self._retired]:
             await mux.close()
         for client in self._clients.values():
@@ -225,6 +289,14 @@ class TritonPool:
 
 # After a failed try to open a mux to a worker model, its requests stream on their own this long.
 MUX_RETRY_S = 5.0
+# tritonclient's message limits, and keepalive: a Triton that stops answering pings (hung,
+# stopped, cut off) has its connection closed within seconds and its streams fail, where TCP would
+# wait many minutes (the workers' Triton accepts the pings: worker/triton_server.py).
+CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", triton_aio.MAX_GRPC_MESSAGE_SIZE),
+    ("grpc.max_receive_message_length", triton_aio.MAX_GRPC_MESSAGE_SIZE),
+    *grpc_server.KEEPALIVE,
+]
 
 
 async def _pump(worker: worker_pb2.WorkerRecord, responses, inbox: Inbox) -> None:

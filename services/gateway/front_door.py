@@ -51,11 +51,13 @@ class FrontDoor:
         request_id: str,
         parent: otel_context.Context | None = None,
         whole: bool = False,
+        timeout_s: float | None = None,
     ) -> Pass:
+        """`timeout_s`: the time the client gave the request (its gRPC deadline), if it gave one."""
         ticket = Ticket(caller.name, caller.priority) if caller is not None else Ticket()
         ticket.cost = len(prompt_ids) + sampling.max_tokens
         admitted = Pass(ticket)
-        chunks = self.generator.generate(model, prompt_ids, sampling, request_id, parent, whole, ticket)
+        chunks = self.generator.generate(model, prompt_ids, sampling, request_id, parent, whole, ticket, timeout_s)
         # The headers dict, not the Pass: a Pass holding the generator that holds it would be a cycle,
         # and an abandoned request's router slot would wait for the garbage collector.
         admitted.chunks = self._metered(caller, admitted.rate_headers, model.name, request_id, len(prompt_ids), chunks)

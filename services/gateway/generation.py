@@ -4,6 +4,7 @@ metrics are taken on the way."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -18,7 +19,7 @@ from opentelemetry import trace
 
 from kvmesh import hashing, telemetry
 from kvmesh.api_keys import Priority
-from kvmesh.errors import Unavailable
+from kvmesh.errors import DeadlineExceeded, Unavailable
 from kvmesh.sampling import SamplingParams
 from services.gateway import metrics
 from services.gateway.admission import Admission
@@ -95,10 +96,12 @@ class Generator:
     def __init__(
         self, router: RouterClient, engines: TritonPool, served: ServedModels, prefill_timeout_s: float = 30.0,
         max_migrations: int = 1, whole_answer_interval_ms: float = 0.0,
-        admission: Callable[[], Admission] | None = None,
+        admission: Callable[[], Admission] | None = None, request_timeout_s: float = 600.0,
     ):  # fmt: skip
         """`admission`: makes the queue where a model's requests wait when every worker of that model
-        is full (one per model: a full model never holds up another's); None: they fail at once."""
+        is full (one per model: a full model never holds up another's); None: they fail at once.
+        `request_timeout_s`: the longest a request may take, unless its client gives less."""
+        self.request_timeout_s = request_timeout_s
         self.router = router
         self._new_admission = admission
         self._admissions: dict[str, Admission] = {}
@@ -116,14 +119,22 @@ class Generator:
         parent: otel_context.Context | None = None,
         whole: bool = False,
         ticket: Ticket | None = None,
+        timeout_s: float | None = None,
     ) -> AsyncIterator[Chunk]:
         """`parent`: the caller's trace context (default: the current one). `whole`: the caller
         answers only once the request is done (non-streaming), so the engine need not send each token.
         `ticket`: its place in the fair queue when the mesh is full (default: anonymous, normal).
+        `timeout_s`: the time its client gave it (a gRPC deadline), if less than request_timeout_s.
 
-        If the worker fails mid-stream (unreachable, killed, aborted), the request moves to
+        If the worker fails mid-stream (unreachable, killed, aborted, hung), the request moves to
         another worker: the prompt plus the tokens already sent, for the tokens still owed, so
-        the client sees every token once."""
+        the client sees every token once. At its deadline it fails with DeadlineExceeded, waiting
+        for a worker or on one; the engine request is cancelled."""
+        if timeout_s is not None and timeout_s < self.request_timeout_s:
+            limit_s, whose = timeout_s, "the client's deadline"
+        else:
+            limit_s, whose = self.request_timeout_s, "the gateway's --request-timeout-s"
+        deadline = time.monotonic() + limit_s
         # One span for the request's whole life. It is passed explicitly, not made current: the
         # chunks may be consumed from more than one task.
         span = TRACER.start_span(
@@ -138,7 +149,7 @@ class Generator:
         try:
             while True:
                 attempt = self._attempt(
-                    model, prompt_ids, sampling, request_id, progress, failed, span, interval_ms, ticket
+                    model, prompt_ids, sampling, request_id, progress, failed, span, interval_ms, ticket, deadline
                 )
                 tried = len(failed)
                 try:
@@ -153,28 +164,42 @@ class Generator:
                         raise
                     metrics.MIGRATIONS.inc()
                     log.warning("request %s: %s; moving it with %d tokens sent", request_id, e, len(progress.sent))
+        except DeadlineExceeded as e:
+            metrics.DEADLINES_EXCEEDED.inc()
+            log.warning("request %s: %s (%s)", request_id, whose, e)
+            raise DeadlineExceeded(
+                f"the request did not finish within {whose} ({limit_s:g}s): {len(progress.sent)} of "
+                f"{sampling.max_tokens} tokens sent; it was cancelled"
+            ) from None
         finally:
             metrics.IN_FLIGHT.dec()
             span.end()
 
     async def _attempt(
         self, model, prompt_ids, sampling, request_id, progress: _Progress, failed: list[str], span, interval_ms: float,
-        ticket: Ticket,
+        ticket: Ticket, deadline: float,
     ):  # fmt: skip
-        """One worker's (or one prefill + decode pair's) go at what the request still owes; the
-        worker joins `failed` if it fails (Unavailable)."""
+        """One worker's (or one prefill + decode pair's) go at what the request still owes, by
+        `deadline` (time.monotonic()); the worker joins `failed` if it fails (Unavailable)."""
         attempt_id = f"{request_id}-m{len(failed)}" if failed else request_id
         ids = prompt_ids + progress.sent
         owed = msgspec.structs.replace(sampling, max_tokens=sampling.max_tokens - len(progress.sent))
         trace_headers = telemetry.carrier(trace.set_span_in_context(span))
-        decision = await self._admitted_route(ticket, model, attempt_id, ids, owed, failed, trace_headers)
+        try:
+            # Routing is bounded by what is left (a Route given up on is released by the session).
+            async with asyncio.timeout(deadline - time.monotonic()) as left:
+                decision = await self._admitted_route(ticket, model, attempt_id, ids, owed, failed, trace_headers)
+        except TimeoutError:
+            if left.expired():
+                raise DeadlineExceeded("no worker took it in time") from None
+            raise
         worker = decision.worker
         span.set_attribute("kvmesh.worker", worker.id)
         if decision.HasField("prefill_worker"):
             span.set_attribute("kvmesh.prefill_worker", decision.prefill_worker.id)
             if owed.seed is None:  # both phases sample alike, so the decode's first token is the prefill's
                 owed.seed = random.getrandbits(31)
-        stream = self.phases.run(decision, attempt_id, ids, owed, trace_headers, interval_ms)
+        stream = self.phases.run(decision, attempt_id, ids, owed, trace_headers, interval_ms, deadline)
         try:
             async for chunk in stream:
                 if progress.took(chunk.token_ids):

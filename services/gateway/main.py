@@ -59,11 +59,11 @@ async def run(settings: GatewaySettings) -> None:
         if admin_key := os.environ.get(auth.ADMIN_KEY_ENV):
             await keys.ensure(ApiKey(name="admin", role="admin"), admin_key)
     router = RouterClient(settings.router_address, tls, auth.mesh_token(required=False))
-    engines = TritonPool(mux=settings.mux, tls=tls)
+    engines = TritonPool(mux=settings.mux, tls=tls, stall_timeout_s=settings.stall_timeout_s)
     watcher.on_change(lambda: engines.fail_workers_gone(watcher.workers))
     generator = Generator(
         router, engines, served, settings.prefill_timeout_s, settings.max_migrations, settings.whole_answer_interval_ms,
-        lambda: Admission(settings.max_queued, settings.queue_timeout_s),
+        lambda: Admission(settings.max_queued, settings.queue_timeout_s), settings.request_timeout_s,
     )  # fmt: skip
     front = FrontDoor(generator, quotas if authenticator else None, KeyMetrics(settings.metrics_max_keys))
     limits = settings.input_limits()

@@ -31,6 +31,14 @@ DISAGG_FIRST_TOKEN_MISMATCH = Counter(
     "kvmesh_gateway_disagg_first_token_mismatch", "Decode instances whose first token differed from the prefill's"
 )
 MIGRATIONS = Counter("kvmesh_gateway_migrations", "Requests moved to another worker after theirs failed")
+HUNG_WORKER_FAILURES = Counter(
+    "kvmesh_gateway_hung_worker_failures",
+    "Requests failed to move off a worker that hung: registered unresponsive, or silent for --stall-timeout-s",
+    ["reason"],
+)
+DEADLINES_EXCEEDED = Counter(
+    "kvmesh_gateway_deadlines_exceeded", "Requests failed at their deadline (the client's or --request-timeout-s)"
+)
 MUX_BATCHES = Counter("kvmesh_gateway_mux_batches", "Responses received on workers' muxes (each a batch of deltas)")
 MUX_DELTAS = Counter("kvmesh_gateway_mux_deltas", "Request deltas received in mux batches")
 # The admission queue (admission.py). Every admitted request is observed, 0 when it did not queue: the

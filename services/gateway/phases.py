@@ -13,7 +13,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from kvmesh.engine_wire import EngineDelta
-from kvmesh.errors import KvmeshError
+from kvmesh.errors import DeadlineExceeded, KvmeshError
 from kvmesh.sampling import SamplingParams
 from kvmesh.v1 import router_pb2, worker_pb2
 from services.gateway import metrics
@@ -35,17 +35,25 @@ class Phases:
         sampling: SamplingParams,
         trace_headers: dict[str, str],
         response_interval_ms: float = 0.0,
+        deadline: float | None = None,
     ) -> AsyncIterator[EngineDelta]:
-        """`response_interval_ms`: how often the engine streaming the tokens sends them (0: each)."""
+        """`response_interval_ms`: how often the engine streaming the tokens sends them (0: each).
+        `deadline` (time.monotonic()): when the engines' streams fail with DeadlineExceeded."""
         worker = decision.worker
         if decision.HasField("prefill_worker"):
-            return self._disaggregated(decision, request_id, prompt_ids, sampling, trace_headers, response_interval_ms)
+            return self._disaggregated(
+                decision, request_id, prompt_ids, sampling, trace_headers, response_interval_ms, deadline
+            )
         # A decode instance asked to run a whole request prefills it locally ({}).
         local = {} if worker.role == worker_pb2.ROLE_DECODE else None
-        return self.engines.stream(worker, request_id, prompt_ids, sampling, trace_headers, local, response_interval_ms)
+        return self.engines.stream(
+            worker, request_id, prompt_ids, sampling, trace_headers, local, response_interval_ms, deadline
+        )
 
-    async def _disaggregated(self, decision, request_id, prompt_ids, sampling, trace_headers, response_interval_ms):
-        first = await self._prefill(decision.prefill_worker, request_id, prompt_ids, sampling, trace_headers)
+    async def _disaggregated(
+        self, decision, request_id, prompt_ids, sampling, trace_headers, response_interval_ms, deadline
+    ):  # fmt: skip
+        first = await self._prefill(decision.prefill_worker, request_id, prompt_ids, sampling, trace_headers, deadline)
         if first is not None:
             if first.finish_reason == "stop":  # the first token ended it (EOS or a stop token)
                 yield first
@@ -54,8 +62,9 @@ class Phases:
         transfer = first.kv_transfer_params if first and first.kv_transfer_params is not None else {}
         skip = list(first.token_ids) if first else []
         decode = self.engines.stream(
-            decision.worker, f"{request_id}-decode", prompt_ids, sampling, trace_headers, transfer, response_interval_ms
-        )
+            decision.worker, f"{request_id}-decode", prompt_ids, sampling, trace_headers, transfer,
+            response_interval_ms, deadline,
+        )  # fmt: skip
         try:
             async for chunk in decode:
                 if skip:
@@ -70,16 +79,21 @@ class Phases:
         finally:
             await decode.aclose()
 
-    async def _prefill(self, worker, request_id, prompt_ids, sampling, trace_headers) -> EngineDelta | None:
+    async def _prefill(self, worker, request_id, prompt_ids, sampling, trace_headers, deadline) -> EngineDelta | None:
         """The prefill instance's one response (first token + kv_transfer_params), or None if it
-        failed or took too long: the decode worker then prefills locally."""
-        stream = self.engines.stream(worker, f"{request_id}-prefill", prompt_ids, sampling, trace_headers)
+        failed or took too long: the decode worker then prefills locally. The request's deadline
+        passing ends the request."""
+        stream = self.engines.stream(
+            worker, f"{request_id}-prefill", prompt_ids, sampling, trace_headers, deadline=deadline
+        )
         try:
             async with asyncio.timeout(self.prefill_timeout_s):
                 async for chunk in stream:
                     if chunk.finish_reason is not None:
                         metrics.DISAGGREGATED.inc()
                         return chunk
+        except DeadlineExceeded:
+            raise
         except (KvmeshError, TimeoutError) as e:
             reason = "timeout" if isinstance(e, TimeoutError) else "error"
             metrics.PREFILL_FALLBACKS.labels(reason).inc()

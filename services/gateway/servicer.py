@@ -79,7 +79,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             ids = await encode_sized(chars, lambda: prompt_ids(model))
             limit = self.served.max_model_len(model.name)
             engine = engine_sampling(sampling, len(ids), limit, self.default_max_tokens, model.defaults)
-            admitted = self.front.enter(auth.CALLER.get(), model, ids, engine, request_id)
+            # The client's deadline, if it set one, bounds the router's and the engines' calls too.
+            admitted = self.front.enter(
+                auth.CALLER.get(), model, ids, engine, request_id, timeout_s=context.time_remaining()
+            )
             first = True
             async for chunk in taken_in_time(admitted.chunks, self.write_timeout_s, "grpc", request_id):
                 if first:

@@ -29,7 +29,7 @@ from pathlib import Path
 import psutil
 import tritonclient.grpc.aio as triton_aio
 
-from kvmesh import processes
+from kvmesh import grpc_server, processes
 from kvmesh.models import cache_dir
 from kvmesh.tls import MutualTls
 
@@ -77,6 +77,7 @@ def backend_directory() -> Path:
 # A killed worker must not leave its Triton behind. util-linux's setpriv (Essential in Debian) sets
 # the parent-death signal and execs tritonserver (same pid). Not a preexec_fn: that runs Python in
 # a fork of a process whose gRPC threads may hold locks or be restarted by gRPC's fork handlers;
+PING_INTERVAL_ARG = "grpc.http2.min_ping_interval_without_data_ms"
 # CI saw such a child hang before exec, logging gRPC's "epoll_wait error: Bad file descriptor".
 DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "TERM", "--"]
 
@@ -113,6 +114,9 @@ def start(
         # `kvmesh repo build` writes complete configs; auto-completing one launches a stub of its
         # own before the instance's: 1.6 s of the simulated model's 2.0-s load here.
         "--disable-auto-complete-config",
+        # Gateways ping their streams to Triton (grpc_server.KEEPALIVE); Triton must accept pings
+        # that frequent, or it closes their connections ("too_many_pings").
+        f"--grpc-http2-min-recv-ping-interval-without-data={dict(grpc_server.ACCEPT_PINGS)[PING_INTERVAL_ARG]}",
     ]
     if tls:
         argv += ["--grpc-use-ssl-mutual=true", f"--grpc-server-cert={tls.cert}", f"--grpc-server-key={tls.key}",

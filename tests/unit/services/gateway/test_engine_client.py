@@ -1,13 +1,21 @@
 """The gateway's per-request inbox: deltas in the order they came, then the first error that
-ended the request, raised to its reader; and the pool failing the requests of a worker gone."""
+ended the request, raised to its reader; and the pool failing the requests of a worker gone or
+unresponsive, of a worker silent for the stall timeout, and of a request at its deadline (which
+cancels its stream), over fake Tritons."""
 
 import asyncio
+import contextlib
+import time
 
 import grpc
+import numpy as np
 import pytest
+from tritonclient.grpc import service_pb2
 
+from kvmesh import engine_wire as wire
 from kvmesh.engine_wire import EngineDelta
-from kvmesh.errors import Unavailable
+from kvmesh.errors import DeadlineExceeded, Unavailable
+from kvmesh.registry import LiveWorker
 from kvmesh.sampling import SamplingParams
 from kvmesh.v1 import worker_pb2
 from services.gateway.engine_client import EngineError, Inbox, TritonPool
@@ -40,38 +48,113 @@ async def test_an_engine_message_becomes_the_workers_error(message, error):
         await inbox.get()
 
 
-async def test_requests_on_a_worker_that_left_the_registry_fail_so_they_can_move():
-    """A Triton that takes the stream and never answers (a host cut off): the request fails as
-    soon as the registry no longer lists its worker, not when TCP gives up."""
-    server, silent = grpc.aio.server(), _Silent()
-    server.add_generic_rpc_handlers([silent])
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    pool = TritonPool(mux=False)
-    worker = worker_pb2.WorkerRecord(id="w1", triton_model="sim", triton_grpc_address=f"127.0.0.1:{port}")
-    stream = pool.stream(worker, "r1", [1, 2, 3], SamplingParams(max_tokens=4), {})
-    reading = asyncio.ensure_future(anext(stream))
-    await asyncio.wait_for(silent.arrived.wait(), 5)
-    pool.fail_workers_gone(["w1", "w2"])  # w1 is still in the registry
-    await asyncio.sleep(0.1)  # what a failure would take to reach the reader: it does not come
-    assert not reading.done()
-    pool.fail_workers_gone(["w2"])
-    with pytest.raises(Unavailable, match="w1 left the registry"):
-        await asyncio.wait_for(reading, 5)
-    await stream.aclose()
-    await pool.close()
-    await server.stop(0)
+def live(*records: worker_pb2.WorkerRecord) -> dict[str, LiveWorker]:
+    """The registry watcher's view: these workers."""
+    return {r.id: LiveWorker(r, lease_expires_ms=0) for r in records}
 
 
-class _Silent(grpc.GenericRpcHandler):
-    def __init__(self) -> None:
+@pytest.mark.parametrize(
+    "registry, error",
+    [
+        (lambda w1: live(worker_pb2.WorkerRecord(id="w2")), "w1 left the registry"),
+        (lambda w1: live(worker_pb2.WorkerRecord(id="w1", unresponsive=True)), "w1 is unresponsive"),
+    ],
+)
+async def test_requests_on_a_worker_gone_or_unresponsive_fail_so_they_can_move(registry, error):
+    """A Triton that takes the stream and never answers (a host cut off, a hung server): the
+    request fails as soon as the registry no longer lists its worker, or lists it unresponsive,
+    not when TCP gives up."""
+    async with fake_triton() as (triton, address):
+        pool = TritonPool(mux=False)
+        worker = worker_pb2.WorkerRecord(id="w1", triton_model="sim", triton_grpc_address=address)
+        stream = pool.stream(worker, "r1", [1, 2, 3], SamplingParams(max_tokens=4), {})
+        reading = asyncio.ensure_future(anext(stream))
+        await asyncio.wait_for(triton.arrived.wait(), 5)
+        pool.fail_workers_gone(live(worker, worker_pb2.WorkerRecord(id="w2")))  # w1 is still there, responsive
+        await asyncio.sleep(0.1)  # what a failure would take to reach the reader: it does not come
+        assert not reading.done()
+        pool.fail_workers_gone(registry(worker))
+        with pytest.raises(Unavailable, match=error):
+            await asyncio.wait_for(reading, 5)
+        await stream.aclose()
+        await pool.close()
+
+
+async def test_a_request_fails_once_its_worker_sent_none_of_our_requests_anything_for_the_stall_timeout():
+    """A worker streaming another request's tokens is not stalled, however long one request waits
+    there (queued in its engine); once it sends nothing at all, the waiting request fails."""
+    async with fake_triton(talkers={"talker"}) as (triton, address):
+        pool = TritonPool(mux=False, stall_timeout_s=0.4)
+        worker = worker_pb2.WorkerRecord(id="w1", triton_model="sim", triton_grpc_address=address)
+        talker = pool.stream(worker, "talker", [1], SamplingParams(max_tokens=1000), {})
+        waiting = pool.stream(worker, "waiting", [1], SamplingParams(max_tokens=4), {})
+        reading = asyncio.ensure_future(anext(waiting))
+        started = time.monotonic()
+        while time.monotonic() - started < 1.0:  # 2.5 stall timeouts: the worker talks all along
+            assert (await anext(talker)).token_ids == [7]
+        assert not reading.done()
+        await talker.aclose()
+        quiet = time.monotonic()
+        with pytest.raises(Unavailable, match="w1: nothing from its engine in 0.4s"):
+            await asyncio.wait_for(reading, 5)
+        assert 0.3 < time.monotonic() - quiet < 1.0
+        await waiting.aclose()
+        await pool.close()
+
+
+async def test_a_request_at_its_deadline_fails_and_its_stream_is_cancelled():
+    async with fake_triton() as (triton, address):
+        pool = TritonPool(mux=False)
+        worker = worker_pb2.WorkerRecord(id="w1", triton_model="sim", triton_grpc_address=address)
+        stream = pool.stream(worker, "r1", [1], SamplingParams(max_tokens=4), {}, deadline=time.monotonic() + 0.3)
+        with pytest.raises(DeadlineExceeded, match="w1: the deadline passed"):
+            await asyncio.wait_for(anext(stream), 5)
+        await stream.aclose()
+        await asyncio.wait_for(triton.cancelled.wait(), 5)  # Triton aborts a cancelled request
+        await pool.close()
+
+
+class _FakeTriton(grpc.GenericRpcHandler):
+    """Takes each stream's request; answers those named in `talkers` with token 7 every 50 ms and
+    never a final response, the others never."""
+
+    def __init__(self, talkers: set[str]) -> None:
+        self.talkers = talkers
         self.arrived = asyncio.Event()
+        self.cancelled = asyncio.Event()
 
     def service(self, details):
-        async def never_answer(requests, context):
-            async for _ in requests:
-                self.arrived.set()
-                await asyncio.Event().wait()
-            yield  # pragma: no cover - a stream handler
+        async def stream(requests, context):
+            try:
+                async for raw in requests:
+                    self.arrived.set()
+                    request = service_pb2.ModelInferRequest.FromString(raw)
+                    while request.id in self.talkers:
+                        yield _token_response(7)
+                        await asyncio.sleep(0.05)
+                    await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cancelled.set()
+                raise
 
-        return grpc.stream_stream_rpc_method_handler(never_answer)
+        return grpc.stream_stream_rpc_method_handler(stream)
+
+
+def _token_response(token: int) -> bytes:
+    response = service_pb2.ModelInferResponse(outputs=[service_pb2.ModelInferResponse.InferOutputTensor(
+        name=wire.OUTPUT_IDS, datatype="INT32", shape=[1])])  # fmt: skip
+    response.raw_output_contents.append(np.asarray([token], dtype="<i4").tobytes())
+    return service_pb2.ModelStreamInferResponse(infer_response=response).SerializeToString()
+
+
+@contextlib.asynccontextmanager
+async def fake_triton(talkers: set[str] = frozenset()):
+    """(the fake, its address)."""
+    server, triton = grpc.aio.server(), _FakeTriton(set(talkers))
+    server.add_generic_rpc_handlers([triton])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield triton, f"127.0.0.1:{port}"
+    finally:
+        await server.stop(0)

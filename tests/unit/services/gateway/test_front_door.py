@@ -26,7 +26,7 @@ class FakeGenerator:
         self.fail = fail
         self.started = self.closed = 0
 
-    async def generate(self, model, prompt_ids, sampling, request_id, parent, whole, ticket):
+    async def generate(self, model, prompt_ids, sampling, request_id, parent, whole, ticket, timeout_s=None):
         self.started += 1
         try:
             for i in range(2):

@@ -4,6 +4,8 @@ worker dies moves to another one with the prompt plus what was sent (no token lo
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass, field
 
 import pytest
@@ -11,7 +13,7 @@ from transformers import AutoTokenizer
 
 from kvmesh import models
 from kvmesh.engine_wire import EngineDelta
-from kvmesh.errors import Unavailable
+from kvmesh.errors import DeadlineExceeded, Unavailable
 from kvmesh.sampling import SamplingParams
 from kvmesh.v1 import router_pb2, worker_pb2
 from services.gateway.engine_client import EngineError, stream_error
@@ -57,9 +59,11 @@ class FakeEngines:
     scripts: dict[str, list]
     calls: list[dict] = field(default_factory=list)
 
-    async def stream(self, worker, request_id, ids, sampling, trace, kv_transfer_params=None, response_interval_ms=0):
+    async def stream(
+        self, worker, request_id, ids, sampling, trace, kv_transfer_params=None, response_interval_ms=0, deadline=None
+    ):
         self.calls.append({"worker": worker.id, "ids": ids, "sampling": sampling, "transfer": kv_transfer_params,
-                           "interval_ms": response_interval_ms})  # fmt: skip
+                           "interval_ms": response_interval_ms, "deadline": deadline})  # fmt: skip
         for item in self.scripts[worker.id]:
             if isinstance(item, Exception):
                 raise item
@@ -75,10 +79,11 @@ def chunk(ids, finish=None, transfer=None, cached=0):
     return EngineDelta(list(ids), finish, len(PROMPT), cached, transfer)
 
 
-async def run(model, router, engines, max_tokens=4, whole=False):
-    generator = Generator(router, None, FakeServed(), whole_answer_interval_ms=200)
+async def run(model, router, engines, max_tokens=4, whole=False, timeout_s=None, request_timeout_s=600.0):
+    generator = Generator(router, None, FakeServed(), whole_answer_interval_ms=200, request_timeout_s=request_timeout_s)
     generator.phases.engines = engines
-    out = [c async for c in generator.generate(model, PROMPT, SamplingParams(max_tokens=max_tokens), "r", whole=whole)]
+    sampling = SamplingParams(max_tokens=max_tokens)
+    out = [c async for c in generator.generate(model, PROMPT, sampling, "r", whole=whole, timeout_s=timeout_s)]
     return [t for c in out for t in c.token_ids], out[-1]
 
 
@@ -181,3 +186,35 @@ async def test_no_worker_to_route_to_is_not_retried(model):
     with pytest.raises(Unavailable, match="no live worker"):
         await run(model, router, FakeEngines({}))
     assert len(router.routed) == 1
+
+
+class SilentRouter(FakeRouter):
+    """A router that never answers."""
+
+    async def route(self, *args, **kwargs):
+        self.routed.append(args)
+        await asyncio.Event().wait()
+
+
+@pytest.mark.parametrize(
+    "timeout_s, request_timeout_s, whose",
+    [(0.1, 600.0, "the client's deadline"), (None, 0.1, "the gateway's --request-timeout-s")],
+)
+async def test_a_request_that_waits_for_a_worker_past_its_deadline_fails_with_deadline_exceeded(
+    model, timeout_s, request_timeout_s, whose
+):
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded, match=f"within {whose} \\(0.1s\\): 0 of 4 tokens sent"):
+        await run(model, SilentRouter([]), FakeEngines({}), timeout_s=timeout_s, request_timeout_s=request_timeout_s)
+    assert time.monotonic() - started < 1.0
+
+
+async def test_the_engines_get_the_deadline_and_one_that_passes_there_is_not_moved(model):
+    """The deadline passing on a worker is not the worker's failure: no second worker is tried."""
+    engines = FakeEngines({"a": [chunk([1]), DeadlineExceeded("worker a: the deadline passed")], "d2": []})
+    router = FakeRouter([router_pb2.RouteResponse(worker=AGG), router_pb2.RouteResponse(worker=OTHER)])
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded, match="1 of 4 tokens sent; it was cancelled"):
+        await run(model, router, engines, timeout_s=30.0)
+    assert len(router.routed) == 1 and router.released == ["r"]
+    assert 29.0 < engines.calls[0]["deadline"] - started < 30.5
