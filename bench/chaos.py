@@ -4,8 +4,8 @@ seeded schedule injects faults one at a time, and every answer is checked token 
     flock /tmp/kvmesh-integration.lock .venv/bin/python -m bench.chaos \\
         [--minutes 10] [--faults worker-kill triton-stop ...] [--concurrency 32] [--seed 7]
 
-The mesh: `kvmesh up --engine sim --workers 4 --routers 2` (GPU-like timing: a stream lasts about a
-second, so faults meet streams in flight) and a second gateway of it. The load: `--concurrency`
+The mesh: `kvmesh up --engine sim --workers 4 --routers 2` (GPU-like timing at SPEEDUP, gateways
+cutting a stalled stream after WRITE_TIMEOUT_S) and a second gateway of it. The load: `--concurrency`
 closed-loop streaming completions, sent to the gateways in turn; like a load balancer, a request
 whose gateway refuses the connection goes to the other one (counted as `moved`, not failed).
 Prompts come from a pool answered once on the undisturbed mesh before the first fault: every later
@@ -55,6 +55,12 @@ WARM_UP_S = 20.0  # load before the first fault: the "before" of the first TTFT 
 BEFORE_S = 30.0
 DETECT_TIMEOUT_S, RECOVER_TIMEOUT_S = 60.0, 180.0
 STOP_S = 20.0  # how long triton-stop keeps a tritonserver stopped
+# The engines at 100× a GPU's speed: a request's 48 tokens take ~10 ms of engine time, and the slow
+# client's stream fills the kernel's buffers (~4 MiB) in seconds rather than the ~15 minutes it
+# would take at 1×; with --stream-write-timeout-s below, the gateway cuts it off within the run.
+SPEEDUP = 100
+WRITE_TIMEOUT_S = 5
+SLOW_TOKENS = 120_000
 WORDS = "mesh router engine token block cache prefill decode worker gateway index lease quota stream".split()
 
 
@@ -129,6 +135,11 @@ class Load:
                 break
         ok = not error
         mismatch = ok and text != self.expected[prompt]
+        if mismatch:
+            want = self.expected[prompt]
+            pairs = enumerate(zip(text, want, strict=False))
+            at = next((k for k, (a, b) in pairs if a != b), min(len(text), len(want)))
+            error = f"answer differs from character {at}: {len(text)} characters, the undisturbed mesh's {len(want)}"
         return Outcome(start, self.now(), ttft, ok and not mismatch, error, mismatch, moved)
 
     async def _stream(self, client: httpx.AsyncClient, base: str, prompt: int) -> tuple[str, str, float | None]:
@@ -282,8 +293,8 @@ async def slow_client(m: Mesh, record: FaultRecord) -> tuple[Probe, Probe]:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect((host, int(port)))
-    body = json.dumps({"model": m.mesh.model, "prompt": "a slow reader " * 20, "max_tokens": 4000, "stream": True,
-                       "ignore_eos": True}).encode()  # fmt: skip
+    body = json.dumps({"model": m.mesh.model, "prompt": "a slow reader " * 20, "max_tokens": SLOW_TOKENS,
+                       "stream": True, "ignore_eos": True}).encode()  # fmt: skip
     head = f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
     sock.sendall(head.encode() + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
     record.target = f"port {sock.getsockname()[1]}"
@@ -338,7 +349,7 @@ def report(record: FaultRecord, outcomes: list[Outcome]) -> dict:
         "recover_s": round(record.recovered - record.injected, 2) if record.recovered is not None else None,
         "ttft_p99_ms_before": p99_ttft_ms(before),
         "ttft_p99_ms_during": p99_ttft_ms(during),
-        "errors": sorted({o.error for o in during if o.error})[:5],
+        "errors": sorted({o.error for o in during if o.error})[:5],  # mismatches say where they differ
     }
 
 
@@ -454,15 +465,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--log-dir", type=Path, default=RESULTS / "chaos")
     args = parser.parse_args(argv)
-    engine_args = json.dumps({"timing": GPU_LIKE})
+    engine_args = json.dumps({"timing": {**GPU_LIKE, "speedup": SPEEDUP}})
     mesh = LocalMesh.start(
         args.log_dir, extra_args=("--engine", "sim", "--workers", str(WORKERS), "--engine-args", engine_args),
-        routers=ROUTERS,
+        routers=ROUTERS, env={"KVMESH_GATEWAY_STREAM_WRITE_TIMEOUT_S": str(WRITE_TIMEOUT_S)},
     )  # fmt: skip
     second = None
     try:
         mesh.wait_for_workers(WORKERS)
-        second, base = start_gateway(mesh, args.log_dir / "gateway-second.log")
+        second, base = start_gateway(
+            mesh, args.log_dir / "gateway-second.log", "--stream-write-timeout-s", str(WRITE_TIMEOUT_S)
+        )
         result = asyncio.run(run(mesh, [mesh.http, base], args))
     finally:
         stop(second)
