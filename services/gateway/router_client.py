@@ -119,13 +119,10 @@ class RouterClient:
         for message in unsettled:
             self._send(None, message)
 
-    def _recovered(self, endpoint: RouterEndpoint) -> None:
+    async def _recovered(self, endpoint: RouterEndpoint) -> None:
         held, self._held = self._held, []
         for message in held:
             self._send(None, message)
-        asyncio.ensure_future(self._notify())
-
-    async def _notify(self) -> None:
         async with self._recovery:
             self._recovery.notify_all()
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -40,7 +40,7 @@ class RouterEndpoint:
         self,
         address: str,
         on_lost: OnLost,
-        on_recovered: Callable[[RouterEndpoint], None],
+        on_recovered: Callable[[RouterEndpoint], Awaitable[None]],
         tls: MutualTls | None = None,
         metadata: tuple[tuple[str, str], ...] = (),
     ):
@@ -92,7 +92,7 @@ class RouterEndpoint:
         log.info("router %s answers again; routing on it", self.address)
         self.healthy = True
         UP.labels(self.address).set(1)
-        self._on_recovered(self)
+        await self._on_recovered(self)
 
     async def close(self) -> None:
         if self._probe is not None:
