@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import signal
 import socket
@@ -193,6 +192,14 @@ class Mesh:
         except grpc.RpcError:
             return False
 
+    def slow_client_cuts(self) -> float:
+        """Streams `kvmesh up`'s gateway ended because their client stopped reading."""
+        wanted = 'kvmesh_gateway_requests_total{front="http",status="slow_client"} '
+        for line in httpx.get(f"{self.mesh.http}/metrics", timeout=2).text.splitlines():
+            if line.startswith(wanted):
+                return float(line.removeprefix(wanted))
+        return 0.0
+
     def worker_with_triton(self) -> tuple[str, psutil.Process, psutil.Process]:
         """A worker chosen at random: its id, its process and its tritonserver."""
         records = {w.record.triton_grpc_address.rsplit(":", 1)[1]: w.record.id for w in self.workers()}
@@ -288,7 +295,8 @@ async def gateway_term(m: Mesh, record: FaultRecord) -> tuple[Probe, Probe]:
 
 
 async def slow_client(m: Mesh, record: FaultRecord) -> tuple[Probe, Probe]:
-    """A client that opens a long stream and never reads it: the gateway must cut it off."""
+    """A client that opens a long stream and never reads it: the gateway must cut it off (its
+    connection cannot close while unread data fills it, so the gateway's count of such cuts tells)."""
     host, port = m.mesh.http.removeprefix("http://").split(":")
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -296,13 +304,12 @@ async def slow_client(m: Mesh, record: FaultRecord) -> tuple[Probe, Probe]:
     body = json.dumps({"model": m.mesh.model, "prompt": "a slow reader " * 20, "max_tokens": SLOW_TOKENS,
                        "stream": True, "ignore_eos": True}).encode()  # fmt: skip
     head = f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+    cuts = m.slow_client_cuts()
     sock.sendall(head.encode() + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
     record.target = f"port {sock.getsockname()[1]}"
-    me = psutil.Process(os.getpid())
 
     def cut_off() -> bool:
-        mine = [c for c in me.net_connections("tcp") if c.laddr and c.laddr.port == sock.getsockname()[1]]
-        if not mine or mine[0].status != psutil.CONN_ESTABLISHED:
+        if m.slow_client_cuts() > cuts:
             sock.close()
             return True
         return False
