@@ -69,9 +69,9 @@ async def run(settings: GatewaySettings) -> None:
     limits = settings.input_limits()
 
     def register(server) -> None:
-        inference_pb2_grpc.add_InferenceServicer_to_server(
-            InferenceServicer(served, front, settings.default_max_tokens, limits), server
-        )
+        write_timeout_s = settings.stream_write_timeout_s
+        inference = InferenceServicer(served, front, settings.default_max_tokens, limits, write_timeout_s)
+        inference_pb2_grpc.add_InferenceServicer_to_server(inference, server)
         models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(served), server)
         keys_pb2_grpc.add_KeysServicer_to_server(KeysServicer(keys, quotas, auth_on=authenticator is not None), server)
 
@@ -80,7 +80,7 @@ async def run(settings: GatewaySettings) -> None:
         interceptors=[auth.AuthInterceptor(authenticator)] if authenticator else [],
         credentials=front_tls.grpc_credentials() if front_tls else None,
     )  # fmt: skip
-    openai_serving = OpenAIServing(served, front, settings.default_max_tokens, limits)
+    openai_serving = OpenAIServing(served, front, settings.default_max_tokens, limits, settings.stream_write_timeout_s)
     app = create_app(served, openai_serving, settings.max_body_bytes, authenticator)
     config = uvicorn.Config(
         app,
