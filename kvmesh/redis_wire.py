@@ -19,6 +19,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+DEFAULT_TIMEOUT_S = 5.0  # when the client's pool sets none: a hot path never waits forever
+
 
 class _Replies(asyncio.Protocol):
     def __init__(self) -> None:
@@ -63,6 +65,8 @@ class RedisWire:
         """Each command's reply, in order: a ResponseError instance for a command Redis refused;
         raises redis-py's ConnectionError / TimeoutError (and drops the connection) when the
         wire fails. One exchange at a time."""
+        if self._replies is not None and (self._replies.lost is not None or self._replies.transport.is_closing()):
+            self.close()  # Redis closed it while idle (a restart, its idle timeout): nothing was sent yet
         replies = self._replies or await self._connect()
         try:
             return await self._exchange(replies, commands)
@@ -76,21 +80,18 @@ class RedisWire:
         self._replies = None
 
     async def _exchange(self, replies: _Replies, commands: Sequence[Sequence]) -> list:
-        if replies.lost is not None:
-            raise replies.lost
         loop = asyncio.get_running_loop()
         replies.replies, replies.expected = [], len(commands)
         done = replies.done = loop.create_future()
         assert replies.transport is not None
         replies.transport.write(b"".join(hiredis.pack_command(tuple(c)) for c in commands))
-        timeout_s = self.settings.socket_timeout
+        timeout_s = self.settings.socket_timeout or DEFAULT_TIMEOUT_S
         # A timer, not asyncio.wait_for: half the CPU, and this runs once a batch.
-        timer = loop.call_later(timeout_s, _time_out, done, timeout_s) if timeout_s else None
+        timer = loop.call_later(timeout_s, _time_out, done, timeout_s)
         try:
             await done
         finally:
-            if timer is not None:
-                timer.cancel()
+            timer.cancel()
         return replies.replies
 
     async def _connect(self) -> _Replies:
@@ -102,7 +103,7 @@ class RedisWire:
             tls = s.ssl_context.get() if hasattr(s, "ssl_context") else None
             opening = loop.create_connection(_Replies, s.host, s.port, ssl=tls)
         try:
-            _, replies = await asyncio.wait_for(opening, s.socket_connect_timeout)
+            _, replies = await asyncio.wait_for(opening, s.socket_connect_timeout or DEFAULT_TIMEOUT_S)
         except (OSError, TimeoutError) as e:
             raise RedisConnectionError(f"cannot connect to Redis: {e or 'timed out'}") from e
         hello = []

@@ -5,6 +5,7 @@ connects again."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 
@@ -89,4 +90,18 @@ async def test_a_redis_that_does_not_answer_times_out(redis_with):
     finally:
         os.kill(server.process.pid, signal.SIGCONT)
     assert await wire.exchange([("PING",)]) == [b"PONG"]  # a new connection, not the stuck one's replies
+    wire.close()
+
+
+async def test_a_connection_redis_closed_while_idle_is_replaced_before_the_next_exchange(redis_with):
+    server = redis_with()
+    wire = RedisWire(registry.connect(server.url, timeout_s=1.0))
+    assert await wire.exchange([("CLIENT", "SETNAME", "hot-path")]) == [b"OK"]
+    redis.Redis(port=server.port).client_kill_filter(skipme=False, _type="normal")  # as a restart or idle timeout would
+    for _ in range(500):  # the wire hears it (the loop must run for that)
+        if wire._replies.lost is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert wire._replies.lost is not None
+    assert await wire.exchange([("PING",)]) == [b"PONG"]  # not the lost connection's error
     wire.close()
