@@ -110,6 +110,13 @@ class Quotas:
             f"key {key.name!r}: {used_up}; retry in {seconds} s", {"Retry-After": str(seconds), **headers}
         )
 
+    async def aclose(self, timeout_s: float = 5.0) -> None:
+        """Sends the releases still pending (a request's `end` is not waited for, and may linger),
+        then closes the connection: a gateway that stops leaves no slot held and no usage unrecorded."""
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=timeout_s)
+        self._calls.wire.close()
+
     async def usage(self, names: list[str] | None, hours: int) -> list[UsageRow]:
         """Usage per key, model and hour over the last `hours` hours (this one included), oldest
         first; `names` None: every key that has any."""

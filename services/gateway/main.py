@@ -123,6 +123,7 @@ async def run(settings: GatewaySettings) -> None:
             reloading.cancel()
         await router.close()
         await engines.close()
+        await quotas.aclose()  # the last requests' releases and usage, before the connection goes
         await watcher.stop()
         await redis_client.aclose()
 

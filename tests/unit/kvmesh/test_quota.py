@@ -250,3 +250,15 @@ async def test_an_unreachable_redis_is_unavailable():
     with pytest.raises(Unavailable, match="quota store"):
         await Quotas(client).admit(ApiKey(name="k", rpm=1), "r", 1)
     await client.aclose()
+
+
+async def test_closing_sends_the_releases_still_lingering(client, clock):
+    quotas = Quotas(client, clock=clock)
+    key = ApiKey(name="k", max_concurrency=2)
+    for rid in ("r1", "r2"):
+        (await quotas.admit(key, rid, 3)).end("m", 3, 0, 4)  # as the gateway does: not waited for
+    await quotas.aclose()  # a stopping gateway
+    after = Quotas(client, clock=clock)
+    await after.admit(key, "r3", 0)
+    await after.admit(key, "r4", 0)  # both slots were freed
+    assert [(r.requests, r.prompt_tokens, r.completion_tokens) for r in await after.usage(["k"], 1)] == [(2, 6, 8)]
