@@ -268,3 +268,17 @@ def test_the_pools_the_planner_scales_are_shipped(docs):
     assert set(role["rules"][0]["resourceNames"]) == set(DEPLOYMENTS.values())
     workers = [w for w in workloads(docs) if w["spec"]["template"]["metadata"]["labels"][COMPONENT] == "worker"]
     assert {w["metadata"]["name"] for w in workers} == set(DEPLOYMENTS.values())
+
+
+def test_a_draining_service_is_given_its_drain_before_it_is_killed(docs, monkeypatch):
+    """Kubernetes kills a pod terminationGracePeriodSeconds (30 by default) after it begins stopping
+    it, preStop included: a gateway or router killed inside its drain cuts the streams it was finishing."""
+    for container in services_py(docs):
+        cls, settings = parsed(container, monkeypatch)
+        if cls not in (GatewaySettings, RouterSettings):  # a worker's drain_timeout_s is its role changes'
+            continue
+        drain_s = settings.drain_timeout_s
+        waits = container.spec.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+        pre_stop_s = float(waits[1]) if waits[:1] == ["sleep"] else 0.0
+        grace_s = container.workload["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
+        assert grace_s >= pre_stop_s + drain_s + 5, (container.workload["metadata"]["name"], grace_s, drain_s)
