@@ -184,7 +184,7 @@ class Subscription:
         await self._forget(f"KV events {expected}..{seq - 1} lost (got {seq})")
 
     async def _forget(self, why: str) -> None:
-        if not self.blocks:
+        if not self.blocks.in_index:
             return  # the index holds nothing of the worker: spare Redis the scan (a broken stream repeats)
         log.warning("worker %s: %s; clearing its index entries", self.worker_id, why)
         self.blocks.clear()

@@ -39,12 +39,16 @@ class WorkerBlocks:
         self.max_block_size = max_block_size
         self.max_blocks = max_blocks
         self._canonical: dict[EngineHash, tuple[int, int]] = {}
+        # A store was translated since the last clear: only then may the index hold blocks of the
+        # worker (the map may not tell: a hash stored twice with other tokens keeps one entry of two).
+        self.in_index = False
 
     def __len__(self) -> int:
         return len(self._canonical)
 
     def clear(self) -> None:
         self._canonical.clear()
+        self.in_index = False
 
     def translate(self, batch: EventBatch) -> Translation:
         out = Translation()
@@ -53,8 +57,9 @@ class WorkerBlocks:
                 self._stored(event, out)
             elif isinstance(event, BlockRemoved):
                 self._removed(event, out)
-            elif isinstance(event, AllBlocksCleared):
-                self._canonical.clear()
+            elif isinstance(event, AllBlocksCleared) and self.in_index:
+                # Otherwise it changes nothing: a stream of them must not purge (scan Redis) each.
+                self.clear()
                 out.cleared, out.runs = True, []
         return out
 
@@ -74,8 +79,6 @@ class WorkerBlocks:
                     event.token_ids, event.block_size, self.identity, parent_seq=parent[1] if parent else None
                 )
             except OverflowError:  # a token id outside u32
-                seqs = []
-            if len(seqs) != len(event.block_hashes):
                 reason = "token_ids"
         if reason is not None:
             out.malformed[reason] += 1
@@ -85,12 +88,16 @@ class WorkerBlocks:
         for engine_hash, seq in zip(event.block_hashes, seqs, strict=True):
             self._canonical[engine_hash] = (root, seq)
         out.runs.append(BlockRun(True, root, seqs))
+        self.in_index = True
 
     def _malformed(self, event: BlockStored) -> str | None:
         if not 0 < event.block_size <= self.max_block_size:
             return "block_size"
         if any(isinstance(h, bytes) and len(h) > MAX_HASH_BYTES for h in event.block_hashes):
             return "block_hash"
+        # Before hashing: a 64-MiB message of one hash and block size 1 is ~13M blocks' hashing.
+        if len(event.token_ids) != event.block_size * len(event.block_hashes):
+            return "token_ids"
         if len(self._canonical) + len(event.block_hashes) > self.max_blocks:
             return "worker_full"
         return None

@@ -8,9 +8,9 @@ import logging
 import pytest
 from prometheus_client import REGISTRY
 
-from kvmesh.kv_events import BlockRemoved, BlockStored, decode_batch
-from services.kvindex import subscription
-from tests.unit.services.kvindex.test_events import LIMITS, SEQ, TOKENS, index, message, stored, subscription_for
+from kvmesh.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, EventBatch, decode_batch
+from services.kvindex import subscription, translate
+from tests.unit.services.kvindex.test_events import LIMITS, MODEL, SEQ, TOKENS, index, message, stored, subscription_for
 
 __all__ = ["index"]  # the fixture
 
@@ -41,6 +41,7 @@ def store(block_size=8, hashes=(1,), tokens=TOKENS[:8]) -> BlockStored:
         (store(hashes=[b"x" * 65]), "block_hash"),
         (store(tokens=[2**32] + TOKENS[1:8]), "token_ids"),
         (store(tokens=TOKENS[:7]), "token_ids"),
+        (store(tokens=TOKENS[:9]), "token_ids"),
         (store(hashes=range(1001), tokens=[1] * 8008), "worker_full"),
     ],
 )
@@ -120,6 +121,31 @@ async def test_a_stream_of_unusable_batches_scans_redis_once(sub, index, monkeyp
     await sub.handle(message(0, stored([1], TOKENS[:8])))
     await sub.handle(*([b"kv", seq.to_bytes(8, "big"), b"\xc1"] for seq in range(1, 50)))
     assert purges == ["w"] and await index.match(SEQ) == {}
+
+
+async def test_a_stream_of_all_blocks_cleared_scans_redis_once(sub, index, monkeypatch):
+    purges = []
+    purge = index.purge
+    monkeypatch.setattr(index, "purge", lambda w: purges.append(w) or purge(w))
+    await sub.handle(message(0, stored([1], TOKENS[:8])))
+    await sub.handle(*(message(seq, AllBlocksCleared()) for seq in range(1, 50)))
+    assert purges == ["w"] and await index.match(SEQ) == {}
+
+
+async def test_all_blocks_cleared_purges_what_a_hash_stored_twice_left_in_the_index(sub, index):
+    """The worker's map keeps one of the two blocks, so it is empty while the index is not."""
+    await sub.handle(message(0, stored([1], TOKENS[:8]), stored([1], TOKENS[8:16])))
+    await sub.handle(message(1, BlockRemoved([1], medium="GPU")), message(2, AllBlocksCleared()))
+    assert len(sub.blocks) == 0 and await index.match(SEQ) == {}
+
+
+def test_token_ids_that_cannot_make_the_blocks_are_never_hashed(monkeypatch):
+    """A 64-MiB message of one hash with block size 1 was ~13M hashes before it was dropped."""
+    hashed = []
+    monkeypatch.setattr(translate.hashing, "sequence_hashes", lambda *args, **kwargs: hashed.append(args) or [])
+    blocks = translate.WorkerBlocks(MODEL, LIMITS.max_block_size, LIMITS.max_worker_blocks)
+    out = blocks.translate(EventBatch(0, [store(block_size=1, tokens=[1] * 2**20)]))
+    assert hashed == [] and out.malformed == {"token_ids": 1} and out.dropped == 1
 
 
 def test_the_block_bound_counts_blocks_of_every_event():
