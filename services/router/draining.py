@@ -12,14 +12,20 @@ from typing import Any
 
 import grpc
 
+# What a stream's queue carries: a request, the exception its reading raised, or None at the end.
+Item = Any
+
 
 class Draining(grpc.aio.ServerInterceptor):
     def __init__(self) -> None:
-        self._started = asyncio.Event()
+        self._draining = False
+        self._streams: set[asyncio.Queue[Item]] = set()  # the queue of each open client stream
 
     async def begin(self) -> None:
         """Every client stream, open or new, ends at its next message (kvmesh.grpc_server.drain's `before_stop`)."""
-        self._started.set()
+        self._draining = True
+        for queue in self._streams:
+            queue.put_nowait(None)
 
     async def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
@@ -34,18 +40,26 @@ class Draining(grpc.aio.ServerInterceptor):
         return grpc.stream_stream_rpc_method_handler(stream, handler.request_deserializer, handler.response_serializer)
 
     async def _until_drain(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        draining = asyncio.ensure_future(self._started.wait())
+        """`requests` until the client closes its side or the drain begins. One task a stream reads
+        them into a queue that begin() ends: racing each read with the drain took a task and a wait
+        a message, on the hot path of every request. The queue is not bounded: the reading may run
+        ahead of the handler, which Router.Session does not let happen (it reads as messages come)."""
+        if self._draining:
+            return
+        queue: asyncio.Queue[Item] = asyncio.Queue()
+        pump = asyncio.ensure_future(_pump(requests, queue))
+        pump.add_done_callback(lambda _: queue.put_nowait(None if pump.cancelled() else pump.exception()))
+        self._streams.add(queue)
         try:
-            while True:
-                message = asyncio.ensure_future(anext(requests))
-                await asyncio.wait({message, draining}, return_when=asyncio.FIRST_COMPLETED)
-                if not message.done():
-                    message.cancel()
-                    return
-                try:
-                    request = message.result()
-                except StopAsyncIteration:
-                    return
-                yield request
+            while (item := await queue.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item  # the call's own failure, as reading it here would have raised
+                yield item
         finally:
-            draining.cancel()
+            self._streams.discard(queue)
+            pump.cancel()
+
+
+async def _pump(requests: AsyncIterator[Any], queue: asyncio.Queue[Item]) -> None:
+    async for request in requests:
+        queue.put_nowait(request)
