@@ -6,7 +6,8 @@ When a router's session breaks, no request fails for it: its Routes waiting go t
 MarkPrefilled and Release it may not have applied are sent again to another (both are idempotent
 in the shared load), and the bookkeeping of the requests it routed goes to a live one. While a
 router is healthy, a request's bookkeeping goes to the router that routed it, in order after the
-Route. With no router healthy, a Route waits for one (up to ROUTE_TIMEOUT_S), bookkeeping is held."""
+Route. With no router healthy, a Route waits for one (up to ROUTE_TIMEOUT_S from its start), also
+one whose session was lost with no other router left; bookkeeping is held."""
 
 from __future__ import annotations
 
@@ -60,10 +61,18 @@ class RouterClient:
         )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + ROUTE_TIMEOUT_S
-        tried: set[RouterEndpoint] = set()  # each router once: a request that breaks routers stops
+        tried: set[RouterEndpoint] = set()  # each router once, and once more if all were lost (below)
         lost: SessionLost | None = None
-        while (endpoint := await self._healthy_one(tried, deadline)) is not None:
-            if tried:
+        tried_again = False
+        while True:
+            if lost is not None and not tried_again and self._pick(tried) is None:
+                # No other router to go to (the only one drains or restarts): wait for one to come
+                # back, as a Route begun with none healthy does. Once: a request that breaks routers stops.
+                tried.clear()
+                tried_again = True
+            if (endpoint := await self._healthy_one(tried, deadline)) is None:
+                break
+            if lost is not None:
                 RETRIES.inc()
             tried.add(endpoint)
             endpoint.outstanding += 1

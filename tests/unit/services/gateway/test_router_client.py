@@ -1,6 +1,7 @@
 """The gateway's router client against in-process gRPC routers. One router: answers in any order
-reach their own Route, a failed Route is its status' error, bookkeeping arrives in order, a broken
-stream fails the Routes waiting on it. Several: Routes are spread, a router that goes away is left
+reach their own Route, a failed Route is its status' error, bookkeeping arrives in order, a Route
+held when it restarts waits for it to come back (until the Route's deadline), a Route that breaks
+it fails after breaking it twice. Several: Routes are spread, a router that goes away is left
 at once without failing a Route (what it held goes to another), the bookkeeping it may have lost is
 sent again elsewhere, and it takes Routes again once it answers health checks."""
 
@@ -87,10 +88,10 @@ async def router():
 
 
 class Routers:
-    """Two fake routers (answering at once) and a client of both; `stop` and `start` one."""
+    """Fake routers (answering at once; two unless named) and a client of all; `stop` and `start` one."""
 
-    def __init__(self):
-        self.fakes = [FakeRouter("a", paired=False), FakeRouter("b", paired=False)]
+    def __init__(self, *names: str):
+        self.fakes = [FakeRouter(name, paired=False) for name in names or ("a", "b")]
         for fake in self.fakes:
             fake.holds.add("held")
         self.servers: list[grpc.aio.Server] = []
@@ -173,18 +174,41 @@ async def test_what_queues_while_the_stream_is_busy_goes_as_one_message(router):
     assert fake.stream_messages - sent < 20  # the writer found most of them queued together
 
 
-async def test_a_broken_stream_of_the_only_router_fails_its_routes_and_it_is_used_again(router):
+async def test_a_route_that_breaks_the_only_router_fails_after_its_return_and_it_is_used_again(router):
     fake, client = router
-    waiting = asyncio.ensure_future(route(client, "r1"))  # held for a partner that never comes
-    await until(lambda: "r1" in fake.routed)
-    with pytest.raises(Unavailable):
-        await route(client, "break")
     with pytest.raises(Unavailable, match="router going away"):
-        await waiting
+        await route(client, "break")
+    assert fake.routed == ["break", "break"]  # sent again once the probe found it back, not a third time
     # Unhealthy now: the next Route waits for the probe (the router still answers), then goes there.
     first, second = await route_pair(client, "r5", "r6")
     assert (first.worker.id, second.worker.id) == ("worker-for-r5@router", "worker-for-r6@router")
-    assert fake.sessions == 2
+    assert fake.sessions == 3
+
+
+async def test_a_route_held_by_the_only_router_waits_for_its_restart():
+    """`kvmesh up` starts one router: its restart (or drain) must not fail the Routes in flight."""
+    async with Routers("a") as routers:
+        held = asyncio.ensure_future(route(routers.client, "held"))
+        await until(lambda: "held" in routers.fakes[0].routed)
+        await routers.stop(0)
+        await until(lambda: routers.up(0) == 0)
+        await asyncio.sleep(0.2)  # the probe fails meanwhile
+        assert not held.done()
+        routers.fakes[0].holds.clear()
+        await routers.start(0)
+        assert (await asyncio.wait_for(held, 3.0)).worker.id == "worker-for-held@a"
+
+
+async def test_a_route_held_by_the_only_router_fails_at_its_deadline_if_it_stays_away(monkeypatch):
+    monkeypatch.setattr(router_client, "ROUTE_TIMEOUT_S", 0.5)
+    async with Routers("a") as routers:
+        held = asyncio.ensure_future(route(routers.client, "held"))
+        await until(lambda: "held" in routers.fakes[0].routed)
+        started = time.monotonic()
+        await routers.stop(0)
+        with pytest.raises(Unavailable, match="router session"):
+            await held
+        assert 0.2 < time.monotonic() - started < 1.0
 
 
 async def test_a_route_given_up_on_is_released(router):
