@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from kvmesh import models
@@ -51,7 +51,7 @@ class GatewaySettings(WatcherSettings):
     whole_answer_interval_ms: float = Field(
         200, ge=0, le=60_000,
         description="a non-streaming request's engine responses after the first token come at most this often "
-        "(the tokens between ride together); 0: one per token",
+        "(the tokens between ride together); 0: one per token; under half --stall-timeout-s",
     )  # fmt: skip
     max_body_bytes: int = Field(
         8 * 2**20, ge=1024, description="largest HTTP body and gRPC message a client may send; larger: 413"
@@ -88,6 +88,18 @@ class GatewaySettings(WatcherSettings):
             if not host or not port.isdigit():
                 raise ValueError(f"{address!r} is not host:port (several routers: comma-separated)")
         return ",".join(addresses)
+
+    @model_validator(mode="after")
+    def _whole_answers_not_stalled(self) -> GatewaySettings:
+        # A non-streaming request alone on its worker hears from it once an interval (plus an engine
+        # step); at the stall timeout it would be failed as stalled and moved.
+        if self.whole_answer_interval_ms / 1000 >= self.stall_timeout_s / 2:
+            raise ValueError(
+                f"--whole-answer-interval-ms {self.whole_answer_interval_ms:g} must be under half of --stall-timeout-s "
+                f"({self.stall_timeout_s:g} s): a non-streaming request alone on its worker hears from it only that "
+                "often, and would be failed as stalled"
+            )
+        return self
 
     def input_limits(self) -> InputLimits:
         return InputLimits(self.max_messages, self.max_prompt_chars, self.max_stop_strings, self.max_stop_chars,
