@@ -40,6 +40,8 @@ ADMIN_HEADER = "kvmesh-admin-key"
 # Triton's gRPC front looks for a restricted protocol's key under this prefix (its HTTP, under the bare name).
 GRPC_ADMIN_HEADER = "triton-grpc-protocol-" + ADMIN_HEADER
 ADMIN_APIS = "model-repository,model-config,shared-memory,statistics,trace,logging"
+# The gRPC server option (grpc_server.ACCEPT_PINGS) whose value Triton is given as a flag.
+PING_INTERVAL_ARG = "grpc.http2.min_ping_interval_without_data_ms"
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,6 @@ def backend_directory() -> Path:
 # A killed worker must not leave its Triton behind. util-linux's setpriv (Essential in Debian) sets
 # the parent-death signal and execs tritonserver (same pid). Not a preexec_fn: that runs Python in
 # a fork of a process whose gRPC threads may hold locks or be restarted by gRPC's fork handlers;
-PING_INTERVAL_ARG = "grpc.http2.min_ping_interval_without_data_ms"
 # CI saw such a child hang before exec, logging gRPC's "epoll_wait error: Bad file descriptor".
 DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "TERM", "--"]
 
