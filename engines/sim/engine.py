@@ -3,7 +3,7 @@
 Each step: running requests in decode get one token each; then waiting requests are admitted (KV
 blocks permitting) and prefilled in chunks within the step's token budget; the step lasts
 `Timing.step_ms`. Prefill skips the prompt's cached prefix; the first token comes at the end of
-prefill. Output tokens are a deterministic function of the prompt. KV events go out in vLLM's
+prefill. Each output token is a deterministic function of the 64 tokens before it. KV events go out in vLLM's
 format (ZMQ), so kvindex cannot tell this engine from vLLM.
 
 Roles, like vLLM's: a prefill instance stops after the first token and returns kv_transfer_params;
@@ -33,6 +33,10 @@ from engines.sim.timing import Pacer, Timing
 from kvmesh.engine_wire import EngineDelta
 
 FIRST_ORDINARY_TOKEN = 100  # below: special tokens (EOS & co) in the usual vocabularies
+# Each token is a function of the CONTEXT tokens before it (prompt, then output), as a greedy model's
+# is of its context: a request moved to another worker with the tokens it was sent continues
+# exactly as it would have, so a token lost or repeated on the way shows.
+CONTEXT = 64
 ROLES = ("aggregated", "prefill", "decode")
 # What a simulated prefill instance hands its decode instance.
 TRANSFER_KEY = "sim_remote_prefill"
@@ -70,7 +74,7 @@ class _Running:
     seq: Sequence | None = None
     computed: int = 0  # prompt tokens whose KV exists (cached or computed)
     output: list[int] = field(default_factory=list)
-    salt: bytes = b""
+    context: deque[int] = field(default_factory=lambda: deque(maxlen=CONTEXT))  # what the next token is made from
     remote_kv: bool = False  # a decode instance's request whose prompt KV came from a prefill instance
 
     @property
@@ -118,7 +122,8 @@ class SimEngine(LoopThread):
         if needed > self.args.num_blocks:
             raise ValueError(f"prompt + max_tokens need {needed} KV blocks; the cache has {self.args.num_blocks}")
         remote_kv = self.role == "decode" and bool(request.kv_transfer_params)
-        entry = _Running(request, asyncio.Queue(), salt=_salt(request.prompt_token_ids), remote_kv=remote_kv)
+        entry = _Running(request, asyncio.Queue(), remote_kv=remote_kv)
+        entry.context.extend(request.prompt_token_ids[-CONTEXT:])
         self._by_id[request.request_id] = entry
         self.waiting.append(entry)
         self._work.set()
@@ -201,9 +206,9 @@ class SimEngine(LoopThread):
             self.running.append(r)
 
     def _next_token(self, r: _Running) -> None:
-        i = len(r.output)
         span = self.vocab_size - FIRST_ORDINARY_TOKEN
-        token = FIRST_ORDINARY_TOKEN + xxhash.xxh3_64_intdigest(r.salt + i.to_bytes(4, "little")) % span
+        token = FIRST_ORDINARY_TOKEN + xxhash.xxh3_64_intdigest(np.asarray(r.context, dtype="<u4").tobytes()) % span
+        r.context.append(token)
         r.output.append(token)
         r.seq.tokens.append(token)
         self.blocks.fill(r.seq)
@@ -233,8 +238,3 @@ class SimEngine(LoopThread):
 
 async def _async(fn, *args):
     return fn(*args)
-
-
-def _salt(prompt: list[int]) -> bytes:
-    """Output depends on the prompt (its last 64 tokens), like a greedy model's would."""
-    return np.asarray(prompt[-64:], dtype="<u4").tobytes()

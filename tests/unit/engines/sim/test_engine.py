@@ -116,6 +116,14 @@ def test_generates_deterministic_tokens_and_reports_cached_prefix(engine):
     assert again[-1].cached_tokens == 96  # 6 full blocks of 16
 
 
+def test_a_request_resumed_with_its_first_tokens_continues_as_it_would_have(engine):
+    """What a migration sends another worker: the prompt and the tokens already sent."""
+    prompt = list(range(2000, 2100))
+    whole = [t for d in collect(engine, request("w", prompt, max_tokens=12)) for t in d.token_ids]
+    rest = [t for d in collect(engine, request("r", prompt + whole[:5], max_tokens=7)) for t in d.token_ids]
+    assert rest == whole[5:]
+
+
 def test_cached_prefix_makes_the_first_token_faster(engine):
     async def ttft(req):
         start = asyncio.get_running_loop().time()
