@@ -63,6 +63,11 @@ SLOW_TOKENS = 120_000
 WORDS = "mesh router engine token block cache prefill decode worker gateway index lease quota stream".split()
 
 
+class NotAnswered(Exception):
+    """The gateway closed the connection before answering (a draining gateway's idle keep-alive
+    connection, reused at that moment): nothing of the request ran."""
+
+
 @dataclass
 class Outcome:
     start: float  # seconds since the run began
@@ -124,8 +129,10 @@ class Load:
             try:
                 text, error, ttft = await asyncio.wait_for(self._stream(client, base, prompt), REQUEST_TIMEOUT_S)
                 break
-            except httpx.ConnectError:
-                moved = True  # a load balancer would send it to the next gateway
+            except (httpx.ConnectError, NotAnswered):
+                moved = (
+                    True  # a load balancer sends it to the next gateway, as Envoy's reset/connect-failure retries do
+                )
             except TimeoutError:
                 error = f"no end within {REQUEST_TIMEOUT_S:.0f} s"
                 break
@@ -146,7 +153,12 @@ class Load:
         body = {"model": self.model, "prompt": self.prompts[prompt], "max_tokens": MAX_TOKENS, "stream": True,
                 "temperature": 0.0, "ignore_eos": True}  # fmt: skip
         start, ttft, parts, done = time.monotonic(), None, [], False
-        async with client.stream("POST", f"{base}/v1/completions", json=body) as response:
+        request = client.build_request("POST", f"{base}/v1/completions", json=body)
+        try:
+            response = await client.send(request, stream=True)
+        except (httpx.ReadError, httpx.RemoteProtocolError, httpx.WriteError) as e:
+            raise NotAnswered from e  # the connection closed before any answer: the request was never taken
+        try:
             if response.status_code != 200:
                 return "", f"HTTP {response.status_code}: {(await response.aread())[:200]!r}", None
             async for line in response.aiter_lines():
@@ -161,6 +173,8 @@ class Load:
                 if ttft is None:
                     ttft = time.monotonic() - start
                 parts.append(event["choices"][0]["text"])
+        finally:
+            await response.aclose()
         return "".join(parts), "" if done else "the stream ended without [DONE]", ttft
 
 
