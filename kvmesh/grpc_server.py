@@ -1,8 +1,8 @@
 """Serving a gRPC service: port 0 binds a free port, the standard health service, telemetry
 interceptors, a KvmeshError ending a call as its status, the start-up heap frozen out of the
-garbage collector, SIGTERM/SIGINT → NOT_SERVING → drain → stop(grace); mutual TLS when given
-(kvmesh/tls.py), on servers and channels alike, or a server's own credentials (the gateway's
-front: kvmesh.tls.FrontTls)."""
+garbage collector, keepalive pings to clients, SIGTERM/SIGINT → NOT_SERVING → drain →
+stop(grace); mutual TLS when given (kvmesh/tls.py), on servers and channels alike, or a server's
+own credentials (the gateway's front: kvmesh.tls.FrontTls)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,15 @@ KEEPALIVE = (
 # pings more often than every 5 minutes on a quiet stream with GOAWAY "too_many_pings", which would
 # break every long-lived session.
 ACCEPT_PINGS = (("grpc.http2.min_ping_interval_without_data_ms", 500),)
+# A server's own keepalive: a client host that vanishes (powered off, partitioned: no FIN, no RST)
+# while a stream of its is open and quiet would hold the call, and what the call holds, until TCP's
+# own keepalive gave up (~2 h). Pinged every 30 s, it is cut off 10 s after a ping goes unanswered
+# (with the keepalive timeout alone gRPC waited for the ack its ping timeout, a minute by default).
+SERVER_KEEPALIVE = (
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.ping_timeout_ms", 10_000),
+)
 
 
 @dataclass
@@ -58,7 +67,11 @@ async def serve(
     before it is parsed; default gRPC's 4 MiB. `interceptors` run inside the error interceptor, so
     a KvmeshError they raise ends the call with its status (e.g. kvmesh/auth.py's). `credentials`,
     when given, secure the port instead of `tls` (which then serves the process's clients only)."""
-    options = [*ACCEPT_PINGS, *([("grpc.max_receive_message_length", max_message_bytes)] if max_message_bytes else [])]
+    options = [
+        *ACCEPT_PINGS,
+        *SERVER_KEEPALIVE,
+        *([("grpc.max_receive_message_length", max_message_bytes)] if max_message_bytes else []),
+    ]
     # The first interceptor is the outermost: telemetry sees the status the error interceptor set.
     server = grpc.aio.server(
         interceptors=[ServerInterceptor(service_name), ErrorInterceptor(), *interceptors], options=options

@@ -1,6 +1,7 @@
 """Keepalive (kvmesh.grpc_server.KEEPALIVE): a long-lived stream that carries nothing stays open
 to a server started by serve() (which accepts the pings), and a peer that stops answering fails
-the stream within a few seconds instead of never."""
+the stream within a few seconds instead of never. The other way (SERVER_KEEPALIVE): a server
+started by serve() ends the call of a client that stops answering its pings."""
 
 import asyncio
 import contextlib
@@ -53,12 +54,13 @@ class Proxy:
                 await writer.drain()
 
 
-def stream(channel: grpc.aio.Channel) -> grpc.aio.StreamStreamCall:
-    async def nothing():
-        await asyncio.Event().wait()
-        yield b""
+async def stream_of_nothing():
+    await asyncio.Event().wait()
+    yield b""
 
-    return channel.stream_stream("/test.Keepalive/Bidi")(nothing())
+
+def stream(channel: grpc.aio.Channel) -> grpc.aio.StreamStreamCall:
+    return channel.stream_stream("/test.Keepalive/Bidi")(stream_of_nothing())
 
 
 async def ended_after(reading: asyncio.Future, timeout_s: float) -> float | None:
@@ -90,3 +92,40 @@ async def test_a_peer_that_stops_answering_fails_the_stream_within_3_s(server):
         elapsed = await ended_after(reading, 10.0)
         assert elapsed is not None and elapsed < 3.0
     proxy.server.close()
+
+
+async def test_a_server_cuts_off_a_client_that_stops_answering(monkeypatch):
+    """Without the server's own pings, a vanished client's quiet stream is held until TCP gives up (~2 h)."""
+    monkeypatch.setattr(
+        grpc_server,
+        "SERVER_KEEPALIVE",
+        (("grpc.keepalive_time_ms", 500), ("grpc.keepalive_timeout_ms", 1000), ("grpc.http2.ping_timeout_ms", 1000)),
+    )
+    started, ended = asyncio.Event(), asyncio.Event()
+
+    async def held(requests, context):
+        context.add_done_callback(lambda _: ended.set())
+        started.set()
+        async for request in requests:
+            yield request
+
+    handlers = grpc.method_handlers_generic_handler("test.Held", {"Held": grpc.stream_stream_rpc_method_handler(held)})
+    served = await grpc_server.serve("test", "127.0.0.1", 0, lambda s: s.add_generic_rpc_handlers((handlers,)))
+    proxy = Proxy(served.port)
+    port = await proxy.start()
+    try:
+        # A channel with no keepalive of its own: only the server's pings can find the client gone.
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.stream_stream("/test.Held/Held")(stream_of_nothing())
+            await asyncio.wait_for(started.wait(), 5.0)
+            await asyncio.sleep(1.5)  # pings answered meanwhile keep it open
+            assert not ended.is_set()
+            proxy.frozen.set()
+            begun = time.monotonic()
+            await asyncio.wait_for(ended.wait(), 10.0)
+            assert time.monotonic() - begun < 3.0
+            call.cancel()
+    finally:
+        proxy.server.close()
+        await served.server.stop(None)
+        gc.unfreeze()  # serve() froze the test session's heap
