@@ -14,7 +14,7 @@ def test_five_thousand_requests_lose_nothing_and_leak_nothing(real_meshes, tmp_p
     result = soak.main(["--requests", "5000", "--log-dir", str(tmp_path)])
     assert result["lost"] == 0, result["lost_examples"]
     assert result["answered"] + result["abandoned"] == 5000
-    verdicts = result["verdicts"]
-    assert verdicts["Redis keys flat"] and verdicts["file descriptors flat"] and verdicts["no process restarted"], result
+    held = {k: v for k, v in result["verdicts"].items() if not k.startswith("RSS")}
+    assert all(held.values()), held
     grown = {name: r["growth"] for name, r in result["rss"].items() if name.split()[0] in OURS}
     assert len(grown) >= 5 and all(g < soak.RSS_GROWTH for g in grown.values()), grown
