@@ -98,11 +98,14 @@ async def one(client: httpx.AsyncClient, base: str, model: str, i: int, rng: ran
                 else:
                     tally.lost.append(f"stream: HTTP {response.status_code}, [DONE] seen: {ended}")
             return
-        if abandon:
-            try:
-                await asyncio.wait_for(client.post(f"{base}/v1/completions", json=body), 0.02)
-            except TimeoutError:
-                pass
+        if (
+            abandon
+        ):  # on a connection of its own, closed with it: a cancelled request's connection never returns to the pool
+            async with httpx.AsyncClient(timeout=60) as own:
+                try:
+                    await asyncio.wait_for(own.post(f"{base}/v1/completions", json=body), 0.02)
+                except TimeoutError:
+                    pass
             tally.abandoned += 1
             return
         response = await client.post(f"{base}/v1/completions", json=body)
