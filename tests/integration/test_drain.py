@@ -7,10 +7,7 @@ refuses new ones and exits 0, well within its drain timeout."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +24,7 @@ from kvmesh.cli.supervisor import http_ok
 from kvmesh.net import free_ports
 from kvmesh.v1 import inference_pb2_grpc, router_pb2, router_pb2_grpc
 from tests.support import greedy
+from tests.support.spawning import service
 from tests.support.waiting import wait_for
 
 # The sim engine's step is ~33 ms: a stream of ~5 s, which a SIGTERM after its first tokens lands in.
@@ -43,21 +41,13 @@ def mesh(tmp_path_factory):
     assert mesh.stop() == 0, mesh.log("up")
 
 
-def spawn(mesh: LocalMesh, tmp_path, service: str, *args: str) -> tuple[subprocess.Popen, object]:
-    """Another process of `service` in the mesh (the mesh's Redis, its token), logging to a file."""
-    log = tmp_path / f"{service}.log"
-    env = {**os.environ, "REDIS_URL": mesh.redis_url, auth.MESH_TOKEN_ENV: mesh.mesh_token}
-    argv = [sys.executable, "-m", f"services.{service}", "--host", "127.0.0.1", *args]
-    with open(log, "wb") as out:
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env), log
-
-
 @pytest.fixture
 def gateway(mesh, tmp_path):
     http_port, grpc_port = free_ports(2)
-    process, log = spawn(mesh, tmp_path, "gateway", "--http-port", str(http_port), "--grpc-port", str(grpc_port),
-                         "--router-address", mesh.router, "--models", json.dumps([mesh.model]),
-                         "--drain-timeout-s", str(DRAIN_TIMEOUT_S))  # fmt: skip
+    log = tmp_path / "gateway.log"
+    process = service(mesh, log, "gateway", "--http-port", str(http_port), "--grpc-port", str(grpc_port),
+                      "--router-address", mesh.router, "--models", json.dumps([mesh.model]),
+                      "--drain-timeout-s", str(DRAIN_TIMEOUT_S))  # fmt: skip
     url = f"http://127.0.0.1:{http_port}"
     try:
         wait_for(lambda: process.poll() is not None or http_ok(f"{url}/health"), timeout_s=120, what="the gateway")
@@ -126,7 +116,8 @@ def test_a_gateway_sent_sigterm_mid_stream_finishes_its_streams_refuses_new_requ
 @pytest.fixture
 def router(mesh, tmp_path):
     (port,) = free_ports(1)
-    process, log = spawn(mesh, tmp_path, "router", "--port", str(port), "--drain-timeout-s", str(DRAIN_TIMEOUT_S))
+    log = tmp_path / "router.log"
+    process = service(mesh, log, "router", "--port", str(port), "--drain-timeout-s", str(DRAIN_TIMEOUT_S))
     address = f"127.0.0.1:{port}"
     try:
         with grpc.insecure_channel(address) as channel:

@@ -7,9 +7,7 @@ over HTTPS and, without -expose-internal, has no router routes."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import grpc
@@ -25,6 +23,7 @@ from kvmesh.net import free_ports
 from kvmesh.tls import CA, trusting
 from kvmesh.v1 import inference_pb2_grpc
 from tests.support import greedy
+from tests.support.spawning import service, spawn
 from tests.support.waiting import wait_for
 
 
@@ -48,11 +47,6 @@ def sim_mesh(tmp_path_factory):
     assert mesh.stop() == 0, mesh.log("up")
 
 
-def spawn(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    with open(log, "wb") as out:
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-
-
 def stop(process: subprocess.Popen, log: Path) -> None:
     process.terminate()
     assert process.wait(30) in (0, -15), log.read_text(errors="replace")[-3000:]
@@ -63,11 +57,9 @@ def gateway(sim_mesh, certs, ca, tmp_path_factory):
     """A second gateway of the mesh, its front under TLS: (HTTPS port, gRPC port)."""
     http_port, grpc_port = free_ports(2)
     log = tmp_path_factory.mktemp("front-tls-gateway") / "gateway.log"
-    argv = [sys.executable, "-m", "services.gateway", "--host", "127.0.0.1", "--http-port", str(http_port),
-            "--grpc-port", str(grpc_port), "--router-address", sim_mesh.router, "--models",
-            json.dumps([sim_mesh.model]), "--tls-cert", str(certs / "gateway.crt"), "--tls-key",
-            str(certs / "gateway.key")]  # fmt: skip
-    process = spawn(argv, log, {"REDIS_URL": sim_mesh.redis_url})
+    process = service(sim_mesh, log, "gateway", "--http-port", str(http_port), "--grpc-port", str(grpc_port),
+                      "--router-address", sim_mesh.router, "--models", json.dumps([sim_mesh.model]),
+                      "--tls-cert", str(certs / "gateway.crt"), "--tls-key", str(certs / "gateway.key"))  # fmt: skip
     try:
         wait_for(
             lambda: process.poll() is not None or http_ok(f"https://localhost:{http_port}/health", ca),

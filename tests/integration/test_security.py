@@ -19,14 +19,15 @@ from tritonclient.utils import InferenceServerException
 from kvmesh import registry
 from kvmesh.cli.local_mesh import LocalMesh
 from kvmesh.cli.supervisor import http_ok
-from kvmesh.net import free_port
-from kvmesh.redis_server import RedisServer
 from kvmesh.replay.runner import ReplayOptions, replay
 from kvmesh.replay.traces import TraceRequest
 from kvmesh.tls import MutualTls, trusting
 from kvmesh.v1 import router_pb2, router_pb2_grpc
 from tests.support.certs import ours_and_another_ca
+from tests.support.redis_servers import redis_with
 from tests.support.waiting import wait_for
+
+__all__ = ["redis_with"]  # the fixture
 
 HEALTH = "/grpc.health.v1.Health/Check"
 
@@ -34,19 +35,6 @@ HEALTH = "/grpc.health.v1.Health/Check"
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory):
     return ours_and_another_ca(tmp_path_factory)
-
-
-@pytest.fixture
-def redis_with(tmp_path):
-    started = []
-
-    def start(**kwargs) -> RedisServer:
-        started.append(RedisServer(free_port(), workdir=tmp_path, **kwargs).start())
-        return started[-1]
-
-    yield start
-    for server in started:
-        server.stop()
 
 
 def test_redis_with_a_password_refuses_a_client_without_it(redis_with):

@@ -16,24 +16,12 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from kvmesh import registry
-from kvmesh.net import free_port
-from kvmesh.redis_server import RedisServer
 from kvmesh.redis_wire import RedisWire
 from kvmesh.tls import MutualTls
 from tests.support.certs import ours_and_another_ca
+from tests.support.redis_servers import redis_with
 
-
-@pytest.fixture
-def redis_with(tmp_path):
-    started = []
-
-    def start(**kwargs) -> RedisServer:
-        started.append(RedisServer(free_port(), workdir=tmp_path, **kwargs).start())
-        return started[-1]
-
-    yield start
-    for server in started:
-        server.stop()
+__all__ = ["redis_with"]  # the fixture
 
 
 async def test_replies_come_in_order_and_a_refused_command_is_a_value(redis_url):
