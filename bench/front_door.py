@@ -69,10 +69,10 @@ def start_arm(mesh: LocalMesh, arm: str, headers: dict[str, str], log_dir: Path)
     return Gateway(arm, process, f"{base}/v1/chat/completions", headers)
 
 
-async def make_key(redis_url: str) -> str:
+async def make_key(redis_url: str, key: ApiKey) -> str:
     client = registry.connect(redis_url)
     try:
-        return await KeyStore(client).create(KEY)
+        return await KeyStore(client).create(key)
     finally:
         await client.aclose()
 
@@ -86,15 +86,16 @@ async def metered_requests(redis_url: str) -> int:
         await client.aclose()
 
 
-def check_arms(gateways: dict[str, Gateway], body: dict) -> None:
-    """The `on` gateway refuses a request without the key and meters one with it; `off` meters nothing."""
+def check_arms(gateways: dict[str, Gateway], body: dict, limited: bool) -> None:
+    """The `on` gateway refuses a request without the key and meters one with it (with rate-limit
+    headers if the key has limits); `off` meters nothing."""
     refused = httpx.post(gateways["on"].url, json=body, timeout=60)
     if refused.status_code != 401:
         raise RuntimeError(f"the --auth on gateway answered {refused.status_code} without a key: {refused.text}")
     for arm, gateway in gateways.items():
         answer = httpx.post(gateway.url, json=body, headers=gateway.headers, timeout=60)
         answer.raise_for_status()
-        if ("x-ratelimit-limit-requests" in answer.headers) != (arm == "on"):
+        if ("x-ratelimit-limit-requests" in answer.headers) != (arm == "on" and limited):
             raise RuntimeError(f"--auth {arm}: unexpected rate-limit headers {dict(answer.headers)}")
 
 
@@ -254,7 +255,10 @@ def main() -> None:
     parser.add_argument("--wrk-seconds", type=int, default=4, help="an arm's wrk run per round (0: none)")
     parser.add_argument("--requests", type=int, default=200, help="an arm's Python load generator requests per round")
     parser.add_argument("--plain-only", action="store_true", help="no streaming levels")
+    parser.add_argument("--no-limits", action="store_true",
+                        help="the key without rpm/tpm/concurrency: no admission FCALL (release, usage, metrics kept)")  # fmt: skip
     args = parser.parse_args()
+    key = ApiKey(name=KEY_NAME) if args.no_limits else KEY
     if args.wrk_seconds and not wrk.available():
         raise SystemExit("wrk is not installed: apt-get install wrk (scripts/setup.sh does), or --wrk-seconds 0")
     if args.rounds < 1 or not (args.wrk_seconds or args.requests):
@@ -268,12 +272,12 @@ def main() -> None:
     gateways: dict[str, Gateway] = {}
     try:
         mesh.wait_for_workers(2)
-        secret = asyncio.run(make_key(mesh.redis_url))
+        secret = asyncio.run(make_key(mesh.redis_url, key))
         for arm in ARMS:
             headers = {"Authorization": f"Bearer {secret}"} if arm == "on" else {}
             gateways[arm] = start_arm(mesh, arm, headers, log_dir)
         bench = Bench(mesh, gateways, args)
-        check_arms(gateways, bench.take(1, False)[0])
+        check_arms(gateways, bench.take(1, False)[0], limited=not args.no_limits)
         for gateway in gateways.values():  # warm-up
             asyncio.run(run_level(gateway.url, bench.take(40, False), 4, gateway.headers))
         bench.sent_on = 1 + 40  # the check's and the warm-up's
