@@ -256,7 +256,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200, help="an arm's Python load generator requests per round")
     parser.add_argument("--plain-only", action="store_true", help="no streaming levels")
     parser.add_argument("--no-limits", action="store_true",
-                        help="the key without rpm/tpm/concurrency: no admission FCALL (release, usage, metrics kept)")  # fmt: skip
+                        help="a key without limits: no admission FCALL (release, usage, metrics kept)")  # fmt: skip
     args = parser.parse_args()
     key = ApiKey(name=KEY_NAME) if args.no_limits else KEY
     if args.wrk_seconds and not wrk.available():
