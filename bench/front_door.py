@@ -2,7 +2,7 @@
 quotas on against one with them off, same run, same mesh, same client, alternating rounds.
 
     flock /tmp/kvmesh-integration.lock .venv/bin/python -m bench.front_door \\
-        [--levels 1 16 64] [--rounds 4] [--wrk-seconds 4] [--requests 200] [--plain-only]
+        [--levels 1 16 64] [--rounds 4] [--wrk-seconds 4] [--requests 200] [--plain-only] [--no-limits]
 
 The mesh: `kvmesh up` with 2 simulated workers at speed-up 1000 (engine time ≈ 0) on loopback, and
 beside it two more gateways of that mesh (same Redis and router, their own processes and ports),
