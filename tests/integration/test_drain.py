@@ -19,11 +19,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kvmesh import auth
-from kvmesh.cli.local_mesh import LocalMesh
 from kvmesh.cli.supervisor import http_ok
 from kvmesh.net import free_ports
 from kvmesh.v1 import inference_pb2_grpc, router_pb2, router_pb2_grpc
-from tests.support import greedy
+from tests.support import greedy, meshes
 from tests.support.spawning import service
 from tests.support.waiting import wait_for
 
@@ -35,10 +34,8 @@ DRAIN_TIMEOUT_S = 60
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
-    mesh = LocalMesh.start(tmp_path_factory.mktemp("drain-logs"), extra_args=("--engine", "sim"))
-    mesh.wait_for_workers(1)
-    yield mesh
-    assert mesh.stop() == 0, mesh.log("up")
+    with meshes.running(tmp_path_factory.mktemp("drain-logs"), ("--engine", "sim"), workers=1) as mesh:
+        yield mesh
 
 
 @pytest.fixture

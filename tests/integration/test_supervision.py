@@ -12,6 +12,7 @@ import pytest
 from kvmesh import auth
 from kvmesh.cli.local_mesh import LocalMesh
 from kvmesh.v1 import router_pb2, router_pb2_grpc
+from tests.support import meshes
 from tests.support.waiting import wait_for
 
 KILLS = 5
@@ -19,10 +20,8 @@ KILLS = 5
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
-    mesh = LocalMesh.start(tmp_path_factory.mktemp("supervision-logs"), extra_args=("--engine", "sim"))
-    mesh.wait_for_workers(1)
-    yield mesh
-    assert mesh.stop() == 0, mesh.log("up")
+    with meshes.running(tmp_path_factory.mktemp("supervision-logs"), ("--engine", "sim"), workers=1) as mesh:
+        yield mesh
 
 
 def router_answers(mesh: LocalMesh) -> bool:
