@@ -29,13 +29,6 @@ class Clock:
 
 
 @pytest.fixture
-async def client(redis_url):
-    client = aioredis.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
 def clock():
     return Clock()
 

@@ -3,7 +3,6 @@ each caller gets its own answer or error, and a library Redis lost is loaded aga
 
 import asyncio
 
-import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -16,13 +15,6 @@ redis.register_function('batch_echo', function(keys, args)
   return redis.call('INCR', keys[1])
 end)
 """
-
-
-@pytest.fixture
-async def client(redis_url):
-    client = aioredis.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 def count_exchanges(calls: Coalescer, monkeypatch) -> list[int]:

@@ -4,7 +4,6 @@ pattern; a hostile id never reaches another worker's index keys (real redis-serv
 from __future__ import annotations
 
 import pytest
-import redis.asyncio as aioredis
 
 from kvmesh import worker_ids
 from kvmesh.block_index import BlockIndex, BlockRun, reverse_key
@@ -14,13 +13,6 @@ from kvmesh.v1 import worker_pb2
 
 PROMPT = sequence_hashes(list(range(32)), block_size=8)  # 4 blocks
 HOSTILE = ["a}:w:b", "b*", "*", "[ab]", "w?", "a b", "-w", ".w", "", "x" * 65, "w:1", "w{1}", "wé", "w\n"]
-
-
-@pytest.fixture
-async def client(redis_url):
-    client = aioredis.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture

@@ -2,20 +2,12 @@
 (keys made then would outlive it)."""
 
 import pytest
-import redis.asyncio as aioredis
 
 from kvmesh.api_keys import KeyStore
 from kvmesh.errors import FailedPrecondition
 from kvmesh.quota import Quotas
 from kvmesh.v1 import keys_pb2
 from services.gateway.keys_servicer import KeysServicer
-
-
-@pytest.fixture
-async def client(redis_url):
-    client = aioredis.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 def servicer(client, auth_on: bool) -> KeysServicer:

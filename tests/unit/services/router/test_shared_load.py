@@ -5,18 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-import redis.asyncio as aioredis
-
 from kvmesh.load_keys import routed_requests
 from services.router.shared_load import SharedLoad
-
-
-@pytest.fixture
-async def client(redis_url):
-    client = aioredis.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 def figures(load):
