@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 
 # A request sent on a mux idle for half the time after which the model ends it reaches it open.
 REUSE_IDLE_S = wire.MUX_IDLE_CLOSE_S / 2
+# Triton 2.51 keeps ~2 KB of state per request sent on a stream until the stream ends (a request
+# ended by a flags-only final response is never released before): a mux that has carried this many
+# takes no more, and the model ends it once it idles, which bounds tritonserver's memory.
+ROTATE_AFTER_REQUESTS = 2000
 
 
 def batch_of(response) -> list[wire.MuxEntry] | None:
@@ -47,6 +51,7 @@ class EngineMux:
         self.members: dict[str, Inbox] = {}
         self.open = False
         self.idle_since = time.monotonic()
+        self.requests_sent = 0
         self._client = client
         self._outgoing: asyncio.Queue[dict | None] = asyncio.Queue()  # None: no more requests
         self._ended = False
@@ -83,8 +88,11 @@ class EngineMux:
         self._reader = asyncio.create_task(self._read(responses))
 
     def usable(self) -> bool:
-        """Open, and not idle so long that the model may end it before a request gets there."""
-        return self.open and (bool(self.members) or time.monotonic() - self.idle_since < REUSE_IDLE_S)
+        """Open, not retired (ROTATE_AFTER_REQUESTS), and not idle so long that the model may end it
+        before a request gets there."""
+        if not self.open or self.requests_sent >= ROTATE_AFTER_REQUESTS:
+            return False
+        return bool(self.members) or time.monotonic() - self.idle_since < REUSE_IDLE_S
 
     def finished(self) -> bool:
         """Its stream has ended (or it never opened)."""
@@ -95,6 +103,7 @@ class EngineMux:
             inbox.fail(Unavailable(f"mux on {self.address}: ended before the request was sent"))
             return
         self.members[request_id] = inbox
+        self.requests_sent += 1
         self._outgoing.put_nowait(request)
 
     def leave(self, request_id: str) -> None:

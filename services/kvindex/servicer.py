@@ -13,9 +13,7 @@ from kvmesh.block_index import BlockIndex
 from kvmesh.errors import InvalidArgument, Unavailable
 from kvmesh.v1 import kvindex_pb2, kvindex_pb2_grpc
 from services.kvindex.ingest import Ingestor
-
-# Stats' lag percentiles cover the batches applied in this window.
-LAG_WINDOW_S = 10.0
+from services.kvindex.subscription import LAG_WINDOW_S
 
 
 class KvIndexServicer(kvindex_pb2_grpc.KvIndexServicer):
@@ -42,9 +40,8 @@ class KvIndexServicer(kvindex_pb2_grpc.KvIndexServicer):
     async def Stats(self, message, context):
         subscriptions = sorted(self.ingestor.subscriptions.values(), key=lambda s: s.worker_id)
         since = time.time() - LAG_WINDOW_S
-        for s in subscriptions:  # oldest first: what left the window goes, so a call scans only the window
-            while s.stats.lags_ms and s.stats.lags_ms[0][0] < since:
-                s.stats.lags_ms.popleft()
+        for s in subscriptions:  # a worker that published nothing lately kept its old lags
+            s.stats.forget_lags_before(since)
         lags = [lag for s in subscriptions for _, lag in s.stats.lags_ms]
         return kvindex_pb2.StatsResponse(
             workers=[

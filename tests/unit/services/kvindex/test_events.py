@@ -15,7 +15,7 @@ from kvmesh import hashing, kv_events
 from kvmesh.block_index import BlockIndex, BlockRun
 from kvmesh.kv_events import AllBlocksCleared, BadMessage, BlockRemoved, BlockStored, EventBatch, decode, encode
 from kvmesh.v1 import worker_pb2
-from services.kvindex.subscription import Limits, Subscription
+from services.kvindex.subscription import LAG_WINDOW_S, Limits, Subscription, WorkerStats
 from services.kvindex.translate import WorkerBlocks
 
 MODEL = "m"
@@ -229,3 +229,11 @@ async def test_catching_up_from_a_buffer_that_lost_its_start(tmp_path, index):
     assert await index.match(SEQ) == {} and sub.stats.resyncs == 1 and sub.stats.last_seq == 1
     publisher.task.cancel()
     ctx.destroy(linger=0)
+
+
+def test_lags_older_than_the_window_go_as_new_ones_come():
+    """Not only when Stats is called: with no one asking, a busy kvindex would keep 100,000."""
+    stats = WorkerStats()
+    stats.add_lags(1000.0, [999.9, 999.8])
+    stats.add_lags(1000.0 + LAG_WINDOW_S + 1, [1000.0 + LAG_WINDOW_S + 0.5])
+    assert [round(lag) for _, lag in stats.lags_ms] == [500]
