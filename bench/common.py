@@ -42,9 +42,10 @@ def save(name: str, result: dict) -> Path:
 
 # vLLM names its engine processes (EngineCore, the CPU Worker) "VLLM::…".
 ENGINE_PREFIX = "VLLM::"
-# What a mesh process is, from its command line (the first that matches).
+# What a mesh process is, from its command line (the first that matches); Dynamo's too (bench.overhead).
 SERVICES = ("services.gateway", "services.router", "services.kvindex", "services.worker", "services.rest",
-            "triton_python_backend_stub", "tritonserver", "redis-server", "kvmesh up")  # fmt: skip
+            "triton_python_backend_stub", "tritonserver", "redis-server", "kvmesh up",
+            "dynamo.frontend", "dynamo.mocker")  # fmt: skip
 
 
 def engine_or_serving(process: psutil.Process) -> str:

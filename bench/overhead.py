@@ -1,41 +1,77 @@
-"""The mesh's own overhead: OpenAI chat completions through the whole mesh onto simulated workers
-at speed-up 1000 (engine time ≈ 0), streaming and not, at several concurrencies.
+"""The mesh's own overhead against NVIDIA Dynamo's: OpenAI chat completions onto simulated engines
+(engine time ≈ 0) through kvmesh (`kvmesh up --engine sim`) and through Dynamo 1.6.1 (its mocker
+behind its KV-routing frontend, bench/dynamo.py), in the same run, alternating.
 
-    .venv/bin/python -m bench.overhead [--levels 1 16 64] [--requests-per-slot 25] [--wrk-seconds 8] [--profile DIR]
+    .venv/bin/python -m bench.overhead [--rounds 3] [--levels 1 16 64] [--requests-per-slot 10]
+        [--wrk-seconds 4] [--no-dynamo] [--profile DIR]
 
-Prompts are ~830 tokens: one of 4 shared system prompts plus a unique user suffix, never
-repeated; max_tokens 16. Reports requests/s, e2e p50/p99, TTFT p50 and the CPU milliseconds per
-request of every mesh process (gateway, router, kvindex, workers with their Triton servers and
-engines; not the load generator), in all and by process. Also times the official `openai` client
-at concurrency 1, streaming, to show there is no per-request stall.
+Needs root: each side serves in a network namespace of its own with only loopback
+(tests/support/hosts.py), and its load generators run in that namespace too, as the same
+subprocess, so both sides see the same network. Both sides serve throughout; each round runs every
+level on both sides, their order swapped each round. Medians and ranges are over rounds; a ratio
+(kvmesh / Dynamo) is taken within a round, then its median and range over rounds.
 
-Each level runs twice with two load generators. The Python one (bench/loadgen.py) times TTFT and
-e2e, but spends CPU milliseconds a request of the two cores the mesh runs on; wrk (bench/wrk.py,
-native, e2e only) then measures the rate the mesh sustains with the cores to itself. `--profile DIR`:
-a py-spy flame graph (SVG) of every Python process of the mesh for each level. Writes
-bench/results/overhead.json.
+Workload: prompts of ~830 tokens, one of 4 shared system prompts plus a unique question, never
+repeated within the run across both sides (Dynamo serves an exact repeat at about half the CPU);
+max_tokens 16. Each side has 2 simulated engines with the simulated engine's KV block size, cache
+size and batch limits (Dynamo's mocker is given kvmesh's), at speed-up 1000, and routes on KV overlap.
+
+Each level and side runs two load generators: the Python one (bench/loadgen.py; e2e and TTFT, but
+it spends CPU on the two cores the servers run on) not streaming, streaming, and streaming with
+quick ACKs; then wrk (bench/wrk.py; native, e2e only) not streaming and streaming. CPU: every
+process of the side (kvmesh up and all it starts; Dynamo's mocker and frontend), user + system,
+per request; never the load generator's.
+
+Quick ACKs: Dynamo's frontend sends each streamed event as a small TCP segment and holds the next
+one until the last is ACKed (Nagle's algorithm, by all signs). Once a keep-alive connection has
+turned interactive (its second request on), Linux delays the client's ACKs (~40 ms) unless the
+client re-arms TCP_QUICKACK before each read: every streamed answer but a connection's first
+stalls ~40 ms. httpx (the Python load generator, the `openai` client) and wrk re-arm nothing, so
+both hit it. The "stream, quick ACK" runs set `quickack 1` on the namespace's route to 127.0.0.1,
+which turns delayed ACKs off for every connection over it, as re-arming TCP_QUICKACK before each
+read does for one; the same for both sides.
+
+Prints, per load generator, mode and level, both sides' requests/s, e2e p50 and CPU-ms a request
+and the ratios; then the `openai` client's streaming e2e at c = 1 on each side. `--no-dynamo`:
+kvmesh alone. `--profile DIR`: py-spy flame graphs (SVG) of kvmesh's Python processes during each
+of its Python-load-generator runs. Writes bench/results/overhead.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
+import secrets
 import signal
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import openai
 import psutil
 
-from bench import wrk
-from bench.common import GPU_LIKE, RESULTS, cpu_since, save, service_of, tree_cpu_s
+from bench import dynamo, wrk
+from bench.common import GPU_LIKE, RESULTS, save, service_of, tree_cpu_s
 from bench.loadgen import run_level
-from kvmesh.cli.local_mesh import LocalMesh
+from engines.sim.engine import SimArgs
+from kvmesh.api_keys import PREFIX as KEY_PREFIX
+from kvmesh.auth import ADMIN_KEY_ENV, MESH_TOKEN_ENV
+from kvmesh.models import DEFAULT_MODEL
+from tests.support import hosts
 
 TOPICS = ["astronomy", "cooking", "tax law", "marine biology"]
+MODES = {"plain": (False, False), "stream": (True, False), "stream, quick ACK": (True, True)}  # (stream, quick ACKs)
+# Each level's runs on a side, in order: (load generator, mode).
+RUNS = (("python", "plain"), ("python", "stream"), ("python", "stream, quick ACK"), ("wrk", "plain"), ("wrk", "stream"))
+METRICS = ("requests_per_s", "e2e_ms_p50", "cpu_ms_per_request")
+OPENAI_CLIENT_REQUESTS = 100
 
 
 def system_prompt(topic: str) -> str:
@@ -61,30 +97,132 @@ def bodies(model: str, n: int, stream: bool, offset: int) -> list[dict]:
     return out
 
 
-async def openai_client_stream(base: str, model: str, n: int) -> list[float]:
+@dataclass
+class Side:
+    name: str
+    host: hosts.Host
+    http: str  # inside `host`
+    pids: list[int]  # the roots of its process trees
+
+
+@contextlib.contextmanager
+def kvmesh_side(host: hosts.Host, log_dir: Path, workers: int, engine_args: dict) -> Iterator[Side]:
+    """`kvmesh up` with `workers` simulated engines in `host`, on its default ports, once the router
+    lists every worker; stopped with Ctrl-C as a user would (the namespace's teardown kills what is left)."""
+    # The readiness probe shows the admin key (auth is off on loopback, but the probe needs one).
+    env = {ADMIN_KEY_ENV: KEY_PREFIX + secrets.token_urlsafe(32), MESH_TOKEN_ENV: secrets.token_urlsafe(32)}
+    argv = [sys.executable, "-m", "kvmesh", "up", "--log-dir", str(log_dir), "--engine", "sim", "--workers",
+            str(workers), "--engine-args", json.dumps(engine_args)]  # fmt: skip
+    log_dir.mkdir(parents=True, exist_ok=True)
+    for stale in log_dir.glob("*.log"):  # the services append to their logs
+        stale.unlink()
+    up = host.spawn(argv, env, log_dir / "up.log")
+    http, router = f"http://127.0.0.1:{hosts.PORTS['http']}", f"127.0.0.1:{hosts.PORTS['router']}"
+    try:
+        probe = [sys.executable, "-m", "tests.support.hosts", "ready", "--router", router, "--workers", str(workers),
+                 "--timeout", "600", f"--url={http}/health"]  # fmt: skip
+        ready = host.run(probe, env, timeout_s=620)
+        if ready.returncode != 0:
+            up_log = (log_dir / "up.log").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"kvmesh up did not get ready: {ready.stderr[-1000:]}\n{up_log}")
+        yield Side("kvmesh", host, http, [up.pid])
+    finally:
+        up.send_signal(signal.SIGINT)
+        try:
+            up.wait(90)
+        except subprocess.TimeoutExpired:
+            up.kill()
+            up.wait()
+
+
+@contextlib.contextmanager
+def dynamo_side(host: hosts.Host, scratch: Path, workers: int, engine_args: dict) -> Iterator[Side]:
+    sim = SimArgs.model_validate(engine_args)
+    with dynamo.serving(host, scratch, DEFAULT_MODEL, workers, sim.block_size, sim.num_blocks, sim.max_num_seqs,
+                        sim.max_num_batched_tokens) as running:  # fmt: skip
+        yield Side("dynamo", host, running.http, running.pids)
+
+
+def quick_acks(host: hosts.Host, on: bool) -> None:
+    """Delayed ACKs off (`on`) or back on for every new connection to 127.0.0.1 in `host` (its route, not the /8's)."""
+    route = ["ip", "route", "replace", "table", "local", "local", "127.0.0.1", "dev", "lo", "proto", "kernel",
+             "scope", "host", "src", "127.0.0.1", "quickack", "1" if on else "0"]  # fmt: skip
+    done = host.run(route, timeout_s=10)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(route)}: {done.stderr.strip()}")
+
+
+def measure(side: Side, client: str, mode: str, concurrency: int, n: int, offset: int, wrk_s: int) -> dict:
+    """One run of `client` in `mode` against `side`, from inside its host: its figures and CPU."""
+    stream, quick = MODES[mode]
+    quick_acks(side.host, quick)
+    argv = [sys.executable, "-m", "bench.overhead", "load", "--client", client, "--url", side.http, "--requests",
+            str(n), "--concurrency", str(concurrency), "--offset", str(offset), "--wrk-seconds", str(wrk_s),
+            *(["--stream"] if stream else []), *(f"--cpu-of={pid}" for pid in side.pids)]  # fmt: skip
+    done = side.host.run(argv, timeout_s=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"the {client} load generator against {side.name} failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _load_here(args: argparse.Namespace) -> None:
+    """The `load` subcommand: one run from this host; prints one JSON line."""
+    url = f"{args.url}/v1/chat/completions"
+    requests = bodies(DEFAULT_MODEL, args.requests, args.stream, args.offset)
+    before, own_before = trees_cpu_s(args.cpu_of), psutil.Process().cpu_times()
+    if args.client == "python":
+        figures = asyncio.run(run_level(url, requests, args.concurrency)).summary()
+    elif args.client == "wrk":
+        figures = wrk.run(url, requests, args.concurrency, args.wrk_seconds)
+    else:
+        figures = asyncio.run(openai_client_stream(args.url, requests))
+    cpu_s = {k: v - before.get(k, 0.0) for k, v in trees_cpu_s(args.cpu_of).items()}
+    own = psutil.Process().cpu_times()
+    n = figures["requests"]
+    figures["cpu_ms_per_request"] = round(sum(cpu_s.values()) * 1000 / n, 3)
+    by_process = sorted(((round(v * 1000 / n, 2), k) for k, v in cpu_s.items()), reverse=True)
+    figures["cpu_ms_per_request_by_process"] = {k: v for v, k in by_process if v >= 0.05}
+    if args.client != "wrk":  # it shares the two cores with the servers; wrk's own process is another
+        figures["load_generator_cpu_ms_per_request"] = round((sum(own[:2]) - sum(own_before[:2])) * 1000 / n, 2)
+    print(json.dumps(figures))
+
+
+def trees_cpu_s(pids: list[int]) -> dict[str, float]:
+    """CPU seconds so far of the processes under `pids`, by part (bench.common.service_of)."""
+    total: dict[str, float] = {}
+    for pid in pids:
+        for part, seconds in tree_cpu_s(pid, service_of).items():
+            total[part] = total.get(part, 0.0) + seconds
+    return total
+
+
+async def openai_client_stream(base: str, requests: list[dict]) -> dict:
+    """The official `openai` client streaming `requests` one after the other: e2e p50 and p99 (ms)."""
     client = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
     times = []
-    for body in bodies(model, n, True, offset=10**6):
+    for body in requests:
         start = time.perf_counter()
         stream = await client.chat.completions.create(
-            model=model, messages=body["messages"], max_tokens=16, stream=True
+            model=body["model"], messages=body["messages"], max_tokens=body["max_tokens"], stream=True
         )
         async for _ in stream:
             pass
         times.append((time.perf_counter() - start) * 1000)
     await client.close()
-    return sorted(times)
+    times.sort()
+    return {"requests": len(times), "e2e_ms_p50": round(times[len(times) // 2], 2),
+            "e2e_ms_p99": round(times[len(times) * 99 // 100 - 1], 2)}  # fmt: skip
 
 
 PROFILED = ("gateway", "router", "kvindex", "triton_python_backend_stub")
 
 
-def start_profiles(mesh: LocalMesh, prefix: Path) -> list[subprocess.Popen]:
-    """py-spy on every Python process of the mesh until stop_profiles; an SVG flame graph each."""
+def start_profiles(pid: int, prefix: Path) -> list[subprocess.Popen]:
+    """py-spy on every Python process of the mesh under `pid` until stop_profiles; an SVG flame graph each."""
     prefix.parent.mkdir(parents=True, exist_ok=True)
     py_spy = Path(sys.executable).with_name("py-spy")
     spies = []
-    for p in psutil.Process(mesh.process.pid).children(recursive=True):
+    for p in psutil.Process(pid).children(recursive=True):
         if (service := service_of(p)) in PROFILED:
             out = f"{prefix}-{service}-{p.pid}.svg"
             argv = [str(py_spy), "record", "--nonblocking", "-r", "100", "-o", out, "-p", str(p.pid)]
@@ -99,86 +237,136 @@ def stop_profiles(spies: list[subprocess.Popen]) -> None:
         spy.wait(30)
 
 
-def print_table(levels: list[dict]) -> None:
-    print("\nstream | c  | req/s | e2e p50 / p99 ms | TTFT p50 ms | CPU ms/req", end="")
-    print(" | wrk: req/s | e2e p50 / p99 ms | CPU ms/req")
-    for s in levels:
-        row = [
-            "yes   " if s["stream"] else "no    ",
-            f"{s['concurrency']:<2}",
-            f"{s['requests_per_s']:.0f}",
-            f"{s['e2e_ms_p50']:.1f} / {s['e2e_ms_p99']:.1f}",
-            f"{s['ttft_ms_p50']:.1f}",
-            str(s["cpu_ms_per_request"]),
-        ]
-        if native := s.get("wrk"):
-            e2e = f"{native['e2e_ms_p50']:.1f} / {native['e2e_ms_p99']:.1f}"
-            row += [f"{native['requests_per_s']:.0f}", e2e, str(native["cpu_ms_per_request"])]
-        print(" | ".join(row))
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def summarize(runs: list[dict], sides: list[str]) -> list[dict]:
+    """Per load generator, mode and level: each side's metrics over rounds, and the ratios
+    kvmesh / Dynamo taken round by round."""
+    rows = []
+    for key in dict.fromkeys((r["client"], r["mode"], r["concurrency"]) for r in runs):
+        by_side = {s: {r["round"]: r for r in runs if (r["client"], r["mode"], r["concurrency"]) == key and
+                       r["side"] == s} for s in sides}  # fmt: skip
+        row: dict = dict(zip(("client", "mode", "concurrency"), key, strict=True))
+        for side, rounds in by_side.items():
+            row[side] = {m: spread([r[m] for r in rounds.values()]) for m in METRICS}
+        if len(sides) == 2:
+            paired = [(k, by_side["dynamo"][n]) for n, k in by_side["kvmesh"].items()]
+            row["ratio"] = {m: spread([k[m] / d[m] for k, d in paired]) for m in METRICS}
+        rows.append(row)
+    return rows
+
+
+def cell(figures: dict[str, float], digits: int) -> str:
+    return f"{figures['median']:.{digits}f} [{figures['min']:.{digits}f}–{figures['max']:.{digits}f}]"
+
+
+def print_table(rows: list[dict], sides: list[str]) -> None:
+    """Medians over rounds [min–max]; ratios kvmesh / Dynamo."""
+    names = {"kvmesh": "kvmesh", "dynamo": "Dynamo", "ratio": "ratio"}
+    columns = [*sides, "ratio"] if len(sides) == 2 else sides
+    header = ["load gen", "mode", "c"]
+    for metric in ("req/s", "e2e p50 ms", "CPU-ms/req"):
+        header += [f"{metric} {names[c]}" for c in columns]
+    print("\n| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        line = [row["client"], row["mode"], str(row["concurrency"])]
+        for metric, digits in zip(METRICS, (0, 1, 2), strict=True):
+            line += [cell(row[c][metric], 2 if c == "ratio" else digits) for c in columns]
+        print("| " + " | ".join(line) + " |")
+
+
+@dataclass
+class Runs:
+    """The run's measurements, each with prompts no earlier one had."""
+
+    args: argparse.Namespace
+    offset: int = 0
+    done: list[dict] = field(default_factory=list)
+
+    def run(self, side: Side, client: str, mode: str, concurrency: int, rnd: int, n: int = 0) -> dict:
+        """One measurement (`n` requests; by default the level's share) in round `rnd` (0: not kept)."""
+        if not n:  # wrk: bodies enough for 2,000 requests/s, so that none repeats
+            python = client == "python"
+            n = max(concurrency * self.args.requests_per_slot, 200) if python else self.args.wrk_seconds * 2000
+        profiling = self.args.profile and side.name == "kvmesh" and client == "python" and rnd
+        label = f"r{rnd}-{mode.replace(', quick ACK', '-quickack')}-c{concurrency}"
+        spies = start_profiles(side.pids[0], self.args.profile / label) if profiling else []
+        figures = measure(side, client, mode, concurrency, n, self.offset, self.args.wrk_seconds)
+        stop_profiles(spies)
+        self.offset += n
+        what = {"round": rnd, "side": side.name, "client": client, "mode": mode, "concurrency": concurrency}
+        if rnd:
+            self.done.append(what | figures)
+            print(f"round {rnd} c={concurrency} {side.name} {client} {mode}: {figures['requests_per_s']:.0f} req/s, "
+                  f"e2e p50 {figures['e2e_ms_p50']:.1f} ms, {figures['cpu_ms_per_request']:.2f} CPU-ms/req",
+                  flush=True)  # fmt: skip
+        return what | figures
+
+
+def alternate(sides: list[Side], runs: Runs) -> None:
+    """Per round and level, every run of RUNS on one side, then on the other; the
+    sides' order swapped each round."""
+    for side in sides:  # warm-up
+        for mode in ("plain", "stream"):
+            runs.run(side, "python", mode, 4, 0, n=20)
+    for r in range(1, runs.args.rounds + 1):
+        for c in runs.args.levels:
+            for side in sides if r % 2 else sides[::-1]:
+                for client, mode in RUNS:
+                    runs.run(side, client, mode, c, r)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 16, 64])
-    parser.add_argument("--requests-per-slot", type=int, default=25)
+    parser.add_argument("--requests-per-slot", type=int, default=10, help="Python load generator (200 at least)")
+    parser.add_argument("--wrk-seconds", type=int, default=4, help="each wrk run")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--wrk-seconds", type=int, default=8, help="each level's wrk run (0: none)")
-    parser.add_argument("--profile", type=Path, help="py-spy flame graphs of every Python process, per level, here")
+    parser.add_argument("--no-dynamo", action="store_true", help="kvmesh alone")
+    parser.add_argument("--profile", type=Path, help="py-spy flame graphs of kvmesh's Python processes, per run, here")
     args = parser.parse_args()
-    if args.wrk_seconds and not wrk.available():
-        raise SystemExit("wrk is not installed: apt-get install wrk (scripts/setup.sh does), or --wrk-seconds 0")
+    if os.geteuid() != 0:
+        raise SystemExit("bench.overhead runs each side in a network namespace of its own: run it as root")
+    if not wrk.available():
+        raise SystemExit("wrk is not installed: apt-get install wrk (scripts/setup.sh does)")
+    if not args.no_dynamo:
+        dynamo.install()
     engine_args = {"timing": {**GPU_LIKE, "speedup": 1000}}
-    mesh = LocalMesh.start(
-        RESULTS / "overhead",
-        extra_args=("--engine", "sim", "--workers", str(args.workers), "--engine-args", json.dumps(engine_args)),
-    )
-    results: dict = {"workers": args.workers, "levels": []}
-    url = f"{mesh.http}/v1/chat/completions"
-    offset = 0
-    try:
-        asyncio.run(run_level(url, bodies(mesh.model, 20, False, offset=-100), 4))  # warm-up
-        for stream in (False, True):
-            for c in args.levels:
-                n = max(c * args.requests_per_slot, 200)
-                cpu_before = tree_cpu_s(mesh.process.pid, service_of)
-                loadgen_before = psutil.Process().cpu_times()
-                spies = (
-                    start_profiles(mesh, args.profile / f"{'stream' if stream else 'plain'}-c{c}")
-                    if args.profile
-                    else []
-                )
-                level = asyncio.run(run_level(url, bodies(mesh.model, n, stream, offset), c))
-                loadgen_after = psutil.Process().cpu_times()
-                stop_profiles(spies)
-                offset += n
-                summary = level.summary()
-                summary["stream"] = stream
-                cpu_s = cpu_since(mesh.process.pid, cpu_before, service_of)
-                summary["cpu_ms_per_request"] = round(sum(cpu_s.values()) * 1000 / n, 2)
-                by_process = sorted(((round(v * 1000 / n, 2), k) for k, v in cpu_s.items()), reverse=True)
-                summary["cpu_ms_per_request_by_process"] = {k: v for v, k in by_process if v >= 0.05}
-                # It shares the two cores with the mesh.
-                loadgen_s = sum(loadgen_after[:2]) - sum(loadgen_before[:2])
-                summary["load_generator_cpu_ms_per_request"] = round(loadgen_s * 1000 / n, 2)
-                if args.wrk_seconds:
-                    # Enough bodies for 1,000 requests/s, so that none repeats.
-                    n = int(args.wrk_seconds * 1000)
-                    cpu_before = tree_cpu_s(mesh.process.pid, service_of)
-                    native = wrk.run(url, bodies(mesh.model, n, stream, offset), c, args.wrk_seconds)
-                    offset += n
-                    cpu_s = cpu_since(mesh.process.pid, cpu_before, service_of)
-                    native["cpu_ms_per_request"] = round(sum(cpu_s.values()) * 1000 / native["requests"], 2)
-                    summary["wrk"] = native
-                results["levels"].append(summary)
-                print(json.dumps(summary), flush=True)
-        times = asyncio.run(openai_client_stream(mesh.http, mesh.model, 100))
-        results["openai_client_stream_c1_e2e_ms"] = {"p50": round(times[50], 2), "p99": round(times[98], 2)}
-    finally:
-        mesh.stop()
-    print_table(results["levels"])
-    print(f"openai client, streaming, c=1: e2e {results['openai_client_stream_c1_e2e_ms']}")
-    save("overhead", results)
+    runs = Runs(args)
+    with contextlib.ExitStack() as stack:
+        kvmesh_host = stack.enter_context(hosts.loopback())
+        log_dir = RESULTS / "overhead"
+        sides = [stack.enter_context(kvmesh_side(kvmesh_host, log_dir / "kvmesh", args.workers, engine_args))]
+        if not args.no_dynamo:
+            dynamo_host = stack.enter_context(hosts.loopback())
+            sides.append(stack.enter_context(dynamo_side(dynamo_host, log_dir / "dynamo", args.workers, engine_args)))
+        alternate(sides, runs)
+        openai_client = {
+            side.name: runs.run(side, "openai", "stream", 1, 0, n=OPENAI_CLIENT_REQUESTS) for side in sides
+        }
+    names = [s.name for s in sides]
+    summary = summarize(runs.done, names)
+    save("overhead", {"rounds": args.rounds, "workers": args.workers, "engine_args": engine_args, "summary": summary,
+                      "openai_client_stream_c1": openai_client, "runs": runs.done})  # fmt: skip
+    print_table(summary, names)
+    for name, figures in openai_client.items():
+        e2e = f"{figures['e2e_ms_p50']} / {figures['e2e_ms_p99']} ms"
+        print(f"openai client, streaming, c=1, {name}: e2e p50 / p99 {e2e}")
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["load"]:
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--client", choices=["python", "wrk", "openai"], required=True)
+        parser.add_argument("--url", required=True)
+        for flag in ("--requests", "--concurrency", "--offset", "--wrk-seconds"):
+            parser.add_argument(flag, type=int, required=True)
+        parser.add_argument("--stream", action="store_true")
+        parser.add_argument("--cpu-of", type=int, action="append", default=[])
+        _load_here(parser.parse_args(sys.argv[2:]))
+    else:
+        main()
