@@ -184,8 +184,10 @@ CONNECTION_CLASSES = {
 }
 
 
-LIVE_WORKERS = Gauge("kvmesh_registry_live_workers", "Workers in the registry")
-REGISTRY_OK = Gauge("kvmesh_registry_reachable", "1 when the last registry read worked")
+# A service run as several processes (the gateway's --procs) reports the most workers any live one
+# sees, and 0 when any live one's last read failed.
+LIVE_WORKERS = Gauge("kvmesh_registry_live_workers", "Workers in the registry", multiprocess_mode="livemax")
+REGISTRY_OK = Gauge("kvmesh_registry_reachable", "1 when the last registry read worked", multiprocess_mode="livemin")
 
 
 class Watcher:

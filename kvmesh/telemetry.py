@@ -19,7 +19,8 @@ from opentelemetry import propagate, trace
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 RPC_REQUESTS = Counter("kvmesh_rpc_requests", "gRPC requests handled", ["method", "code"])
-RPC_IN_FLIGHT = Gauge("kvmesh_rpc_in_flight", "gRPC requests being handled", ["method"])
+# livesum: a service run as several processes (the gateway's --procs) reports the sum of the live ones.
+RPC_IN_FLIGHT = Gauge("kvmesh_rpc_in_flight", "gRPC requests being handled", ["method"], multiprocess_mode="livesum")
 RPC_SECONDS = Histogram("kvmesh_rpc_duration_seconds", "gRPC handling time", ["method"])
 
 

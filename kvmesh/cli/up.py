@@ -52,6 +52,7 @@ def up(
     grpc_port: int = setting(GatewaySettings, "grpc_port", help="kvmesh.v1 gRPC (Inference, Models)", min=1),
     # The REST front is a Go program, without a Settings class of its own.
     rest_port: int = typer.Option(8082, help="REST (grpc-gateway over every service; OpenAPI at /openapi.json)"),
+    gateway_procs: int = setting(GatewaySettings, "procs", help="gateway processes serving its ports (more cores)"),
     rest_internal: bool = typer.Option(
         False, help="REST also serves the router's, kvindex's and planner's routes (mesh-internal and admin RPCs)"
     ),
@@ -169,6 +170,8 @@ def up(
                 ",".join(f"{host}:{port}" for port in router_ports),
                 "--models",
                 json.dumps([model]),
+                "--procs",
+                str(gateway_procs),
             ],
         )
         if planner:

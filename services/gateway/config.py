@@ -72,6 +72,11 @@ class GatewaySettings(WatcherSettings):
         description="longest a streamed answer's write waits for a client that stopped reading; then the request "
         "is cancelled (the engine aborts it, the router frees its slot) and the stream cut off",
     )  # fmt: skip
+    procs: int = Field(
+        1, ge=1, le=256,
+        description="processes serving the same HTTP and gRPC ports (SO_REUSEPORT: the kernel spreads connections), "
+        "for more than one core; the first supervises the others (services/gateway/procs.py)",
+    )  # fmt: skip
     drain_timeout_s: float = Field(
         30.0, gt=0, description="on SIGTERM, how long the requests in flight may take to finish; new ones are refused"
     )

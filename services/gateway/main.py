@@ -1,6 +1,7 @@
 """settings → dependencies → serve gRPC and HTTP in one event loop; on SIGTERM or SIGINT, drain
 both: new requests refused (the HTTP listener closed, gRPC health NOT_SERVING and new calls
-UNAVAILABLE), the ones in flight finished (up to --drain-timeout-s), then exit 0."""
+UNAVAILABLE), the ones in flight finished (up to --drain-timeout-s), then exit 0. One process of
+--procs N (procs.py, where it starts)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,13 @@ import contextlib
 import logging
 import os
 import time
+from typing import TYPE_CHECKING
 
 import uvicorn
-import uvloop
 
 from kvmesh import auth, grpc_server, registry, telemetry
 from kvmesh.api_keys import ApiKey, KeyStore
 from kvmesh.quota import Quotas
-from kvmesh.settings import load
 from kvmesh.tls import FrontTls, MutualTls, install_sighup
 from kvmesh.v1 import inference_pb2_grpc, keys_pb2_grpc, models_pb2_grpc
 from services.gateway.admission import Admission
@@ -32,6 +32,9 @@ from services.gateway.router_client import RouterClient
 from services.gateway.served import ServedModels
 from services.gateway.servicer import InferenceServicer, ModelsServicer
 
+if TYPE_CHECKING:
+    from services.gateway.procs import Process
+
 log = logging.getLogger("kvmesh.gateway")
 
 
@@ -43,7 +46,7 @@ class _HttpServer(uvicorn.Server):
         return contextlib.nullcontext()
 
 
-async def run(settings: GatewaySettings) -> None:
+async def run(settings: GatewaySettings, process: Process) -> None:
     stop = asyncio.create_task(grpc_server.wait_for_signal())  # first: a stop while starting drains too
     telemetry.setup_tracing("gateway")
     tls = MutualTls.of(settings)  # the mesh's hops: with --tls-ca
@@ -81,7 +84,7 @@ async def run(settings: GatewaySettings) -> None:
         credentials=front_tls.grpc_credentials() if front_tls else None,
     )  # fmt: skip
     openai_serving = OpenAIServing(served, front, settings.default_max_tokens, limits, settings.stream_write_timeout_s)
-    app = create_app(served, openai_serving, settings.max_body_bytes, authenticator)
+    app = process.serving_metrics(create_app(served, openai_serving, settings.max_body_bytes, authenticator))
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -99,7 +102,7 @@ async def run(settings: GatewaySettings) -> None:
     if front_tls:
         install_sighup()
         reloading = asyncio.create_task(front_tls.watch(config))
-    serving = asyncio.create_task(http.serve())
+    serving = asyncio.create_task(http.serve(process.http_sockets(settings.host, settings.http_port)))
     while not http.started and not serving.done():
         await asyncio.sleep(0.02)
     if http.started:
@@ -107,16 +110,20 @@ async def run(settings: GatewaySettings) -> None:
         scheme = "https" if front_tls else "http"
         print(
             f"gateway ready: {scheme}://{settings.host}:{port} (OpenAI), grpc {settings.host}:{grpc_served.port}"
-            f"{' (TLS)' if front_tls else ''}, auth {'on' if authenticator else 'off'}",
+            f"{' (TLS)' if front_tls else ''}, auth {'on' if authenticator else 'off'}{process.label}",
             flush=True,
         )
+        process.start_others(port, grpc_served.port)
     try:
         await asyncio.wait({stop, serving}, return_when=asyncio.FIRST_COMPLETED)
         started = time.monotonic()
-        print(f"gateway draining (up to {settings.drain_timeout_s:g}s)", flush=True)
+        print(f"gateway draining (up to {settings.drain_timeout_s:g}s){process.label}", flush=True)
         http.should_exit = True  # uvicorn closes its listener and idle connections, then waits
-        await asyncio.gather(grpc_server.drain(grpc_served, grace_s=settings.drain_timeout_s), serving)
-        print(f"gateway drained in {time.monotonic() - started:.1f}s", flush=True)
+        await asyncio.gather(
+            grpc_server.drain(grpc_served, grace_s=settings.drain_timeout_s), serving,
+            process.drain_others(settings.drain_timeout_s),
+        )  # fmt: skip
+        print(f"gateway drained in {time.monotonic() - started:.1f}s{process.label}", flush=True)
     finally:
         stop.cancel()
         if front_tls:
@@ -126,7 +133,3 @@ async def run(settings: GatewaySettings) -> None:
         await quotas.aclose()  # the last requests' releases and usage, before the connection goes
         await watcher.stop()
         await redis_client.aclose()
-
-
-def main() -> None:
-    uvloop.run(run(load(GatewaySettings)))

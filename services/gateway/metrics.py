@@ -9,7 +9,8 @@ ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1
 LENGTH_BUCKETS = tuple(sorted({*(2**k for k in range(4, 18)), *(3 * 2**k for k in range(3, 16))}))
 
 REQUESTS = Counter("kvmesh_gateway_requests", "Requests by front and outcome", ["front", "status"])
-IN_FLIGHT = Gauge("kvmesh_gateway_in_flight", "Requests being generated")
+# Gauges: how a scrape combines the processes of a gateway run with --procs N (procs.py).
+IN_FLIGHT = Gauge("kvmesh_gateway_in_flight", "Requests being generated", multiprocess_mode="livesum")
 TTFT = Histogram("kvmesh_gateway_ttft_seconds", "Time to first token", buckets=LATENCY_BUCKETS)
 ITL = Histogram("kvmesh_gateway_itl_seconds", "Inter-token latency", buckets=ITL_BUCKETS)
 E2E = Histogram("kvmesh_gateway_e2e_seconds", "Request latency, start to last token", buckets=LATENCY_BUCKETS)
@@ -47,7 +48,9 @@ QUEUE_SECONDS = Histogram(
     "kvmesh_gateway_queue_seconds", "Time waited in the admission queue for a worker", ["priority"],
     buckets=LATENCY_BUCKETS,
 )  # fmt: skip
-QUEUED = Gauge("kvmesh_gateway_queued", "Requests waiting in the admission queue", ["priority"])
+QUEUED = Gauge(
+    "kvmesh_gateway_queued", "Requests waiting in the admission queue", ["priority"], multiprocess_mode="livesum"
+)
 QUEUE_REJECTIONS = Counter(
     "kvmesh_gateway_queue_rejections", "Requests the admission queue refused: full or timed out", ["priority", "reason"]
 )
