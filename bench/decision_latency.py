@@ -7,9 +7,10 @@ engines: this measures the decision). The index is filled through the same Redis
 kvindex uses: prefixes of 128 blocks, each held by 1–8 workers, the deeper blocks by fewer.
 Prints p50/p99 of `Router.Route` as a client sees it (gRPC round trip included), of a Route over
 the gateway's Router.Session stream, of the decision alone (the router's code in process, Redis
-included, no RPC), of the router's Redis read alone (the pipelined match + load
-read) and of an empty gRPC call to the same server (the floor of any RPC from Python here), in one
-run.
+included, no RPC), of the router's Redis read alone (the match + load read in one round trip,
+over the router's own wire and, for reference, redis-py's pipeline) and of an empty gRPC call to
+the same server (the floor of any RPC from Python here), in one run; and each route's ratio to
+the bare read.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from kvmesh import block_index, load_keys, registry
 from kvmesh.block_index import BlockIndex, BlockRun
 from kvmesh.net import free_ports
 from kvmesh.redis_server import RedisServer
+from kvmesh.redis_wire import RedisWire
 from kvmesh.v1 import router_pb2, router_pb2_grpc, worker_pb2
 from services.gateway.router_client import RouterClient
 from services.router import main as router_main
@@ -67,18 +69,24 @@ async def register(url: str, workers: list[str]) -> None:
     await client.aclose()
 
 
-async def redis_alone(url: str, prefixes: list[list[int]], n: int, rng: random.Random) -> list[float]:
+async def redis_alone(url: str, prefixes: list[list[int]], n: int, rng: random.Random, wire: bool) -> list[float]:
+    """The decision's Redis read and nothing else: the match and the load in one round trip, over
+    the router's own wire (kvmesh/redis_wire.py, the floor) or redis-py's pipeline."""
     client = aioredis.Redis.from_url(url)
+    own = RedisWire(client)
     times = []
     for _ in range(n):
-        seqs = rng.choice(prefixes)
-        keys = block_index.match_keys(seqs)
+        keys = block_index.match_keys(rng.choice(prefixes))
         start = time.perf_counter()
-        pipe = client.pipeline(transaction=False)
-        pipe.fcall_ro("kvmesh_match", len(keys), *keys)
-        pipe.hgetall(load_keys.KEYS[0])
-        await pipe.execute()
+        if wire:
+            await own.exchange([("FCALL_RO", "kvmesh_match", len(keys), *keys), ("HGETALL", load_keys.KEYS[0])])
+        else:
+            pipe = client.pipeline(transaction=False)
+            pipe.fcall_ro("kvmesh_match", len(keys), *keys)
+            pipe.hgetall(load_keys.KEYS[0])
+            await pipe.execute()
         times.append(time.perf_counter() - start)
+    own.close()
     await client.aclose()
     return times
 
@@ -179,9 +187,18 @@ def main() -> None:
             "route_at_client": figures(route_calls(address, prefixes, args.requests, rng)),
             "route_over_session": figures(asyncio.run(session_routes(address, prefixes, args.requests, rng))),
             "decision_in_process": figures(asyncio.run(decisions(server.url, prefixes, args.requests, rng))),
-            "redis_read_alone": figures(asyncio.run(redis_alone(server.url, prefixes, args.requests, rng))),
+            "redis_read_alone": figures(asyncio.run(redis_alone(server.url, prefixes, args.requests, rng, True))),
+            "redis_read_alone_redis_py": figures(
+                asyncio.run(redis_alone(server.url, prefixes, args.requests, rng, False))
+            ),
             "empty_grpc_call": figures(health_calls(address, args.requests)),
         }
+        floor = result["redis_read_alone"]
+        for name in ("decision_in_process", "route_over_session", "route_at_client"):
+            result[f"{name}_over_read"] = {
+                q: round(result[name][f"{q}_ms"] / floor[f"{q}_ms"], 2) for q in ("p50", "p99")
+            }  # fmt: skip
+
     finally:
         stop(router)
         server.stop()

@@ -17,6 +17,7 @@ from typing import NamedTuple
 import redis.asyncio as aioredis
 
 from kvmesh import redis_functions, worker_ids
+from kvmesh.redis_batch import Coalescer
 
 LIBRARY = resources.files("kvmesh").joinpath("block_index.lua").read_text()
 PREFIX = "kvi"
@@ -51,13 +52,19 @@ class BlockRun(NamedTuple):
 class BlockIndex:
     def __init__(self, client: aioredis.Redis):
         self.redis = client
+        # Function calls in batches over a connection of their own (kvmesh/redis_batch.py): the
+        # batches of several workers' events, and matches, ride together.
+        self._calls = Coalescer(client, [LIBRARY])
 
     async def load_functions(self) -> None:
         await redis_functions.load(self.redis, [LIBRARY])
 
+    def close(self) -> None:
+        self._calls.wire.close()
+
     async def _fcall(self, read_only: bool, name: str, keys: Sequence[str], args: Sequence[str | int]):
-        fcall = self.redis.fcall_ro if read_only else self.redis.fcall
-        return await redis_functions.call(self.redis, [LIBRARY], lambda: fcall(name, len(keys), *keys, *args))
+        command = ("FCALL_RO" if read_only else "FCALL", name, len(keys), *keys, *args)
+        return (await self._calls.execute([command]))[0]
 
     async def match(self, seq_hashes: Sequence[int]) -> dict[str, int]:
         """worker id → how many leading blocks of the request it holds (workers with none omitted)."""

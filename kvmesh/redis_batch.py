@@ -1,12 +1,12 @@
-"""Redis Function calls go to Redis in batches over one connection of their own
+"""Redis calls of a hot path go to Redis in batches over one connection of their own
 (kvmesh/redis_wire.py): calls made while a batch is out wait for it and then leave together.
 
 A busy gateway admits and releases many requests at once, so its quota calls ride together and
 each costs a few µs of CPU instead of redis-py's 130–200; an idle one sends a batch of one, at
-once. A call nobody waits for at once (`fcall(..., linger_s=)`, a request's release) lingers
-until the next batch or at most `linger_s`: every write and wake-up of Redis costs both processes
-tens of µs, so at low load a request's release rides with the next one's admission instead of
-making its own. Each caller still gets its own answer or its own error."""
+once; a router's reads and load updates alike. A call nobody waits for at once (`linger_s=`, a
+request's release) lingers until the next batch or at most `linger_s`: every write and wake-up of
+Redis costs both processes tens of µs, so at low load a request's release rides with the next
+one's admission instead of making its own. Each caller still gets its own answers or its own error."""
 
 from __future__ import annotations
 
@@ -28,16 +28,24 @@ class Coalescer:
         self.redis = client
         self.libraries = libraries
         self.wire = RedisWire(client)
-        self._pending: list[tuple[tuple[Any, ...], asyncio.Future]] = []
-        self._lingering: list[tuple[tuple[Any, ...], asyncio.Future]] = []
+        # (the caller's commands, its future, whether it wants one answer or a list)
+        self._pending: list[tuple[Sequence[tuple], asyncio.Future, bool]] = []
+        self._lingering: list[tuple[Sequence[tuple], asyncio.Future, bool]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._sender: asyncio.Task | None = None  # held while it runs: a task nobody references may be collected
 
     async def fcall(self, function: str, keys: tuple[str, ...], *args: Any, linger_s: float = 0.0) -> Any:
         """The function's answer; with `linger_s`, the call waits up to that long for other calls to ride with."""
+        return await self._call([("FCALL", function, len(keys), *keys, *args)], False, linger_s)
+
+    async def execute(self, commands: Sequence[tuple], linger_s: float = 0.0) -> list:
+        """The commands' answers, in order, sent together; the first command Redis refused raises."""
+        return await self._call(commands, True, linger_s)
+
+    def _call(self, commands: Sequence[tuple], many: bool, linger_s: float) -> asyncio.Future:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        call = (("FCALL", function, len(keys), *keys, *args), future)
+        call = (commands, future, many)
         if linger_s > 0:
             self._lingering.append(call)
             if self._timer is None:
@@ -46,7 +54,7 @@ class Coalescer:
             self._pending.append(call)
             if self._sender is None:
                 self._sender = asyncio.ensure_future(self._send_pending())
-        return await future
+        return future
 
     def _stop_lingering(self) -> None:
         self._timer = None
@@ -66,24 +74,26 @@ class Coalescer:
             self._sender = None
 
     async def _send(self, batch: list) -> None:
-        commands = [command for command, _ in batch]
+        commands = [command for commands, _, _ in batch for command in commands]
         try:
             answers = await self.wire.exchange(commands)
             if any(_unknown_function(a) for a in answers):  # Redis restarted or was flushed
                 await redis_functions.load(self.redis, self.libraries)
                 answers = await self.wire.exchange(commands)
         except Exception as e:  # noqa: BLE001 - each caller gets the error instead
-            for _, future in batch:
+            for _, future, _ in batch:
                 if not future.done():
                     future.set_exception(e)
             return
-        for (_, future), answer in zip(batch, answers, strict=True):
+        start = 0
+        for own, future, many in batch:
+            mine, start = answers[start : start + len(own)], start + len(own)
             if future.done():  # its caller was cancelled
                 continue
-            if isinstance(answer, Exception):
-                future.set_exception(answer)
+            if refused := next((a for a in mine if isinstance(a, Exception)), None):
+                future.set_exception(refused)
             else:
-                future.set_result(answer)
+                future.set_result(mine if many else mine[0])
 
 
 def _unknown_function(answer: Any) -> bool:

@@ -47,6 +47,7 @@ async def run(settings: KvIndexSettings) -> None:
 
     async def stop_background() -> None:
         await ingestor.stop()
+        index.close()
         await workers.stop()
 
     await grpc_server.drain(served, grace_s=2.0, before_stop=stop_background)

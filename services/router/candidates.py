@@ -1,5 +1,6 @@
 """The candidates of one decision: live workers, each with its load and its KV overlap with the
-request, read in ONE Redis round trip (the index match and the shared load, pipelined).
+request, read in ONE Redis round trip (the index match and the shared load, in the router's
+batch of the moment: kvmesh/redis_batch.py).
 
 Without Redis: no overlap, and this router's own in-flight counts as the load.
 """
@@ -8,22 +9,23 @@ from __future__ import annotations
 
 import time
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from kvmesh import block_index, load_keys, redis_functions
+from kvmesh import block_index
+from kvmesh.redis_batch import Coalescer
 from kvmesh.registry import Watcher
 from services.router.accounting import Accounting
 from services.router.framework.types import Candidate, Request
-from services.router.shared_load import LoadTable
+from services.router.shared_load import LoadTable, load_command
 
 EXPIRY_INTERVAL_S = 1.0
 
 
 class CandidateSource:
-    def __init__(self, workers: Watcher, client: aioredis.Redis, accounting: Accounting):
+    def __init__(self, workers: Watcher, calls: Coalescer, accounting: Accounting):
+        """`calls`: the router's batched Redis calls, whose libraries include block_index's."""
         self.workers = workers
-        self.redis = client
+        self.calls = calls
         self.accounting = accounting
         self._next_expiry = 0.0
 
@@ -33,7 +35,7 @@ class CandidateSource:
             self._next_expiry = now + EXPIRY_INTERVAL_S
             self.accounting.local.expire(set(self.workers.workers))
         try:
-            overlaps, loads = await redis_functions.call(self.redis, [block_index.LIBRARY], lambda: self._read(request))
+            overlaps, loads = await self._read(request)
             self.accounting.health.ok()
         except (RedisError, OSError) as e:
             self.accounting.health.failed(e)
@@ -46,11 +48,10 @@ class CandidateSource:
         return out
 
     async def _read(self, request: Request) -> tuple[dict[str, int], LoadTable]:
-        pipe = self.redis.pipeline(transaction=False)
+        commands = [load_command()]
         if request.block_hashes:
             keys = block_index.match_keys(request.block_hashes)
-            pipe.fcall_ro("kvmesh_match", len(keys), *keys)
-        pipe.hgetall(load_keys.KEYS[0])
-        replies = await pipe.execute()
-        overlaps = block_index.parse_match(replies[0]) if request.block_hashes else {}
-        return overlaps, LoadTable(replies[-1])
+            commands.append(("FCALL_RO", "kvmesh_match", len(keys), *keys))
+        replies = await self.calls.execute(commands)
+        overlaps = block_index.parse_match(replies[1]) if request.block_hashes else {}
+        return overlaps, LoadTable.of_reply(replies[0])

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 import uvloop
 
 from kvmesh import auth, block_index, grpc_server, redis_functions, registry, telemetry
+from kvmesh.redis_batch import Coalescer
 from kvmesh.registry import Watcher
 from kvmesh.settings import load
 from kvmesh.tls import MutualTls
@@ -34,11 +35,13 @@ async def assemble(settings: RouterSettings) -> tuple[RouterServicer, Callable[[
         await redis_functions.load(client, [block_index.LIBRARY, shared_load.LIBRARY])
     except Exception as e:  # noqa: BLE001 - they load on first use once Redis is back
         print(f"router: Redis functions not loaded yet: {e}", flush=True)
-    shared = shared_load.SharedLoad(client, settings.request_lease_s)
+    # Decisions' reads and load updates share one connection, in batches (kvmesh/redis_batch.py).
+    calls = Coalescer(client, [block_index.LIBRARY, shared_load.LIBRARY])
+    shared = shared_load.SharedLoad(calls, settings.request_lease_s)
     accounting = Accounting(InFlight(settings.request_lease_s), shared, RedisHealth())
     accounting.start()
     servicer = RouterServicer(
-        CandidateSource(workers, client, accounting),
+        CandidateSource(workers, calls, accounting),
         accounting,
         profiles,
         settings.policy,
@@ -47,6 +50,7 @@ async def assemble(settings: RouterSettings) -> tuple[RouterServicer, Callable[[
 
     async def stop_background() -> None:
         await accounting.stop()
+        calls.wire.close()
         await workers.stop()
 
     return servicer, stop_background

@@ -11,10 +11,8 @@ import functools
 import time
 from importlib import resources
 
-import redis.asyncio as aioredis
-
-from kvmesh import redis_functions
 from kvmesh.load_keys import KEYS
+from kvmesh.redis_batch import Coalescer
 from services.router.framework.types import WorkerLoad
 
 LIBRARY = resources.files("services.router").joinpath("shared_load.lua").read_text()
@@ -23,20 +21,14 @@ Op = tuple[str, tuple]
 
 
 class SharedLoad:
-    def __init__(self, client: aioredis.Redis, lease_s: float):
-        self.redis = client
+    def __init__(self, calls: Coalescer, lease_s: float):
+        """`calls`: the router's batched Redis calls, whose libraries include LIBRARY."""
+        self.calls = calls
         self.lease_s = lease_s
 
     async def apply(self, ops: list[Op]) -> list[int]:
-        """Runs `ops` in order in one round trip (a pipeline of function calls)."""
-
-        async def run() -> list[int]:
-            pipe = self.redis.pipeline(transaction=False)
-            for name, args in ops:
-                pipe.fcall(name, len(KEYS), *KEYS, *args)
-            return await pipe.execute()
-
-        return await redis_functions.call(self.redis, [LIBRARY], run)
+        """Runs `ops` in order in one round trip (with whatever else the router sends then)."""
+        return await self.calls.execute([("FCALL", name, len(KEYS), *KEYS, *args) for name, args in ops])
 
     def add_op(self, request_id: str, worker_id: str, prefill_blocks: int, total_blocks: int) -> Op:
         now = _now_ms()
@@ -61,7 +53,11 @@ class SharedLoad:
         return bool((await self.apply([self.release_op(request_id)]))[0])
 
     async def loads(self) -> LoadTable:
-        return LoadTable(await self.redis.hgetall(KEYS[0]))
+        return LoadTable.of_reply((await self.calls.execute([load_command()]))[0])
+
+
+def load_command() -> tuple:
+    return ("HGETALL", KEYS[0])
 
 
 class LoadTable:
@@ -70,6 +66,12 @@ class LoadTable:
 
     def __init__(self, raw: dict[bytes, bytes]):
         self.raw = raw
+
+    @classmethod
+    def of_reply(cls, flat: list[bytes]) -> LoadTable:
+        """From HGETALL's reply on the wire: field, value, field, value..."""
+        fields = iter(flat)
+        return cls(dict(zip(fields, fields, strict=True)))
 
     def __getitem__(self, worker_id: str) -> WorkerLoad:
         in_flight, prefill, decode = _field_keys(worker_id)

@@ -1,4 +1,4 @@
-"""Function calls made while a batch is out leave together over one connection to a real Redis;
+"""Calls made while a batch is out leave together over one connection to a real Redis;
 each caller gets its own answer or error, and a library Redis lost is loaded again."""
 
 import asyncio
@@ -71,3 +71,18 @@ async def test_an_unreachable_redis_fails_every_caller():
     results = await asyncio.gather(*(calls.fcall("batch_echo", ("k",), "ok") for _ in range(3)), return_exceptions=True)
     assert all(isinstance(r, RedisConnectionError) for r in results), results
     await dead.aclose()
+
+
+async def test_a_callers_several_commands_ride_with_the_others_and_come_back_as_its_list(client, monkeypatch):
+    await client.function_load(LIBRARY, replace=True)
+    calls = Coalescer(client, [LIBRARY])
+    sizes = count_exchanges(calls, monkeypatch)
+    read, alone, refused = await asyncio.gather(
+        calls.execute([("SET", "s", "v"), ("GET", "s"), ("FCALL", "batch_echo", 1, "k", "ok")]),
+        calls.fcall("batch_echo", ("k",), "ok"),
+        calls.execute([("GET", "s"), ("FCALL", "batch_echo", 1, "k9", "fail")]),
+        return_exceptions=True,
+    )
+    assert sizes == [6]
+    assert read == [b"OK", b"v", 1] and alone == 2
+    assert isinstance(refused, ResponseError) and "refused k9" in str(refused)  # its own error only

@@ -6,7 +6,12 @@ from __future__ import annotations
 import asyncio
 
 from kvmesh.load_keys import routed_requests
-from services.router.shared_load import SharedLoad
+from kvmesh.redis_batch import Coalescer
+from services.router.shared_load import LIBRARY, SharedLoad
+
+
+def shared(client, lease_s: float = 60) -> SharedLoad:
+    return SharedLoad(Coalescer(client, [LIBRARY]), lease_s)
 
 
 def figures(load):
@@ -14,7 +19,7 @@ def figures(load):
 
 
 async def test_two_replicas_see_one_load(client):
-    a, b = SharedLoad(client, lease_s=60), SharedLoad(client, lease_s=60)
+    a, b = shared(client, 60), shared(client, 60)
     await a.add("r1", "w", prefill_blocks=3, total_blocks=4)
     await b.add("r2", "w", prefill_blocks=2, total_blocks=2)
     assert figures((await a.loads())["w"]) == (2, 5, 0)
@@ -27,7 +32,7 @@ async def test_two_replicas_see_one_load(client):
 
 
 async def test_a_worker_reads_how_many_routed_requests_it_still_has(client):
-    load = SharedLoad(client, lease_s=60)
+    load = shared(client, 60)
     assert await routed_requests(client, "w") == 0  # never routed to
     await load.add("r1", "w", 1, 1)
     await load.add("r2", "w", 1, 1)
@@ -40,7 +45,7 @@ async def test_a_worker_reads_how_many_routed_requests_it_still_has(client):
 
 
 async def test_retried_id_replaces_its_entry(client):
-    load = SharedLoad(client, lease_s=60)
+    load = shared(client, 60)
     await load.add("r", "a", 1, 1)
     await load.add("r", "b", 1, 1)
     loads = await load.loads()
@@ -48,22 +53,22 @@ async def test_retried_id_replaces_its_entry(client):
 
 
 async def test_expired_leases_are_freed_by_the_next_write(client):
-    short = SharedLoad(client, lease_s=0.01)
+    short = shared(client, 0.01)
     await short.add("gone", "w", 2, 2)
     await asyncio.sleep(0.03)
-    await SharedLoad(client, lease_s=60).add("new", "w", 1, 1)
+    await shared(client, 60).add("new", "w", 1, 1)
     assert figures((await short.loads())["w"]) == (1, 1, 0)
 
 
 async def test_survives_redis_forgetting_its_functions(client):
-    load = SharedLoad(client, lease_s=60)
+    load = shared(client, 60)
     await load.add("r", "w", 1, 1)
     await client.function_flush()
     assert await load.release("r")
 
 
 async def test_fully_cached_requests_with_no_prefill_blocks(client):
-    load = SharedLoad(client, lease_s=60)
+    load = shared(client, 60)
     await load.add("cached", "w", prefill_blocks=0, total_blocks=0)
     assert await load.release("cached")
     await load.add("r", "w", prefill_blocks=0, total_blocks=3)
