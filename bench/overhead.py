@@ -174,6 +174,8 @@ def _load_here(args: argparse.Namespace) -> None:
         figures = asyncio.run(run_level(url, requests, args.concurrency)).summary()
     elif args.client == "wrk":
         figures = wrk.run(url, requests, args.concurrency, args.wrk_seconds)
+        if figures["failed"]:
+            raise SystemExit(f"wrk: {figures['failed']} of {figures['requests']} requests failed")
     else:
         figures = asyncio.run(openai_client_stream(args.url, requests))
     cpu_s = {k: v - before.get(k, 0.0) for k, v in trees_cpu_s(args.cpu_of).items()}
@@ -252,7 +254,7 @@ def summarize(runs: list[dict], sides: list[str]) -> list[dict]:
         for side, rounds in by_side.items():
             row[side] = {m: spread([r[m] for r in rounds.values()]) for m in METRICS}
         if len(sides) == 2:
-            paired = [(k, by_side["dynamo"][n]) for n, k in by_side["kvmesh"].items()]
+            paired = [(k, by_side["dynamo"][rnd]) for rnd, k in by_side["kvmesh"].items()]
             row["ratio"] = {m: spread([k[m] / d[m] for k, d in paired]) for m in METRICS}
         rows.append(row)
     return rows
@@ -276,6 +278,9 @@ def print_table(rows: list[dict], sides: list[str]) -> None:
         for metric, digits in zip(METRICS, (0, 1, 2), strict=True):
             line += [cell(row[c][metric], 2 if c == "ratio" else digits) for c in columns]
         print("| " + " | ".join(line) + " |")
+    print("stream: delayed ACKs as clients have them (httpx, wrk and the openai client re-arm no TCP_QUICKACK; "
+          "Dynamo's streamed answers then stall ~40 ms each on a keep-alive connection); "
+          "stream, quick ACK: delayed ACKs off in the namespace")  # fmt: skip
 
 
 @dataclass
