@@ -35,13 +35,15 @@ async def assemble(settings: RouterSettings) -> tuple[RouterServicer, Callable[[
         await redis_functions.load(client, [block_index.LIBRARY, shared_load.LIBRARY])
     except Exception as e:  # noqa: BLE001 - they load on first use once Redis is back
         print(f"router: Redis functions not loaded yet: {e}", flush=True)
-    # Decisions' reads and load updates share one connection, in batches (kvmesh/redis_batch.py).
-    calls = Coalescer(client, [block_index.LIBRARY, shared_load.LIBRARY])
-    shared = shared_load.SharedLoad(calls, settings.request_lease_s)
+    # Batched calls over connections of their own (kvmesh/redis_batch.py): decisions' reads on one,
+    # so that a read never waits behind the load updates on the other.
+    reads = Coalescer(client, [block_index.LIBRARY])
+    writes = Coalescer(client, [shared_load.LIBRARY])
+    shared = shared_load.SharedLoad(writes, settings.request_lease_s)
     accounting = Accounting(InFlight(settings.request_lease_s), shared, RedisHealth())
     accounting.start()
     servicer = RouterServicer(
-        CandidateSource(workers, calls, accounting),
+        CandidateSource(workers, reads, accounting),
         accounting,
         profiles,
         settings.policy,
@@ -50,7 +52,8 @@ async def assemble(settings: RouterSettings) -> tuple[RouterServicer, Callable[[
 
     async def stop_background() -> None:
         await accounting.stop()
-        calls.wire.close()
+        reads.wire.close()
+        writes.wire.close()
         await workers.stop()
 
     return servicer, stop_background
