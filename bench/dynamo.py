@@ -41,7 +41,6 @@ RUNTIME_DEPS = ("aiohttp<4.0,>=3.14.3", "certifi", "kubernetes<33.0.0,>=32.0.1",
 # Every address Dynamo binds besides its frontend's HTTP port.
 HOSTS = ("DYN_TCP_RPC_HOST", "DYN_EVENT_PLANE_HOST", "DYN_SYSTEM_HOST", "DYN_TCP_RESPONSE_STREAM_HOST")
 # What Dynamo writes under the home directory whatever its settings.
-HOME_CACHE = Path.home() / ".cache" / "dynamo"
 
 
 def install() -> None:
@@ -98,8 +97,10 @@ def serving(
     for stale in scratch.glob("*.log"):
         stale.unlink()
     folder = model_folder(models.resolve(model), scratch / "model")
+    # Its cache (~/.cache/dynamo) goes under scratch: a user's own is never touched.
     env = {"DYN_FILE_KV": str(scratch / "discovery"), "DYN_DISCOVERY_BACKEND": "file", "DYN_REQUEST_PLANE": "tcp",
-           "DYN_EVENT_PLANE": "zmq", "HF_HUB_OFFLINE": "1"}  # fmt: skip
+           "DYN_EVENT_PLANE": "zmq", "HF_HUB_OFFLINE": "1", "XDG_CACHE_HOME": str(scratch / "cache"),
+           "HOME": str(scratch / "home")}  # fmt: skip
     env |= {name: "127.0.0.1" for name in HOSTS}
     mocker = [str(PYTHON), "-m", "dynamo.mocker", "--model-path", str(folder), "--model-name", model, "--num-workers",
               str(workers), "--block-size", str(block_size), "--num-gpu-blocks-override", str(num_blocks),
@@ -116,7 +117,8 @@ def serving(
     finally:
         for process in running.processes:
             processes.terminate(process, grace_s=10)
-        shutil.rmtree(HOME_CACHE, ignore_errors=True)
+        shutil.rmtree(scratch / "cache", ignore_errors=True)
+        shutil.rmtree(scratch / "home", ignore_errors=True)
 
 
 def _wait_ready(host: Host, dynamo: Dynamo, scratch: Path, timeout_s: float) -> None:

@@ -299,8 +299,10 @@ class Runs:
         profiling = self.args.profile and side.name == "kvmesh" and client == "python" and rnd
         label = f"r{rnd}-{mode.replace(', quick ACK', '-quickack')}-c{concurrency}"
         spies = start_profiles(side.pids[0], self.args.profile / label) if profiling else []
-        figures = measure(side, client, mode, concurrency, n, self.offset, self.args.wrk_seconds)
-        stop_profiles(spies)
+        try:
+            figures = measure(side, client, mode, concurrency, n, self.offset, self.args.wrk_seconds)
+        finally:
+            stop_profiles(spies)
         self.offset += n
         what = {"round": rnd, "side": side.name, "client": client, "mode": mode, "concurrency": concurrency}
         if rnd:

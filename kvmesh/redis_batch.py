@@ -45,6 +45,9 @@ class Coalescer:
     def _call(self, commands: Sequence[tuple], many: bool, linger_s: float) -> asyncio.Future:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
+        if not commands:
+            future.set_result([])
+            return future
         call = (commands, future, many)
         if linger_s > 0:
             self._lingering.append(call)
@@ -74,26 +77,36 @@ class Coalescer:
             self._sender = None
 
     async def _send(self, batch: list) -> None:
-        commands = [command for commands, _, _ in batch for command in commands]
         try:
-            answers = await self.wire.exchange(commands)
-            if any(_unknown_function(a) for a in answers):  # Redis restarted or was flushed
+            answered = await self._exchange(batch)
+            # Redis restarted or was flushed: the callers it did not know a function of go again
+            # (only they: another's commands ran, and a write must not run twice).
+            again = [i for i, answers in enumerate(answered) if any(map(_unknown_function, answers))]
+            if again:
                 await redis_functions.load(self.redis, self.libraries)
-                answers = await self.wire.exchange(commands)
+                for i, answers in zip(again, await self._exchange([batch[i] for i in again]), strict=True):
+                    answered[i] = answers
         except Exception as e:  # noqa: BLE001 - each caller gets the error instead
             for _, future, _ in batch:
                 if not future.done():
                     future.set_exception(e)
             return
-        start = 0
-        for own, future, many in batch:
-            mine, start = answers[start : start + len(own)], start + len(own)
+        for (_, future, many), answers in zip(batch, answered, strict=True):
             if future.done():  # its caller was cancelled
                 continue
-            if refused := next((a for a in mine if isinstance(a, Exception)), None):
+            if refused := next((a for a in answers if isinstance(a, Exception)), None):
                 future.set_exception(refused)
             else:
-                future.set_result(mine if many else mine[0])
+                future.set_result(answers if many else answers[0])
+
+    async def _exchange(self, batch: list) -> list[list]:
+        """Each call's answers, in one round trip."""
+        answers = await self.wire.exchange([command for commands, _, _ in batch for command in commands])
+        out, start = [], 0
+        for commands, _, _ in batch:
+            out.append(answers[start : start + len(commands)])
+            start += len(commands)
+        return out
 
 
 def _unknown_function(answer: Any) -> bool:

@@ -149,7 +149,8 @@ class TritonPool:
             return mux
         except (Unavailable, TimeoutError, InferenceServerException, grpc.aio.AioRpcError) as e:
             log.warning("no mux to %s on %s (requests stream on their own): %s", model, address, e)
-            self._muxes.pop(key, None)
+            if (old := self._muxes.pop(key, None)) is not None and not old.finished():
+                self._retired.add(old)  # rotated, requests still on it: closed with the pool
             self._mux_retry_at[key] = time.monotonic() + MUX_RETRY_S
             return None
         finally:

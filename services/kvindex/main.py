@@ -47,10 +47,10 @@ async def run(settings: KvIndexSettings) -> None:
 
     async def stop_background() -> None:
         await ingestor.stop()
-        index.close()
         await workers.stop()
 
     await grpc_server.drain(served, grace_s=2.0, before_stop=stop_background)
+    index.close()  # after the drain: a Match still answering uses it
 
 
 def main() -> None:

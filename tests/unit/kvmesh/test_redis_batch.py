@@ -86,3 +86,19 @@ async def test_a_callers_several_commands_ride_with_the_others_and_come_back_as_
     assert sizes == [6]
     assert read == [b"OK", b"v", 1] and alone == 2
     assert isinstance(refused, ResponseError) and "refused k9" in str(refused)  # its own error only
+
+
+async def test_after_redis_lost_its_functions_only_the_refused_callers_go_again(client, monkeypatch):
+    """A write that ran must not run twice because a function call beside it was refused."""
+    calls = Coalescer(client, [LIBRARY])
+    await client.function_flush()
+    sizes = count_exchanges(calls, monkeypatch)
+    written, called = await asyncio.gather(calls.execute([("INCR", "plain")]), calls.fcall("batch_echo", ("k",), "ok"))
+    assert written == [1] and called == 1
+    assert sizes == [2, 1] and await client.get("plain") == b"1"
+
+
+async def test_no_commands_is_an_answer_at_once(client, monkeypatch):
+    calls = Coalescer(client, [LIBRARY])
+    sizes = count_exchanges(calls, monkeypatch)
+    assert await calls.execute([]) == [] and sizes == []
