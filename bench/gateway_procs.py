@@ -51,7 +51,12 @@ class Arm:
 def start_arm(mesh: LocalMesh, procs: int, log_dir: Path) -> tuple[Arm, subprocess.Popen]:
     log = log_dir / f"gateway-procs-{procs}.log"
     process, base = start_gateway(mesh, log, "--procs", str(procs))
-    wait_for(lambda: log.read_text().count("gateway ready") == procs, timeout_s=120, what=f"{procs} gateway processes")
+    try:
+        ready = lambda: log.read_text().count("gateway ready") == procs  # noqa: E731
+        wait_for(ready, timeout_s=120, what=f"{procs} gateway processes")
+    except BaseException:
+        stop(process)
+        raise
     return Arm(procs, process.pid, f"{base}/v1/chat/completions"), process
 
 

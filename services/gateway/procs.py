@@ -214,8 +214,11 @@ def _die_with(parent_pid: int) -> None:
 
 def bound(host: str, port: int, reuse_port: bool) -> socket.socket:
     """A TCP socket bound to host:port (0: a free port), not yet listening."""
+    # The family uvicorn (and --procs 1) would bind: IPv6 only for an address with ':' (`localhost`
+    # often resolves to ::1 first, where uvicorn binds 127.0.0.1).
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     family, kind, proto, _, address = socket.getaddrinfo(
-        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        host or None, port, family, socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
     sock = socket.socket(family, kind, proto)
     try:

@@ -19,7 +19,10 @@ from kvmesh.v1 import router_pb2, router_pb2_grpc
 from services.gateway.router_session import RouterSession
 
 log = logging.getLogger(__name__)
-UP = Gauge("kvmesh_gateway_router_up", "1 while the gateway routes on this router, 0 while it is left", ["router"])
+UP = Gauge(
+    "kvmesh_gateway_router_up", "1 while the gateway routes on this router, 0 while it is left", ["router"],
+    multiprocess_mode="livemin",  # gateway --procs N: up only while every live process routes on it
+)  # fmt: skip
 ROUTES = Counter("kvmesh_gateway_router_routes", "Routes answered, by router", ["router"])
 MIN_BACKOFF_S, MAX_BACKOFF_S = 0.1, 2.0
 PROBE_TIMEOUT_S = 1.0

@@ -143,8 +143,9 @@ async def test_a_child_that_outlives_its_drain_is_killed(tmp_path, caplog, monke
 WRITER = textwrap.dedent("""
     import sys
     from kvmesh import registry, telemetry
-    from services.gateway import metrics
+    from services.gateway import metrics, router_endpoint
     workers, reachable = int(sys.argv[1]), int(sys.argv[2])
+    router_endpoint.UP.labels("r1").set(reachable)
     metrics.IN_FLIGHT.inc()
     metrics.QUEUED.labels("0").inc()
     metrics.REQUESTS.labels("http", "200").inc(3)
@@ -192,6 +193,7 @@ async def test_a_scrape_sums_every_process_and_a_dead_ones_gauges_leave_but_its_
     assert both["kvmesh_gateway_requests_total[('front', 'http'), ('status', '200')]"] == 6
     assert both["kvmesh_gateway_ttft_seconds_count[]"] == 2
     assert (both["kvmesh_registry_live_workers[]"], both["kvmesh_registry_reachable[]"]) == (3, 0)
+    assert both["kvmesh_gateway_router_up[('router', 'r1')]"] == 0
     mark_process_dead(second, str(tmp_path))
     left = await scrape(tmp_path)
     assert left["kvmesh_gateway_in_flight[]"] == 1
