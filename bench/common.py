@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import grpc
@@ -61,17 +62,31 @@ def service_of(process: psutil.Process) -> str:
     return next((s.removeprefix("services.") for s in SERVICES if s in command), process.name())
 
 
-def tree_cpu_s(pid: int, part: Callable[[psutil.Process], str] = engine_or_serving) -> dict[str, float]:
-    """CPU seconds (user + system) used so far by `pid` and its descendants, summed by `part`."""
+def tree_cpu_s(
+    pids: int | Sequence[int], part: Callable[[psutil.Process], str] = engine_or_serving
+) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by `pids` (one or several) and their descendants,
+    summed by `part`."""
     split: dict[str, float] = defaultdict(float)
-    root = psutil.Process(pid)
-    for p in [root, *root.children(recursive=True)]:
-        try:
-            t = p.cpu_times()
-            split[part(p)] += t.user + t.system
-        except psutil.NoSuchProcess:
-            pass
+    for pid in [pids] if isinstance(pids, int) else pids:
+        root = psutil.Process(pid)
+        for p in [root, *root.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+                split[part(p)] += t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
     return dict(split)
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """A figure over rounds: its median and range."""
+    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3), "max": round(max(values), 3)}
+
+
+def cell(figures: dict[str, float], digits: int) -> str:
+    """A spread() as a table cell: median [min–max]."""
+    return f"{figures['median']:.{digits}f} [{figures['min']:.{digits}f}–{figures['max']:.{digits}f}]"
 
 
 def cpu_since(pid: int, before: dict[str, float], part: Callable[[psutil.Process], str] = engine_or_serving):

@@ -108,11 +108,7 @@ def cpu_now(roots: list[int], serving: int) -> dict[str, float]:
         name = service_of(process)
         return "idle gateways" if name == "gateway" else name
 
-    total: dict[str, float] = defaultdict(float)
-    for root in roots:
-        for name, seconds in tree_cpu_s(root, part).items():
-            total[name] += seconds
-    return total
+    return tree_cpu_s(roots, part)
 
 
 def grew(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:

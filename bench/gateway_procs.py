@@ -23,16 +23,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
 from bench import wrk
-from bench.common import GPU_LIKE, RESULTS, save, service_of, start_gateway, stop, tree_cpu_s
+from bench.common import GPU_LIKE, RESULTS, cell, save, service_of, spread, start_gateway, stop, tree_cpu_s
 from bench.overhead import bodies
 from kvmesh.cli.local_mesh import LocalMesh
 from tests.support.waiting import wait_for
@@ -69,11 +67,7 @@ def cpu_s(roots: list[int], serving: int) -> dict[str, float]:
         name = service_of(process)
         return "idle gateways" if name == "gateway" else name
 
-    total: dict[str, float] = defaultdict(float)
-    for root in roots:
-        for name, seconds in tree_cpu_s(root, part).items():
-            total[name] += seconds
-    return total
+    return tree_cpu_s(roots, part)
 
 
 class Bench:
@@ -115,10 +109,6 @@ class Bench:
                     self.run(arm, mode, rnd, self.args.wrk_seconds)
 
 
-def spread(values: list[float]) -> dict[str, float]:
-    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3), "max": round(max(values), 3)}
-
-
 def summarize(runs: list[dict], procs: tuple[int, int]) -> list[dict]:
     """Per mode: each arm's metrics over rounds, and the ratios procs N / procs 1 taken round by round."""
     rows = []
@@ -132,10 +122,6 @@ def summarize(runs: list[dict], procs: tuple[int, int]) -> list[dict]:
         row["ratio"] = {m: spread([many[n][m] / one[n][m] for n in one]) for m in METRICS}
         rows.append(row)
     return rows
-
-
-def cell(figures: dict[str, float], digits: int) -> str:
-    return f"{figures['median']:.{digits}f} [{figures['min']:.{digits}f}–{figures['max']:.{digits}f}]"
 
 
 def print_table(rows: list[dict], procs: tuple[int, int]) -> None:

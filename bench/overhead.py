@@ -46,7 +46,6 @@ import json
 import os
 import secrets
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -58,7 +57,7 @@ import openai
 import psutil
 
 from bench import dynamo, wrk
-from bench.common import GPU_LIKE, RESULTS, save, service_of, tree_cpu_s
+from bench.common import GPU_LIKE, RESULTS, cell, save, service_of, spread, tree_cpu_s
 from bench.loadgen import run_level
 from engines.sim.engine import SimArgs
 from kvmesh.api_keys import PREFIX as KEY_PREFIX
@@ -169,7 +168,7 @@ def _load_here(args: argparse.Namespace) -> None:
     """The `load` subcommand: one run from this host; prints one JSON line."""
     url = f"{args.url}/v1/chat/completions"
     requests = bodies(DEFAULT_MODEL, args.requests, args.stream, args.offset)
-    before, own_before = trees_cpu_s(args.cpu_of), psutil.Process().cpu_times()
+    before, own_before = tree_cpu_s(args.cpu_of, service_of), psutil.Process().cpu_times()
     if args.client == "python":
         figures = asyncio.run(run_level(url, requests, args.concurrency)).summary()
     elif args.client == "wrk":
@@ -178,7 +177,7 @@ def _load_here(args: argparse.Namespace) -> None:
             raise SystemExit(f"wrk: {figures['failed']} of {figures['requests']} requests failed")
     else:
         figures = asyncio.run(openai_client_stream(args.url, requests))
-    cpu_s = {k: v - before.get(k, 0.0) for k, v in trees_cpu_s(args.cpu_of).items()}
+    cpu_s = {k: v - before.get(k, 0.0) for k, v in tree_cpu_s(args.cpu_of, service_of).items()}
     own = psutil.Process().cpu_times()
     n = figures["requests"]
     figures["cpu_ms_per_request"] = round(sum(cpu_s.values()) * 1000 / n, 3)
@@ -187,15 +186,6 @@ def _load_here(args: argparse.Namespace) -> None:
     if args.client != "wrk":  # it shares the two cores with the servers; wrk's own process is another
         figures["load_generator_cpu_ms_per_request"] = round((sum(own[:2]) - sum(own_before[:2])) * 1000 / n, 2)
     print(json.dumps(figures))
-
-
-def trees_cpu_s(pids: list[int]) -> dict[str, float]:
-    """CPU seconds so far of the processes under `pids`, by part (bench.common.service_of)."""
-    total: dict[str, float] = {}
-    for pid in pids:
-        for part, seconds in tree_cpu_s(pid, service_of).items():
-            total[part] = total.get(part, 0.0) + seconds
-    return total
 
 
 async def openai_client_stream(base: str, requests: list[dict]) -> dict:
@@ -239,10 +229,6 @@ def stop_profiles(spies: list[subprocess.Popen]) -> None:
         spy.wait(30)
 
 
-def spread(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
 def summarize(runs: list[dict], sides: list[str]) -> list[dict]:
     """Per load generator, mode and level: each side's metrics over rounds, and the ratios
     kvmesh / Dynamo taken round by round."""
@@ -258,10 +244,6 @@ def summarize(runs: list[dict], sides: list[str]) -> list[dict]:
             row["ratio"] = {m: spread([k[m] / d[m] for k, d in paired]) for m in METRICS}
         rows.append(row)
     return rows
-
-
-def cell(figures: dict[str, float], digits: int) -> str:
-    return f"{figures['median']:.{digits}f} [{figures['min']:.{digits}f}–{figures['max']:.{digits}f}]"
 
 
 def print_table(rows: list[dict], sides: list[str]) -> None:
