@@ -14,7 +14,9 @@ from tests.support import prompts
 from tests.support.crash import crash
 from tests.support.waiting import wait_for
 
-MAX_TOKENS = 64
+# Long enough that the kill lands mid-stream even in a slow phase: the prompt is cached by the
+# reference run, so the stream is all decode (64 tokens were once done before the kill landed).
+MAX_TOKENS = 256
 
 
 def request(model: str) -> inference_pb2.GenerateRequest:
@@ -34,15 +36,18 @@ def migrations(mesh) -> float:
     return next((float(x.split()[1]) for x in lines if x.startswith("kvmesh_gateway_migrations_total ")), 0.0)
 
 
-def kill_worker_serving(mesh, worker_id: str):
-    """SIGKILL the worker, its Triton and its engine processes: an abrupt death, no drain."""
+def worker_processes(mesh) -> dict:
+    """Each worker id's `kvmesh worker` process (found before the stream starts, so the kill
+    lands at once)."""
     with grpc.insecure_channel(mesh.router) as channel:
         workers = router_pb2_grpc.RouterStub(channel).Workers(router_pb2.WorkersRequest()).workers
-    port = next(w.record.triton_grpc_address for w in workers if w.record.id == worker_id).rsplit(":", 1)[1]
+    ports = {w.record.triton_grpc_address.rsplit(":", 1)[1]: w.record.id for w in workers}
+    found = {}
     for process in mesh.service_processes("worker"):
-        if any(f"--grpc-port={port}" in c.cmdline() for c in process.children() if c.name() == "tritonserver"):
-            return crash(process)
-    raise AssertionError(f"no process for {worker_id}")
+        for child in process.children():
+            if child.name() == "tritonserver":
+                found |= {ports[p]: process for p in ports if f"--grpc-port={p}" in child.cmdline()}
+    return found
 
 
 @pytest.fixture
@@ -68,10 +73,11 @@ def test_a_stream_whose_worker_dies_continues_on_the_other_worker(mesh, killed):
         inference = inference_pb2_grpc.InferenceStub(channel)
         reference = [t for r in inference.Generate(request(mesh.model), timeout=120) for t in r.token_ids]
         before = migrations(mesh)
+        processes = worker_processes(mesh)
         stream = inference.Generate(request(mesh.model), timeout=120)
         first = next(stream)
         killed.add(first.worker_id)
-        clean_up = kill_worker_serving(mesh, first.worker_id)
+        clean_up = crash(processes[first.worker_id])  # SIGKILL: an abrupt death, no drain
         rest = list(stream)
     clean_up()
     tokens = [*first.token_ids, *(t for r in rest for t in r.token_ids)]
