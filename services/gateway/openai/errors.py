@@ -45,14 +45,19 @@ def sse_error(e: Exception) -> str:
     return f"data: {json.dumps(body)}\n\n"
 
 
-def install(app: FastAPI) -> None:
-    def respond(status: int, body: dict, headers: dict[str, str] | None = None) -> JSONResponse:
-        metrics.REQUESTS.labels("http", str(status)).inc()
-        return JSONResponse(body, status_code=status, headers=headers)
+def respond(status: int, body: dict, headers: dict[str, str] | None = None) -> JSONResponse:
+    metrics.REQUESTS.labels("http", str(status)).inc()
+    return JSONResponse(body, status_code=status, headers=headers)
 
+
+def kvmesh_response(e: KvmeshError) -> JSONResponse:
+    return respond(*from_kvmesh(e), e.headers)
+
+
+def install(app: FastAPI) -> None:
     @app.exception_handler(KvmeshError)
     async def _kvmesh(request: Request, e: KvmeshError) -> JSONResponse:
-        return respond(*from_kvmesh(e), e.headers)
+        return kvmesh_response(e)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, e: RequestValidationError) -> JSONResponse:

@@ -12,6 +12,7 @@ from kvmesh.auth import Authenticator
 from services.gateway.openai import errors
 from services.gateway.openai.bearer_auth import BearerAuth
 from services.gateway.openai.body_limit import BodyLimit
+from services.gateway.openai.hot_routes import HotRoutes
 from services.gateway.openai.protocol import ChatCompletionRequest, CompletionRequest
 from services.gateway.openai.serving import OpenAIServing
 from services.gateway.served import ServedModels
@@ -23,11 +24,18 @@ def create_app(
     """`authenticator`: API keys on /v1/ (kvmesh/auth.py); None: auth is off."""
     app = FastAPI(title="kvmesh gateway", docs_url=None, redoc_url=None)
     errors.install(app)
+    # The last added runs first: keys, then the body limit, then the hot routes, then FastAPI's routing.
+    hot = {
+        "/v1/chat/completions": (ChatCompletionRequest, serving.chat),
+        "/v1/completions": (CompletionRequest, serving.completions),
+    }
+    app.add_middleware(HotRoutes, routes=hot)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
-    if authenticator is not None:  # the last added runs first: keys before anything else
+    if authenticator is not None:
         app.add_middleware(BearerAuth, authenticator=authenticator)
     started = int(time.time())
 
+    # Served by HotRoutes; here for the bodies it hands on (FastAPI's refusals) and /openapi.json.
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request, body: ChatCompletionRequest):
         return await serving.chat(request, body)

@@ -7,11 +7,13 @@ import asyncio
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
+from functools import cached_property
 
+import msgspec
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from kvmesh import auth, telemetry
 from kvmesh.api_keys import ApiKey
@@ -85,7 +87,7 @@ class OpenAIServing:
         chars = sum(len(text) for _, text in messages)
         self.limits.check_prompt_chars(chars, "messages")
         prompt_ids = await encode_sized(chars, lambda: prompt.chat_ids(model.tokenizer, messages))
-        return await self._respond(request, body, model, prompt_ids, sampling, ChatFormat())
+        return await self._respond(request, body, model, prompt_ids, sampling, CHAT)
 
     async def completions(self, request: Request, body: CompletionRequest):
         model = self.served.get(body.model)
@@ -104,7 +106,7 @@ class OpenAIServing:
             prompt_ids = await encode_sized(len(given), lambda: model.tokenizer.encode(given))
         else:
             prompt_ids = prompt.token_ids(model.tokenizer, given, "prompt")
-        return await self._respond(request, body, model, prompt_ids, sampling, CompletionFormat())
+        return await self._respond(request, body, model, prompt_ids, sampling, COMPLETION)
 
     def _sampling(self, body: SamplingFields, max_tokens: int | None) -> Sampling:
         sampling = _sampling(body, max_tokens)
@@ -125,13 +127,7 @@ class OpenAIServing:
             # Routing failures must still be an HTTP error: wait for the first chunk before answering 200.
             first = await anext(chunks)
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            events = _sse(
-                first,
-                chunks,
-                lambda c, f: fmt.chunk(request_id, created, model.name, c, f),
-                include_usage,
-                lambda u: fmt.usage_chunk(request_id, created, model.name, u),
-            )
+            events = _sse(first, chunks, SseEvents(fmt, request_id, created, model.name), include_usage)
             headers = {**SSE_HEADERS, **admitted.headers()}
             return SseResponse(events, request_id, self.write_timeout_s, headers)
         result = await _until_disconnect(request, _collect(chunks))
@@ -139,11 +135,20 @@ class OpenAIServing:
             metrics.REQUESTS.labels("http", "499").inc()
             return Response(status_code=499)  # nobody reads it: the client is gone
         metrics.REQUESTS.labels("http", "200").inc()
-        return JSONResponse(fmt.whole(request_id, created, model.name, *result), headers=admitted.headers())
+        return json_response(fmt.whole(request_id, created, model.name, *result), admitted.headers())
+
+
+_JSON = msgspec.json.Encoder()
+
+
+def json_response(body: dict, headers: dict[str, str]) -> Response:
+    """JSONResponse's answer, byte for byte (compact, UTF-8), encoded by msgspec for far less CPU."""
+    return Response(_JSON.encode(body), media_type="application/json", headers=headers)
 
 
 def _caller(request: Request) -> ApiKey | None:
-    return getattr(request.state, "caller", None)  # set by BearerAuth when auth is on
+    # Set by BearerAuth when auth is on. Not request.state: its miss raises and catches an AttributeError.
+    return request.scope.get("state", {}).get("caller")
 
 
 async def _collect(chunks: AsyncIterator[Chunk]) -> tuple[str, str, Usage]:
@@ -177,21 +182,17 @@ async def _until_disconnect(request: Request, work):
 
 
 async def _sse(
-    first: Chunk,
-    rest: AsyncIterator[Chunk],
-    render: Callable[[Chunk, bool], dict],
-    include_usage: bool,
-    render_usage: Callable[[Usage], dict],
+    first: Chunk, rest: AsyncIterator[Chunk], events: SseEvents, include_usage: bool
 ) -> AsyncGenerator[str, None]:
     is_first = True
     chunk = first
     try:
         while True:
-            yield f"data: {json.dumps(render(chunk, is_first))}\n\n"
+            yield events.chunk(chunk, is_first)
             is_first = False
             if chunk.finish_reason:
                 if include_usage:
-                    yield f"data: {json.dumps(render_usage(chunk.usage))}\n\n"
+                    yield events.usage(chunk.usage)
                 break
             chunk = await anext(rest)
         metrics.REQUESTS.labels("http", "200").inc()
@@ -204,7 +205,8 @@ async def _sse(
 
 
 class _Format(ABC):
-    """The JSON shapes of one endpoint; subclasses say what differs between chat and completions."""
+    """The JSON shapes of one endpoint; subclasses say what differs between chat and completions.
+    The choice of a chunk neither first nor last depends on its text only (see `text_template`)."""
 
     id_prefix = ""
     chunk_object = ""
@@ -215,6 +217,13 @@ class _Format(ABC):
 
     @abstractmethod
     def whole_choice(self, text: str, finish: str) -> dict: ...
+
+    @cached_property
+    def text_template(self) -> tuple[str, str]:
+        """The JSON of a middle chunk's choice before and after its text (json.dumps's own spelling)."""
+        marker = json.dumps("\0")  # "\u0000": nowhere else in a choice
+        before, after = json.dumps(self.chunk_choice(Chunk("\0", []), False)).split(marker)
+        return before, after
 
     def chunk(self, rid: str, created: int, model: str, c: Chunk, first: bool) -> dict:
         return _envelope(rid, self.chunk_object, created, model, [self.chunk_choice(c, first)])
@@ -228,6 +237,31 @@ class _Format(ABC):
 
 def _envelope(rid: str, obj: str, created: int, model: str, choices: list[dict], **extra) -> dict:
     return {"id": rid, "object": obj, "created": created, "model": model, "choices": choices, **extra}
+
+
+class SseEvents:
+    """One stream's SSE events, each `data: <json.dumps of the chunk>`. A middle chunk (most of
+    them) is its text set between the envelope and choice encoded once per stream: the same bytes
+    for a small part of the CPU. The first, the last and usage are encoded whole."""
+
+    def __init__(self, fmt: _Format, rid: str, created: int, model: str):
+        self.fmt, self.rid, self.created, self.model = fmt, rid, created, model
+        envelope = json.dumps(_envelope(rid, fmt.chunk_object, created, model, []))
+        before, after = fmt.text_template
+        self.before = f"data: {envelope.removesuffix(']}')}{before}"  # up to the choice's text
+        self.after = f"{after}]}}\n\n"
+
+    def chunk(self, c: Chunk, first: bool) -> str:
+        if first or c.finish_reason:
+            return _event(self.fmt.chunk(self.rid, self.created, self.model, c, first))
+        return f"{self.before}{json.dumps(c.text)}{self.after}"
+
+    def usage(self, u: Usage) -> str:
+        return _event(self.fmt.usage_chunk(self.rid, self.created, self.model, u))
+
+
+def _event(data: dict) -> str:
+    return f"data: {json.dumps(data)}\n\n"
 
 
 class ChatFormat(_Format):
@@ -253,3 +287,6 @@ class CompletionFormat(_Format):
 
     def whole_choice(self, text: str, finish: str) -> dict:
         return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+
+
+CHAT, COMPLETION = ChatFormat(), CompletionFormat()  # one each: their text templates are made once
