@@ -47,6 +47,7 @@ class LocalMesh:
     admin_key: str = ""  # the mesh's admin key (it checks keys with --auth on)
     mesh_token: str = ""  # what its services show each other
     routers: tuple[str, ...] = ()  # every router's address, `router` first (`kvmesh up --routers`)
+    prometheus: str | None = None  # "http://127.0.0.1:<port>" when started with --prometheus
 
     @classmethod
     def start(
@@ -58,7 +59,9 @@ class LocalMesh:
         tls_dir: Path | None = None,
         routers: int = 1,
     ) -> LocalMesh:
-        ports = dict(zip(("http", "grpc", "rest", "kvindex", "planner", "redis"), free_ports(6), strict=True))
+        names = ("http", "grpc", "rest", "kvindex", "planner", "redis", "prometheus")
+        names = names if "--prometheus" in extra_args else names[:-1]
+        ports = dict(zip(names, free_ports(len(names)), strict=True))
         ports["router"] = _free_run(routers, avoid=ports.values())
         log_dir.mkdir(parents=True, exist_ok=True)
         # The services append to their logs and benchmarks reuse their directories: what a caller
@@ -94,15 +97,19 @@ class LocalMesh:
             admin_key=child_env[ADMIN_KEY_ENV],
             mesh_token=child_env[MESH_TOKEN_ENV],
             routers=tuple(f"127.0.0.1:{ports['router'] + i}" for i in range(routers)),
+            prometheus=f"http://127.0.0.1:{ports['prometheus']}" if "prometheus" in ports else None,
         )
         deadline = time.monotonic() + ready_timeout_s
         verify = mesh.http_verify()
-        while not http_ok(f"{mesh.http}/health", verify):
+        while not http_ok(f"{mesh.http}/health", verify) or not mesh._prometheus_ready():
             if process.poll() is not None or time.monotonic() > deadline:
                 mesh.kill()
                 raise RuntimeError(f"kvmesh up did not get ready:\n{mesh.log('up')}")
             time.sleep(0.5)
         return mesh
+
+    def _prometheus_ready(self) -> bool:
+        return self.prometheus is None or http_ok(f"{self.prometheus}/-/ready")
 
     def wait_for_workers(self, count: int, timeout_s: float = 600, gone: frozenset[str] = frozenset()) -> None:
         """`kvmesh up` is ready with its first worker; this waits until `count` are registered,

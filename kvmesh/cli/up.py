@@ -1,5 +1,5 @@
 """`kvmesh up`: Redis, kvindex, router, the workers (aggregated, or prefill and decode pools), the
-gateway, the REST front and optionally the planner on this machine, with mutual TLS on every gRPC
+gateway, the REST front and optionally the planner and Prometheus on this machine, with mutual TLS on every gRPC
 hop (and Redis) when given a `kvmesh certs dev` directory; `kvmesh status`."""
 
 from __future__ import annotations
@@ -23,10 +23,12 @@ from rich.table import Table
 from kvmesh import models
 from kvmesh.api_keys import PREFIX
 from kvmesh.auth import ADMIN_KEY_ENV, MESH_TOKEN_ENV, bearer
+from kvmesh.cli import prometheus as prometheus_server
 from kvmesh.cli import rest_front
 from kvmesh.cli.options import default, setting
 from kvmesh.cli.supervisor import Supervisor, http_ok, tail
 from kvmesh.net import is_loopback
+from kvmesh.prometheus_sd import SdSettings
 from kvmesh.redis_server import PASSWORD_ENV, RedisServer, masked
 from kvmesh.settings import DEFAULT_REDIS_URL, WILDCARD_HOSTS, CommonSettings
 from kvmesh.tls import CA, MutualTls, blocking_channel, trusting
@@ -81,6 +83,13 @@ def up(
     planner: bool = typer.Option(False, help="size the prefill and decode pools (needs --disagg and a profile)"),
     planner_profile: Path = typer.Option(None, help="`kvmesh profile` output; default <cache>/profiles/<engine>.json"),
     planner_args: str = typer.Option("", help="more planner flags, e.g. '--ttft-ms 500 --itl-ms 50 --max-replicas 4'"),
+    prometheus: bool = typer.Option(
+        False, help="Prometheus on 127.0.0.1, its targets kept from the registry: every service and worker"
+    ),
+    prometheus_port: int = typer.Option(9090, min=1, max=65535, help="with --prometheus: its HTTP port (API, UI)"),
+    prometheus_scrape_interval_s: float = setting(
+        SdSettings, "interval_s", help="with --prometheus: how often it scrapes, and how often its targets are re-read"
+    ),
     tls_dir: Path = typer.Option(None, help=TLS_DIR_HELP, exists=True, file_okay=False),
     auth: str = setting(CommonSettings, "auth"),
     log_dir: Path = typer.Option(None, help="default: <cache>/run/<time>"),
@@ -105,6 +114,11 @@ def up(
         raise typer.BadParameter(
             f"{planner_profile} is missing: `kvmesh profile --engine {engine} --out {planner_profile}` makes it",
             param_hint="--planner-profile",
+        )
+    prometheus_binary = prometheus_server.binary() if prometheus else None
+    if prometheus and prometheus_binary is None:
+        raise typer.BadParameter(
+            "no prometheus binary: scripts/setup.sh unpacks Debian's into build/prometheus", param_hint="--prometheus"
         )
     tls = _tls_in(tls_dir)
     auth_on = auth == "on" or (auth == "auto" and not is_loopback(host))
@@ -143,6 +157,7 @@ def up(
         # A worker picks free ports for its Triton while the services below may not have bound theirs.
         router_ports = list(range(router_port, router_port + routers))
         mesh_ports = [http_port, grpc_port, rest_port, *router_ports, kvindex_port, planner_port, redis_port]
+        mesh_ports += [prometheus_port] if prometheus else []
         worker_common = [*common, *_flags(tls("worker")), "--reserved-ports", json.dumps(mesh_ports), "--model", model]
         kvindex_args = [*common, *_flags(tls("kvindex")), "--port", str(kvindex_port)]
         supervisor.start("kvindex", "services.kvindex", kvindex_args)
@@ -150,6 +165,9 @@ def up(
         router_args += ["--disagg-threshold-tokens", str(disagg_threshold if disagg else 0)]
         for i, port in enumerate(router_ports):  # the first keeps the name (and log) of a single router
             supervisor.start(f"router-{i}" if i else "router", "services.router", [*router_args, "--port", str(port)])
+        if prometheus:  # before the workers: it sees each one join
+            _start_prometheus(supervisor, prometheus_binary, log_dir / "prometheus", prometheus_port,
+                              prometheus_scrape_interval_s, tls("client"))  # fmt: skip
         pools = [f"{engine}_prefill"] * prefill_workers + [f"{engine}_decode"] * decode_workers
         triton_models = pools if disagg else [engine] * workers
         for i, (triton_model, cpus) in enumerate(zip(triton_models, _worker_cpus(len(triton_models)), strict=True)):
@@ -183,6 +201,9 @@ def up(
                             *shlex.split(planner_args)]  # fmt: skip
             supervisor.start("planner", "services.planner", planner_argv)
         _wait_ready(supervisor, f"{gateway_url}/health", ready_timeout_s, verify=client_verify)
+        prometheus_url = f"http://127.0.0.1:{prometheus_port}" if prometheus else None
+        if prometheus_url:
+            _wait_ready(supervisor, f"{prometheus_url}/-/ready", 60.0, what="starting Prometheus")
         # Last, once the services it forwards to listen.
         rest_off = rest_front.unavailable_reason()
         # With the mesh's certificates it serves HTTPS with its own.
@@ -202,7 +223,7 @@ def up(
         _print_endpoints(
             host, gateway_url, grpc_port, rest_url, router_ports, kvindex_port, masked(redis_url), Path(model).name,
             log_dir, planner_port if planner else None, admin_key if auth_on else None,
-            _curl_tls(tls_dir, client_cert=not auth_on) if tls_dir else "",
+            _curl_tls(tls_dir, client_cert=not auth_on) if tls_dir else "", prometheus_url,
         )  # fmt: skip
         _supervise(supervisor, redis)
     except KeyboardInterrupt:
@@ -224,6 +245,16 @@ def _tls_in(tls_dir: Path | None):
 
 def _flags(tls: MutualTls | None) -> list[str]:
     return tls.flags() if tls else []
+
+
+def _start_prometheus(
+    supervisor: Supervisor, binary: Path, directory: Path, port: int, interval_s: float, tls: MutualTls | None
+) -> None:
+    """Its service discovery (kvmesh/prometheus_sd.py, a process of its own), then Prometheus."""
+    config_file, targets = prometheus_server.prepare(directory, interval_s, tls)
+    sd_args = ["--out", str(targets), "--interval-s", str(interval_s), *_flags(tls)]
+    supervisor.start("prometheus-sd", "kvmesh.prometheus_sd", sd_args)
+    supervisor.start_program("prometheus", prometheus_server.argv(binary, config_file, port, directory / "data"))
 
 
 def _worker_cpus(workers: int) -> list[str]:
@@ -286,7 +317,7 @@ def _curl_tls(tls_dir: Path, client_cert: bool) -> str:
 
 
 def _print_endpoints(host, gateway_url, grpc_port, rest_url, router_ports, kvindex_port, redis_url, model, log_dir,
-                     planner_port=None, admin_key=None, curl_tls=""):  # fmt: skip
+                     planner_port=None, admin_key=None, curl_tls="", prometheus_url=None):  # fmt: skip
     console.print(f"  OpenAI HTTP  {gateway_url}/v1   (health /health, metrics /metrics)")
     tls_note = " (TLS)" if gateway_url.startswith("https") else ""
     console.print(f"  gRPC         {host}:{grpc_port}{tls_note}   kvmesh.v1.Inference, kvmesh.v1.Models")
@@ -298,6 +329,8 @@ def _print_endpoints(host, gateway_url, grpc_port, rest_url, router_ports, kvind
     if planner_port:
         console.print(f"  planner      {host}:{planner_port}   kvmesh.v1.Planner")
     console.print(f"  redis        {redis_url}")
+    if prometheus_url:
+        console.print(f"  prometheus   {prometheus_url}   targets from the registry ({log_dir}/prometheus)")
     console.print(f"  logs         {log_dir}")
     if admin_key:
         console.print(f"  auth         on; the admin key, shown once ({ADMIN_KEY_ENV}): {admin_key}", highlight=False)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16kvmesh/v1/worker.proto\x12\tkvmesh.v1\"\x9f\x03\n\x0cWorkerRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x1d\n\x04role\x18\x03 \x01(\x0e\x32\x0f.kvmesh.v1.Role\x12\x1b\n\x13triton_grpc_address\x18\x04 \x01(\t\x12\x14\n\x0ctriton_model\x18\x05 \x01(\t\x12\x15\n\rkv_block_size\x18\x06 \x01(\r\x12\x10\n\x08\x63\x61pacity\x18\x07 \x01(\r\x12\x15\n\rmax_model_len\x18\x08 \x01(\r\x12\x1a\n\x12kv_events_endpoint\x18\t \x01(\t\x12\x17\n\x0fstarted_unix_ms\x18\n \x01(\x03\x12\x33\n\x06labels\x18\x0b \x03(\x0b\x32#.kvmesh.v1.WorkerRecord.LabelsEntry\x12!\n\x19kv_events_replay_endpoint\x18\x0c \x01(\t\x12\x10\n\x08\x64raining\x18\r \x01(\x08\x12\x14\n\x0cunresponsive\x18\x0e \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*T\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x13\n\x0fROLE_AGGREGATED\x10\x01\x12\x10\n\x0cROLE_PREFILL\x10\x02\x12\x0f\n\x0bROLE_DECODE\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16kvmesh/v1/worker.proto\x12\tkvmesh.v1\"\xbf\x03\n\x0cWorkerRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x1d\n\x04role\x18\x03 \x01(\x0e\x32\x0f.kvmesh.v1.Role\x12\x1b\n\x13triton_grpc_address\x18\x04 \x01(\t\x12\x14\n\x0ctriton_model\x18\x05 \x01(\t\x12\x15\n\rkv_block_size\x18\x06 \x01(\r\x12\x10\n\x08\x63\x61pacity\x18\x07 \x01(\r\x12\x15\n\rmax_model_len\x18\x08 \x01(\r\x12\x1a\n\x12kv_events_endpoint\x18\t \x01(\t\x12\x17\n\x0fstarted_unix_ms\x18\n \x01(\x03\x12\x33\n\x06labels\x18\x0b \x03(\x0b\x32#.kvmesh.v1.WorkerRecord.LabelsEntry\x12!\n\x19kv_events_replay_endpoint\x18\x0c \x01(\t\x12\x10\n\x08\x64raining\x18\r \x01(\x08\x12\x14\n\x0cunresponsive\x18\x0e \x01(\x08\x12\x1e\n\x16triton_metrics_address\x18\x0f \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*T\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x13\n\x0fROLE_AGGREGATED\x10\x01\x12\x10\n\x0cROLE_PREFILL\x10\x02\x12\x0f\n\x0bROLE_DECODE\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,10 +33,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_WORKERRECORD_LABELSENTRY']._loaded_options = None
   _globals['_WORKERRECORD_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_ROLE']._serialized_start=455
-  _globals['_ROLE']._serialized_end=539
+  _globals['_ROLE']._serialized_start=487
+  _globals['_ROLE']._serialized_end=571
   _globals['_WORKERRECORD']._serialized_start=38
-  _globals['_WORKERRECORD']._serialized_end=453
-  _globals['_WORKERRECORD_LABELSENTRY']._serialized_start=408
-  _globals['_WORKERRECORD_LABELSENTRY']._serialized_end=453
+  _globals['_WORKERRECORD']._serialized_end=485
+  _globals['_WORKERRECORD_LABELSENTRY']._serialized_start=440
+  _globals['_WORKERRECORD_LABELSENTRY']._serialized_end=485
 # @@protoc_insertion_point(module_scope)

@@ -19,7 +19,7 @@ ROLE_PREFILL: Role
 ROLE_DECODE: Role
 
 class WorkerRecord(_message.Message):
-    __slots__ = ("id", "model", "role", "triton_grpc_address", "triton_model", "kv_block_size", "capacity", "max_model_len", "kv_events_endpoint", "started_unix_ms", "labels", "kv_events_replay_endpoint", "draining", "unresponsive")
+    __slots__ = ("id", "model", "role", "triton_grpc_address", "triton_model", "kv_block_size", "capacity", "max_model_len", "kv_events_endpoint", "started_unix_ms", "labels", "kv_events_replay_endpoint", "draining", "unresponsive", "triton_metrics_address")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,7 @@ class WorkerRecord(_message.Message):
     KV_EVENTS_REPLAY_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
     UNRESPONSIVE_FIELD_NUMBER: _ClassVar[int]
+    TRITON_METRICS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     id: str
     model: str
     role: Role
@@ -55,4 +56,5 @@ class WorkerRecord(_message.Message):
     kv_events_replay_endpoint: str
     draining: bool
     unresponsive: bool
-    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., triton_grpc_address: _Optional[str] = ..., triton_model: _Optional[str] = ..., kv_block_size: _Optional[int] = ..., capacity: _Optional[int] = ..., max_model_len: _Optional[int] = ..., kv_events_endpoint: _Optional[str] = ..., started_unix_ms: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., kv_events_replay_endpoint: _Optional[str] = ..., draining: _Optional[bool] = ..., unresponsive: _Optional[bool] = ...) -> None: ...
+    triton_metrics_address: str
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., triton_grpc_address: _Optional[str] = ..., triton_model: _Optional[str] = ..., kv_block_size: _Optional[int] = ..., capacity: _Optional[int] = ..., max_model_len: _Optional[int] = ..., kv_events_endpoint: _Optional[str] = ..., started_unix_ms: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., kv_events_replay_endpoint: _Optional[str] = ..., draining: _Optional[bool] = ..., unresponsive: _Optional[bool] = ..., triton_metrics_address: _Optional[str] = ...) -> None: ...

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import uvicorn
 
 from kvmesh import auth, grpc_server, registry, telemetry
+from kvmesh.announce import Announcement
 from kvmesh.api_keys import ApiKey, KeyStore
 from kvmesh.quota import Quotas
 from kvmesh.tls import FrontTls, MutualTls, install_sighup
@@ -105,9 +106,11 @@ async def run(settings: GatewaySettings, process: Process) -> None:
     serving = asyncio.create_task(http.serve(process.http_sockets(settings.host, settings.http_port)))
     while not http.started and not serving.done():
         await asyncio.sleep(0.02)
+    announcement = None
     if http.started:
         port = http.servers[0].sockets[0].getsockname()[1]
         scheme = "https" if front_tls else "http"
+        announcement = Announcement.of(settings, "gateway", port, scheme).start()  # /metrics on the HTTP port
         print(
             f"gateway ready: {scheme}://{settings.host}:{port} (OpenAI), grpc {settings.host}:{grpc_served.port}"
             f"{' (TLS)' if front_tls else ''}, auth {'on' if authenticator else 'off'}{process.label}",
@@ -126,6 +129,8 @@ async def run(settings: GatewaySettings, process: Process) -> None:
         print(f"gateway drained in {time.monotonic() - started:.1f}s{process.label}", flush=True)
     finally:
         stop.cancel()
+        if announcement:
+            await announcement.stop()
         if front_tls:
             reloading.cancel()
         await router.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uvloop
 
 from kvmesh import auth, grpc_server, registry, telemetry
+from kvmesh.announce import Announcement
 from kvmesh.block_index import BlockIndex
 from kvmesh.registry import Watcher
 from kvmesh.settings import load
@@ -43,7 +44,9 @@ async def run(settings: KvIndexSettings) -> None:
         interceptors=auth.interceptors(settings, registry.connect(settings.redis_url, tls=tls)),
     )
     print(f"kvindex ready on {settings.host}:{served.port} (metrics on :{metrics_port}/metrics)", flush=True)
+    announcement = Announcement.of(settings, "kvindex", metrics_port).start()
     await grpc_server.wait_for_signal()
+    await announcement.stop()
 
     async def stop_background() -> None:
         await ingestor.stop()

@@ -8,6 +8,7 @@ import logging
 import uvloop
 
 from kvmesh import auth, grpc_server, registry, telemetry
+from kvmesh.announce import Announcement
 from kvmesh.profile import EngineProfile
 from kvmesh.registry import Watcher
 from kvmesh.settings import load
@@ -56,6 +57,7 @@ async def run(settings: PlannerSettings) -> None:
         interceptors=auth.interceptors(settings, registry.connect(settings.redis_url, tls=tls)),
     )
     print(f"planner ready on {settings.host}:{served.port} (metrics on :{metrics_port}/metrics)", flush=True)
+    announcement = Announcement.of(settings, "planner", metrics_port).start()
 
     async def loop() -> None:
         while True:
@@ -67,6 +69,7 @@ async def run(settings: PlannerSettings) -> None:
 
     stepping = asyncio.create_task(loop())
     await grpc_server.wait_for_signal()
+    await announcement.stop()
 
     async def stop_background() -> None:
         stepping.cancel()

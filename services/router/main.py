@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 import uvloop
 
 from kvmesh import auth, block_index, grpc_server, redis_functions, registry, telemetry
+from kvmesh.announce import Announcement
 from kvmesh.redis_batch import Coalescer
 from kvmesh.registry import Watcher
 from kvmesh.settings import load
@@ -74,7 +75,9 @@ async def run(settings: RouterSettings) -> None:
         interceptors=[*auth.interceptors(settings, registry.connect(settings.redis_url, tls=tls)), draining],
     )
     print(f"router ready on {settings.host}:{served.port} (metrics on :{metrics_port}/metrics)", flush=True)
+    announcement = Announcement.of(settings, "router", metrics_port).start()
     await grpc_server.wait_for_signal()
+    await announcement.stop()
     # The accounting stops last: the Routes answered while draining count their load.
     await grpc_server.drain(served, grace_s=settings.drain_timeout_s, before_stop=draining.begin)
     await stop_background()

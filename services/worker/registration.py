@@ -54,7 +54,8 @@ def describe(
         kv_events_endpoint=kv_events.get("endpoint", ""),
         kv_events_replay_endpoint=kv_events.get("replay_endpoint") or "",
         started_unix_ms=registry.now_ms(),
-        labels={"engine": triton_model, "triton_metrics": hostport(settings.advertise_host, ports.metrics)},
+        labels={"engine": triton_model},
+        triton_metrics_address=hostport(settings.advertise_host, ports.metrics),
     )
 
 

@@ -85,7 +85,7 @@ class Agent:
             listed = router_pb2_grpc.RouterStub(c).Workers(request, timeout=10, metadata=self.metadata()).workers
         return [
             {"id": w.record.id, "triton": w.record.triton_grpc_address, "kv_events": w.record.kv_events_endpoint,
-             "kv_replay": w.record.kv_events_replay_endpoint, "metrics": w.record.labels["triton_metrics"],
+             "kv_replay": w.record.kv_events_replay_endpoint, "metrics": w.record.triton_metrics_address,
              "in_flight": w.in_flight}
             for w in listed
         ]  # fmt: skip

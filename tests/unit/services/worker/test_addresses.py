@@ -36,7 +36,7 @@ def test_bound_to_every_interface_it_registers_its_advertised_address_and_relaye
     relayed = Endpoints("tcp://10.213.47.11:5557", "tcp://10.213.47.11:5558")
     described = record(worker, relayed)
     assert described.triton_grpc_address == "10.213.47.11:8001"
-    assert described.labels["triton_metrics"] == "10.213.47.11:8002"
+    assert described.triton_metrics_address == "10.213.47.11:8002"
     assert (described.kv_events_endpoint, described.kv_events_replay_endpoint) == (relayed.events, relayed.replay)
 
 
