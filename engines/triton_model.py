@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from engines import mux
+from engines import metrics, mux
 from engines import request as engine_request
 from engines.outbox import Outbox
 from engines.serving import serve_request
@@ -39,8 +39,9 @@ class EngineModel:
 
     def make_engine(self, engine: str, engine_args: dict[str, Any]):
         """An object with generate/abort (engines.serving.Engine), submit(coro), shutdown(),
-        max_model_len and vocab_size; on decode instances also check_kv_transfer(params), which
-        raises engines.request.BadRequest for parameters its engine cannot use."""
+        max_model_len, vocab_size and metrics_sample() (engines/metrics.py); on decode instances
+        also check_kv_transfer(params), which raises engines.request.BadRequest for parameters its
+        engine cannot use."""
         module, cls = ENGINE_CLASS[Engine(engine)]
         return getattr(importlib.import_module(module), cls)(engine_args, role=self.role)
 
@@ -53,6 +54,9 @@ class EngineModel:
         self.engine = self.make_engine(engine, json.loads(parameters["engine_args"]["string_value"]))
         self.outbox = Outbox()
         self.muxes = mux.MuxHub()
+        labels = {"model": args["model_name"], "version": args["model_version"]}  # as on Triton's nv_* metrics
+        self.metrics = metrics.TritonMetrics(self.pb_utils, labels)
+        self.metrics_export = self.engine.submit(metrics.export(self.engine.metrics_sample, self._publish_metrics))
         freeze_startup_heap()
 
     def execute(self, requests):
@@ -120,9 +124,14 @@ class EngineModel:
             role=self.role,
         )
 
+    def _publish_metrics(self, sample: metrics.EngineSample):
+        return self.outbox.put(lambda: self.metrics.publish(sample))
+
     def finalize(self):
+        self.metrics_export.cancel()
         self.engine.shutdown()
         self.outbox.close()
+        self.metrics.close()
 
 
 class _RequestIO:

@@ -8,7 +8,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from engines.loop_thread import LoopThread
+from engines.metrics import EngineSample
 from engines.request import BadRequest, EngineRequest
+from engines.vllm_metrics import VllmStats, stat_logger
 from kvmesh import models
 from kvmesh.engine_wire import EngineDelta
 
@@ -63,6 +65,7 @@ class VllmEngine(LoopThread):
         self.role = role
         self.args = engine_args(args)
         self.kv_transfer_timeout_s: float | None = self.args.pop("kv_transfer_timeout_s", None)
+        self.stats = VllmStats()
         self._engine = self.submit(self._build()).result()
         config = self._engine.model_config
         self.max_model_len: int = config.max_model_len
@@ -77,7 +80,9 @@ class VllmEngine(LoopThread):
         args = dict(self.args)
         if isinstance(args.get("kv_events_config"), dict):  # JSON from the model config
             args["kv_events_config"] = KVEventsConfig(**args["kv_events_config"])
-        return AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+        # A custom stat logger turns vLLM's scheduler statistics on (disable_log_stats keeps its own
+        # loggers off): the engine metrics come from them.
+        return AsyncLLM.from_engine_args(AsyncEngineArgs(**args), stat_loggers=[stat_logger(self.stats)])
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineDelta]:
         from vllm import SamplingParams
@@ -126,6 +131,9 @@ class VllmEngine(LoopThread):
 
     def check_kv_transfer(self, params: dict[str, Any]) -> None:
         check_kv_transfer(params)
+
+    def metrics_sample(self) -> EngineSample:
+        return self.stats.sample()
 
     async def abort(self, request_id: str) -> None:
         await self._engine.abort(request_id)

@@ -49,6 +49,11 @@ class BlockManager:
     def cached(self) -> int:
         return len(self._refs)
 
+    @property
+    def in_use(self) -> int:
+        """Blocks running requests hold or reserved; like vLLM's usage, evictable cached blocks count as free."""
+        return len(self._refs) - len(self._evictable) + self._reserved
+
     def admit(self, prompt: list[int], max_tokens: int) -> Sequence:
         """Pins the cached prefix and reserves the rest; raises NoSpace if it cannot fit now."""
         hashes = [b.seq for b in hashing.block_hashes(prompt, self.block_size)]

@@ -8,13 +8,16 @@ format (ZMQ), so kvindex cannot tell this engine from vLLM.
 
 Roles, like vLLM's: a prefill instance stops after the first token and returns kv_transfer_params;
 a decode instance given those holds the prompt's KV at once (the transfer itself is not timed: NIXL
-moves a prompt's KV in milliseconds, bench/kv_transfer) and decodes from there.
+moves a prompt's KV in milliseconds, bench/kv_transfer) and decodes from there. Its KV-transfer
+metrics say so: the time is from the request's arrival until it holds the KV (its wait for admission),
+the bytes its uncached prompt tokens' KV at `kv_bytes_per_token`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -27,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from engines.kv_event_publisher import KvEventPublisher
 from engines.loop_thread import LoopThread
+from engines.metrics import EngineCounters, EngineSample
 from engines.request import BadRequest, EngineRequest
 from engines.sim.block_manager import BlockManager, NoSpace, Sequence
 from engines.sim.timing import Pacer, Timing
@@ -62,6 +66,8 @@ class SimArgs(BaseModel):
     max_num_seqs: int = Field(64, ge=1)
     max_num_batched_tokens: int = Field(8192, ge=1, description="token budget of one step")
     max_model_len: int = Field(131072, ge=1)
+    # SmolLM2-135M's in bf16: 30 layers x 3 KV heads x 64 x 2 (K and V) x 2 bytes.
+    kv_bytes_per_token: int = Field(23040, ge=0, description="for the KV-transfer metrics only")
     vocab_size: int = Field(49152, gt=FIRST_ORDINARY_TOKEN)
     timing: Timing = Field(default_factory=Timing)
     kv_events_config: KvEventsConfig = Field(default_factory=KvEventsConfig)
@@ -76,6 +82,7 @@ class _Running:
     output: list[int] = field(default_factory=list)
     context: deque[int] = field(default_factory=lambda: deque(maxlen=CONTEXT))  # what the next token is made from
     remote_kv: bool = False  # a decode instance's request whose prompt KV came from a prefill instance
+    arrived: float = field(default_factory=time.monotonic)
 
     @property
     def prompt_len(self) -> int:
@@ -102,6 +109,7 @@ class SimEngine(LoopThread):
         self.running: list[_Running] = []
         self._by_id: dict[str, _Running] = {}
         self._work = asyncio.Event()
+        self.counters = EngineCounters()
         self._clock = Pacer()
         self._scheduler = self.submit(_async(lambda: self.loop.create_task(self._schedule()))).result()
 
@@ -199,9 +207,12 @@ class SimEngine(LoopThread):
             except NoSpace:
                 return  # until running requests free blocks (generate refused what never fits)
             r.computed = r.seq.cached_tokens
+            self.counters.prefix_lookup(r.prompt_len, r.seq.cached_tokens)
             if r.remote_kv:  # its KV arrived whole: decode from the next step (which makes token 1 again)
                 r.computed = r.prompt_len
                 self.blocks.fill(r.seq)
+                transferred = (r.prompt_len - r.seq.cached_tokens) * self.args.kv_bytes_per_token
+                self.counters.kv_transfer(time.monotonic() - r.arrived, transferred)
             self.waiting.popleft()
             self.running.append(r)
 
@@ -224,6 +235,11 @@ class SimEngine(LoopThread):
             self._by_id.pop(r.request.request_id, None)
         transfer = {TRANSFER_KEY: True, "prompt_tokens": r.prompt_len} if finish and self.role == "prefill" else None
         r.deltas.put_nowait(EngineDelta([token], finish, r.prompt_len, r.seq.cached_tokens, transfer))
+
+    def metrics_sample(self) -> EngineSample:
+        """On the engine's loop."""
+        usage = self.blocks.in_use / self.args.num_blocks
+        return self.counters.take(usage, len(self.running), len(self.waiting))
 
     def shutdown(self) -> None:
         self.submit(self._stop_scheduler()).result(timeout=5)

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from engines.kv_event_publisher import KvEventPublisher
 from engines.loop_thread import LoopThread
+from engines.metrics import EngineCounters, EngineSample
 from engines.request import EngineRequest
-from engines.trtllm import mapping
+from engines.trtllm import mapping, metrics
 from kvmesh import models
 from kvmesh.engine_wire import EngineDelta
 
 log = logging.getLogger(__name__)
 EVENT_POLL_S = 0.01
+STATS_POLL_S = 0.5
 
 
 class TrtllmEngine(LoopThread):
@@ -40,7 +43,12 @@ class TrtllmEngine(LoopThread):
         self._end_id = config.eos_token_id if isinstance(config.eos_token_id, int) else config.eos_token_id[0]
         self._pad_id = config.pad_token_id if config.pad_token_id is not None else self._end_id
         self._outputs: dict[str, Any] = {}
+        self.counters = EngineCounters()
+        self._gauges = (0.0, 0, 0)
+        self._kv_bytes_per_token = metrics.kv_bytes_per_token(config)
+        self.args.setdefault("enable_iter_perf_stats", True)  # the engine gauges read them
         self._llm = self.submit(self._build()).result()
+        self._stats_task = self.submit(self._poll_stats())
         self.publisher = None
         if events.get("enable_kv_cache_events"):
             self.publisher = self.submit(_build_publisher(events)).result()
@@ -75,13 +83,21 @@ class TrtllmEngine(LoopThread):
         )
         self._outputs[request.request_id] = output
         sent = 0
+        submitted = time.monotonic()
         try:
             async for result in output:
                 completion = result.outputs[0]
+                if sent == 0 and self.role == "decode" and disaggregated is not None:
+                    # A generation-only request's first output comes once its KV has arrived.
+                    cached = getattr(result, "cached_tokens", 0) or 0
+                    nbytes = (len(request.prompt_token_ids) - cached) * self._kv_bytes_per_token
+                    self.counters.kv_transfer(time.monotonic() - submitted, nbytes)
                 # A generation-only stream starts with the context phase's token: kvmesh's decode
                 # contract is "the whole completion", so it is kept (the gateway skips it).
                 new, sent = list(completion.token_ids[sent:]), len(completion.token_ids)
                 finished = result.finished
+                if finished:
+                    self.counters.prefix_lookup(len(request.prompt_token_ids), getattr(result, "cached_tokens", 0) or 0)
                 transfer = None
                 if finished and self.role == "prefill" and completion.disaggregated_params is not None:
                     transfer = mapping.encode_context(completion.disaggregated_params)
@@ -103,6 +119,16 @@ class TrtllmEngine(LoopThread):
         if output is not None:
             output.abort()
 
+    def metrics_sample(self) -> EngineSample:
+        return self.counters.take(*self._gauges)
+
+    async def _poll_stats(self) -> None:
+        """The latest iteration's gauges (TensorRT-LLM queues one stats dict per iteration)."""
+        while True:
+            async for stats in self._llm.get_stats_async(timeout=STATS_POLL_S):
+                self._gauges = metrics.gauges(stats)
+            await asyncio.sleep(STATS_POLL_S)
+
     async def _publish_events(self) -> None:
         """TensorRT-LLM's KV-cache events, translated to vLLM's format, on kvmesh's publisher."""
         while True:
@@ -116,6 +142,7 @@ class TrtllmEngine(LoopThread):
 
     def shutdown(self) -> None:
         try:
+            self._stats_task.cancel()
             self._llm.shutdown()
             if self.publisher:
                 self._events_task.cancel()
