@@ -23,10 +23,11 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.protobuf import wrappers_pb2 as google_dot_protobuf_dot_wrappers__pb2
 from kvmesh.v1 import worker_pb2 as kvmesh_dot_v1_dot_worker__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16kvmesh/v1/router.proto\x12\tkvmesh.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x16kvmesh/v1/worker.proto\"\xab\x02\n\x0cRouteRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x12\n\nnum_tokens\x18\x03 \x01(\r\x12\x14\n\x0c\x62lock_hashes\x18\x04 \x03(\x04\x12\x0e\n\x06policy\x18\x05 \x01(\t\x12\x12\n\nblock_size\x18\x06 \x01(\r\x12\x1a\n\x12\x65xclude_worker_ids\x18\x07 \x03(\t\x12\x17\n\x0f\x61ggregated_only\x18\x08 \x01(\x08\x12@\n\rtrace_context\x18\t \x03(\x0b\x32).kvmesh.v1.RouteRequest.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xd0\x01\n\rRouteResponse\x12\'\n\x06worker\x18\x01 \x01(\x0b\x32\x17.kvmesh.v1.WorkerRecord\x12\x0e\n\x06policy\x18\x02 \x01(\t\x12\x16\n\x0eoverlap_blocks\x18\x03 \x01(\r\x12/\n\x0eprefill_worker\x18\x04 \x01(\x0b\x32\x17.kvmesh.v1.WorkerRecord\x12\x1e\n\x16prefill_overlap_blocks\x18\x05 \x01(\r\x12\x1d\n\x15\x64isaggregation_reason\x18\x06 \x01(\t\":\n\x0e\x45xplainRequest\x12(\n\x07request\x18\x01 \x01(\x0b\x32\x17.kvmesh.v1.RouteRequest\"\xfd\x01\n\tCandidate\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66iltered_by\x18\x02 \x01(\t\x12\x16\n\x0eoverlap_blocks\x18\x03 \x01(\r\x12\x16\n\x0eprefill_blocks\x18\x04 \x01(\r\x12\x15\n\rdecode_blocks\x18\x05 \x01(\r\x12\x11\n\tin_flight\x18\x06 \x01(\r\x12\r\n\x05score\x18\x07 \x01(\x01\x12\x30\n\x06scores\x18\x08 \x03(\x0b\x32 .kvmesh.v1.Candidate.ScoresEntry\x1a-\n\x0bScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x98\x01\n\x0f\x45xplainResponse\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x18\n\x10\x63hosen_worker_id\x18\x02 \x01(\t\x12(\n\ncandidates\x18\x03 \x03(\x0b\x32\x14.kvmesh.v1.Candidate\x12\x31\n\x0e\x64isaggregation\x18\x04 \x01(\x0b\x32\x19.kvmesh.v1.Disaggregation\"\xb7\x01\n\x0e\x44isaggregation\x12\x15\n\rdisaggregated\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x17\n\x0funcached_tokens\x18\x03 \x01(\r\x12\x18\n\x10threshold_tokens\x18\x04 \x01(\r\x12\x19\n\x11prefill_worker_id\x18\x05 \x01(\t\x12\x30\n\x12prefill_candidates\x18\x06 \x03(\x0b\x32\x14.kvmesh.v1.Candidate\"\x1f\n\x0eWorkersRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\x95\x01\n\x0cWorkerStatus\x12\'\n\x06record\x18\x01 \x01(\x0b\x32\x17.kvmesh.v1.WorkerRecord\x12\x11\n\tin_flight\x18\x02 \x01(\r\x12\x16\n\x0eprefill_blocks\x18\x03 \x01(\r\x12\x15\n\rdecode_blocks\x18\x04 \x01(\r\x12\x1a\n\x12lease_remaining_ms\x18\x05 \x01(\x03\";\n\x0fWorkersResponse\x12(\n\x07workers\x18\x01 \x03(\x0b\x32\x17.kvmesh.v1.WorkerStatus\"*\n\x14MarkPrefilledRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x17\n\x15MarkPrefilledResponse\"$\n\x0eReleaseRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x11\n\x0fReleaseResponse\"\x94\x01\n\x0eSessionRequest\x12(\n\x05route\x18\x01 \x01(\x0b\x32\x17.kvmesh.v1.RouteRequestH\x00\x12\x13\n\tprefilled\x18\x02 \x01(\tH\x00\x12\x12\n\x08released\x18\x03 \x01(\tH\x00\x12\'\n\x04more\x18\x04 \x03(\x0b\x32\x19.kvmesh.v1.SessionRequestB\x06\n\x04kind\"\xda\x01\n\x0fSessionResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x05route\x18\x02 \x01(\x0b\x32\x18.kvmesh.v1.RouteResponseH\x00\x12&\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x15.kvmesh.v1.RouteErrorH\x00\x12,\n\x07summary\x18\x04 \x01(\x0b\x32\x19.kvmesh.v1.SessionSummaryH\x00\x12(\n\x04more\x18\x05 \x03(\x0b\x32\x1a.kvmesh.v1.SessionResponseB\x08\n\x06result\"E\n\x0eSessionSummary\x12\x0e\n\x06routed\x18\x01 \x01(\r\x12\x11\n\tprefilled\x18\x02 \x01(\r\x12\x10\n\x08released\x18\x03 \x01(\r\"+\n\nRouteError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t2\x88\x05\n\x06Router\x12W\n\x05Route\x12\x17.kvmesh.v1.RouteRequest\x1a\x18.kvmesh.v1.RouteResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x10/v1/router/route:\x01*\x12_\n\x07\x45xplain\x12\x19.kvmesh.v1.ExplainRequest\x1a\x1a.kvmesh.v1.ExplainResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\"\x12/v1/router/explain:\x01*\x12\\\n\x07Workers\x12\x19.kvmesh.v1.WorkersRequest\x1a\x1a.kvmesh.v1.WorkersResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/router/workers\x12\x89\x01\n\rMarkPrefilled\x12\x1f.kvmesh.v1.MarkPrefilledRequest\x1a .kvmesh.v1.MarkPrefilledResponse\"5\x82\xd3\xe4\x93\x02/\"*/v1/router/requests/{request_id}/prefilled:\x01*\x12u\n\x07Release\x12\x19.kvmesh.v1.ReleaseRequest\x1a\x1a.kvmesh.v1.ReleaseResponse\"3\x82\xd3\xe4\x93\x02-\"(/v1/router/requests/{request_id}/release:\x01*\x12\x63\n\x07Session\x12\x19.kvmesh.v1.SessionRequest\x1a\x1a.kvmesh.v1.SessionResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\"\x12/v1/router/session:\x01*(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16kvmesh/v1/router.proto\x12\tkvmesh.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/wrappers.proto\x1a\x16kvmesh/v1/worker.proto\"\xab\x02\n\x0cRouteRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x12\n\nnum_tokens\x18\x03 \x01(\r\x12\x14\n\x0c\x62lock_hashes\x18\x04 \x03(\x04\x12\x0e\n\x06policy\x18\x05 \x01(\t\x12\x12\n\nblock_size\x18\x06 \x01(\r\x12\x1a\n\x12\x65xclude_worker_ids\x18\x07 \x03(\t\x12\x17\n\x0f\x61ggregated_only\x18\x08 \x01(\x08\x12@\n\rtrace_context\x18\t \x03(\x0b\x32).kvmesh.v1.RouteRequest.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xd0\x01\n\rRouteResponse\x12\'\n\x06worker\x18\x01 \x01(\x0b\x32\x17.kvmesh.v1.WorkerRecord\x12\x0e\n\x06policy\x18\x02 \x01(\t\x12\x16\n\x0eoverlap_blocks\x18\x03 \x01(\r\x12/\n\x0eprefill_worker\x18\x04 \x01(\x0b\x32\x17.kvmesh.v1.WorkerRecord\x12\x1e\n\x16prefill_overlap_blocks\x18\x05 \x01(\r\x12\x1d\n\x15\x64isaggregation_reason\x18\x06 \x01(\t\":\n\x0e\x45xplainRequest\x12(\n\x07request\x18\x01 \x01(\x0b\x32\x17.kvmesh.v1.RouteRequest\"\xfd\x01\n\tCandidate\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66iltered_by\x18\x02 \x01(\t\x12\x16\n\x0eoverlap_blocks\x18\x03 \x01(\r\x12\x16\n\x0eprefill_blocks\x18\x04 \x01(\r\x12\x15\n\rdecode_blocks\x18\x05 \x01(\r\x12\x11\n\tin_flight\x18\x06 \x01(\r\x12\r\n\x05score\x18\x07 \x01(\x01\x12\x30\n\x06scores\x18\x08 \x03(\x0b\x32 .kvmesh.v1.Candidate.ScoresEntry\x1a-\n\x0bScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xcb\x01\n\x0f\x45xplainResponse\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x18\n\x10\x63hosen_worker_id\x18\x02 \x01(\t\x12(\n\ncandidates\x18\x03 \x03(\x0b\x32\x14.kvmesh.v1.Candidate\x12\x31\n\x0e\x64isaggregation\x18\x04 \x01(\x0b\x32\x19.kvmesh.v1.Disaggregation\x12\x31\n\x12recent_predictions\x18\x05 \x03(\x0b\x32\x15.kvmesh.v1.Prediction\"\x99\x01\n\nPrediction\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x1f\n\x17predicted_cached_tokens\x18\x03 \x01(\r\x12\x1c\n\x14\x61\x63tual_cached_tokens\x18\x04 \x01(\r\x12\x15\n\rmisprediction\x18\x05 \x01(\t\x12\x0e\n\x06\x61ge_ms\x18\x06 \x01(\x04\"\xb7\x01\n\x0e\x44isaggregation\x12\x15\n\rdisaggregated\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x17\n\x0funcached_tokens\x18\x03 \x01(\r\x12\x18\n\x10threshold_tokens\x18\x04 \x01(\r\x12\x19\n\x11prefill_worker_id\x18\x05 \x01(\t\x12\x30\n\x12prefill_candidates\x18\x06 \x03(\x0b\x32\x14.kvmesh.v1.Candidate\"\x1f\n\x0eWorkersRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\x95\x01\n\x0cWorkerStatus\x12\'\n\x06record\x18\x01 \x01(\x0b\x32\x17.kvmesh.v1.WorkerRecord\x12\x11\n\tin_flight\x18\x02 \x01(\r\x12\x16\n\x0eprefill_blocks\x18\x03 \x01(\r\x12\x15\n\rdecode_blocks\x18\x04 \x01(\r\x12\x1a\n\x12lease_remaining_ms\x18\x05 \x01(\x03\";\n\x0fWorkersResponse\x12(\n\x07workers\x18\x01 \x03(\x0b\x32\x17.kvmesh.v1.WorkerStatus\"*\n\x14MarkPrefilledRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x17\n\x15MarkPrefilledResponse\"Y\n\x0eReleaseRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x33\n\rcached_tokens\x18\x02 \x01(\x0b\x32\x1c.google.protobuf.UInt32Value\"\x11\n\x0fReleaseResponse\"\xc2\x01\n\x0eSessionRequest\x12(\n\x05route\x18\x01 \x01(\x0b\x32\x17.kvmesh.v1.RouteRequestH\x00\x12\x13\n\tprefilled\x18\x02 \x01(\tH\x00\x12\x12\n\x08released\x18\x03 \x01(\tH\x00\x12,\n\x07release\x18\x05 \x01(\x0b\x32\x19.kvmesh.v1.ReleaseRequestH\x00\x12\'\n\x04more\x18\x04 \x03(\x0b\x32\x19.kvmesh.v1.SessionRequestB\x06\n\x04kind\"\xda\x01\n\x0fSessionResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x05route\x18\x02 \x01(\x0b\x32\x18.kvmesh.v1.RouteResponseH\x00\x12&\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x15.kvmesh.v1.RouteErrorH\x00\x12,\n\x07summary\x18\x04 \x01(\x0b\x32\x19.kvmesh.v1.SessionSummaryH\x00\x12(\n\x04more\x18\x05 \x03(\x0b\x32\x1a.kvmesh.v1.SessionResponseB\x08\n\x06result\"E\n\x0eSessionSummary\x12\x0e\n\x06routed\x18\x01 \x01(\r\x12\x11\n\tprefilled\x18\x02 \x01(\r\x12\x10\n\x08released\x18\x03 \x01(\r\"+\n\nRouteError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t2\x88\x05\n\x06Router\x12W\n\x05Route\x12\x17.kvmesh.v1.RouteRequest\x1a\x18.kvmesh.v1.RouteResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x10/v1/router/route:\x01*\x12_\n\x07\x45xplain\x12\x19.kvmesh.v1.ExplainRequest\x1a\x1a.kvmesh.v1.ExplainResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\"\x12/v1/router/explain:\x01*\x12\\\n\x07Workers\x12\x19.kvmesh.v1.WorkersRequest\x1a\x1a.kvmesh.v1.WorkersResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/router/workers\x12\x89\x01\n\rMarkPrefilled\x12\x1f.kvmesh.v1.MarkPrefilledRequest\x1a .kvmesh.v1.MarkPrefilledResponse\"5\x82\xd3\xe4\x93\x02/\"*/v1/router/requests/{request_id}/prefilled:\x01*\x12u\n\x07Release\x12\x19.kvmesh.v1.ReleaseRequest\x1a\x1a.kvmesh.v1.ReleaseResponse\"3\x82\xd3\xe4\x93\x02-\"(/v1/router/requests/{request_id}/release:\x01*\x12\x63\n\x07Session\x12\x19.kvmesh.v1.SessionRequest\x1a\x1a.kvmesh.v1.SessionResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\"\x12/v1/router/session:\x01*(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,44 +50,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROUTER'].methods_by_name['Release']._serialized_options = b'\202\323\344\223\002-\"(/v1/router/requests/{request_id}/release:\001*'
   _globals['_ROUTER'].methods_by_name['Session']._loaded_options = None
   _globals['_ROUTER'].methods_by_name['Session']._serialized_options = b'\202\323\344\223\002\027\"\022/v1/router/session:\001*'
-  _globals['_ROUTEREQUEST']._serialized_start=92
-  _globals['_ROUTEREQUEST']._serialized_end=391
-  _globals['_ROUTEREQUEST_TRACECONTEXTENTRY']._serialized_start=340
-  _globals['_ROUTEREQUEST_TRACECONTEXTENTRY']._serialized_end=391
-  _globals['_ROUTERESPONSE']._serialized_start=394
-  _globals['_ROUTERESPONSE']._serialized_end=602
-  _globals['_EXPLAINREQUEST']._serialized_start=604
-  _globals['_EXPLAINREQUEST']._serialized_end=662
-  _globals['_CANDIDATE']._serialized_start=665
-  _globals['_CANDIDATE']._serialized_end=918
-  _globals['_CANDIDATE_SCORESENTRY']._serialized_start=873
-  _globals['_CANDIDATE_SCORESENTRY']._serialized_end=918
-  _globals['_EXPLAINRESPONSE']._serialized_start=921
-  _globals['_EXPLAINRESPONSE']._serialized_end=1073
-  _globals['_DISAGGREGATION']._serialized_start=1076
-  _globals['_DISAGGREGATION']._serialized_end=1259
-  _globals['_WORKERSREQUEST']._serialized_start=1261
-  _globals['_WORKERSREQUEST']._serialized_end=1292
-  _globals['_WORKERSTATUS']._serialized_start=1295
-  _globals['_WORKERSTATUS']._serialized_end=1444
-  _globals['_WORKERSRESPONSE']._serialized_start=1446
-  _globals['_WORKERSRESPONSE']._serialized_end=1505
-  _globals['_MARKPREFILLEDREQUEST']._serialized_start=1507
-  _globals['_MARKPREFILLEDREQUEST']._serialized_end=1549
-  _globals['_MARKPREFILLEDRESPONSE']._serialized_start=1551
-  _globals['_MARKPREFILLEDRESPONSE']._serialized_end=1574
-  _globals['_RELEASEREQUEST']._serialized_start=1576
-  _globals['_RELEASEREQUEST']._serialized_end=1612
-  _globals['_RELEASERESPONSE']._serialized_start=1614
-  _globals['_RELEASERESPONSE']._serialized_end=1631
-  _globals['_SESSIONREQUEST']._serialized_start=1634
-  _globals['_SESSIONREQUEST']._serialized_end=1782
-  _globals['_SESSIONRESPONSE']._serialized_start=1785
-  _globals['_SESSIONRESPONSE']._serialized_end=2003
-  _globals['_SESSIONSUMMARY']._serialized_start=2005
-  _globals['_SESSIONSUMMARY']._serialized_end=2074
-  _globals['_ROUTEERROR']._serialized_start=2076
-  _globals['_ROUTEERROR']._serialized_end=2119
-  _globals['_ROUTER']._serialized_start=2122
-  _globals['_ROUTER']._serialized_end=2770
+  _globals['_ROUTEREQUEST']._serialized_start=124
+  _globals['_ROUTEREQUEST']._serialized_end=423
+  _globals['_ROUTEREQUEST_TRACECONTEXTENTRY']._serialized_start=372
+  _globals['_ROUTEREQUEST_TRACECONTEXTENTRY']._serialized_end=423
+  _globals['_ROUTERESPONSE']._serialized_start=426
+  _globals['_ROUTERESPONSE']._serialized_end=634
+  _globals['_EXPLAINREQUEST']._serialized_start=636
+  _globals['_EXPLAINREQUEST']._serialized_end=694
+  _globals['_CANDIDATE']._serialized_start=697
+  _globals['_CANDIDATE']._serialized_end=950
+  _globals['_CANDIDATE_SCORESENTRY']._serialized_start=905
+  _globals['_CANDIDATE_SCORESENTRY']._serialized_end=950
+  _globals['_EXPLAINRESPONSE']._serialized_start=953
+  _globals['_EXPLAINRESPONSE']._serialized_end=1156
+  _globals['_PREDICTION']._serialized_start=1159
+  _globals['_PREDICTION']._serialized_end=1312
+  _globals['_DISAGGREGATION']._serialized_start=1315
+  _globals['_DISAGGREGATION']._serialized_end=1498
+  _globals['_WORKERSREQUEST']._serialized_start=1500
+  _globals['_WORKERSREQUEST']._serialized_end=1531
+  _globals['_WORKERSTATUS']._serialized_start=1534
+  _globals['_WORKERSTATUS']._serialized_end=1683
+  _globals['_WORKERSRESPONSE']._serialized_start=1685
+  _globals['_WORKERSRESPONSE']._serialized_end=1744
+  _globals['_MARKPREFILLEDREQUEST']._serialized_start=1746
+  _globals['_MARKPREFILLEDREQUEST']._serialized_end=1788
+  _globals['_MARKPREFILLEDRESPONSE']._serialized_start=1790
+  _globals['_MARKPREFILLEDRESPONSE']._serialized_end=1813
+  _globals['_RELEASEREQUEST']._serialized_start=1815
+  _globals['_RELEASEREQUEST']._serialized_end=1904
+  _globals['_RELEASERESPONSE']._serialized_start=1906
+  _globals['_RELEASERESPONSE']._serialized_end=1923
+  _globals['_SESSIONREQUEST']._serialized_start=1926
+  _globals['_SESSIONREQUEST']._serialized_end=2120
+  _globals['_SESSIONRESPONSE']._serialized_start=2123
+  _globals['_SESSIONRESPONSE']._serialized_end=2341
+  _globals['_SESSIONSUMMARY']._serialized_start=2343
+  _globals['_SESSIONSUMMARY']._serialized_end=2412
+  _globals['_ROUTEERROR']._serialized_start=2414
+  _globals['_ROUTEERROR']._serialized_end=2457
+  _globals['_ROUTER']._serialized_start=2460
+  _globals['_ROUTER']._serialized_end=3108
 # @@protoc_insertion_point(module_scope)

@@ -1,4 +1,5 @@
 from google.api import annotations_pb2 as _annotations_pb2
+from google.protobuf import wrappers_pb2 as _wrappers_pb2
 from kvmesh.v1 import worker_pb2 as _worker_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -87,16 +88,34 @@ class Candidate(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., filtered_by: _Optional[str] = ..., overlap_blocks: _Optional[int] = ..., prefill_blocks: _Optional[int] = ..., decode_blocks: _Optional[int] = ..., in_flight: _Optional[int] = ..., score: _Optional[float] = ..., scores: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ("policy", "chosen_worker_id", "candidates", "disaggregation")
+    __slots__ = ("policy", "chosen_worker_id", "candidates", "disaggregation", "recent_predictions")
     POLICY_FIELD_NUMBER: _ClassVar[int]
     CHOSEN_WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     DISAGGREGATION_FIELD_NUMBER: _ClassVar[int]
+    RECENT_PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
     policy: str
     chosen_worker_id: str
     candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
     disaggregation: Disaggregation
-    def __init__(self, policy: _Optional[str] = ..., chosen_worker_id: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., disaggregation: _Optional[_Union[Disaggregation, _Mapping]] = ...) -> None: ...
+    recent_predictions: _containers.RepeatedCompositeFieldContainer[Prediction]
+    def __init__(self, policy: _Optional[str] = ..., chosen_worker_id: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., disaggregation: _Optional[_Union[Disaggregation, _Mapping]] = ..., recent_predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ...) -> None: ...
+
+class Prediction(_message.Message):
+    __slots__ = ("request_id", "worker_id", "predicted_cached_tokens", "actual_cached_tokens", "misprediction", "age_ms")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ACTUAL_CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MISPREDICTION_FIELD_NUMBER: _ClassVar[int]
+    AGE_MS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    worker_id: str
+    predicted_cached_tokens: int
+    actual_cached_tokens: int
+    misprediction: str
+    age_ms: int
+    def __init__(self, request_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., predicted_cached_tokens: _Optional[int] = ..., actual_cached_tokens: _Optional[int] = ..., misprediction: _Optional[str] = ..., age_ms: _Optional[int] = ...) -> None: ...
 
 class Disaggregation(_message.Message):
     __slots__ = ("disaggregated", "reason", "uncached_tokens", "threshold_tokens", "prefill_worker_id", "prefill_candidates")
@@ -151,26 +170,30 @@ class MarkPrefilledResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class ReleaseRequest(_message.Message):
-    __slots__ = ("request_id",)
+    __slots__ = ("request_id", "cached_tokens")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
-    def __init__(self, request_id: _Optional[str] = ...) -> None: ...
+    cached_tokens: _wrappers_pb2.UInt32Value
+    def __init__(self, request_id: _Optional[str] = ..., cached_tokens: _Optional[_Union[_wrappers_pb2.UInt32Value, _Mapping]] = ...) -> None: ...
 
 class ReleaseResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class SessionRequest(_message.Message):
-    __slots__ = ("route", "prefilled", "released", "more")
+    __slots__ = ("route", "prefilled", "released", "release", "more")
     ROUTE_FIELD_NUMBER: _ClassVar[int]
     PREFILLED_FIELD_NUMBER: _ClassVar[int]
     RELEASED_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
     MORE_FIELD_NUMBER: _ClassVar[int]
     route: RouteRequest
     prefilled: str
     released: str
+    release: ReleaseRequest
     more: _containers.RepeatedCompositeFieldContainer[SessionRequest]
-    def __init__(self, route: _Optional[_Union[RouteRequest, _Mapping]] = ..., prefilled: _Optional[str] = ..., released: _Optional[str] = ..., more: _Optional[_Iterable[_Union[SessionRequest, _Mapping]]] = ...) -> None: ...
+    def __init__(self, route: _Optional[_Union[RouteRequest, _Mapping]] = ..., prefilled: _Optional[str] = ..., released: _Optional[str] = ..., release: _Optional[_Union[ReleaseRequest, _Mapping]] = ..., more: _Optional[_Iterable[_Union[SessionRequest, _Mapping]]] = ...) -> None: ...
 
 class SessionResponse(_message.Message):
     __slots__ = ("request_id", "route", "error", "summary", "more")

@@ -200,6 +200,9 @@ class Generator:
             if owed.seed is None:  # both phases sample alike, so the decode's first token is the prefill's
                 owed.seed = random.getrandbits(31)
         stream = self.phases.run(decision, attempt_id, ids, owed, trace_headers, interval_ms, deadline)
+        # The engine's, for the router to check its prediction: only for a request that ends on the
+        # worker(s) it was first routed to (not after a move, a failure or a client gone).
+        cached_tokens: int | None = None
         try:
             async for chunk in stream:
                 if progress.took(chunk.token_ids):
@@ -213,7 +216,8 @@ class Generator:
                         yield Chunk(delta, chunk.token_ids, worker_id=worker.id)
                     continue
                 # After a move the cache state of the original prompt is not known.
-                usage = Usage(len(prompt_ids), len(progress.sent), 0 if failed else chunk.cached_tokens)
+                cached_tokens = None if failed else chunk.cached_tokens
+                usage = Usage(len(prompt_ids), len(progress.sent), cached_tokens or 0)
                 metrics.E2E.observe(time.perf_counter() - progress.start)
                 metrics.PROMPT_TOKENS.inc(usage.prompt_tokens)
                 metrics.COMPLETION_TOKENS.inc(usage.completion_tokens)
@@ -228,7 +232,7 @@ class Generator:
         finally:
             # Leaving early (stop string, client gone) closes the engine stream, which aborts it.
             await stream.aclose()
-            self.router.release(attempt_id)
+            self.router.release(attempt_id, cached_tokens)
             if (admission := self._admissions.get(model.name)) is not None:
                 admission.released()
 

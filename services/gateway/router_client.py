@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 
+from google.protobuf import wrappers_pb2
 from prometheus_client import Counter
 
 from kvmesh import auth
@@ -114,8 +115,17 @@ class RouterClient:
         """Never holds up a token stream; a lost one is bounded by the router's in-flight lease."""
         self._send(self._owners.get(request_id), router_pb2.SessionRequest(prefilled=request_id))
 
-    def release(self, request_id: str) -> None:
-        self._send(self._owners.pop(request_id, None), router_pb2.SessionRequest(released=request_id))
+    def release(self, request_id: str, cached_tokens: int | None = None) -> None:
+        """`cached_tokens`: the prompt tokens the engine found cached, when the request ran to its
+        end on the worker it was routed to; the router checks its prediction against them."""
+        if cached_tokens is None:
+            message = router_pb2.SessionRequest(released=request_id)
+        else:
+            actual = wrappers_pb2.UInt32Value(value=cached_tokens)
+            message = router_pb2.SessionRequest(
+                release=router_pb2.ReleaseRequest(request_id=request_id, cached_tokens=actual)
+            )
+        self._send(self._owners.pop(request_id, None), message)
 
     def _send(self, owner: RouterEndpoint | None, message: router_pb2.SessionRequest) -> None:
         target = owner if owner is not None and owner.healthy else self._pick(set())

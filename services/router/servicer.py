@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import grpc
 from opentelemetry import trace
@@ -14,11 +15,12 @@ from kvmesh.errors import InvalidArgument, KvmeshError, ResourceExhausted, Unava
 from kvmesh.registry import now_ms
 from kvmesh.streams import coalesce
 from kvmesh.v1 import router_pb2, router_pb2_grpc, worker_pb2
-from services.router import disaggregation
+from services.router import disaggregation, route_span
 from services.router.accounting import Accounting
 from services.router.candidates import CandidateSource
 from services.router.framework.profile import RoutingDecision, SchedulingProfile, Verdict
-from services.router.framework.types import Request
+from services.router.framework.types import Candidate, Request
+from services.router.predictions import Outcome, Predictions, predicted_cached_tokens
 
 DECISIONS = Counter("kvmesh_router_decisions", "Routing decisions", ["policy", "worker"])
 DISAGGREGATED = Counter("kvmesh_router_disaggregated", "Requests split into prefill and decode", ["policy"])
@@ -35,6 +37,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         profiles: dict[str, SchedulingProfile],
         default: str,
         disagg_threshold_tokens: int = 0,
+        predictions: Predictions | None = None,
     ):
         self.candidates = candidates
         self.workers = candidates.workers
@@ -42,6 +45,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self.profiles = profiles
         self.default = default
         self.disagg_threshold_tokens = disagg_threshold_tokens
+        self.predictions = predictions or Predictions()
 
     async def _decide(
         self, message: router_pb2.RouteRequest, dry_run: bool
@@ -86,6 +90,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         profile, request, decision, split = await self._decide(message, dry_run=False)
         chosen = decision.chosen
         if chosen is None:
+            route_span.record(profile.name, decision)
             raise _no_worker(request, decision)
         blocks = request.blocks_on(chosen)
         response = router_pb2.RouteResponse(
@@ -106,14 +111,28 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         else:
             self.accounting.add(request.request_id, chosen.id, max(blocks - chosen.overlap_blocks, 0), blocks)
         DECISIONS.labels(profile.name, chosen.id).inc()
+        # The prompt's cache hits are the prefill worker's when there is one.
+        predicted = self._expect(request, split.prefill_worker or chosen)
+        route_span.record(profile.name, decision, split.prefill if split.disaggregated else None, predicted)
         return response
+
+    def _expect(self, request: Request, computes_prompt: Candidate) -> int | None:
+        """Keeps the cached tokens predicted on the worker that computes the prompt, for Release."""
+        block_size = computes_prompt.record.kv_block_size or request.block_size
+        if not block_size:
+            return None
+        predicted = predicted_cached_tokens(computes_prompt.overlap_blocks, request.num_tokens, block_size)
+        self.predictions.expect(request.request_id, computes_prompt.id, predicted, block_size)
+        return predicted
 
     async def Explain(self, message, context):
         profile, _, decision, split = await self._decide(message.request, dry_run=True)
+        now = time.monotonic()
         response = router_pb2.ExplainResponse(
             policy=profile.name,
             chosen_worker_id=decision.chosen.id if decision.chosen else "",
             candidates=[_candidate(v) for v in decision.verdicts],
+            recent_predictions=[_prediction(o, now) for o in reversed(self.predictions.recent)],
         )
         if split is not None:
             prefill = split.prefill_worker
@@ -153,16 +172,17 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         return router_pb2.MarkPrefilledResponse()
 
     async def Release(self, message, context):
-        self._released(message.request_id)
+        self._released(message.request_id, _cached_tokens(message))
         return router_pb2.ReleaseResponse()
 
     def _prefilled(self, request_id: str) -> None:
         self.accounting.mark_prefilled(request_id)
         self.accounting.release(prefill_entry(request_id))
 
-    def _released(self, request_id: str) -> None:
+    def _released(self, request_id: str, cached_tokens: int | None = None) -> None:
         self.accounting.release(request_id)
         self.accounting.release(prefill_entry(request_id))
+        self.predictions.settle(request_id, cached_tokens)
 
     async def Session(self, requests, context):
         """Routes concurrently as the messages come; answers go out as the decisions are made."""
@@ -191,8 +211,12 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             elif kind == "released":
                 summary.released += 1
                 after_route(message.released, self._released)
+            elif kind == "release":
+                summary.released += 1
+                cached_tokens = _cached_tokens(message.release)
+                after_route(message.release.request_id, lambda rid: self._released(rid, cached_tokens))
             elif not message.more:
-                raise InvalidArgument("SessionRequest: one of route, prefilled, released (or more) is required")
+                raise InvalidArgument("SessionRequest: one of route, prefilled, released, release (or more) required")
             for further in message.more:
                 handle(further)
 
@@ -246,6 +270,21 @@ def _candidate(v: Verdict) -> router_pb2.Candidate:
         score=v.total,
         scores=v.scores,
     )
+
+
+def _prediction(outcome: Outcome, now: float) -> router_pb2.Prediction:
+    return router_pb2.Prediction(
+        request_id=outcome.request_id,
+        worker_id=outcome.worker_id,
+        predicted_cached_tokens=outcome.predicted,
+        actual_cached_tokens=outcome.actual,
+        misprediction=outcome.misprediction,
+        age_ms=int((now - outcome.released_at) * 1000),
+    )
+
+
+def _cached_tokens(release: router_pb2.ReleaseRequest) -> int | None:
+    return release.cached_tokens.value if release.HasField("cached_tokens") else None
 
 
 def _no_worker(request: Request, decision: RoutingDecision) -> KvmeshError:

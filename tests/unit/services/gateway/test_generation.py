@@ -40,6 +40,7 @@ class FakeRouter:
     decisions: list[router_pb2.RouteResponse]
     routed: list[dict] = field(default_factory=list)
     released: list[str] = field(default_factory=list)
+    cached: dict[str, int | None] = field(default_factory=dict)  # request id → the cached tokens it was released with
 
     async def route(self, model, request_id, num_tokens, hashes, block_size, trace, exclude=(), aggregated_only=False):
         self.routed.append({"id": request_id, "tokens": num_tokens, "exclude": list(exclude)})
@@ -48,8 +49,9 @@ class FakeRouter:
     def mark_prefilled(self, request_id):
         pass
 
-    def release(self, request_id):
+    def release(self, request_id, cached_tokens=None):
         self.released.append(request_id)
+        self.cached[request_id] = cached_tokens
 
 
 @dataclass
@@ -155,6 +157,38 @@ async def test_a_decode_worker_that_changed_role_during_the_prefill_hands_the_re
     tokens, _ = await run(model, router, engines)
     assert tokens == [7, 8, 9, 10]
     assert engines.calls[-1]["ids"] == PROMPT + [7] and router.routed[1]["exclude"] == ["d"]
+
+
+@pytest.mark.parametrize(
+    "scripts, decisions, cached",
+    [
+        ({"a": [chunk([1]), chunk([2], "length", cached=32)]}, [router_pb2.RouteResponse(worker=AGG)], {"r": 32}),
+        # Disaggregated: the prefill worker computed the prompt, and its figure is the one reported.
+        ({"p": [chunk([7], "length", TRANSFER, cached=16)], "d": [chunk([7, 8], "length", cached=48)]},
+         [disaggregated()], {"r": 16}),
+        # Moved, or aborted and moved: neither attempt reports what the engine cached.
+        ({"a": [chunk([1]), Unavailable("gone")], "d2": [chunk([2], "length", cached=32)]},
+         [router_pb2.RouteResponse(worker=AGG), router_pb2.RouteResponse(worker=OTHER)], {"r": None, "r-m1": None}),
+        ({"a": [chunk([], "abort", cached=32)], "d2": [chunk([1], "length", cached=32)]},
+         [router_pb2.RouteResponse(worker=AGG), router_pb2.RouteResponse(worker=OTHER)], {"r": None, "r-m1": None}),
+    ],
+)  # fmt: skip
+async def test_the_release_carries_the_engines_cached_tokens_only_for_a_request_that_ran_to_its_end(
+    model, scripts, decisions, cached
+):
+    router = FakeRouter(decisions)
+    await run(model, router, FakeEngines(scripts), max_tokens=2)
+    assert router.cached == cached
+
+
+async def test_a_client_gone_releases_without_cached_tokens(model):
+    router = FakeRouter([router_pb2.RouteResponse(worker=AGG)])
+    generator = Generator(router, None, FakeServed())
+    generator.phases.engines = FakeEngines({"a": [chunk([1], cached=32), chunk([2], "length", cached=32)]})
+    chunks = generator.generate(model, PROMPT, SamplingParams(max_tokens=2), "r")
+    await anext(chunks)
+    await chunks.aclose()
+    assert router.cached == {"r": None}
 
 
 def test_other_engine_errors_stay_engine_errors():

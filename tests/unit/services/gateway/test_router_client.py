@@ -163,6 +163,17 @@ async def test_bookkeeping_arrives_in_order_on_the_same_stream(router):
     assert fake.sessions == 1
 
 
+async def test_a_release_with_the_engines_cached_tokens_carries_them(router):
+    fake, client = router
+    client.release("r1", cached_tokens=0)
+    client.release("r2")  # none known: the older message, which every router understands
+    await route_pair(client, "r3", "r4")
+    [(kind, carried), second] = fake.bookkeeping
+    assert kind == "release" and carried.request_id == "r1"
+    assert carried.HasField("cached_tokens") and carried.cached_tokens.value == 0
+    assert second == ("released", "r2")
+
+
 async def test_what_queues_while_the_stream_is_busy_goes_as_one_message(router):
     fake, client = router
     await route_pair(client, "r1", "r2")  # the stream is open
