@@ -12,6 +12,7 @@ import zmq.asyncio
 from kvmesh import worker_ids
 from kvmesh.block_index import BlockIndex
 from kvmesh.registry import Watcher
+from services.kvindex import metrics
 from services.kvindex.subscription import Limits, Subscription
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ class Ingestor:
 
     async def _drop(self, worker_id: str) -> None:
         await self._cancel([worker_id])
+        metrics.forget_worker(worker_id)
         try:
             removed = await self.index.purge(worker_id)
             log.info("worker %s left: purged its %d blocks", worker_id, removed)

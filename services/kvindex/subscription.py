@@ -32,7 +32,7 @@ from kvmesh import kv_events
 from kvmesh.block_index import BlockIndex, BlockRun
 from kvmesh.kv_events import BadMessage
 from kvmesh.v1 import worker_pb2
-from services.kvindex.metrics import DROPPED_EVENTS, DROPPED_MESSAGES
+from services.kvindex.metrics import DROPPED_EVENTS, DROPPED_MESSAGES, EVENTS, INDEX_BLOCKS, INGESTION_LAG
 from services.kvindex.translate import WorkerBlocks
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,9 @@ class Subscription:
             pending += translation.runs
             if not replayed:
                 stamps.append(batch.ts)
-            self.stats.events += sum(len(getattr(e, "block_hashes", ())) or 1 for e in batch.events)
+            events = sum(len(getattr(e, "block_hashes", ())) or 1 for e in batch.events)
+            self.stats.events += events
+            EVENTS.labels(self.worker_id).inc(events)
             self.stats.batches += 1
             self.stats.dropped_blocks += translation.dropped
             for reason, n in translation.malformed.items():
@@ -182,7 +184,11 @@ class Subscription:
 
     async def _flush(self, runs: list[BlockRun], stamps: list[float]) -> None:
         await self.index.apply(self.worker_id, runs)
-        self.stats.add_lags(time.time(), stamps)
+        now = time.time()
+        self.stats.add_lags(now, stamps)
+        for stamp in stamps:
+            INGESTION_LAG.observe(max(now - stamp, 0.0))
+        INDEX_BLOCKS.labels(self.worker_id).set(len(self.blocks))
         runs.clear()
         stamps.clear()
 
@@ -199,6 +205,7 @@ class Subscription:
             return  # the index holds nothing of the worker: spare Redis the scan (a broken stream repeats)
         log.warning("worker %s: %s; clearing its index entries", self.worker_id, why)
         self.blocks.clear()
+        INDEX_BLOCKS.labels(self.worker_id).set(0)
         await self.index.purge(self.worker_id)
 
     async def catch_up(self) -> None:

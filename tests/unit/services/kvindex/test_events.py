@@ -4,17 +4,20 @@ and a subscription's gap handling against real ZMQ sockets."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import msgspec
 import pytest
 import redis.asyncio as aioredis
 import zmq
 import zmq.asyncio
+from prometheus_client import REGISTRY
 
 from kvmesh import hashing, kv_events
 from kvmesh.block_index import BlockIndex, BlockRun
 from kvmesh.kv_events import AllBlocksCleared, BadMessage, BlockRemoved, BlockStored, EventBatch, decode, encode
 from kvmesh.v1 import worker_pb2
+from services.kvindex import metrics
 from services.kvindex.subscription import LAG_WINDOW_S, Limits, Subscription, WorkerStats
 from services.kvindex.translate import WorkerBlocks
 
@@ -180,6 +183,22 @@ async def test_a_gap_is_filled_from_the_replay_buffer(tmp_path, index):
     await sub.handle(batches[1])  # a late duplicate changes nothing
     assert sub.stats.events == 3
     assert len(sub.stats.lags_ms) == 2  # the two live batches; the replayed one is no lag
+    publisher.task.cancel()
+    ctx.destroy(linger=0)
+
+
+async def test_events_lag_and_index_blocks_are_exported(tmp_path, index):
+    ctx, publisher, sub = await subscription_for(tmp_path, index, keep=10)
+    events_before = REGISTRY.get_sample_value("kvmesh_kvindex_events_total", {"worker": "w"}) or 0
+    lags_before = REGISTRY.get_sample_value("kvmesh_kvindex_ingestion_lag_seconds_count") or 0
+    await sub.handle(message(0, stored([1, 2], TOKENS[:16]), ts=time.time() - 0.2))
+    await sub.handle(message(1, BlockRemoved([2], medium="GPU"), ts=time.time()))
+    assert REGISTRY.get_sample_value("kvmesh_kvindex_events_total", {"worker": "w"}) == events_before + 3
+    assert REGISTRY.get_sample_value("kvmesh_kvindex_ingestion_lag_seconds_count") == lags_before + 2
+    assert REGISTRY.get_sample_value("kvmesh_kvindex_ingestion_lag_seconds_bucket", {"le": "0.1"}) < lags_before + 2
+    assert REGISTRY.get_sample_value("kvmesh_kvindex_index_blocks", {"worker": "w"}) == 1
+    metrics.forget_worker("w")
+    assert REGISTRY.get_sample_value("kvmesh_kvindex_index_blocks", {"worker": "w"}) is None
     publisher.task.cancel()
     ctx.destroy(linger=0)
 
