@@ -24,6 +24,15 @@ if [ ! -x build/kubernetes-client/usr/bin/kubectl ]; then
   mkdir -p build/kubernetes-client && dpkg-deb -x "$deb_dir"/kubernetes-client_*.deb build/kubernetes-client
   rm -rf "$deb_dir"
 fi
+# `kvmesh up --prometheus`: Debian's Prometheus, unpacked likewise: installing the package would
+# start a system daemon listening on every interface.
+if [ ! -x build/prometheus/usr/bin/prometheus ]; then
+  echo "== prometheus: Debian's prometheus into build/prometheus/"
+  deb_dir=$(mktemp -d) && chmod 777 "$deb_dir"
+  (cd "$deb_dir" && { apt-get download -qq prometheus 2>/dev/null || { apt-get update -qq && apt-get download -qq prometheus; }; })
+  mkdir -p build/prometheus && dpkg-deb -x "$deb_dir"/prometheus_*.deb build/prometheus
+  rm -rf "$deb_dir"
+fi
 # The REST front: Go and grpc-gateway from Debian (GOPATH mode, offline). Without them the rest of
 # the mesh still runs and `kvmesh up` says REST is off.
 apt_install golang-go protobuf-compiler golang-grpc-gateway golang-github-grpc-ecosystem-grpc-gateway-dev \
