@@ -1,8 +1,9 @@
 """What the planner measures each interval, from the gateways' Prometheus metrics: requests
 arriving per second (the demand; under overload the finished ones are capped by the capacity
 that falls short), prompt length of arrivals, output length of finished requests, TTFT and ITL
-at the targets' percentile, requests in flight. Counters and histograms are differenced between
-scrapes, so each observation covers one interval only."""
+at the targets' percentile and their histograms (the share within a target), requests in flight.
+Counters and histograms are differenced between scrapes, so each observation covers one interval
+only."""
 
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ class Observation:
     ttft_p_ms: float | None  # None: no request started in the interval
     itl_p_ms: float | None
     in_flight: float
+    ttft: _Histogram | None = None  # the interval's, for the share within the target
+    itl: _Histogram | None = None
 
 
 class MetricsUnavailable(Exception):
@@ -70,6 +73,21 @@ class _Histogram:
                 return lower + (le - lower) * ((rank - below) / inside if inside else 0.0)
             lower, below = le, cumulative
         return lower
+
+    def share_within(self, threshold: float) -> float:
+        """The share of observations at most `threshold`, linear within its bucket (the inverse of
+        quantile); NaN without observations."""
+        if self.count <= 0:
+            return math.nan
+        lower, below = 0.0, 0.0
+        for le in sorted(self.buckets):
+            cumulative = self.buckets[le]
+            if threshold < le:
+                if math.isinf(le):
+                    return below / self.count
+                return (below + (cumulative - below) * (threshold - lower) / (le - lower)) / self.count
+            lower, below = le, cumulative
+        return below / self.count
 
     @property
     def mean(self) -> float:
@@ -154,6 +172,8 @@ class GatewayMetrics:
             ttft_p_ms=_ms(ttft.quantile(q)) if ttft and ttft.count > 0 else None,
             itl_p_ms=_ms(itl.quantile(q)) if itl and itl.count > 0 else None,
             in_flight=in_flight,
+            ttft=ttft if ttft and ttft.count > 0 else None,
+            itl=itl if itl and itl.count > 0 else None,
         )
 
 

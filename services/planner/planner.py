@@ -11,6 +11,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 
 from kvmesh.profile import EngineProfile
+from services.planner import metrics
 from services.planner.connectors import Connector
 from services.planner.forecast import Forecaster
 from services.planner.observe import MetricsUnavailable, Observation
@@ -68,6 +69,8 @@ class Planner:
             for pool in decision.pools:
                 if pool.pool in done:
                     log.info("%s: %d → %d: %s", pool.pool, pool.current, pool.desired, done[pool.pool])
+                    metrics.record_resize(pool.pool, pool.current, pool.desired)
+        metrics.record_decision(decision)
         self.last = decision
         return decision
 
@@ -90,7 +93,9 @@ class Planner:
             self._learn(observed, current)
         if not self.history["requests_per_s"]:
             return self._hold(at, "no observation yet")
-        needs = {pool: self._forecast_need(pool) for pool in POOLS}
+        needs, last_needs = {}, {}
+        for pool in POOLS:
+            needs[pool], last_needs[pool] = self._forecast_need(pool)
         wanted, reasons = {}, {}
         for pool in POOLS:
             wanted[pool], rule = stabilizers[pool].decide(current[pool], needs[pool].replicas, now_s)
@@ -102,25 +107,32 @@ class Planner:
             reasons[pool] += f"; budget: {squeezed}"
         pools = [PoolDecision(p, current[p], n, reasons[p]) for p, n in (("prefill", prefill), ("decode", decode))]
         last = {k: v[-1] for k, v in self.history.items()}
-        inputs = {"load": last, "needs": {p: needs[p].replicas for p in POOLS}, "correction": self.correction}
+        inputs = {"load": last, "needs": {p: needs[p].replicas for p in POOLS}, "last_needs": last_needs,
+                  "correction": self.correction}  # fmt: skip
         decision = ScalingDecision(at, pools, degraded=False, inputs=inputs)
         log.info("decision: %s", "; ".join(f"{p.pool} {p.current}→{p.desired} ({p.reason})" for p in pools))
         return decision
 
-    def _forecast_need(self, pool: str) -> Need:
-        """The forecast of the pool's need, not the need of forecast inputs: each past interval's
-        load, with the correction of its time, gives a need, and the forecaster extends that series.
-        Forecasting rate, prompt and output lengths apart and multiplying would take maxima that
-        never occur together (a peak rate × the longest prompts × the longest outputs); applying
-        today's correction to every past interval would let a burst's need vanish with the latency
-        it caused."""
+    def _forecast_need(self, pool: str) -> tuple[Need, float]:
+        """The forecast (and the last interval's need beside it) of the pool's need, not the need of
+        forecast inputs: each past interval's load, with the correction of its time, gives a need,
+        and the forecaster extends that series. Forecasting rate, prompt and output lengths apart
+        and multiplying would take maxima that never occur together (a peak rate × the longest
+        prompts × the longest outputs); applying today's correction to every past interval would
+        let a burst's need vanish with the latency it caused."""
         need, corrections = NEEDS[pool], self.corrections[pool]
         traffic = (Traffic(**dict(zip(self.history, v, strict=True))) for v in zip(*self.history.values(), strict=True))
         past = [need(t, self.profile, self.targets, c) for t, c in zip(traffic, corrections, strict=True)]
         replicas = self.forecaster.predict([n.replicas for n in past])
-        return Need(replicas, f"forecast need {replicas:.2f} over {len(past)} intervals; the last: {past[-1].reason}")
+        reason = f"forecast need {replicas:.2f} over {len(past)} intervals; the last: {past[-1].reason}"
+        return Need(replicas, reason), past[-1].replicas
 
     def _learn(self, o: Observation, current: dict[str, int]) -> None:
+        metrics.record_attainment(
+            o.ttft.share_within(self.targets.ttft_ms / 1000) if o.ttft else None,
+            o.itl.share_within(self.targets.itl_ms / 1000) if o.itl else None,
+            self.targets.percentile,
+        )
         for key in self.history:
             self.history[key].append(getattr(o, key))
         if o.ttft_p_ms and o.isl_p:
