@@ -11,6 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from kvmesh.prometheus_sd import role_name
 from kvmesh.settings import load
 from services.gateway.config import GatewaySettings
 from services.kvindex.config import KvIndexSettings
@@ -53,6 +54,10 @@ LISTENS = {
 }
 GRPC = {GatewaySettings: "grpc_port", RouterSettings: "port", KvIndexSettings: "port", PlannerSettings: "port"}
 HTTP = {GatewaySettings: "http_port", WorkerSettings: "http_port"}
+# Where each service serves /metrics, by setting: the gateway on its HTTP port, a worker's Triton on its metrics port.
+METRICS = {GatewaySettings: "http_port", RouterSettings: "metrics_port", KvIndexSettings: "metrics_port",
+           PlannerSettings: "metrics_port", WorkerSettings: "metrics_port"}  # fmt: skip
+MONITORING = "monitoring.coreos.com/v1"
 REST_FLAGS = set(re.findall(r'flag\.String\("([\w-]+)"', (ROOT / "services" / "rest" / "main.go").read_text()))
 REDIS_URL = f"redis://:{REDIS_PASSWORD}@kvmesh-redis:6379/0"
 USES_REDIS = {"gateway", "router", "kvindex", "planner", "worker"}
@@ -88,7 +93,8 @@ def services_py(docs):
 
 def test_every_object_is_valid_kubernetes(docs):
     for doc in docs:
-        kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+        if doc["apiVersion"] != MONITORING:  # the Prometheus Operator's kinds: test_every_metrics_port_is_scraped
+            kubernetes_validate.validate(doc, KUBERNETES, strict=True)
 
 
 def test_every_service_parses_its_flags_binds_its_pod_ip_and_listens_on_its_declared_ports(docs, monkeypatch):
@@ -282,3 +288,29 @@ def test_a_draining_service_is_given_its_drain_before_it_is_killed(docs, monkeyp
         pre_stop_s = float(waits[1]) if waits[:1] == ["sleep"] else 0.0
         grace_s = container.workload["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
         assert grace_s >= pre_stop_s + drain_s + 5, (container.workload["metadata"]["name"], grace_s, drain_s)
+
+
+def test_every_metrics_port_is_scraped_with_the_labels_kvmesh_up_gives(docs, monkeypatch):
+    """Each service's pods carry prometheus.io annotations naming the port that serves /metrics, and
+    one PodMonitor selects them on that port, labelling job kvmesh-<component> (as
+    kvmesh/prometheus_sd.py does); a worker's model and role labels are what it serves."""
+    monitors = of_kind(docs, "PodMonitor")
+    assert all(m["apiVersion"] == MONITORING for m in monitors)
+    for container in services_py(docs):
+        cls, settings = parsed(container, monkeypatch)
+        name, port = container.workload["metadata"]["name"], getattr(settings, METRICS[cls])
+        annotations = container.workload["spec"]["template"]["metadata"]["annotations"]
+        assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": str(port),
+                               "prometheus.io/path": "/metrics"}, name  # fmt: skip
+        (monitor,) = [m for m in monitors if selects(m["spec"]["selector"], container.labels)]
+        (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+        assert {p["name"]: p["containerPort"] for p in container.spec["ports"]}[endpoint["port"]] == port, name
+        labelled = {r["targetLabel"]: r.get("replacement") or r["sourceLabels"][0] for r in endpoint["relabelings"]}
+        assert labelled["job"] == f"kvmesh-{container.component}"
+        assert labelled["kvmesh_id"] == "__meta_kubernetes_pod_name"
+        if cls is WorkerSettings:
+            assert container.labels["kvmesh/model"] == settings.name_served, name
+            role = model_config.role(model_config.read(ROOT / "triton_models" / settings.triton_model))
+            assert container.labels["kvmesh/role"] == role_name(role), name
+            assert labelled["model"] == "__meta_kubernetes_pod_label_kvmesh_model"
+            assert labelled["role"] == "__meta_kubernetes_pod_label_kvmesh_role"
