@@ -9,6 +9,7 @@ Layout (one hash tag, so the keys sit in one Redis Cluster slot and MGET works t
                                      own (a role change, from the planner); the worker deletes it
   kvmesh:{registry}:changed          channel: a worker joined, changed its record or left (heartbeats
                                      that change nothing are not announced)
+The other services' metrics endpoints sit beside them, under leases too: kvmesh/announce.py.
 """
 
 from __future__ import annotations
