@@ -18,6 +18,7 @@ from services.gateway import engine_mux as gateway_mux
 from services.gateway import metrics
 from services.gateway.engine_client import EngineError, TritonPool
 from tests.integration.conftest import SIM_MODEL, load_sim
+from tests.support.waiting import wait_until
 
 SAMPLING = {"max_tokens": 12, "ignore_eos": True}
 
@@ -160,7 +161,8 @@ async def past_rotation(address: str) -> tuple[list, list, bool, bool]:
         first = muxed._muxes[(address, SIM_MODEL)]
         second_round = await asyncio.gather(*(generate(muxed, worker, n) for n in range(4, 8)))
         second = muxed._muxes[(address, SIM_MODEL)]
-        await asyncio.sleep(engine_wire.MUX_IDLE_CLOSE_S + 2 * engine_mux.CHECK_S + 0.5)
+        with contextlib.suppress(TimeoutError):  # the assertion names what did not happen
+            await wait_until(first.finished, engine_wire.MUX_IDLE_CLOSE_S + 2 * engine_mux.CHECK_S + 5, 0.05)
         return alone, first_round + second_round, second is not first, first.finished()
 
 

@@ -5,38 +5,20 @@ KV-event replay buffers and KV-aware routing resumes. The mesh is then as other 
 import random
 import time
 
-import grpc
 import psutil
 
-from kvmesh import hashing
-from kvmesh.v1 import inference_pb2_grpc, kvindex_pb2, kvindex_pb2_grpc, router_pb2, router_pb2_grpc
+from kvmesh.v1 import kvindex_pb2
 from tests.integration.test_kv_routing import BLOCK, PROMPT_BLOCKS, generate
+from tests.support.index_probe import index_probe
 from tests.support.waiting import wait_for
 
 
 def test_routing_survives_a_redis_restart_and_the_index_is_rebuilt(mesh):
     ids = random.Random(99).choices(range(1000, 20000), k=PROMPT_BLOCKS * BLOCK + 5)
-    hashes = hashing.sequence_hashes(ids, BLOCK, mesh.model)
-    with (
-        grpc.insecure_channel(mesh.grpc) as g,
-        grpc.insecure_channel(mesh.kvindex) as k,
-        grpc.insecure_channel(mesh.router) as r,
-    ):
-        inference, index, router = (
-            inference_pb2_grpc.InferenceStub(g),
-            kvindex_pb2_grpc.KvIndexStub(k),
-            router_pb2_grpc.RouterStub(r),
-        )
-
-        def depth(worker_id: str) -> int:
-            try:
-                reply = index.Match(kvindex_pb2.MatchRequest(model=mesh.model, block_hashes=hashes))
-            except grpc.RpcError:
-                return -1
-            return {o.worker_id: o.blocks for o in reply.overlaps}.get(worker_id, 0)
-
+    with index_probe(mesh, BLOCK) as probe:
+        inference = probe.inference
         holder = generate(inference, mesh.model, ids).worker_id
-        wait_for(lambda: depth(holder) == PROMPT_BLOCKS, timeout_s=5, what="the prompt in the index")
+        wait_for(lambda: probe.depth(ids, holder) == PROMPT_BLOCKS, timeout_s=5, what="the prompt in the index")
 
         redis = next(p for p in psutil.Process(mesh.process.pid).children() if p.name() == "redis-server")
         redis.kill()
@@ -51,13 +33,8 @@ def test_routing_survives_a_redis_restart_and_the_index_is_rebuilt(mesh):
 
         wait_for(lambda: "redis-server exited" in mesh.log("up"), timeout_s=5, what="kvmesh up restarting Redis")
         # Workers re-register on their next heartbeat; kvindex resubscribes and replays.
-        wait_for(lambda: depth(holder) == PROMPT_BLOCKS, timeout_s=30, what="the index rebuilt")
-        route = router_pb2.RouteRequest(model=mesh.model, num_tokens=len(ids), block_hashes=hashes, block_size=BLOCK)
-        wait_for(
-            lambda: router.Explain(router_pb2.ExplainRequest(request=route)).chosen_worker_id == holder,
-            timeout_s=10,
-            what="KV-aware routing back",
-        )
+        wait_for(lambda: probe.depth(ids, holder) == PROMPT_BLOCKS, timeout_s=30, what="the index rebuilt")
+        wait_for(lambda: probe.chosen(ids) == holder, timeout_s=10, what="KV-aware routing back")
         assert generate(inference, mesh.model, ids).usage.cached_tokens >= (PROMPT_BLOCKS - 1) * BLOCK
         # Rebuilding replayed old batches: kvindex must not count them as event lag.
-        assert index.Stats(kvindex_pb2.StatsRequest()).lag_ms_p50 < 1000
+        assert probe.index.Stats(kvindex_pb2.StatsRequest()).lag_ms_p50 < 1000

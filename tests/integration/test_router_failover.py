@@ -17,16 +17,14 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-import grpc
 import httpx
 import pytest
 import redis
 
-from kvmesh import hashing
 from kvmesh.cli.local_mesh import LocalMesh
 from kvmesh.load_keys import KEYS
-from kvmesh.v1 import inference_pb2_grpc, kvindex_pb2, kvindex_pb2_grpc, router_pb2, router_pb2_grpc
 from tests.integration.test_kv_routing import generate
+from tests.support.index_probe import index_probe
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(300)
@@ -155,32 +153,8 @@ async def test_routing_goes_on_while_kvindex_is_down_and_the_index_catches_up(me
 def kill_kvindex_and_watch_the_index(mesh: LocalMesh) -> None:
     rng = random.Random(29)
     before, during = (rng.choices(range(1000, 20000), k=PROMPT_BLOCKS * BLOCK + 5) for _ in range(2))
-    with (
-        grpc.insecure_channel(mesh.grpc) as g,
-        grpc.insecure_channel(mesh.kvindex) as k,
-        grpc.insecure_channel(mesh.router) as r,
-    ):
-        inference, index, router = (
-            inference_pb2_grpc.InferenceStub(g),
-            kvindex_pb2_grpc.KvIndexStub(k),
-            router_pb2_grpc.RouterStub(r),
-        )
-
-        def depth(ids: list[int], worker_id: str) -> int:
-            hashes = hashing.sequence_hashes(ids, BLOCK, mesh.model)
-            try:
-                reply = index.Match(kvindex_pb2.MatchRequest(model=mesh.model, block_hashes=hashes), timeout=2)
-            except grpc.RpcError:
-                return -1  # kvindex not back yet
-            return {o.worker_id: o.blocks for o in reply.overlaps}.get(worker_id, 0)
-
-        def chosen(ids: list[int]) -> str:
-            hashes = hashing.sequence_hashes(ids, BLOCK, mesh.model)
-            route = router_pb2.RouteRequest(
-                model=mesh.model, num_tokens=len(ids), block_hashes=hashes, block_size=BLOCK
-            )
-            return router.Explain(router_pb2.ExplainRequest(request=route)).chosen_worker_id
-
+    with index_probe(mesh, BLOCK) as probe:
+        inference, depth, chosen = probe.inference, probe.depth, probe.chosen
         holder = generate(inference, mesh.model, before).worker_id
         wait_for(lambda: depth(before, holder) == PROMPT_BLOCKS, timeout_s=5, what="the first prompt in the index")
         (kvindex,) = mesh.service_processes("kvindex")

@@ -8,6 +8,7 @@ from prometheus_client import REGISTRY
 
 from services.gateway.openai.sse_response import SseResponse
 from services.gateway.slow_clients import SlowClient, taken_in_time
+from tests.support.waiting import wait_until
 
 TIMEOUT_S = 0.05
 
@@ -33,12 +34,6 @@ class Source:
 
 def cut_count(front: str) -> float:
     return REGISTRY.get_sample_value("kvmesh_gateway_requests_total", {"front": front, "status": "slow_client"}) or 0
-
-
-async def wait_until(condition, timeout_s: float = 2.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not condition():
-            await asyncio.sleep(0.005)
 
 
 async def test_a_consumer_that_keeps_up_gets_every_item():
