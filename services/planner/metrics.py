@@ -18,6 +18,10 @@ SLA_ATTAINMENT = Gauge(
 )
 SLA_GOAL = Gauge("kvmesh_planner_sla_goal", "The share within the targets that their percentile asks for")
 DEGRADED = Gauge("kvmesh_planner_degraded", "1 while the planner holds its last decision")
+# Every series from the start: a planner that never resized shows 0 resizes, not no data.
+for _pool in ("prefill", "decode"):
+    for _direction in ("up", "down"):
+        ACTIONS.labels(_pool, _direction)
 
 
 def record_decision(decision) -> None:
