@@ -10,8 +10,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 import msgspec
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 
+from engines.phase_spans import PhaseSpans
 from engines.request import EngineRequest
 from kvmesh import telemetry
 from kvmesh.engine_wire import EngineDelta
@@ -45,11 +47,17 @@ async def serve_request(
 ) -> str:
     """Returns how it ended: "finished", "cancelled" or "error"."""
     parent = telemetry.extract(request.trace_headers)
-    with TRACER.start_as_current_span("engine.request", context=parent) as span:
-        span.set_attribute("kvmesh.request_id", request.request_id)
+    attributes = {"kvmesh.request_id": request.request_id, "kvmesh.prompt_tokens": len(request.prompt_token_ids)}
+    span = telemetry.start_span(TRACER, "engine.request", parent, trace.SpanKind.SERVER, attributes)
+    # Current while it runs: the phases' spans go under it, and log lines carry its trace id.
+    token = otel_context.attach(trace.set_span_in_context(span, parent))
+    try:
         outcome = await _serve(engine, request, send, send_error, is_cancelled)
         span.set_attribute("kvmesh.outcome", outcome)
         return outcome
+    finally:
+        otel_context.detach(token)
+        span.end()
 
 
 async def _serve(engine: Engine, request: EngineRequest, send: Send, send_error: SendError, is_cancelled) -> str:
@@ -79,15 +87,17 @@ async def _forward(engine: Engine, request: EngineRequest, send: Send) -> None:
     last: EngineDelta | None = None
     held: list[int] = []  # tokens waiting for the request's response interval
     next_send = 0.0  # the first token goes at once: the router counts the prefill done then
-    async for delta in engine.generate(request):
-        last = delta
-        if delta.finish_reason is not None:
-            await send(msgspec.structs.replace(delta, token_ids=held + delta.token_ids), True)
-            return
-        held += delta.token_ids  # vLLM yields empty deltas now and then
-        if held and (now := time.monotonic()) >= next_send:
-            await send(msgspec.structs.replace(delta, token_ids=held), False)
-            held, next_send = [], now + request.response_interval_s
+    with PhaseSpans(len(request.prompt_token_ids), request.kv_transfer_params) as phases:
+        async for delta in engine.generate(request):
+            last = delta
+            phases.saw(delta)
+            if delta.finish_reason is not None:
+                await send(msgspec.structs.replace(delta, token_ids=held + delta.token_ids), True)
+                return
+            held += delta.token_ids  # vLLM yields empty deltas now and then
+            if held and (now := time.monotonic()) >= next_send:
+                await send(msgspec.structs.replace(delta, token_ids=held), False)
+                held, next_send = [], now + request.response_interval_s
     # The engine ended the stream without a finish reason (e.g. aborted elsewhere); held tokens
     # were never seen, so a retry elsewhere makes them again.
     await send(EngineDelta([], "abort", len(request.prompt_token_ids), last.cached_tokens if last else 0), True)

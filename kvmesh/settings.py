@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import ClassVar, Literal, TypeVar
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
 
+from kvmesh import logs
 from kvmesh.net import is_loopback
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6390/0"
@@ -34,6 +34,11 @@ class CommonSettings(BaseSettings):
     )
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics port; 0 = a free port")
     log_level: str = "INFO"
+    log_json: bool = Field(
+        default_factory=logs.json_from_env,
+        description="log one JSON object a line, with the trace id of the request it is about (KVMESH_LOG_JSON=1 "
+        "does it for every service, and every process `kvmesh up` starts)",
+    )
     tls_cert: Path | None = Field(
         None, description="PEM certificate this process shows as server and as client (mutual TLS on every gRPC hop)"
     )
@@ -102,7 +107,8 @@ def load(cls: type[S], argv: list[str] | None = None) -> S:
     except ValidationError as e:
         problems = "; ".join(map(_problem, e.errors()))
         raise SystemExit(f"{cls.__name__}: invalid configuration: {problems}") from None
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    service = cls.model_config.get("env_prefix", "KVMESH_").removeprefix("KVMESH_").rstrip("_").lower()
+    logs.configure(settings.log_level, f"kvmesh-{service or 'service'}", settings.log_json)
     return settings
 
 

@@ -2,7 +2,11 @@
 
 Tracing exports nothing unless the standard OpenTelemetry setting asks for it:
 OTEL_TRACES_EXPORTER=otlp (OTEL_EXPORTER_OTLP_ENDPOINT, ...) or console. Context always travels:
-W3C traceparent in gRPC metadata, and into Triton requests as request parameters.
+W3C traceparent in gRPC metadata, and into Triton requests as request parameters. The span tree
+of one request is in docs/observability-tracing.md.
+
+With tracing off, `start_span` makes no span at all (the parent's context goes on unchanged):
+OpenTelemetry's no-op tracer still costs microseconds a span, and a request makes several.
 """
 
 from __future__ import annotations
@@ -43,7 +47,73 @@ def setup_tracing(service_name: str) -> None:
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     else:
         raise SystemExit(f"OTEL_TRACES_EXPORTER={exporter_name!r}: kvmesh supports otlp, console or none")
+    install(provider)
+
+
+_exporting = False  # set once a tracer provider that exports is installed
+
+
+def install(provider: trace.TracerProvider) -> None:
+    """Makes `provider` the process's and turns the spans of `start_span` on."""
+    global _exporting
     trace.set_tracer_provider(provider)
+    _exporting = True
+
+
+def start_span(
+    tracer: trace.Tracer, name: str, context: otel_context.Context | None = None,
+    kind: trace.SpanKind = trace.SpanKind.INTERNAL, attributes: dict[str, Any] | None = None,
+) -> trace.Span:  # fmt: skip
+    """A span to end explicitly, or with tracing off the parent's non-recording span (ending it
+    does nothing), for nothing to record."""
+    if not _exporting:
+        return trace.get_current_span(context)
+    return tracer.start_span(name, context, kind, attributes)
+
+
+class ending:
+    """`with ending(span):` ends `span` on the way out, marked failed by an exception passing
+    through (a cancellation is no failure); a class, not a generator, for its few hundred ns."""
+
+    def __init__(self, span: trace.Span) -> None:
+        self.span = span
+
+    def __enter__(self) -> trace.Span:
+        return self.span
+
+    def __exit__(self, kind, error, _tb) -> None:
+        fail(self.span, error)
+        self.span.end()
+
+
+def fail(span: trace.Span, error: BaseException | None) -> None:
+    """Marks `span` failed by `error` (None, a cancellation or a generator closed: not failed)."""
+    if error is not None and isinstance(error, Exception) and span.is_recording():
+        span.record_exception(error)
+        span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))
+
+
+TRACE_ID_HEADER = "x-trace-id"
+
+
+def _recorded(span: trace.Span) -> trace.SpanContext | None:
+    """The span's context if this process records it (ended or not): tracing on, sampled."""
+    ctx = span.get_span_context()
+    return ctx if _exporting and ctx.is_valid and ctx.trace_flags.sampled else None
+
+
+def trace_ids(span: trace.Span) -> dict[str, str]:
+    """The trace and span ids of a recorded span as hex, for log lines; empty otherwise."""
+    if (ctx := _recorded(span)) is None:
+        return {}
+    return {"trace_id": trace.format_trace_id(ctx.trace_id), "span_id": trace.format_span_id(ctx.span_id)}
+
+
+def response_headers(span: trace.Span) -> dict[str, str]:
+    """What an answer tells its client of the trace it made: its id, when one is recorded."""
+    if (ctx := _recorded(span)) is None:
+        return {}
+    return {TRACE_ID_HEADER: trace.format_trace_id(ctx.trace_id)}
 
 
 def start_metrics_server(host: str, port: int) -> int:
@@ -102,14 +172,19 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         start = time.perf_counter()
         RPC_IN_FLIGHT.labels(method).inc()
         code = "OK"
+        span = start_span(self.tracer, method, parent, trace.SpanKind.SERVER)
+        token = otel_context.attach(trace.set_span_in_context(span, parent))
         try:
-            with self.tracer.start_as_current_span(method, context=parent, kind=trace.SpanKind.SERVER):
-                yield
-                code = _code_name(context)
-        except BaseException:
+            yield
+            code = _code_name(context)
+        except BaseException as e:
             code = _code_name(context, default="UNKNOWN")
+            fail(span, e)
             raise
         finally:
+            otel_context.detach(token)
+            span.set_attribute("rpc.grpc.status_code", code)
+            span.end()
             RPC_IN_FLIGHT.labels(method).dec()
             RPC_REQUESTS.labels(method, code).inc()
             RPC_SECONDS.labels(method).observe(time.perf_counter() - start)

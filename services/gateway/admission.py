@@ -31,9 +31,14 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from opentelemetry import trace
+
+from kvmesh import telemetry
 from kvmesh.api_keys import PRIORITIES, Priority
 from kvmesh.errors import AtCapacity, ResourceExhausted
 from services.gateway import metrics
+
+TRACER = trace.get_tracer("kvmesh.gateway")
 
 T = TypeVar("T")
 # The queue cannot know when a slot frees; a second is many turns of a busy mesh and short for a person.
@@ -140,31 +145,39 @@ class Admission:
         since = loop.time()
         if self._server is None:
             self._server = asyncio.create_task(self._serve())
-        try:
-            while True:
-                try:
-                    async with asyncio.timeout_at(since + self.timeout_s):
-                        await w.turn
-                except TimeoutError:
-                    metrics.QUEUE_REJECTIONS.labels(priority, "timeout").inc()
-                    raise ResourceExhausted(
-                        f"no worker freed up within {self.timeout_s:g}s in the queue (--queue-timeout-s); retry later",
-                        headers=RETRY_AFTER,
-                    ) from None
-                try:
-                    result = await attempt()
-                except AtCapacity:
-                    w.turn = loop.create_future()
-                    self._pass_turn(w, move_on=False)
-                    continue
-                waited = loop.time() - since
-                lane.charge(w)
-                metrics.QUEUE_SECONDS.labels(priority).observe(waited)
-                return result, waited
-        finally:
-            if lane.remove(w):
-                metrics.QUEUED.labels(priority).dec()
-            self._pass_turn(w, move_on=True)
+        queued = {"kvmesh.priority": priority, "kvmesh.queue_depth": lane.depth}
+        with telemetry.ending(telemetry.start_span(TRACER, "kvmesh.queue", attributes=queued)) as span:
+            try:
+                return await self._wait_and_attempt(w, lane, priority, since, attempt, span)
+            finally:
+                if lane.remove(w):
+                    metrics.QUEUED.labels(priority).dec()
+                self._pass_turn(w, move_on=True)
+
+    async def _wait_and_attempt(self, w: _Waiter, lane: _Lane, priority: Priority, since: float, attempt, span):
+        """`w`'s turns until its attempt gets a worker: (the result, the seconds it waited)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                async with asyncio.timeout_at(since + self.timeout_s):
+                    await w.turn
+            except TimeoutError:
+                metrics.QUEUE_REJECTIONS.labels(priority, "timeout").inc()
+                raise ResourceExhausted(
+                    f"no worker freed up within {self.timeout_s:g}s in the queue (--queue-timeout-s); retry later",
+                    headers=RETRY_AFTER,
+                ) from None
+            try:
+                result = await attempt()
+            except AtCapacity:
+                w.turn = loop.create_future()
+                self._pass_turn(w, move_on=False)
+                continue
+            waited = loop.time() - since
+            lane.charge(w)
+            metrics.QUEUE_SECONDS.labels(priority).observe(waited)
+            span.set_attribute("kvmesh.queued_ms", waited * 1000)
+            return result, waited
 
     def _pass_turn(self, w: _Waiter, move_on: bool) -> None:
         if self._holder is w and self._turn_over is not None and not self._turn_over.done():

@@ -22,10 +22,11 @@ import grpc
 import msgspec
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
+from opentelemetry import trace
 from tritonclient.utils import InferenceServerException, deserialize_bytes_tensor
 
 from kvmesh import engine_wire as wire
-from kvmesh import grpc_server
+from kvmesh import grpc_server, telemetry
 from kvmesh.engine_wire import EngineDelta
 from kvmesh.errors import DeadlineExceeded, KvmeshError, Unavailable
 from kvmesh.registry import LiveWorker
@@ -36,6 +37,7 @@ from services.gateway import metrics
 from services.gateway.engine_mux import EngineMux
 
 log = logging.getLogger(__name__)
+TRACER = trace.get_tracer("kvmesh.gateway")
 
 
 class EngineError(KvmeshError):
@@ -207,67 +209,81 @@ class TritonPool:
         final response (see _pump)."""
         if self._watchdog is None:
             self._watchdog = asyncio.create_task(self._watch())
-        ids = triton_aio.InferInput(wire.INPUT_IDS, [len(prompt_ids)], "INT32")
-        ids.set_data_from_numpy(np.asarray(prompt_ids, dtype=np.int32))
-        inputs = [ids, _json_input(wire.SAMPLING_PARAMS, sampling)]
-        if kv_transfer_params is not None:
-            inputs.append(_json_input(wire.KV_TRANSFER_PARAMS, kv_transfer_params))
-        parameters: dict = dict(trace_headers)
-        if response_interval_ms:
-            parameters[wire.RESPONSE_INTERVAL_MS] = response_interval_ms
-        # Deltas come from the mux's reader or from the request's own stream.
-        inbox = Inbox(worker, self._heard)
-        self._inboxes.setdefault(worker.id, set()).add(inbox)
-        expiry = None
-        if deadline is not None:
-            expiry = asyncio.get_running_loop().call_later(
-                deadline - time.monotonic(), inbox.fail, DeadlineExceeded(f"worker {worker.id}: the deadline passed")
-            )
-        key = (worker.triton_grpc_address, worker.triton_model)
-        self._in_flight[key] = self._in_flight.get(key, 0) + 1
-        # A mux is opened once two requests run on a worker model at a time; one open is used by
-        # a request alone too (no stream of its own to open).
-        try:
-            mux = await self._mux(worker, may_open=self._in_flight[key] > 1)
-        except BaseException:  # cancelled while the mux opened
-            self._in_flight[key] -= 1
-            self._forget(inbox, expiry)
-            raise
-        if mux is not None:
-            parameters[wire.MUX] = mux.id
-        request = {
-            "model_name": worker.triton_model,
-            "inputs": inputs,
-            "request_id": request_id,
-            "parameters": parameters or None,
-        }
-        if mux is not None:
-            mux.submit(request_id, request, inbox)
-        else:
-
-            async def one_request():
-                yield request
-
-            responses = self._client(worker.triton_grpc_address).stream_infer(one_request(), headers=trace_headers)
-            own = asyncio.create_task(_pump(worker, responses, inbox))
-        answered = False
-        try:
-            while True:
-                delta = await inbox.get()
-                answered = delta.finish_reason is not None
-                yield delta
-                if answered:
-                    return
-        finally:
-            self._in_flight[key] -= 1
-            self._forget(inbox, expiry)
+        # One span for the whole call, its counts set at the end: never one per response.
+        span = telemetry.start_span(
+            TRACER, "kvmesh.infer", telemetry.extract(trace_headers), trace.SpanKind.CLIENT, _infer_attributes(
+                worker, request_id, len(prompt_ids), kv_transfer_params
+            ),
+        )  # fmt: skip
+        with telemetry.ending(span):
+            ids = triton_aio.InferInput(wire.INPUT_IDS, [len(prompt_ids)], "INT32")
+            ids.set_data_from_numpy(np.asarray(prompt_ids, dtype=np.int32))
+            inputs = [ids, _json_input(wire.SAMPLING_PARAMS, sampling)]
+            if kv_transfer_params is not None:
+                inputs.append(_json_input(wire.KV_TRANSFER_PARAMS, kv_transfer_params))
+            trace_headers = telemetry.carrier(trace.set_span_in_context(span))  # the engine's spans go under it
+            parameters: dict = dict(trace_headers)
+            if response_interval_ms:
+                parameters[wire.RESPONSE_INTERVAL_MS] = response_interval_ms
+            # Deltas come from the mux's reader or from the request's own stream.
+            inbox = Inbox(worker, self._heard)
+            self._inboxes.setdefault(worker.id, set()).add(inbox)
+            expiry = None
+            if deadline is not None:
+                passed = DeadlineExceeded(f"worker {worker.id}: the deadline passed")
+                expiry = asyncio.get_running_loop().call_later(deadline - time.monotonic(), inbox.fail, passed)
+            key = (worker.triton_grpc_address, worker.triton_model)
+            self._in_flight[key] = self._in_flight.get(key, 0) + 1
+            # A mux is opened once two requests run on a worker model at a time; one open is used by
+            # a request alone too (no stream of its own to open).
+            try:
+                mux = await self._mux(worker, may_open=self._in_flight[key] > 1)
+            except BaseException:  # cancelled while the mux opened
+                self._in_flight[key] -= 1
+                self._forget(inbox, expiry)
+                raise
             if mux is not None:
-                mux.leave(request_id)
-                if not answered and mux.open:
-                    mux.cancel(request_id)  # the model aborts it
-            elif not answered or not await _ended(own):
-                responses.cancel()
-                own.cancel()
+                parameters[wire.MUX] = mux.id
+            span.set_attribute("kvmesh.mux", mux is not None)
+            request = {
+                "model_name": worker.triton_model,
+                "inputs": inputs,
+                "request_id": request_id,
+                "parameters": parameters or None,
+            }
+            if mux is not None:
+                mux.submit(request_id, request, inbox)
+            else:
+
+                async def one_request():
+                    yield request
+
+                responses = self._client(worker.triton_grpc_address).stream_infer(one_request(), headers=trace_headers)
+                own = asyncio.create_task(_pump(worker, responses, inbox))
+            answered, received, tokens = False, 0, 0
+            try:
+                while True:
+                    delta = await inbox.get()
+                    answered = delta.finish_reason is not None
+                    received, tokens = received + 1, tokens + len(delta.token_ids)
+                    if answered:
+                        span.set_attributes(
+                            {"kvmesh.finish_reason": delta.finish_reason, "kvmesh.cached_tokens": delta.cached_tokens}
+                        )
+                    yield delta
+                    if answered:
+                        return
+            finally:
+                span.set_attributes({"kvmesh.responses": received, "kvmesh.output_tokens": tokens})
+                self._in_flight[key] -= 1
+                self._forget(inbox, expiry)
+                if mux is not None:
+                    mux.leave(request_id)
+                    if not answered and mux.open:
+                        mux.cancel(request_id)  # the model aborts it
+                elif not answered or not await _ended(own):
+                    responses.cancel()
+                    own.cancel()
 
     def _forget(self, inbox: Inbox, expiry: asyncio.TimerHandle | None) -> None:
         if expiry is not None:
@@ -328,6 +344,21 @@ async def _ended(own: asyncio.Task, timeout_s: float = 5.0) -> bool:
         return True
     except TimeoutError:
         return False
+
+
+def _infer_attributes(
+    worker: worker_pb2.WorkerRecord, request_id: str, prompt_tokens: int, kv_transfer_params: dict | None
+) -> dict:
+    """What a `kvmesh.infer` span says of the call: its worker and phase (prefill: a prefill
+    instance's; decode: a decode instance's given a prefill's KV; whole: the rest)."""
+    if worker.role == worker_pb2.ROLE_PREFILL:
+        phase = "prefill"
+    else:
+        phase = "decode" if kv_transfer_params else "whole"
+    return {
+        "kvmesh.request_id": request_id, "kvmesh.worker": worker.id, "kvmesh.triton_model": worker.triton_model,
+        "kvmesh.phase": phase, "kvmesh.prompt_tokens": prompt_tokens,
+    }  # fmt: skip
 
 
 def _json_input(name: str, value: SamplingParams | dict) -> triton_aio.InferInput:

@@ -5,13 +5,16 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Callable
 
-from kvmesh import auth
+from opentelemetry import trace
+
+from kvmesh import auth, telemetry
 from kvmesh.errors import InvalidArgument, KvmeshError
 from kvmesh.v1 import inference_pb2, inference_pb2_grpc, models_pb2, models_pb2_grpc
 from services.gateway import metrics, prompt
 from services.gateway.front_door import FrontDoor
 from services.gateway.generation import Chunk, new_request_id
 from services.gateway.limits import InputLimits
+from services.gateway.request_log import RequestLine
 from services.gateway.sampling import Sampling, engine_sampling
 from services.gateway.served import ServedModel, ServedModels
 from services.gateway.slow_clients import DEFAULT_WRITE_TIMEOUT_S, SlowClient, taken_in_time
@@ -65,10 +68,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         messages: int = 0,
     ):  # fmt: skip
         """Validate (the limits first, then the prompt of `chars` characters is tokenized), pass the
-        front door, then stream chunks (the rate-limit and queue headers go out as the call's
-        metadata with the first), counting the call's outcome; a KvmeshError goes on to the
-        server's interceptor, which ends the call with its status. A client that reads nothing
-        for the write timeout is cut off (counted then)."""
+        front door, then stream chunks (the rate-limit and queue headers and the trace id go out as
+        the call's metadata with the first), counting the call's outcome; a KvmeshError goes on to
+        the server's interceptor, which ends the call with its status (the trace id in its trailing
+        metadata). A client that reads nothing for the write timeout is cut off (counted then)."""
+        root = trace.get_current_span()  # the server interceptor's, under the caller's trace if any
+        root.set_attribute("kvmesh.request_id", request_id)
+        line: RequestLine | None = None
         try:
             self.limits.check_messages(messages)
             model = self.served.get(request.model)
@@ -80,21 +86,29 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             limit = self.served.max_model_len(model.name)
             engine = engine_sampling(sampling, len(ids), limit, self.default_max_tokens, model.defaults)
             # The client's deadline, if it set one, bounds the router's and the engines' calls too.
-            admitted = self.front.enter(
-                auth.CALLER.get(), model, ids, engine, request_id, timeout_s=context.time_remaining()
-            )
+            caller = auth.CALLER.get()
+            admitted = self.front.enter(caller, model, ids, engine, request_id, timeout_s=context.time_remaining())
+            line = RequestLine("grpc", request_id, model.name, root, request.request_id, caller.name if caller else "")
             first = True
             async for chunk in taken_in_time(admitted.chunks, self.write_timeout_s, "grpc", request_id):
+                line.saw(chunk)
                 if first:
-                    await context.send_initial_metadata(tuple(admitted.headers().items()))
+                    headers = {**admitted.headers(), **telemetry.response_headers(root)}
+                    await context.send_initial_metadata(tuple(headers.items()))
                     first = False
                 yield chunk
+            metrics.REQUESTS.labels("grpc", "OK").inc()
+            _end(line, "OK")
         except SlowClient:
+            _end(line, "slow_client")
             raise
         except KvmeshError as e:
             metrics.REQUESTS.labels("grpc", e.grpc_code.name).inc()
+            e.headers.update(telemetry.response_headers(root))
+            _end(line, e.grpc_code.name)
             raise
-        metrics.REQUESTS.labels("grpc", "OK").inc()
+        finally:
+            _end(line, "CANCELLED")  # the client left; after an outcome above, nothing
 
     async def Generate(self, request, context) -> AsyncIterator[inference_pb2.GenerateResponse]:
         run_id, request_id = _request_ids(request.request_id)
@@ -127,6 +141,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                 worker_id=chunk.worker_id,
             )
             first = False
+
+
+def _end(line: RequestLine | None, status: str) -> None:
+    if line is not None:  # None: refused before it was admitted
+        line.end(status)
 
 
 def _request_ids(given: str) -> tuple[str, str]:

@@ -14,9 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry import trace
 from transformers import AutoTokenizer
 
+from kvmesh import telemetry
 from kvmesh.errors import InvalidArgument
+
+TRACER = trace.get_tracer("kvmesh.gateway")
 
 # Prompts at least this long are tokenized in a thread: a megabyte of text takes the tokenizer
 # long enough to stall every other stream on the event loop.
@@ -24,8 +28,13 @@ OFF_LOOP_CHARS = 16_384
 
 
 async def encode_sized(chars: int, encode: Callable[[], list[int]]) -> list[int]:
-    """`encode()` for a prompt of `chars` characters, off the event loop when it is long."""
-    return await asyncio.to_thread(encode) if chars >= OFF_LOOP_CHARS else encode()
+    """`encode()` for a prompt of `chars` characters, off the event loop when it is long; a
+    `kvmesh.tokenize` span under the current one."""
+    span = telemetry.start_span(TRACER, "kvmesh.tokenize", attributes={"kvmesh.prompt_chars": chars})
+    with telemetry.ending(span):
+        ids = await asyncio.to_thread(encode) if chars >= OFF_LOOP_CHARS else encode()
+        span.set_attribute("kvmesh.prompt_tokens", len(ids))
+        return ids
 
 
 # Distinct pieces kept: shared system prompts stay, one-off questions come and go. Longer pieces

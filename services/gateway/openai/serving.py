@@ -4,20 +4,23 @@ sampling, chunks → OpenAI JSON or SSE events."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from functools import cached_property
 
 import msgspec
 from fastapi import Request
 from fastapi.responses import Response
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 
 from kvmesh import auth, telemetry
 from kvmesh.api_keys import ApiKey
-from kvmesh.errors import InvalidArgument
+from kvmesh.errors import InvalidArgument, KvmeshError
 from services.gateway import metrics, prompt
 from services.gateway.front_door import FrontDoor
 from services.gateway.generation import Chunk, Usage, new_request_id
@@ -25,12 +28,14 @@ from services.gateway.limits import InputLimits
 from services.gateway.openai.errors import sse_error
 from services.gateway.openai.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 from services.gateway.openai.sse_response import SseResponse
+from services.gateway.request_log import RequestLine
 from services.gateway.sampling import Sampling, engine_sampling
 from services.gateway.served import ServedModel, ServedModels
 from services.gateway.slow_clients import DEFAULT_WRITE_TIMEOUT_S
 from services.gateway.tokenization import encode_sized
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+TRACER = trace.get_tracer("kvmesh.gateway")
 
 
 def usage_json(u: Usage) -> dict:
@@ -45,6 +50,39 @@ def usage_json(u: Usage) -> dict:
 def _refuse(condition: bool, param: str, message: str) -> None:
     if condition:
         raise InvalidArgument(f"{param}: {message}", param=param)
+
+
+def _traced(route: str) -> Callable:
+    """A handler's request as the root span of its trace (continuing a caller's traceparent),
+    current while it is handled, its id in the answer's headers (x-trace-id), errors' too. A
+    streamed answer's span ends with its stream (_sse), any other as the handler returns."""
+
+    def wrap(handler: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
+        @functools.wraps(handler)
+        async def traced(self, request: Request, body) -> Response:
+            attributes = {"http.request.method": "POST", "http.route": route}
+            parent = telemetry.extract(request.headers)
+            span = telemetry.start_span(TRACER, f"POST {route}", parent, trace.SpanKind.SERVER, attributes)
+            token = otel_context.attach(trace.set_span_in_context(span, parent))
+            try:
+                response = await handler(self, request, body)
+            except BaseException as e:
+                if isinstance(e, KvmeshError):
+                    e.headers.update(telemetry.response_headers(span))
+                    span.set_attribute("http.response.status_code", e.http_status)
+                telemetry.fail(span, e)
+                span.end()
+                raise
+            finally:
+                otel_context.detach(token)
+            if not isinstance(response, SseResponse):
+                span.set_attribute("http.response.status_code", response.status_code)
+                span.end()
+            return response
+
+        return traced
+
+    return wrap
 
 
 def _sampling(body: SamplingFields, max_tokens: int | None) -> Sampling:
@@ -74,6 +112,7 @@ class OpenAIServing:
         self.limits = limits
         self.write_timeout_s = write_timeout_s
 
+    @_traced("/v1/chat/completions")
     async def chat(self, request: Request, body: ChatCompletionRequest):
         model = self.served.get(body.model)
         auth.permit_model(_caller(request), model.name)
@@ -89,6 +128,7 @@ class OpenAIServing:
         prompt_ids = await encode_sized(chars, lambda: prompt.chat_ids(model.tokenizer, messages))
         return await self._respond(request, body, model, prompt_ids, sampling, CHAT)
 
+    @_traced("/v1/completions")
     async def completions(self, request: Request, body: CompletionRequest):
         model = self.served.get(body.model)
         auth.permit_model(_caller(request), model.name)
@@ -117,25 +157,37 @@ class OpenAIServing:
         limit = self.served.max_model_len(model.name)
         engine = engine_sampling(sampling, len(prompt_ids), limit, self.default_max_tokens, model.defaults)
         request_id = fmt.id_prefix + new_request_id()
-        parent = telemetry.extract(request.headers)  # a caller's traceparent, if any
-        admitted = self.front.enter(
-            _caller(request), model, prompt_ids, engine, request_id, parent, whole=not body.stream
-        )
+        root = trace.get_current_span()  # _traced's
+        root.set_attribute("kvmesh.request_id", request_id)
+        caller = _caller(request)
+        line = RequestLine("http", request_id, model.name, root, key=caller.name if caller is not None else "")
+        admitted = self.front.enter(caller, model, prompt_ids, engine, request_id, otel_context.get_current(),
+                                    whole=not body.stream)  # fmt: skip
         chunks = admitted.chunks
         created = int(time.time())
-        if body.stream:
-            # Routing failures must still be an HTTP error: wait for the first chunk before answering 200.
-            first = await anext(chunks)
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            events = _sse(first, chunks, SseEvents(fmt, request_id, created, model.name), include_usage)
-            headers = {**SSE_HEADERS, **admitted.headers()}
-            return SseResponse(events, request_id, self.write_timeout_s, headers)
-        result = await _until_disconnect(request, _collect(chunks))
+        try:
+            if body.stream:
+                # Routing failures must still be an HTTP error: wait for the first chunk before answering 200.
+                first = await anext(chunks)
+                include_usage = bool(body.stream_options and body.stream_options.include_usage)
+                events = _sse(first, chunks, SseEvents(fmt, request_id, created, model.name), include_usage, line)
+                headers = {**SSE_HEADERS, **admitted.headers(), **telemetry.response_headers(root)}
+                return SseResponse(events, request_id, self.write_timeout_s, headers)
+            result = await _until_disconnect(request, _collect(chunks, line))
+        except KvmeshError as e:
+            line.end(str(e.http_status))
+            raise
+        except BaseException as e:
+            line.end("499" if isinstance(e, asyncio.CancelledError) else "500")
+            raise
         if result is None:
             metrics.REQUESTS.labels("http", "499").inc()
+            line.end("499")
             return Response(status_code=499)  # nobody reads it: the client is gone
         metrics.REQUESTS.labels("http", "200").inc()
-        return json_response(fmt.whole(request_id, created, model.name, *result), admitted.headers())
+        line.end("200")
+        headers = {**admitted.headers(), **telemetry.response_headers(root)}
+        return json_response(fmt.whole(request_id, created, model.name, *result), headers)
 
 
 _JSON = msgspec.json.Encoder()
@@ -151,10 +203,11 @@ def _caller(request: Request) -> ApiKey | None:
     return request.scope.get("state", {}).get("caller")
 
 
-async def _collect(chunks: AsyncIterator[Chunk]) -> tuple[str, str, Usage]:
+async def _collect(chunks: AsyncIterator[Chunk], line: RequestLine) -> tuple[str, str, Usage]:
     parts: list[str] = []
     async with aclosing(chunks):  # now: the request's slots are freed as it ends, not when collected
         async for chunk in chunks:
+            line.saw(chunk)
             parts.append(chunk.text)
             if chunk.finish_reason:
                 return "".join(parts), chunk.finish_reason, chunk.usage
@@ -182,26 +235,34 @@ async def _until_disconnect(request: Request, work):
 
 
 async def _sse(
-    first: Chunk, rest: AsyncIterator[Chunk], events: SseEvents, include_usage: bool
+    first: Chunk, rest: AsyncIterator[Chunk], events: SseEvents, include_usage: bool, line: RequestLine
 ) -> AsyncGenerator[str, None]:
+    """The events; `line` is told of each chunk and of the end, and the request's span ends with them."""
     is_first = True
     chunk = first
     try:
-        while True:
-            yield events.chunk(chunk, is_first)
-            is_first = False
-            if chunk.finish_reason:
-                if include_usage:
-                    yield events.usage(chunk.usage)
-                break
-            chunk = await anext(rest)
-        metrics.REQUESTS.labels("http", "200").inc()
-    except Exception as e:  # noqa: BLE001 - after the 200 an error can only travel as an event
-        metrics.REQUESTS.labels("http", "stream_error").inc()
-        yield sse_error(e)
+        try:
+            while True:
+                line.saw(chunk)
+                yield events.chunk(chunk, is_first)
+                is_first = False
+                if chunk.finish_reason:
+                    if include_usage:
+                        yield events.usage(chunk.usage)
+                    break
+                chunk = await anext(rest)
+            metrics.REQUESTS.labels("http", "200").inc()
+            line.end("200")
+        except Exception as e:  # noqa: BLE001 - after the 200 an error can only travel as an event
+            metrics.REQUESTS.labels("http", "stream_error").inc()
+            line.end("stream_error")
+            yield sse_error(e)
+        finally:
+            await rest.aclose()
+        yield "data: [DONE]\n\n"
     finally:
-        await rest.aclose()
-    yield "data: [DONE]\n\n"
+        line.end("499")  # the client left (or stopped reading) before the end
+        line.root.end()
 
 
 class _Format(ABC):
