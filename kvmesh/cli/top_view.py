@@ -4,7 +4,7 @@ what could not be read. An unknown figure is "–"."""
 from __future__ import annotations
 
 from rich.console import Group, RenderableType
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from kvmesh.cli.top_data import Frame, Rates, WorkerRow
@@ -20,16 +20,22 @@ def render(frame: Frame) -> RenderableType:
 
 
 def _workers(rows: tuple[WorkerRow, ...]) -> Table:
-    table = Table("worker", "model", "role", "in flight", "running / waiting", "KV used", "index blocks", "hit ratio",
-                  "lease", title="workers", title_justify="left")  # fmt: skip
+    """Narrow enough for 80 columns: the model is the title when every worker serves the same one."""
+    models = sorted({row.worker.model for row in rows})
+    one_model = len(models) == 1
+    title = f"workers of {models[0]}" if one_model else "workers"
+    table = Table(Column("worker", no_wrap=True), title=title, title_justify="left")
+    for header in ([] if one_model else ["model"]) + ["role", "in flight", "run/wait", "KV used", "blocks", "hits",
+                                                      "lease"]:  # fmt: skip
+        table.add_column(header)
     for row in rows:
         w = row.worker
         table.add_row(
             w.id,
-            w.model,
+            *([] if one_model else [w.model]),
             f"{w.role} ({w.state})" if w.state else w.role,
-            f"{w.in_flight} / {w.capacity}",
-            f"{_count(row.running)} / {_count(row.waiting)}",
+            f"{w.in_flight}/{w.capacity}",
+            f"{_count(row.running)}/{_count(row.waiting)}",
             _percent(row.kv_usage),
             _count(row.index_blocks),
             _percent(row.hit_ratio),
@@ -38,21 +44,20 @@ def _workers(rows: tuple[WorkerRow, ...]) -> Table:
     return table
 
 
-def _rates(rates: Rates) -> Table:
-    table = Table("requests/s", "tokens/s in", "tokens/s out", "TTFT p50 / p99", "ITL p50 / p99", "prefix-cache hits",
-                  "in flight", title=f"gateway, last {rates.interval_s:.1f}s", title_justify="left")  # fmt: skip
+def _rates(rates: Rates) -> RenderableType:
+    table = Table.grid(padding=(0, 2))
     by_status = ", ".join(f"{status} {rate:.1f}" for status, rate in rates.requests_per_s.items())
     total = sum(rates.requests_per_s.values())
-    table.add_row(
-        f"{total:.1f} ({by_status})" if by_status else "0",
-        _rate(rates.prompt_tokens_per_s),
-        _rate(rates.completion_tokens_per_s),
-        _latencies(rates.ttft_s),
-        _latencies(rates.itl_s),
-        _percent(rates.cache_hit_ratio),
-        _count(rates.in_flight),
-    )
-    return table
+    for name, value in (
+        ("requests/s", f"{total:.1f} ({by_status})" if by_status else "0"),
+        ("tokens/s", f"in {_rate(rates.prompt_tokens_per_s)}, out {_rate(rates.completion_tokens_per_s)}"),
+        ("TTFT p50 / p99", _latencies(rates.ttft_s)),
+        ("ITL p50 / p99", _latencies(rates.itl_s)),
+        ("prefix-cache hits", _percent(rates.cache_hit_ratio)),
+        ("in flight", _count(rates.in_flight)),
+    ):
+        table.add_row(name, value)
+    return Group(Text(f"gateway, last {rates.interval_s:.1f}s", style="italic"), table)
 
 
 def _count(value: float | None) -> str:
@@ -64,7 +69,9 @@ def _rate(value: float | None) -> str:
 
 
 def _percent(ratio: float | None) -> str:
-    return UNKNOWN if ratio is None else f"{ratio:.0%}"
+    if ratio is None:
+        return UNKNOWN
+    return f"{ratio:.1%}" if ratio < 0.1 else f"{ratio:.0%}"
 
 
 def _latencies(quantiles: tuple[float, float] | None) -> str:

@@ -7,6 +7,7 @@ import http.server
 import io
 import threading
 from concurrent import futures
+from dataclasses import replace
 
 import grpc
 import pytest
@@ -114,11 +115,21 @@ def shown(renderable) -> str:
 def test_the_rendering_shows_every_figure_and_dashes_for_the_unknown():
     before, now = readings()
     text = shown(render(frame(now, before)))
-    assert "w-a" in text and "w-b" in text and "decode (draining)" in text
-    assert "1 / 8" in text and "2 / 1" in text and "42%" in text and "75%" in text and "4.5s" in text
-    assert "– / –" in text  # w-b's running / waiting
-    assert "10.0 (200 10.0)" in text and "1000.0" in text and "100 ms / 492 ms" in text and "50%" in text
-    assert "last 2.0s" in text
+    assert "workers of m" in text and "w-a" in text and "w-b" in text and "decode (draining)" in text
+    assert "1/8" in text and "2/1" in text and "42%" in text and "75%" in text and "4.5s" in text
+    assert "–/–" in text  # w-b's running / waiting
+    assert "10.0 (200 10.0)" in text and "in 1000.0, out 100.0" in text and "100 ms / 492 ms" in text
+    assert "prefix-cache hits  50%" in text and "last 2.0s" in text
+
+
+def test_workers_of_several_models_get_a_model_column_and_small_ratios_a_decimal():
+    before, now = readings()
+    a, b = now.workers
+    several = replace(now, workers=(a, replace(b, model="other")), engines={})
+    text = shown(render(frame(several, before)))
+    assert "model" in text and "other" in text and "workers of" not in text
+    nearly_empty = Scrape.parse(engine_text(0, 0).replace("0.42", "0.005"))
+    assert "0.5%" in shown(render(frame(replace(now, engines={"w-a": nearly_empty}), before)))
 
 
 def test_the_rendering_says_what_it_could_not_read():
