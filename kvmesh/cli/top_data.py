@@ -26,10 +26,6 @@ RUNNING = "kvmesh_engine_running_sequences"
 WAITING = "kvmesh_engine_waiting_sequences"
 HIT_TOKENS = "kvmesh_engine_prefix_cache_hit_tokens"
 PROMPT_TOKENS = "kvmesh_engine_prompt_tokens"
-# Where a worker's Triton serves its metrics: a WorkerRecord field once it has one, until then the label.
-METRICS_FIELD = "triton_metrics_address"
-METRICS_LABEL = "triton_metrics"
-
 
 class RouterUnreachable(Exception):
     pass
@@ -143,8 +139,6 @@ def frame(now: Reading, before: Reading | None) -> Frame:
 
 def _worker(status: router_pb2.WorkerStatus) -> Worker:
     r = status.record
-    fields = r.DESCRIPTOR.fields_by_name
-    address = getattr(r, METRICS_FIELD) if METRICS_FIELD in fields else ""
     return Worker(
         id=r.id,
         model=r.model,
@@ -153,7 +147,7 @@ def _worker(status: router_pb2.WorkerStatus) -> Worker:
         capacity=r.capacity,
         lease_s=status.lease_remaining_ms / 1000,
         state="unresponsive" if r.unresponsive else "draining" if r.draining else "",
-        metrics_address=address or r.labels.get(METRICS_LABEL, ""),
+        metrics_address=r.triton_metrics_address,
     )
 
 

@@ -15,7 +15,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from kvmesh.cli.app import app
-from kvmesh.cli.top_data import METRICS_LABEL, MeshReader, Reading, Worker, frame
+from kvmesh.cli.top_data import MeshReader, Reading, Worker, frame
 from kvmesh.cli.top_view import render
 from kvmesh.metrics_text import Scrape
 from kvmesh.net import free_port
@@ -146,9 +146,7 @@ class FakeRouter(router_pb2_grpc.RouterServicer):
 
     def Workers(self, request, context):
         record = worker_pb2.WorkerRecord(id="w-1", model="m", role=worker_pb2.ROLE_AGGREGATED, capacity=4,
-                                         labels={METRICS_LABEL: self.metrics_address})  # fmt: skip
-        if "triton_metrics_address" in record.DESCRIPTOR.fields_by_name:
-            record.triton_metrics_address = self.metrics_address
+                                         triton_metrics_address=self.metrics_address)  # fmt: skip
         return router_pb2.WorkersResponse(workers=[router_pb2.WorkerStatus(record=record, in_flight=2,
                                                                            lease_remaining_ms=3000)])  # fmt: skip
 
