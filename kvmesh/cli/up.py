@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from kvmesh import models
+from kvmesh import logs, models
 from kvmesh.api_keys import PREFIX
 from kvmesh.auth import ADMIN_KEY_ENV, MESH_TOKEN_ENV, bearer
 from kvmesh.cli import prometheus as prometheus_server
@@ -93,6 +93,8 @@ def up(
     tls_dir: Path = typer.Option(None, help=TLS_DIR_HELP, exists=True, file_okay=False),
     auth: str = setting(CommonSettings, "auth"),
     log_dir: Path = typer.Option(None, help="default: <cache>/run/<time>"),
+    log_json: bool = typer.Option(False, help="every process logs one JSON object a line, with its trace ids"),
+    log_requests: bool = setting(GatewaySettings, "log_requests", help="the gateway logs each finished request"),
     ready_timeout_s: float = typer.Option(900.0),
 ) -> None:
     """Start the whole mesh and serve until Ctrl-C."""
@@ -143,6 +145,8 @@ def up(
     mesh_token = os.environ.get(MESH_TOKEN_ENV) or secrets.token_urlsafe(32)
     admin_key = os.environ.get(ADMIN_KEY_ENV) or PREFIX + secrets.token_urlsafe(32)
     env = {"REDIS_URL": redis_url, MESH_TOKEN_ENV: mesh_token, ADMIN_KEY_ENV: admin_key}
+    env |= {logs.LOG_JSON_ENV: "1"} if log_json else {}
+    env |= {"KVMESH_GATEWAY_LOG_REQUESTS": "true"} if log_requests else {}
     supervisor = Supervisor(log_dir, env=env)
     # Our children stop on our terms; SIGTERM is handled like Ctrl-C. SIGINT explicitly too: a
     # launcher that ran us in the background (`cmd &` in a script, nohup) left it ignored, and

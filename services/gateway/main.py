@@ -20,6 +20,7 @@ from kvmesh.api_keys import ApiKey, KeyStore
 from kvmesh.quota import Quotas
 from kvmesh.tls import FrontTls, MutualTls, install_sighup
 from kvmesh.v1 import inference_pb2_grpc, keys_pb2_grpc, models_pb2_grpc
+from services.gateway import request_log
 from services.gateway.admission import Admission
 from services.gateway.config import GatewaySettings
 from services.gateway.engine_client import TritonPool
@@ -50,6 +51,7 @@ class _HttpServer(uvicorn.Server):
 async def run(settings: GatewaySettings, process: Process) -> None:
     stop = asyncio.create_task(grpc_server.wait_for_signal())  # first: a stop while starting drains too
     telemetry.setup_tracing("gateway")
+    logging.getLogger(request_log.LOGGER).setLevel(logging.INFO if settings.log_requests else logging.WARNING)
     tls = MutualTls.of(settings)  # the mesh's hops: with --tls-ca
     front_tls = FrontTls.of(settings, api_keys=settings.auth_enabled)  # the client-facing ports
     redis_client = registry.connect(settings.redis_url, tls=tls)

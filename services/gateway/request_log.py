@@ -1,6 +1,6 @@
 """One request as its front saw it, told once when it ends: a `kvmesh.stream` span from its first
 chunk to its end (one span, its counts as attributes: never one per token), and one log line
-(logger `kvmesh.gateway.requests`, INFO) carrying the request's trace id. The fronts call `saw`
+(logger `kvmesh.gateway.requests`, INFO, with --log-requests) carrying the request's trace id. The fronts call `saw`
 for each chunk they send and `end` where they count the request's outcome (metrics.REQUESTS)."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from opentelemetry import trace
 from kvmesh import telemetry
 from services.gateway.generation import Chunk
 
-log = logging.getLogger("kvmesh.gateway.requests")
+LOGGER = "kvmesh.gateway.requests"
+log = logging.getLogger(LOGGER)
 TRACER = trace.get_tracer("kvmesh.gateway")
 
 

@@ -32,6 +32,7 @@ def traced(tmp_path_factory, traces):
         "OTEL_EXPORTER_OTLP_INSECURE": "true",
         "OTEL_BSP_SCHEDULE_DELAY": "200",
         "KVMESH_LOG_JSON": "1",
+        "KVMESH_GATEWAY_LOG_REQUESTS": "true",
     }
     args = ("--engine", "sim", "--disagg", "--disagg-threshold", str(THRESHOLD))
     with meshes.running(tmp_path_factory.mktemp("traced-logs"), args, workers=2, env=env) as mesh:
