@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from prometheus_client import Counter, Histogram
 
@@ -33,15 +33,14 @@ MISPREDICTIONS = Counter(
 MAX_PENDING = 65536
 
 
-@dataclass(frozen=True)
-class Expected:
+# NamedTuples: built once a request each, and a frozen dataclass costs several times as much.
+class Expected(NamedTuple):
     worker_id: str
     cached_tokens: int
     block_size: int
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     request_id: str
     worker_id: str
     predicted: int
@@ -61,6 +60,7 @@ class Predictions:
     def __init__(self, keep: int = 32):
         self._pending: dict[str, Expected] = {}  # request id → its prediction, until released
         self.recent: deque[Outcome] = deque(maxlen=keep)
+        self._errors: dict[str, Histogram] = {}  # worker id → its labelled histogram, found once
 
     def expect(self, request_id: str, worker_id: str, cached_tokens: int, block_size: int) -> None:
         self._pending.pop(request_id, None)  # a retried id's prediction goes to the end, as the newest
@@ -79,7 +79,10 @@ class Predictions:
         if abs(error) >= expected.block_size:
             kind = "over" if error > 0 else "under"
             MISPREDICTIONS.labels(expected.worker_id, kind).inc()
-        ERRORS.labels(expected.worker_id).observe(error)
+        errors = self._errors.get(expected.worker_id)
+        if errors is None:
+            errors = self._errors[expected.worker_id] = ERRORS.labels(expected.worker_id)
+        errors.observe(error)
         outcome = Outcome(
             request_id, expected.worker_id, expected.cached_tokens, actual_cached_tokens, kind, time.monotonic()
         )
