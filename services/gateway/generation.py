@@ -184,11 +184,16 @@ class Generator:
         attempt_id = f"{request_id}-m{len(failed)}" if failed else request_id
         ids = prompt_ids + progress.sent
         owed = msgspec.structs.replace(sampling, max_tokens=sampling.max_tokens - len(progress.sent))
-        trace_headers = telemetry.carrier(trace.set_span_in_context(span))
+        in_request = trace.set_span_in_context(span)
+        trace_headers = telemetry.carrier(in_request)
         try:
             # Routing is bounded by what is left (a Route given up on is released by the session).
             async with asyncio.timeout(deadline - time.monotonic()) as left:
-                decision = await self._admitted_route(ticket, model, attempt_id, ids, owed, failed, trace_headers)
+                routing = telemetry.start_span(TRACER, "kvmesh.routing", in_request, trace.SpanKind.CLIENT)
+                with telemetry.ending(routing):  # tracing off: `routing` is `span`, nothing new to carry
+                    in_route = trace.set_span_in_context(routing)
+                    headers = trace_headers if routing is span else telemetry.carrier(in_route)
+                    decision = await self._admitted_route(ticket, model, attempt_id, ids, owed, failed, headers)
         except TimeoutError:
             if left.expired():
                 raise DeadlineExceeded("no worker took it in time") from None
@@ -199,10 +204,14 @@ class Generator:
             span.set_attribute("kvmesh.prefill_worker", decision.prefill_worker.id)
             if owed.seed is None:  # both phases sample alike, so the decode's first token is the prefill's
                 owed.seed = random.getrandbits(31)
-        stream = self.phases.run(decision, attempt_id, ids, owed, trace_headers, interval_ms, deadline)
+        prefill_fell_back: list[str] = []
+        stream = self.phases.run(
+            decision, attempt_id, ids, owed, trace_headers, interval_ms, deadline, prefill_fell_back
+        )
         # The engine's, for the router to check its prediction: only for a request that ends on the
-        # worker(s) it was first routed to (not after a move, a failure or a client gone).
-        cached_tokens: int | None = None
+        # worker(s) it was first routed to (not after a move, a failure, a prefill done by the decode
+        # worker instead, or a client gone).
+        checked_cached_tokens: int | None = None
         try:
             async for chunk in stream:
                 if progress.took(chunk.token_ids):
@@ -216,8 +225,8 @@ class Generator:
                         yield Chunk(delta, chunk.token_ids, worker_id=worker.id)
                     continue
                 # After a move the cache state of the original prompt is not known.
-                cached_tokens = None if failed else chunk.cached_tokens
-                usage = Usage(len(prompt_ids), len(progress.sent), cached_tokens or 0)
+                usage = Usage(len(prompt_ids), len(progress.sent), 0 if failed else chunk.cached_tokens)
+                checked_cached_tokens = None if failed or prefill_fell_back else chunk.cached_tokens
                 metrics.E2E.observe(time.perf_counter() - progress.start)
                 metrics.PROMPT_TOKENS.inc(usage.prompt_tokens)
                 metrics.COMPLETION_TOKENS.inc(usage.completion_tokens)
@@ -232,7 +241,7 @@ class Generator:
         finally:
             # Leaving early (stop string, client gone) closes the engine stream, which aborts it.
             await stream.aclose()
-            self.router.release(attempt_id, cached_tokens)
+            self.router.release(attempt_id, checked_cached_tokens)
             if (admission := self._admissions.get(model.name)) is not None:
                 admission.released()
 

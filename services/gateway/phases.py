@@ -36,14 +36,17 @@ class Phases:
         trace_headers: dict[str, str],
         response_interval_ms: float = 0.0,
         deadline: float | None = None,
+        fell_back: list[str] | None = None,
     ) -> AsyncIterator[EngineDelta]:
         """`response_interval_ms`: how often the engine streaming the tokens sends them (0: each).
-        `deadline` (time.monotonic()): when the engines' streams fail with DeadlineExceeded."""
+        `deadline` (time.monotonic()): when the engines' streams fail with DeadlineExceeded.
+        `fell_back` gets the prefill worker's id when the decode worker had to prefill instead."""
         worker = decision.worker
         if decision.HasField("prefill_worker"):
             return self._disaggregated(
-                decision, request_id, prompt_ids, sampling, trace_headers, response_interval_ms, deadline
-            )
+                decision, request_id, prompt_ids, sampling, trace_headers, response_interval_ms, deadline,
+                [] if fell_back is None else fell_back,
+            )  # fmt: skip
         # A decode instance asked to run a whole request prefills it locally ({}).
         local = {} if worker.role == worker_pb2.ROLE_DECODE else None
         return self.engines.stream(
@@ -51,10 +54,12 @@ class Phases:
         )
 
     async def _disaggregated(
-        self, decision, request_id, prompt_ids, sampling, trace_headers, response_interval_ms, deadline
+        self, decision, request_id, prompt_ids, sampling, trace_headers, response_interval_ms, deadline, fell_back
     ):  # fmt: skip
         first = await self._prefill(decision.prefill_worker, request_id, prompt_ids, sampling, trace_headers, deadline)
-        if first is not None:
+        if first is None:
+            fell_back.append(decision.prefill_worker.id)
+        else:
             if first.finish_reason == "stop":  # the first token ended it (EOS or a stop token)
                 yield first
                 return

@@ -19,7 +19,8 @@ from tests.support import greedy, meshes
 THRESHOLD = 128  # uncached prompt tokens from which the router disaggregates
 WHOLE = {
     ("kvmesh.tokenize", "ROOT"), ("kvmesh.generate", "ROOT"), ("kvmesh.stream", "ROOT"),
-    ("kvmesh.route", "kvmesh.generate"), ("kvmesh.infer", "kvmesh.generate"), ("engine.request", "kvmesh.infer"),
+    ("kvmesh.routing", "kvmesh.generate"), ("kvmesh.route", "kvmesh.routing"), ("kvmesh.infer", "kvmesh.generate"),
+    ("engine.request", "kvmesh.infer"),
     ("engine.prefill", "engine.request"), ("engine.decode", "engine.request"),
 }  # fmt: skip
 
@@ -79,6 +80,10 @@ def test_an_openai_request_is_one_trace_named_in_its_headers_and_log_line(traced
     trace_id = r.headers["x-trace-id"]
     found = edges(traces, trace_id, WHOLE, "POST /v1/chat/completions")
     assert ("engine.kv_transfer", "engine.request") not in found
+    (route,) = [s for s in traces.trace(trace_id) if s.name == "kvmesh.route"]
+    candidates = json.loads(route.attributes["kvmesh.candidates"])
+    assert {"overlap", "in_flight", "score"} <= candidates[route.attributes["kvmesh.worker"]].keys(), route.attributes
+    assert route.attributes["kvmesh.policy"] and "kvmesh.predicted_cached_tokens" in route.attributes
     line = finished_line(traced, r.json()["id"])
     assert line["trace_id"] == trace_id and line["status"] == "200" and line["service"] == "kvmesh-gateway"
     assert line["completion_tokens"] == 4 and line["worker"] and line["ttft_ms"] <= line["e2e_ms"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
@@ -17,6 +17,12 @@ class Span:
     trace_id: str
     span_id: str
     parent_span_id: str
+    attributes: dict = field(default_factory=dict, compare=False, hash=False)
+
+
+def _value(v):
+    kind = v.WhichOneof("value")
+    return getattr(v, kind) if kind in ("string_value", "bool_value", "int_value", "double_value") else str(v)
 
 
 class Collector(trace_service_pb2_grpc.TraceServiceServicer):
@@ -38,6 +44,7 @@ class Collector(trace_service_pb2_grpc.TraceServiceServicer):
                             s.trace_id.hex(),
                             s.span_id.hex(),
                             s.parent_span_id.hex(),
+                            {a.key: _value(a.value) for a in s.attributes},
                         )  # fmt: skip
                     )
         with self._lock:

@@ -166,6 +166,8 @@ async def test_a_decode_worker_that_changed_role_during_the_prefill_hands_the_re
         # Disaggregated: the prefill worker computed the prompt, and its figure is the one reported.
         ({"p": [chunk([7], "length", TRANSFER, cached=16)], "d": [chunk([7, 8], "length", cached=48)]},
          [disaggregated()], {"r": 16}),
+        # The prefill failed and the decode worker prefilled: its figure is not what was predicted.
+        ({"p": [EngineError("boom")], "d": [chunk([7, 8], "length", cached=48)]}, [disaggregated()], {"r": None}),
         # Moved, or aborted and moved: neither attempt reports what the engine cached.
         ({"a": [chunk([1]), Unavailable("gone")], "d2": [chunk([2], "length", cached=32)]},
          [router_pb2.RouteResponse(worker=AGG), router_pb2.RouteResponse(worker=OTHER)], {"r": None, "r-m1": None}),
