@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
-import logging
 import uuid
 from typing import Any
 
@@ -19,7 +18,7 @@ from engines import request as engine_request
 from engines.outbox import Outbox
 from engines.serving import serve_request
 from kvmesh import engine_wire as wire
-from kvmesh import telemetry
+from kvmesh import logs, telemetry
 from kvmesh.gc_heap import freeze_startup_heap
 from kvmesh.repo.interface import ENGINE_CLASS
 from kvmesh.repo.spec import Engine
@@ -46,9 +45,9 @@ class EngineModel:
         return getattr(importlib.import_module(module), cls)(engine_args, role=self.role)
 
     def initialize(self, args):
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         parameters = json.loads(args["model_config"])["parameters"]
         engine = parameters["engine"]["string_value"]
+        logs.configure("INFO", f"kvmesh-{engine}-engine")  # JSON lines as KVMESH_LOG_JSON says
         telemetry.setup_tracing(f"{engine}-engine")
         self.role = parameters["role"]["string_value"]
         self.engine = self.make_engine(engine, json.loads(parameters["engine_args"]["string_value"]))
