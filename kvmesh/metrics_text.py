@@ -44,6 +44,21 @@ class Histogram:
             lower, below = le, cumulative
         return lower
 
+    def share_within(self, threshold: float) -> float:
+        """The share of observations at most `threshold`, linear within its bucket (the inverse of
+        quantile); NaN without observations."""
+        if self.count <= 0:
+            return math.nan
+        lower, below = 0.0, 0.0
+        for le in sorted(self.buckets):
+            cumulative = self.buckets[le]
+            if threshold < le:
+                if math.isinf(le):
+                    return below / self.count
+                return (below + (cumulative - below) * (threshold - lower) / (le - lower)) / self.count
+            lower, below = le, cumulative
+        return below / self.count
+
     @property
     def mean(self) -> float:
         return self.total / self.count if self.count > 0 else math.nan

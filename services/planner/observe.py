@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
+from kvmesh.metrics_text import Histogram, Scrape
 from kvmesh.tls import MutualTls
 
 HISTOGRAMS = {
@@ -36,86 +36,23 @@ class Observation:
     ttft_p_ms: float | None  # None: no request started in the interval
     itl_p_ms: float | None
     in_flight: float
-    ttft: _Histogram | None = None  # the interval's, for the share within the target
-    itl: _Histogram | None = None
+    ttft: Histogram | None = None  # the interval's, for the share within the target
+    itl: Histogram | None = None
 
 
 class MetricsUnavailable(Exception):
     """No gateway answered: the planner holds its last decision."""
 
 
-@dataclass
-class _Histogram:
-    buckets: dict[float, float]  # upper bound → cumulative count
-    total: float
-    count: float
-
-    def minus(self, before: _Histogram | None) -> _Histogram:
-        if before is None:
-            return self
-        return _Histogram(
-            {le: n - before.buckets.get(le, 0.0) for le, n in self.buckets.items()},
-            self.total - before.total,
-            self.count - before.count,
-        )
-
-    def quantile(self, q: float) -> float:
-        """Prometheus's histogram_quantile: linear within the bucket the rank falls in."""
-        if self.count <= 0:
-            return math.nan
-        rank, lower, below = q * self.count, 0.0, 0.0
-        for le in sorted(self.buckets):
-            cumulative = self.buckets[le]
-            if cumulative >= rank:
-                if math.isinf(le):
-                    return lower
-                inside = cumulative - below
-                return lower + (le - lower) * ((rank - below) / inside if inside else 0.0)
-            lower, below = le, cumulative
-        return lower
-
-    def share_within(self, threshold: float) -> float:
-        """The share of observations at most `threshold`, linear within its bucket (the inverse of
-        quantile); NaN without observations."""
-        if self.count <= 0:
-            return math.nan
-        lower, below = 0.0, 0.0
-        for le in sorted(self.buckets):
-            cumulative = self.buckets[le]
-            if threshold < le:
-                if math.isinf(le):
-                    return below / self.count
-                return (below + (cumulative - below) * (threshold - lower) / (le - lower)) / self.count
-            lower, below = le, cumulative
-        return below / self.count
-
-    @property
-    def mean(self) -> float:
-        return self.total / self.count if self.count > 0 else math.nan
-
-
 def scrape(
     url: str, timeout_s: float = 2.0, verify: ssl.SSLContext | bool = True
-) -> tuple[dict[str, _Histogram], float]:
+) -> tuple[dict[str, Histogram], float]:
     """The gateway's histograms by short name, and its in-flight gauge. `verify`: for an https URL,
     what to trust and the certificate to show (kvmesh.tls.MutualTls.client_ssl_context)."""
     text = httpx.get(url, timeout=timeout_s, verify=verify).raise_for_status().text
-    histograms: dict[str, _Histogram] = {}
-    in_flight = 0.0
-    for family in text_string_to_metric_families(text):
-        if family.name == "kvmesh_gateway_in_flight":
-            in_flight = sum(s.value for s in family.samples)
-        short = HISTOGRAMS.get(family.name)
-        if short is None:
-            continue
-        h = histograms[short] = _Histogram({}, 0.0, 0.0)
-        for sample in family.samples:
-            if sample.name.endswith("_bucket"):
-                h.buckets[float(sample.labels["le"])] = sample.value
-            elif sample.name.endswith("_sum"):
-                h.total = sample.value
-            elif sample.name.endswith("_count"):
-                h.count = sample.value
+    scraped = Scrape.parse(text)
+    histograms = {short: h for name, short in HISTOGRAMS.items() if (h := scraped.histogram(name)) is not None}
+    in_flight = scraped.total("kvmesh_gateway_in_flight") or 0.0
     return histograms, in_flight
 
 
@@ -125,11 +62,11 @@ class GatewayMetrics:
         self.urls = urls
         self.percentile = percentile
         self.tls = tls
-        self._last: dict[str, tuple[dict[str, _Histogram], float]] = {}
+        self._last: dict[str, tuple[dict[str, Histogram], float]] = {}
 
     def observe(self) -> Observation:
         now = time.monotonic()
-        merged: dict[str, _Histogram] = {}
+        merged: dict[str, Histogram] = {}
         in_flight, elapsed, answered, errors = 0.0, 0.0, 0, []
         for url in self.urls:
             try:
@@ -147,7 +84,7 @@ class GatewayMetrics:
                 delta = h.minus(before.get(name))
                 if name in merged:
                     m = merged[name]
-                    merged[name] = _Histogram(
+                    merged[name] = Histogram(
                         {le: m.buckets.get(le, 0) + n for le, n in delta.buckets.items()},
                         m.total + delta.total,
                         m.count + delta.count,

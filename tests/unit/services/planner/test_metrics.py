@@ -8,7 +8,8 @@ import math
 import pytest
 from prometheus_client import REGISTRY
 
-from services.planner.observe import MetricsUnavailable, Observation, _Histogram
+from kvmesh.metrics_text import Histogram
+from services.planner.observe import MetricsUnavailable, Observation
 from tests.unit.services.planner.test_loop import load, planner
 
 
@@ -36,8 +37,8 @@ def test_a_step_exports_need_forecast_replicas_and_the_resizes_it_made():
 
 def test_sla_attainment_is_the_share_within_the_targets():
     p, _, metrics = planner()  # targets: TTFT 400 ms, ITL 20 ms, p90
-    ttft = _Histogram({0.25: 6.0, 0.5: 8.0, math.inf: 10.0}, 3.0, 10.0)  # 400 ms: 6 + 2 × 0.6 of 10
-    itl = _Histogram({0.01: 90.0, 0.02: 99.0, math.inf: 100.0}, 1.0, 100.0)
+    ttft = Histogram({0.25: 6.0, 0.5: 8.0, math.inf: 10.0}, 3.0, 10.0)  # 400 ms: 6 + 2 × 0.6 of 10
+    itl = Histogram({0.01: 90.0, 0.02: 99.0, math.inf: 100.0}, 1.0, 100.0)
     metrics.next = Observation(**{**load(5).__dict__, "ttft": ttft, "itl": itl})
     p.step(0)
     assert value("kvmesh_planner_sla_attainment", target="ttft") == pytest.approx(0.72)
@@ -47,7 +48,7 @@ def test_sla_attainment_is_the_share_within_the_targets():
 
 @pytest.mark.parametrize("threshold", [0.05, 0.2, 0.3, 0.9, 3.0])
 def test_share_within_inverts_the_quantile(threshold):
-    h = _Histogram({0.1: 10.0, 0.5: 40.0, 1.0: 70.0, 2.0: 90.0, math.inf: 100.0}, 50.0, 100.0)
+    h = Histogram({0.1: 10.0, 0.5: 40.0, 1.0: 70.0, 2.0: 90.0, math.inf: 100.0}, 50.0, 100.0)
     if threshold < 2.0:
         assert h.quantile(h.share_within(threshold)) == pytest.approx(threshold)
-    assert h.share_within(3.0) == 0.9 and math.isnan(_Histogram({}, 0, 0).share_within(1.0))
+    assert h.share_within(3.0) == 0.9 and math.isnan(Histogram({}, 0, 0).share_within(1.0))
