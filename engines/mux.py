@@ -153,6 +153,28 @@ class MuxHub:
             log.info("mux %s dropped: %s", mux.id, e)
 
 
+class SharedEnd:
+    """The end (the final flag alone) of a Triton request that carried several requests of a mux:
+    sent once the last of them ends; each member ends once (`member()`)."""
+
+    def __init__(self, send_end: Callable[[], Awaitable[None]], members: int):
+        self._send_end = send_end
+        self._left = members
+
+    def member(self) -> Callable[[], Awaitable[None]]:
+        ended = False
+
+        async def end() -> None:
+            nonlocal ended
+            if ended:
+                return
+            ended, self._left = True, self._left - 1
+            if self._left == 0:
+                await self._send_end()
+
+        return end
+
+
 def member_send(mux: Mux, request_id: str, send_end: Callable[[], Awaitable[None]]):
     """A muxed request's Send (engines.serving.Send): deltas in the mux's batches; after the final
     one, the request ends (the final flag alone). If the mux fails, the request fails."""

@@ -37,7 +37,7 @@ def parse(
     request_id: str,
     input_ids: np.ndarray | None,
     sampling_json: bytes | str | None,
-    parameters_json: str | None,
+    parameters: dict[str, Any],
     *,
     max_model_len: int,
     vocab_size: int,
@@ -50,7 +50,6 @@ def parse(
     if ids.min() < 0 or ids.max() >= vocab_size:
         raise BadRequest(f"{INPUT_IDS}: token ids must be in [0, {vocab_size})")
     sampling = _sampling_params(sampling_json, ids.size, max_model_len)
-    parameters = json.loads(parameters_json) if parameters_json else {}
     trace_headers = {k: str(v) for k, v in parameters.items() if k in TRACE_PARAMETERS}
     kv_transfer = _kv_transfer_params(kv_transfer_json, role)
     interval_ms = _response_interval_ms(parameters.get(RESPONSE_INTERVAL_MS, 0))

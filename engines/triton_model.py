@@ -11,6 +11,7 @@ import json
 import uuid
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from engines import metrics, mux
@@ -59,7 +60,6 @@ class EngineModel:
         freeze_startup_heap()
 
     def execute(self, requests):
-        final = self.pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         for request in requests:
             sender = request.get_response_sender()
             parameters = json.loads(request.parameters() or "{}")
@@ -70,19 +70,38 @@ class EngineModel:
             if wire.MUX_CANCEL in parameters:
                 self.engine.submit(self._cancel(str(parameters.get(wire.MUX)), str(parameters[wire.MUX_CANCEL]), io))
                 continue
+            if wire.MUX in parameters:
+                batch = self.pb_utils.get_input_tensor_by_name(request, wire.MUX_REQUESTS)
+                if batch is not None:
+                    self._submit_batch(str(parameters[wire.MUX]), batch.as_numpy().reshape(-1)[0], io)
+                    continue
             try:
-                parsed, refused = self._parse(request), None
+                parsed, refused = self._parse(request, parameters), None
             except engine_request.BadRequest as e:
                 parsed, refused = None, str(e)
             if wire.MUX in parameters:
                 muxed = self._serve_muxed(str(parameters[wire.MUX]), request.request_id(), parsed, refused, io)
                 self.engine.submit(muxed)
             elif refused is not None:
-                error = self.pb_utils.TritonError(refused, self.pb_utils.TritonError.INVALID_ARG)
-                sender.send(self.pb_utils.InferenceResponse(error=error), flags=final)
+                self._refuse(sender, refused)
             else:
                 self.engine.submit(serve_request(self.engine, parsed, io.send, io.send_error, io.is_cancelled))
         return None
+
+    def _refuse(self, sender, message: str) -> None:
+        pb = self.pb_utils
+        response = pb.InferenceResponse(error=pb.TritonError(message, pb.TritonError.INVALID_ARG))
+        sender.send(response, flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def _submit_batch(self, mux_id: str, payload: bytes, io) -> None:
+        """Several requests on a mux in one Triton request (MUX_REQUESTS): each parsed and refused
+        on its own, all served in one hand-off to the engine's loop."""
+        try:
+            members = [self._parse_member(member) for member in wire.decode_requests(payload)]
+        except msgspec.DecodeError as e:  # no request id to fail it under: the Triton request fails
+            self._refuse(io.sender, f"{wire.MUX_REQUESTS}: {e}")
+            return
+        self.engine.submit(self._serve_batch(mux_id, members, io))
 
     async def _serve_muxed(self, mux_id: str, request_id: str, parsed, refused: str | None, io):
         """On the engine's loop: everything of a request on a mux goes in its batches."""
@@ -90,11 +109,25 @@ class EngineModel:
         if joined is None:  # ended before the request came: the one response on its stream
             await io.send_error(f"mux {mux_id} is not open")
             return
-        send_error = mux.member_send_error(joined, request_id, io.end)
+        await self._serve_member(joined, request_id, parsed, refused, io.end)
+
+    async def _serve_batch(self, mux_id: str, members: list, io):
+        """On the engine's loop: several requests on a mux sent as one Triton request, which ends
+        (the final flag alone) once all of them have."""
+        joined = self.muxes.get(mux_id)
+        if joined is None:
+            await io.send_error(f"mux {mux_id} is not open")
+            return
+        end = mux.SharedEnd(io.end, len(members))
+        serving = (self._serve_member(joined, *member, end.member()) for member in members)
+        await asyncio.gather(*serving, return_exceptions=True)  # one's failure is its own
+
+    async def _serve_member(self, joined: mux.Mux, request_id: str, parsed, refused: str | None, end):
+        send_error = mux.member_send_error(joined, request_id, end)
         if refused is not None:
             await send_error(refused)
             return
-        send = mux.member_send(joined, request_id, io.end)
+        send = mux.member_send(joined, request_id, end)
         await serve_request(self.engine, parsed, send, send_error, mux.member_is_cancelled(joined, request_id))
 
     async def _cancel(self, mux_id: str, request_id: str, io) -> None:
@@ -102,26 +135,46 @@ class EngineModel:
         self.muxes.cancel(mux_id, request_id)
         await io.send_batch(wire.encode_batch([]), True)
 
-    def _parse(self, request):
-        parsed = self._parse_tensors(request)
-        if parsed.kv_transfer_params:
-            self.engine.check_kv_transfer(parsed.kv_transfer_params)
-        return parsed
-
-    def _parse_tensors(self, request):
+    def _parse(self, request, parameters: dict):
         ids = self.pb_utils.get_input_tensor_by_name(request, wire.INPUT_IDS)
         sampling = self.pb_utils.get_input_tensor_by_name(request, wire.SAMPLING_PARAMS)
         kv_transfer = self.pb_utils.get_input_tensor_by_name(request, wire.KV_TRANSFER_PARAMS)
-        return engine_request.parse(
+        return self._checked(
             request.request_id() or uuid.uuid4().hex,
             ids.as_numpy() if ids is not None else None,
             sampling.as_numpy().reshape(-1)[0] if sampling is not None else None,
-            request.parameters(),
+            parameters,
+            kv_transfer.as_numpy().reshape(-1)[0] if kv_transfer is not None else None,
+        )
+
+    def _parse_member(self, member: wire.MuxRequest) -> tuple[str, object, str | None]:
+        """(request id, the parsed request or None, why it was refused or None)."""
+        try:
+            try:
+                ids = np.frombuffer(member.input_ids, dtype="<i4")
+            except ValueError as e:
+                raise engine_request.BadRequest(f"{wire.INPUT_IDS}: {e}") from None
+            checked = self._checked(
+                member.request_id, ids, member.sampling_params, member.parameters, member.kv_transfer_params
+            )
+            return member.request_id, checked, None
+        except engine_request.BadRequest as e:
+            return member.request_id, None, str(e)
+
+    def _checked(self, request_id: str, ids, sampling_json, parameters: dict, kv_transfer_json):
+        parsed = engine_request.parse(
+            request_id,
+            ids,
+            sampling_json,
+            parameters,
             max_model_len=self.engine.max_model_len,
             vocab_size=self.engine.vocab_size,
-            kv_transfer_json=kv_transfer.as_numpy().reshape(-1)[0] if kv_transfer is not None else None,
+            kv_transfer_json=kv_transfer_json,
             role=self.role,
         )
+        if parsed.kv_transfer_params:
+            self.engine.check_kv_transfer(parsed.kv_transfer_params)
+        return parsed
 
     def _publish_metrics(self, sample: metrics.EngineSample):
         return self.outbox.put(lambda: self.metrics.publish(sample))

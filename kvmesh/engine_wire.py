@@ -14,6 +14,7 @@ import msgspec
 INPUT_IDS = "input_ids"
 SAMPLING_PARAMS = "sampling_params"
 KV_TRANSFER_PARAMS = "kv_transfer_params"  # an input of decode instances, an output of prefill ones
+MUX_REQUESTS = "mux_requests"  # several requests on a mux in one Triton request (MuxRequest)
 # Output tensors: a request's own responses carry its delta as tensors; a mux's carry MUX_DELTAS.
 OUTPUT_IDS = "output_ids"
 FINISH_REASON = "finish_reason"
@@ -72,6 +73,33 @@ class MuxError(msgspec.Struct, array_like=True):
 
 
 MuxEntry = MuxDelta | MuxError
+
+
+class MuxRequest(msgspec.Struct, array_like=True):
+    """One request of several sent on a mux as one Triton request: in the MUX_REQUESTS payload the
+    msgpack array [request_id, input_ids, sampling_params, kv_transfer_params, parameters], the
+    same values as a request alone carries in its tensors and parameters."""
+
+    request_id: str
+    input_ids: bytes  # INT32 little-endian, as the input_ids tensor's content
+    sampling_params: bytes  # the sampling_params tensor's JSON
+    kv_transfer_params: bytes | None  # the kv_transfer_params tensor's JSON (decode instances)
+    parameters: dict[str, Any]  # the request parameters: trace context, response_interval_ms
+
+
+_requests_encoder = msgspec.msgpack.Encoder()
+_requests_decoder = msgspec.msgpack.Decoder(list[MuxRequest])
+
+
+def encode_requests(requests: list[MuxRequest]) -> bytes:
+    """The MUX_REQUESTS payload."""
+    return _requests_encoder.encode(requests)
+
+
+def decode_requests(payload: bytes) -> list[MuxRequest]:
+    """Raises msgspec.DecodeError (or ValidationError) for a payload that is not a list of them."""
+    return _requests_decoder.decode(payload)
+
 
 _encoder = msgspec.json.Encoder()
 _deltas_only = msgspec.json.Decoder(list[MuxDelta] | None)

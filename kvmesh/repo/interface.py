@@ -29,6 +29,13 @@ INPUTS = (
         optional=True,
         comment="JSON: " + ", ".join(SamplingParams.__struct_fields__),
     ),
+    TensorSpec(
+        wire.MUX_REQUESTS,
+        "TYPE_STRING",
+        (1,),
+        optional=True,
+        comment="msgpack: several requests sent on a mux as one (docs/mux.md)",
+    ),
 )
 KV_TRANSFER_IN = TensorSpec(
     wire.KV_TRANSFER_PARAMS,

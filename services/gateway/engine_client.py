@@ -19,7 +19,6 @@ import time
 from collections.abc import AsyncIterator, Mapping
 
 import grpc
-import msgspec
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
 from opentelemetry import trace
@@ -34,7 +33,7 @@ from kvmesh.sampling import SamplingParams
 from kvmesh.tls import MutualTls
 from kvmesh.v1 import worker_pb2
 from services.gateway import metrics
-from services.gateway.engine_mux import EngineMux
+from services.gateway.engine_mux import EngineMux, encoded_request, triton_request
 
 log = logging.getLogger(__name__)
 TRACER = trace.get_tracer("kvmesh.gateway")
@@ -216,16 +215,12 @@ class TritonPool:
             ),
         )  # fmt: skip
         with telemetry.ending(span):
-            ids = triton_aio.InferInput(wire.INPUT_IDS, [len(prompt_ids)], "INT32")
-            ids.set_data_from_numpy(np.asarray(prompt_ids, dtype=np.int32))
-            inputs = [ids, _json_input(wire.SAMPLING_PARAMS, sampling)]
-            if kv_transfer_params is not None:
-                inputs.append(_json_input(wire.KV_TRANSFER_PARAMS, kv_transfer_params))
             if span.is_recording():  # the engine's spans go under it; else the caller's context goes on
                 trace_headers = telemetry.carrier(trace.set_span_in_context(span))
             parameters: dict = dict(trace_headers)
             if response_interval_ms:
                 parameters[wire.RESPONSE_INTERVAL_MS] = response_interval_ms
+            request = encoded_request(request_id, prompt_ids, sampling, kv_transfer_params, parameters)
             # Deltas come from the mux's reader or from the request's own stream.
             inbox = Inbox(worker, self._heard)
             self._inboxes.setdefault(worker.id, set()).add(inbox)
@@ -243,21 +238,13 @@ class TritonPool:
                 self._in_flight[key] -= 1
                 self._forget(inbox, expiry)
                 raise
-            if mux is not None:
-                parameters[wire.MUX] = mux.id
             span.set_attribute("kvmesh.mux", mux is not None)
-            request = {
-                "model_name": worker.triton_model,
-                "inputs": inputs,
-                "request_id": request_id,
-                "parameters": parameters or None,
-            }
             if mux is not None:
-                mux.submit(request_id, request, inbox)
+                mux.submit(request, inbox)
             else:
 
                 async def one_request():
-                    yield request
+                    yield triton_request(worker.triton_model, request, {})
 
                 responses = self._client(worker.triton_grpc_address).stream_infer(one_request(), headers=trace_headers)
                 own = asyncio.create_task(_pump(worker, responses, inbox))
@@ -360,12 +347,6 @@ def _infer_attributes(
         "kvmesh.request_id": request_id, "kvmesh.worker": worker.id, "kvmesh.triton_model": worker.triton_model,
         "kvmesh.phase": phase, "kvmesh.prompt_tokens": prompt_tokens,
     }  # fmt: skip
-
-
-def _json_input(name: str, value: SamplingParams | dict) -> triton_aio.InferInput:
-    tensor = triton_aio.InferInput(name, [1], "BYTES")
-    tensor.set_data_from_numpy(np.asarray([msgspec.json.encode(value)], dtype=np.object_))
-    return tensor
 
 
 def _delta(response) -> EngineDelta:

@@ -1,6 +1,7 @@
 """The gateway's end of a worker model's mux (docs/mux.md): one long-lived Triton stream on which
-the gateway sends its requests to that model and the model sends every step's new tokens of all
-of them as one response, dispatched here to each request's inbox."""
+the gateway sends its requests to that model (those submitted while the previous one was being
+sent, as one Triton request) and the model sends every step's new tokens of all of them as one
+response, dispatched here to each request's inbox."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import uuid
 from typing import TYPE_CHECKING
 
 import grpc
+import msgspec
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
 from tritonclient.utils import InferenceServerException, deserialize_bytes_tensor
 
 from kvmesh import engine_wire as wire
 from kvmesh.errors import Unavailable
+from kvmesh.sampling import SamplingParams
 from services.gateway import metrics
 
 if TYPE_CHECKING:
@@ -53,7 +56,7 @@ class EngineMux:
         self.idle_since = time.monotonic()
         self.requests_sent = 0
         self._client = client
-        self._outgoing: asyncio.Queue[dict | None] = asyncio.Queue()  # None: no more requests
+        self._outgoing: asyncio.Queue[wire.MuxRequest | None] = asyncio.Queue()  # None: no more requests
         self._ended = False
         self._cancels: set[asyncio.Task] = set()
         self._reader: asyncio.Task | None = None
@@ -70,8 +73,21 @@ class EngineMux:
 
         async def requests():
             yield opening
-            while (request := await self._outgoing.get()) is not None:
-                yield request
+            while (first := await self._outgoing.get()) is not None:
+                # The requests submitted while the previous one was being sent go as one.
+                waiting, ended = [first], False
+                while not ended and not self._outgoing.empty():
+                    if (request := self._outgoing.get_nowait()) is None:
+                        ended = True
+                    else:
+                        waiting.append(request)
+                waiting = [r for r in waiting if r.request_id in self.members]  # not those gone meanwhile
+                if len(waiting) == 1:
+                    yield triton_request(self.model, waiting[0], {wire.MUX: self.id})
+                elif waiting:
+                    yield self._batch_request(waiting)
+                if ended:
+                    return
 
         responses = self._client.stream_infer(requests())
         try:
@@ -98,13 +114,19 @@ class EngineMux:
         """Its stream has ended (or it never opened)."""
         return self._reader is None or self._reader.done()
 
-    def submit(self, request_id: str, request: dict, inbox: Inbox) -> None:
+    def submit(self, request: wire.MuxRequest, inbox: Inbox) -> None:
         if self._ended:  # while the caller waited for it to open
             inbox.fail(Unavailable(f"mux on {self.address}: ended before the request was sent"))
             return
-        self.members[request_id] = inbox
+        self.members[request.request_id] = inbox
         self.requests_sent += 1
         self._outgoing.put_nowait(request)
+
+    def _batch_request(self, requests: list[wire.MuxRequest]) -> dict:
+        """Several requests as one Triton request: the model ends it once all of them are done."""
+        payload = triton_aio.InferInput(wire.MUX_REQUESTS, [1], "BYTES")
+        payload.set_data_from_numpy(np.asarray([wire.encode_requests(requests)], dtype=np.object_))
+        return {"model_name": self.model, "inputs": [_ignored_input(), payload], "parameters": {wire.MUX: self.id}}
 
     def leave(self, request_id: str) -> None:
         self.members.pop(request_id, None)
@@ -185,6 +207,44 @@ class EngineMux:
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
+
+
+def triton_request(model: str, request: wire.MuxRequest, parameters: dict) -> dict:
+    """A request alone as a Triton request: its own tensors, its parameters and `parameters`."""
+    ids = triton_aio.InferInput(wire.INPUT_IDS, [len(request.input_ids) // 4], "INT32")
+    ids.set_data_from_numpy(np.frombuffer(request.input_ids, dtype="<i4"))
+    inputs = [ids, _json_input(wire.SAMPLING_PARAMS, request.sampling_params)]
+    if request.kv_transfer_params is not None:
+        inputs.append(_json_input(wire.KV_TRANSFER_PARAMS, request.kv_transfer_params))
+    return {
+        "model_name": model,
+        "inputs": inputs,
+        "request_id": request.request_id,
+        "parameters": {**request.parameters, **parameters} or None,
+    }
+
+
+def encoded_request(
+    request_id: str,
+    prompt_ids: list[int],
+    sampling: SamplingParams | dict,
+    kv_transfer_params: dict | None,
+    parameters: dict,
+) -> wire.MuxRequest:
+    """A request's values encoded once, whether it goes alone or with others."""
+    return wire.MuxRequest(
+        request_id,
+        np.asarray(prompt_ids, dtype="<i4").tobytes(),
+        msgspec.json.encode(sampling),
+        None if kv_transfer_params is None else msgspec.json.encode(kv_transfer_params),
+        parameters,
+    )
+
+
+def _json_input(name: str, encoded: bytes) -> triton_aio.InferInput:
+    tensor = triton_aio.InferInput(name, [1], "BYTES")
+    tensor.set_data_from_numpy(np.asarray([encoded], dtype=np.object_))
+    return tensor
 
 
 def _ignored_input() -> triton_aio.InferInput:

@@ -2,8 +2,9 @@
 gateway's own Triton client: the same tokens as one stream a request, in fewer responses; a
 request naming no open mux fails with an error of its own; one alone on its worker streams on its
 own; an idle mux ends and the next one opens; requests leaving a mux early do not disturb the
-others on it; an engine's refusal of a muxed request comes back as its error; a mux that carried
-its share of requests gives way to a new one."""
+others on it; an engine's refusal of a muxed request comes back as its error (alone, or among
+requests sent as one); requests submitted together on an open mux go as one Triton request; a mux
+that carried its share of requests gives way to a new one."""
 
 import asyncio
 import contextlib
@@ -64,6 +65,28 @@ def test_concurrent_requests_get_their_own_tokens_in_shared_responses(triton):
     assert together == alone and all(len(t) == SAMPLING["max_tokens"] for t in together)
     assert deltas >= 8, "the requests' deltas came by the mux (all but the first, which started alone)"
     assert batches < deltas / 2, f"{batches} responses for {deltas} deltas: the engine steps were not batched"
+
+
+async def together_on_an_open_mux(address: str) -> tuple[list, list]:
+    async with sim_on(address) as (worker, own, muxed):
+        alone = await asyncio.gather(*(generate(own, worker, n) for n in range(8)))
+        await asyncio.gather(*(generate(muxed, worker, n) for n in range(2)))  # opens the mux
+        return alone, await asyncio.gather(*(generate(muxed, worker, n) for n in range(8)))
+
+
+def test_requests_submitted_together_on_a_mux_go_as_one_triton_request(triton, monkeypatch):
+    sent_as_one = []
+    batch_request = gateway_mux.EngineMux._batch_request
+
+    def counted(mux, requests):
+        sent_as_one.append(len(requests))
+        return batch_request(mux, requests)
+
+    monkeypatch.setattr(gateway_mux.EngineMux, "_batch_request", counted)
+    _, address = triton
+    alone, together = asyncio.run(together_on_an_open_mux(address))
+    assert together == alone
+    assert sent_as_one and max(sent_as_one) > 1, sent_as_one
 
 
 async def unknown_mux(address: str) -> list:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from engines.mux import Mux, MuxHub, member_is_cancelled, member_send, member_send_error
+from engines.mux import Mux, MuxHub, SharedEnd, member_is_cancelled, member_send, member_send_error
 from kvmesh.engine_wire import EngineDelta, MuxDelta
 
 
@@ -85,6 +85,37 @@ async def test_a_members_error_goes_in_the_batch_then_it_ends_and_leaves():
 
     await member_send_error(mux, "r1", end)("prompt too long")  # refused before it ran: never joined
     assert stream.payloads == [[["r1", "prompt too long"]]] and ended == [1] and not mux.members
+
+
+async def test_requests_sent_as_one_end_it_once_the_last_of_them_ends():
+    stream, ended = FakeStream(), []
+    mux = Mux("m", stream.send, stream.is_cancelled)
+
+    async def end():
+        ended.append(len(stream.payloads))
+
+    shared = SharedEnd(end, 3)
+    sends = [member_send(mux, f"r{i}", shared.member()) for i in range(2)]
+    refused = member_send_error(mux, "r2", shared.member())
+    await asyncio.gather(sends[0](delta([1], "length"), True), refused("prompt too long"))
+    assert ended == [] and mux.members == {"r1"}
+    await sends[1](delta([2], "stop"), True)
+    assert ended == [2] and not mux.members
+
+
+async def test_a_member_ending_twice_counts_once():
+    ended = []
+
+    async def end():
+        ended.append(True)
+
+    shared = SharedEnd(end, 2)
+    first = shared.member()
+    await first()
+    await first()
+    assert ended == []
+    await shared.member()()
+    assert ended == [True]
 
 
 async def test_a_member_whose_batch_fails_leaves_the_mux():

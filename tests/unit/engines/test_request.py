@@ -12,11 +12,11 @@ from services.gateway.sampling import Sampling, engine_sampling
 def p(ids=(1, 2, 3), sampling=None, params=None, max_model_len=100, vocab=50):
     raw = json.dumps(sampling) if isinstance(sampling, dict) else sampling
     arr = None if ids is None else np.asarray(ids, dtype=np.int32)
-    return parse("rid", arr, raw, params, max_model_len=max_model_len, vocab_size=vocab)
+    return parse("rid", arr, raw, params or {}, max_model_len=max_model_len, vocab_size=vocab)
 
 
 def test_good_request_with_trace_context():
-    r = p(sampling={"max_tokens": 4, "temperature": 0.0, "stop": ["x"]}, params='{"traceparent": "00-a-b-01", "x": 1}')
+    r = p(sampling={"max_tokens": 4, "temperature": 0.0, "stop": ["x"]}, params={"traceparent": "00-a-b-01", "x": 1})
     assert r.prompt_token_ids == [1, 2, 3]
     assert (r.sampling.max_tokens, r.sampling.temperature, r.sampling.stop) == (4, 0.0, ["x"])
     assert r.trace_headers == {"traceparent": "00-a-b-01"}
@@ -52,7 +52,7 @@ def test_sampling_params_the_gateway_sends_are_read_as_sent():
 
 def kv(role, raw):
     arr = np.asarray([1, 2], dtype=np.int32)
-    return parse("rid", arr, None, None, max_model_len=100, vocab_size=50, kv_transfer_json=raw, role=role)
+    return parse("rid", arr, None, {}, max_model_len=100, vocab_size=50, kv_transfer_json=raw, role=role)
 
 
 def test_decode_instances_take_kv_transfer_params():
@@ -94,8 +94,8 @@ def test_vllm_decode_refuses_params_not_from_a_vllm_prefill(params, words):
 
 
 def test_response_interval_is_read_from_the_parameters_and_checked():
-    assert p(params='{"response_interval_ms": 250}').response_interval_s == 0.25
+    assert p(params={"response_interval_ms": 250}).response_interval_s == 0.25
     assert p().response_interval_s == 0
-    for bad in ('"soon"', "-1", "true", "60001"):
+    for bad in ("soon", -1, True, 60001):
         with pytest.raises(BadRequest, match="response_interval_ms"):
-            p(params=f'{{"response_interval_ms": {bad}}}')
+            p(params={"response_interval_ms": bad})

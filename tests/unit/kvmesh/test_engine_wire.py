@@ -1,11 +1,22 @@
 """The engine wire's mux messages: named fields, the same compact arrays on the wire as the
-positional lists they replaced, and batches read back whether or not they hold an error."""
+positional lists they replaced, batches read back whether or not they hold an error, and several
+requests sent as one read back as sent."""
 
 import json
 
+import msgspec
 import pytest
 
-from kvmesh.engine_wire import EngineDelta, MuxDelta, MuxError, decode_batch, encode_batch
+from kvmesh.engine_wire import (
+    EngineDelta,
+    MuxDelta,
+    MuxError,
+    MuxRequest,
+    decode_batch,
+    decode_requests,
+    encode_batch,
+    encode_requests,
+)
 
 DELTA = EngineDelta([5, 6], "stop", 7, 3, {"remote_port": 1, "remote_host": "127.0.0.1"})
 
@@ -50,3 +61,15 @@ def test_entries_read_back_as_named_fields():
     assert batch == [MuxDelta("r1", [5, 6], "stop", 7, 3, None), MuxError("r2", "boom")]
     assert batch[0].delta() == EngineDelta([5, 6], "stop", 7, 3)
     assert MuxDelta.of("r1", DELTA).delta() == DELTA
+
+
+def test_requests_sent_as_one_are_msgpack_arrays_read_back_as_sent():
+    requests = [
+        MuxRequest("r1", b"\x01\x00\x00\x00", b'{"max_tokens":4}', None, {"traceparent": "00-a-b-01"}),
+        MuxRequest("r2", b"", b"{}", b"{}", {"response_interval_ms": 250}),
+    ]
+    payload = encode_requests(requests)
+    assert msgspec.msgpack.decode(payload)[0] == ["r1", *msgspec.structs.astuple(requests[0])[1:]]
+    assert decode_requests(payload) == requests
+    with pytest.raises(msgspec.DecodeError):
+        decode_requests(msgspec.msgpack.encode([["r1", "not bytes"]]))

@@ -1,16 +1,20 @@
 """The gateway's per-request inbox: deltas in the order they came, then the first error that
-ended the request, raised to its reader; and the pool failing the requests of a worker gone or
+ended the request, raised to its reader; the pool failing the requests of a worker gone or
 unresponsive, of a worker silent for the stall timeout, and of a request at its deadline (which
-cancels its stream), over fake Tritons."""
+cancels its stream); and a mux sending the requests submitted together as one Triton request, over
+fake Tritons."""
 
 import asyncio
 import contextlib
 import time
 
 import grpc
+import msgspec
 import numpy as np
 import pytest
+import tritonclient.grpc.aio as triton_aio
 from tritonclient.grpc import service_pb2
+from tritonclient.utils import deserialize_bytes_tensor
 
 from kvmesh import engine_wire as wire
 from kvmesh.engine_wire import EngineDelta
@@ -19,6 +23,8 @@ from kvmesh.registry import LiveWorker
 from kvmesh.sampling import SamplingParams
 from kvmesh.v1 import worker_pb2
 from services.gateway.engine_client import EngineError, Inbox, TritonPool
+from services.gateway.engine_mux import EngineMux, encoded_request
+from tests.support.waiting import wait_until
 
 WORKER = worker_pb2.WorkerRecord(id="w", triton_model="sim")
 
@@ -114,14 +120,46 @@ async def test_a_request_at_its_deadline_fails_and_its_stream_is_cancelled():
         await pool.close()
 
 
+async def test_requests_submitted_while_one_is_sent_go_as_one_triton_request_and_one_alone_as_its_own():
+    async with fake_triton() as (triton, address):
+        client = triton_aio.InferenceServerClient(address)
+        mux = EngineMux(client, "sim", address)
+        await mux.start(5.0)
+
+        def submit(request_id: str) -> None:
+            request = encoded_request(request_id, [1, 2, 3], SamplingParams(max_tokens=4), None, {"traceparent": "t"})
+            mux.submit(request, Inbox(WORKER))
+
+        submit("a")
+        await wait_until(lambda: len(triton.requests) == 2)
+        for request_id in "bcd":
+            submit(request_id)
+        mux.leave("c")  # its client went away before it was sent
+        await wait_until(lambda: len(triton.requests) == 3)
+        _, alone, together = triton.requests
+        assert alone.id == "a" and [t.name for t in alone.inputs] == [wire.INPUT_IDS, wire.SAMPLING_PARAMS]
+        assert alone.parameters[wire.MUX].string_param == mux.id and alone.parameters["traceparent"].string_param == "t"
+        assert [t.name for t in together.inputs] == [wire.INPUT_IDS, wire.MUX_REQUESTS]
+        assert together.parameters[wire.MUX].string_param == mux.id
+        members = wire.decode_requests(deserialize_bytes_tensor(together.raw_input_contents[1])[0])
+        assert [m.request_id for m in members] == ["b", "d"]
+        assert np.frombuffer(members[0].input_ids, dtype="<i4").tolist() == [1, 2, 3]
+        assert msgspec.json.decode(members[0].sampling_params, type=SamplingParams) == SamplingParams(max_tokens=4)
+        assert members[0].parameters == {"traceparent": "t"} and members[0].kv_transfer_params is None
+        await mux.close()
+        await client.close()
+
+
 class _FakeTriton(grpc.GenericRpcHandler):
-    """Takes each stream's request; answers those named in `talkers` with token 7 every 50 ms and
-    never a final response, the others never."""
+    """Takes each stream's request: opens a mux when asked, records the requests sent on one and
+    answers none of them; answers those named in `talkers` with token 7 every 50 ms and never a
+    final response, the others never."""
 
     def __init__(self, talkers: set[str]) -> None:
         self.talkers = talkers
         self.arrived = asyncio.Event()
         self.cancelled = asyncio.Event()
+        self.requests: list[service_pb2.ModelInferRequest] = []
 
     def service(self, details):
         async def stream(requests, context):
@@ -129,6 +167,12 @@ class _FakeTriton(grpc.GenericRpcHandler):
                 async for raw in requests:
                     self.arrived.set()
                     request = service_pb2.ModelInferRequest.FromString(raw)
+                    self.requests.append(request)
+                    if wire.MUX_OPEN in request.parameters:
+                        yield _mux_opened()
+                        continue
+                    if wire.MUX in request.parameters:
+                        continue
                     while request.id in self.talkers:
                         yield _token_response(7)
                         await asyncio.sleep(0.05)
@@ -144,6 +188,13 @@ def _token_response(token: int) -> bytes:
     response = service_pb2.ModelInferResponse(outputs=[service_pb2.ModelInferResponse.InferOutputTensor(
         name=wire.OUTPUT_IDS, datatype="INT32", shape=[1])])  # fmt: skip
     response.raw_output_contents.append(np.asarray([token], dtype="<i4").tobytes())
+    return service_pb2.ModelStreamInferResponse(infer_response=response).SerializeToString()
+
+
+def _mux_opened() -> bytes:
+    response = service_pb2.ModelInferResponse(outputs=[service_pb2.ModelInferResponse.InferOutputTensor(
+        name=wire.MUX_DELTAS, datatype="BYTES", shape=[1])])  # fmt: skip
+    response.raw_output_contents.append(len(b"[]").to_bytes(4, "little") + b"[]")  # a BYTES tensor of one element
     return service_pb2.ModelStreamInferResponse(infer_response=response).SerializeToString()
 
 
