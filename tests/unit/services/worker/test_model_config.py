@@ -10,7 +10,7 @@ def test_shipped_vllm_model_is_decoupled_python_with_token_io():
     config = model_config.read(REPO / "vllm")
     assert config.name == "vllm" and config.backend == "python"
     assert config.model_transaction_policy.decoupled
-    assert [i.name for i in config.input] == ["input_ids", "sampling_params"]
+    assert [i.name for i in config.input] == ["input_ids", "sampling_params", "mux_requests"]
     outputs = ["output_ids", "finish_reason", "prompt_tokens", "cached_tokens", "mux_deltas"]
     assert [o.name for o in config.output] == outputs
 
