@@ -8,17 +8,35 @@ Without Redis: no overlap, and this router's own in-flight counts as the load.
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 from redis.exceptions import RedisError
 
 from kvmesh import block_index
 from kvmesh.redis_batch import Coalescer
-from kvmesh.registry import Watcher
+from kvmesh.registry import LiveWorker, Watcher
+from kvmesh.v1 import worker_pb2
 from services.router.accounting import Accounting
 from services.router.framework.types import Candidate, Request
-from services.router.shared_load import LoadTable, load_command
+from services.router.shared_load import LoadTable, load_command, load_fields
 
 EXPIRY_INTERVAL_S = 1.0
+
+
+class WorkerTable(NamedTuple):
+    """What a decision needs of the live workers, built once per registry read instead of once per
+    decision: the Watcher replaces its dict when it reads the registry, so the dict is the version."""
+
+    workers: dict[str, LiveWorker]
+    ids: tuple[str, ...]
+    records: tuple[worker_pb2.WorkerRecord, ...]
+    block_sizes: tuple[int, ...]
+    load_fields: tuple[bytes, ...]
+
+    @classmethod
+    def of(cls, workers: dict[str, LiveWorker]) -> WorkerTable:
+        records = tuple(live.record for live in workers.values())
+        return cls(workers, tuple(workers), records, tuple(r.kv_block_size for r in records), load_fields(workers))
 
 
 class CandidateSource:
@@ -28,6 +46,7 @@ class CandidateSource:
         self.calls = calls
         self.accounting = accounting
         self._next_expiry = 0.0
+        self._table = WorkerTable.of({})
 
     async def gather(self, request: Request) -> list[Candidate]:
         # Leases last minutes: a sweep a second is enough, and a sweep walks every request in flight.
@@ -40,12 +59,22 @@ class CandidateSource:
         except (RedisError, OSError) as e:
             self.accounting.health.failed(e)
             overlaps, loads = {}, None
-        out = []
-        for worker_id, live in self.workers.workers.items():
-            load = loads[worker_id] if loads is not None else self.accounting.local.load(worker_id)
-            same_blocks = live.record.kv_block_size == request.block_size
-            out.append(Candidate(live.record, load, overlaps.get(worker_id, 0) if same_blocks else 0))
-        return out
+        # After the read: the table of the moment, for the moment's load table.
+        table = self._worker_table()
+        if loads is None:
+            loads = [self.accounting.local.load(worker_id) for worker_id in table.ids]
+        else:
+            loads = loads.loads(table.load_fields)
+        block_size = request.block_size
+        return [
+            Candidate(record, load, overlaps.get(worker_id, 0) if size == block_size else 0)
+            for worker_id, record, size, load in zip(table.ids, table.records, table.block_sizes, loads, strict=True)
+        ]
+
+    def _worker_table(self) -> WorkerTable:
+        if self._table.workers is not self.workers.workers:
+            self._table = WorkerTable.of(self.workers.workers)
+        return self._table
 
     async def _read(self, request: Request) -> tuple[dict[str, int], LoadTable]:
         commands = [load_command()]

@@ -292,7 +292,7 @@ def _no_worker(request: Request, decision: RoutingDecision) -> KvmeshError:
     if decision.emptied_by == "capacity":
         return ResourceExhausted(f"every worker serving {request.model!r} is at capacity; retry later")
     roles = " or ".join(worker_pb2.Role.Name(r).removeprefix("ROLE_").lower() for r in request.roles)
-    if not decision.verdicts:
+    if not decision.candidates:
         return Unavailable("no live worker in the registry")
     if decision.emptied_by == "excluded":
         return Unavailable(f"no live worker for model {request.model!r} is left but the ones that failed")

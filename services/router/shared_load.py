@@ -7,9 +7,10 @@ requests whose gateway vanished.
 
 from __future__ import annotations
 
-import functools
 import time
+from collections.abc import Iterable
 from importlib import resources
+from itertools import repeat
 
 from kvmesh.load_keys import KEYS
 from kvmesh.redis_batch import Coalescer
@@ -74,19 +75,21 @@ class LoadTable:
         return cls(dict(zip(fields, fields, strict=True)))
 
     def __getitem__(self, worker_id: str) -> WorkerLoad:
-        in_flight, prefill, decode = _field_keys(worker_id)
-        raw = self.raw
-        return WorkerLoad(_count(raw.get(in_flight)), _count(raw.get(prefill)), _count(raw.get(decode)))
+        return self.loads(load_fields([worker_id]))[0]
+
+    def loads(self, fields: tuple[bytes, ...]) -> list[WorkerLoad]:
+        """The loads of the workers whose `load_fields` these are, in their order: the counts
+        looked up and parsed in C, one pass over every worker of a decision."""
+        counts = list(map(int, map(self.raw.get, fields, repeat(b"0"))))
+        if min(counts, default=0) < 0:  # a release that outran its add (writes lost with Redis)
+            counts = [max(count, 0) for count in counts]
+        each = iter(counts)
+        return [WorkerLoad(n, p, d) for n, p, d in zip(each, each, each, strict=True)]
 
 
-@functools.lru_cache(maxsize=4096)
-def _field_keys(worker_id: str) -> tuple[bytes, bytes, bytes]:
-    worker = worker_id.encode()
-    return worker + b":n", worker + b":p", worker + b":d"
-
-
-def _count(value: bytes | None) -> int:
-    return max(int(value), 0) if value else 0
+def load_fields(worker_ids: Iterable[str]) -> tuple[bytes, ...]:
+    """The workers' fields in the load hash: requests, prefill blocks and decode blocks, in turn."""
+    return tuple(worker.encode() + suffix for worker in worker_ids for suffix in (b":n", b":p", b":d"))
 
 
 def _now_ms() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from services.router.framework.types import Candidate, Filter, Picker, Request, Scorer
 
@@ -20,9 +21,27 @@ class Verdict:
 @dataclass
 class RoutingDecision:
     chosen: Candidate | None
-    verdicts: list[Verdict]
+    candidates: list[Candidate]
     # The filter that emptied the candidate set, when nothing is left.
     emptied_by: str = ""
+    # worker id → the filter that dropped it; scorer name → worker id → score; worker id → weighted sum.
+    filtered_by: dict[str, str] = field(default_factory=dict)
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    totals: dict[str, float] = field(default_factory=dict)
+
+    @cached_property
+    def verdicts(self) -> list[Verdict]:
+        """Every candidate's fate, in candidate order: built only when asked (Explain, a recording
+        span), not on every Route."""
+        return [
+            Verdict(
+                c,
+                self.filtered_by.get(c.id, ""),
+                {name: by_worker[c.id] for name, by_worker in self.scores.items() if c.id in by_worker},
+                self.totals.get(c.id, 0.0),
+            )
+            for c in self.candidates
+        ]
 
 
 @dataclass
@@ -33,25 +52,22 @@ class SchedulingProfile:
     picker: Picker
 
     def run(self, request: Request, candidates: list[Candidate], dry_run: bool = False) -> RoutingDecision:
-        verdicts = {c.id: Verdict(c) for c in candidates}
-        alive = list(candidates)
-        emptied_by = ""
+        decision = RoutingDecision(None, candidates)
+        alive = candidates
         for f in self.filters:
-            kept = []
-            for c in alive:
-                if f.keep(request, c):
-                    kept.append(c)
-                else:
-                    verdicts[c.id].filtered_by = f.name
-            if alive and not kept:
-                emptied_by = f.name
+            kept = f.keep(request, alive)
+            if kept is not alive:
+                kept_ids = {c.id for c in kept}
+                decision.filtered_by.update((c.id, f.name) for c in alive if c.id not in kept_ids)
+                if alive and not kept:
+                    decision.emptied_by = f.name
             alive = kept
         if not alive:
-            return RoutingDecision(None, list(verdicts.values()), emptied_by)
+            return decision
+        totals = decision.totals = dict.fromkeys([c.id for c in alive], 0.0)
         for scorer, weight in self.scorers:
-            for worker_id, value in scorer.score(request, alive).items():
-                verdict = verdicts[worker_id]
-                verdict.scores[scorer.name] = value
-                verdict.total += weight * value
-        chosen = self.picker.pick([(c, verdicts[c.id].total) for c in alive], dry_run)
-        return RoutingDecision(chosen, list(verdicts.values()))
+            scores = decision.scores[scorer.name] = scorer.score(request, alive)
+            for worker_id, value in scores.items():
+                totals[worker_id] += weight * value
+        decision.chosen = self.picker.pick([(c, totals[c.id]) for c in alive], dry_run)
+        return decision

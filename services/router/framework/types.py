@@ -8,7 +8,8 @@ from typing import Protocol
 from kvmesh.v1 import worker_pb2
 
 
-@dataclass
+# Slots: a decision builds one WorkerLoad and one Candidate per live worker.
+@dataclass(slots=True)
 class WorkerLoad:
     in_flight: int = 0
     # KV blocks of requests still in prefill / already decoding on the worker.
@@ -16,7 +17,7 @@ class WorkerLoad:
     decode_blocks: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class Candidate:
     record: worker_pb2.WorkerRecord
     load: WorkerLoad = field(default_factory=WorkerLoad)
@@ -50,9 +51,12 @@ class Request:
 
 
 class Filter(Protocol):
+    """Keeps candidates in one pass over them all (a call per candidate costs more than the test);
+    returns `candidates` itself when it drops none."""
+
     name: str
 
-    def keep(self, request: Request, candidate: Candidate) -> bool: ...
+    def keep(self, request: Request, candidates: list[Candidate]) -> list[Candidate]: ...
 
 
 class Scorer(Protocol):

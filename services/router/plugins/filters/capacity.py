@@ -14,6 +14,9 @@ class CapacityFilter:
     queue_factor: float = 8.0
     name: str = "capacity"
 
-    def keep(self, request: Request, candidate: Candidate) -> bool:
-        limit = max(1, int(candidate.record.capacity * self.queue_factor))
-        return candidate.load.in_flight < limit
+    def keep(self, request: Request, candidates: list[Candidate]) -> list[Candidate]:
+        factor = self.queue_factor
+        # in_flight < max(1, int(capacity × factor)), without two calls a worker: an idle worker
+        # always takes one, and for whole numbers n < int(x) ⟺ n + 1 ≤ x.
+        kept = [c for c in candidates if not c.load.in_flight or c.load.in_flight + 1 <= c.record.capacity * factor]
+        return candidates if len(kept) == len(candidates) else kept

@@ -6,5 +6,7 @@ from services.router.framework.types import Candidate, Request
 class DrainingFilter:
     name = "draining"
 
-    def keep(self, request: Request, candidate: Candidate) -> bool:
-        return not candidate.record.draining
+    def keep(self, request: Request, candidates: list[Candidate]) -> list[Candidate]:
+        if not any(c.record.draining for c in candidates):
+            return candidates
+        return [c for c in candidates if not c.record.draining]

@@ -6,5 +6,7 @@ from services.router.framework.types import Candidate, Request
 class ExcludedFilter:
     name = "excluded"
 
-    def keep(self, request: Request, candidate: Candidate) -> bool:
-        return candidate.id not in request.excluded
+    def keep(self, request: Request, candidates: list[Candidate]) -> list[Candidate]:
+        if not request.excluded:  # a first attempt: nothing to drop
+            return candidates
+        return [c for c in candidates if c.id not in request.excluded]

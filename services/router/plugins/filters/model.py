@@ -6,5 +6,7 @@ from services.router.framework.types import Candidate, Request
 class ModelFilter:
     name = "model"
 
-    def keep(self, request: Request, candidate: Candidate) -> bool:
-        return candidate.record.model == request.model
+    def keep(self, request: Request, candidates: list[Candidate]) -> list[Candidate]:
+        model = request.model
+        kept = [c for c in candidates if c.record.model == model]
+        return candidates if len(kept) == len(candidates) else kept

@@ -6,5 +6,7 @@ from services.router.framework.types import Candidate, Request
 class RoleFilter:
     name = "role"
 
-    def keep(self, request: Request, candidate: Candidate) -> bool:
-        return candidate.record.role in request.roles
+    def keep(self, request: Request, candidates: list[Candidate]) -> list[Candidate]:
+        roles = request.roles
+        kept = [c for c in candidates if c.record.role in roles]
+        return candidates if len(kept) == len(candidates) else kept

@@ -7,5 +7,7 @@ from services.router.framework.types import Candidate, Request
 class UnresponsiveFilter:
     name = "unresponsive"
 
-    def keep(self, request: Request, candidate: Candidate) -> bool:
-        return not candidate.record.unresponsive
+    def keep(self, request: Request, candidates: list[Candidate]) -> list[Candidate]:
+        if not any(c.record.unresponsive for c in candidates):
+            return candidates
+        return [c for c in candidates if not c.record.unresponsive]

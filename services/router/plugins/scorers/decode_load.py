@@ -7,4 +7,4 @@ class DecodeLoadScorer:
     name = "decode_load"
 
     def score(self, request: Request, candidates: list[Candidate]) -> dict[str, float]:
-        return {c.id: -float(c.load.decode_blocks) for c in candidates}
+        return {c.id: -1.0 * c.load.decode_blocks for c in candidates}  # a float without a call

@@ -9,6 +9,13 @@ class PrefillLoadScorer:
     name = "prefill_load"
 
     def score(self, request: Request, candidates: list[Candidate]) -> dict[str, float]:
-        return {
-            c.id: -float(max(c.load.prefill_blocks + request.blocks_on(c) - c.overlap_blocks, 0)) for c in candidates
-        }
+        prompt_blocks: dict[int, int] = {}  # by KV block size: a mesh has one or two
+        scores = {}
+        for c in candidates:
+            blocks = prompt_blocks.get(size := c.record.kv_block_size)
+            if blocks is None:
+                blocks = prompt_blocks[size] = request.blocks_on(c)
+            # −max(cost, 0) as a float, without two calls a worker (they cost more than the sum)
+            cost = c.load.prefill_blocks + blocks - c.overlap_blocks
+            scores[c.id] = -1.0 * cost if cost > 0 else -0.0
+        return scores

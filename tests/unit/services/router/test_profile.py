@@ -140,3 +140,34 @@ def test_softmax_temperature_spreads_near_equal_workers():
 def test_negative_temperature_is_refused():
     with pytest.raises(ValueError, match="temperature"):
         build("bad", SchedulingProfileSpec(picker="softmax", params={"softmax": {"temperature": -1}}))
+
+
+@pytest.mark.parametrize(
+    "capacity, queue_factor, in_flight, kept",
+    [
+        (4, 8.0, 31, True),
+        (4, 8.0, 32, False),
+        (3, 1.5, 3, True),  # limit int(4.5) = 4
+        (3, 1.5, 4, False),
+        (0, 8.0, 0, True),  # an idle worker always takes one
+        (0, 8.0, 1, False),
+        (4, 0.0, 0, True),
+        (4, 0.0, 1, False),
+    ],
+)
+def test_capacity_limit_is_at_least_one(capacity, queue_factor, in_flight, kept):
+    spec = SchedulingProfileSpec(filters=["capacity"], params={"capacity": {"queue_factor": queue_factor}})
+    decision = build("c", spec).run(REQ, [cand("a", in_flight, capacity=capacity)])
+    assert (decision.chosen is not None) == kept
+    assert decision.emptied_by == ("" if kept else "capacity")
+
+
+def test_filters_drop_only_the_workers_they_exclude():
+    candidates = [cand("a"), cand("b", model="x"), cand("c", draining=True), cand("d"), cand("e", unresponsive=True)]
+    request = Request(model="m", request_id="r", num_tokens=40, excluded=frozenset({"d"}))
+    decision = build("least-loaded", DEFAULT_POLICIES["least-loaded"]).run(request, candidates)
+    assert decision.chosen.id == "a"
+    assert {v.candidate.id: v.filtered_by for v in decision.verdicts} == {
+        "a": "", "b": "model", "c": "draining", "d": "excluded", "e": "unresponsive"
+    }  # fmt: skip
+    assert [v.candidate.id for v in decision.verdicts] == ["a", "b", "c", "d", "e"]  # in candidate order
