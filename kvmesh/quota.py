@@ -5,7 +5,8 @@ bucket, the prompt's tokens from its tokens-per-minute bucket, a concurrency slo
 the completion tokens are charged as they stream, at most one FCALL a second (`Metered.completed`);
 one FCALL at the end frees the slot and adds the request to the key's hourly usage (`Metered.finish`;
 it waits up to RELEASE_LINGER_S for other calls to ride with). A gateway that dies gives its slots
-back when their leases run out.
+back when their leases run out. A busy key's requests are admitted from a slice of its quota the
+gateway leased instead, with no call of their own (kvmesh/quota_lease.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import functools
 import logging
 import math
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,6 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from kvmesh.api_keys import ApiKey
 from kvmesh.errors import InvalidArgument, ResourceExhausted, Unavailable
+from kvmesh.quota_lease import BLOCK_S, LEASE_S, Slice, leasable
 from kvmesh.redis_batch import Coalescer
 
 LIBRARY = resources.files("kvmesh").joinpath("quota.lua").read_text()
@@ -40,9 +43,11 @@ RELEASE_LINGER_S = 0.05
 log = logging.getLogger(__name__)
 
 
-def keys(name: str, hour: str = "") -> tuple[str, str, str]:
-    """A key name's buckets, leases and (for `hour`) usage record: one hash tag, one cluster slot."""
-    return f"kvq:{{{name}}}:buckets", f"kvq:{{{name}}}:leases", f"kvq:{{{name}}}:usage:{hour}"
+def keys(name: str, hour: str = "") -> tuple[str, str, str, str]:
+    """A key name's buckets, leases, gateways' blocks and (for `hour`) usage record: one hash tag,
+    one cluster slot."""
+    tag = f"kvq:{{{name}}}"
+    return f"{tag}:buckets", f"{tag}:leases", f"{tag}:blocks", f"{tag}:usage:{hour}"
 
 
 class RateLimited(ResourceExhausted):
@@ -64,14 +69,22 @@ class UsageRow:
 
 
 class Quotas:
-    def __init__(self, client: aioredis.Redis, lease_s: float = 900.0, clock: Callable[[], float] = time.time):
-        """`lease_s`: how long a request holds its concurrency slot if its gateway never releases it."""
+    def __init__(
+        self, client: aioredis.Redis, lease_s: float = 900.0, clock: Callable[[], float] = time.time,
+        slices: bool = True,
+    ):  # fmt: skip
+        """`lease_s`: how long a request holds its concurrency slot if its gateway never releases it;
+        `slices`: busy keys are admitted from leased slices (False: every request through Redis)."""
         self.redis = client
         self._calls = Coalescer(client, LIBRARIES)
         self.lease_s = lease_s
         self.clock = clock
         # Releases run on after a cancelled caller stops waiting; held here so that none is collected.
         self._background: set[asyncio.Task] = set()
+        self.slices_on = slices
+        self.holder = uuid.uuid4().hex  # this gateway, as its blocks of slots are named in Redis
+        self._slices: dict[str, Slice] = {}
+        self._renewer: asyncio.Task | None = None
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -86,10 +99,12 @@ class Quotas:
         """Takes a request, `prompt_tokens` and a slot from `key`'s quota, or raises RateLimited."""
         if not (key.rpm or key.tpm or key.max_concurrency):
             return Metered(self, key, request_id, prompt_tokens, {})
+        if self.slices_on and leasable(key) and (leased := await self._admit_leased(key, prompt_tokens)):
+            return leased
         now = self.now_ms()
         deadline = now + int(self.lease_s * 1000)
         args = (request_id, now, key.rpm, key.tpm, key.max_concurrency, prompt_tokens, deadline)
-        verdict, retry_ms, *figures = await self.fcall("kvmesh_quota_admit", keys(key.name)[:2], *args)
+        verdict, retry_ms, *figures = await self.fcall("kvmesh_quota_admit", keys(key.name)[:3], *args)
         headers = _ratelimit_headers(key, figures)
         verdict = verdict.decode() if isinstance(verdict, bytes) else verdict
         if verdict == "ok":
@@ -110,12 +125,76 @@ class Quotas:
             f"key {key.name!r}: {used_up}; retry in {seconds} s", {"Retry-After": str(seconds), **headers}
         )
 
+    async def _admit_leased(self, key: ApiKey, prompt_tokens: int) -> LeasedMetered | None:
+        """Admits from this gateway's slice of `key`'s quota, leasing one if it has none or too
+        little left; None when Redis grants none (near a limit: the request goes to Redis itself)."""
+        held = self._slices.get(key.name)
+        if held is None:
+            held = self._slices[key.name] = Slice(key)
+            if self._renewer is None:
+                self._renewer = asyncio.ensure_future(self._renew_every_period())
+        if not held.take(prompt_tokens):
+            if self.clock() < held.refused_until:
+                return None
+            await self._renewed(held, prompt_tokens)
+            if not held.take(prompt_tokens):
+                return None
+        return LeasedMetered(self, held, prompt_tokens)
+
+    async def _renewed(self, held: Slice, prompt_tokens: int = 0, want: bool = True) -> None:
+        """One renewal of `held` at a time; callers that come while it is out wait for it."""
+        if held.renewal is None:
+            held.renewal = asyncio.ensure_future(self._renew(held, prompt_tokens, want))
+            held.renewal.add_done_callback(lambda _: setattr(held, "renewal", None))
+        await asyncio.shield(held.renewal)
+
+    async def _renew(self, held: Slice, prompt_tokens: int, want: bool) -> None:
+        """Gives back what `held` did not use, records its usage and, if `want`, leases a new slice."""
+        key, now = held.key, self.now_ms()
+        wanted = held.wanted(prompt_tokens) if want else (0, 0, 0, 0)
+        given_back, usage = held.hand_back()
+        block = (self.holder, now, key.rpm, key.tpm, key.max_concurrency, now + int(BLOCK_S * 1000))
+        commands = [("FCALL", "kvmesh_quota_lease", 3, *keys(key.name)[:3], *block, *given_back, held.in_use, *wanted)]
+        for (model, hour), counts in usage.items():
+            commands.append(("FCALL", "kvmesh_quota_usage", 1, keys(key.name, hour)[3], model, *counts))
+        try:
+            (granted, *answer), *_ = await self._calls.execute(commands)
+        except Exception as e:  # noqa: BLE001 - kept to give back at the next renewal; requests go to Redis meanwhile
+            held.take_back(given_back, usage)
+            held.refused_until = self.clock() + LEASE_S
+            log.warning("renewing the slice of key %r failed: %s", key.name, e)
+            return
+        held.granted(answer[:3], answer[3:])
+        if want and not granted:
+            held.refused_until = self.clock() + LEASE_S
+
+    async def _renew_every_period(self) -> None:
+        while True:
+            await asyncio.sleep(LEASE_S)
+            await self._renew_all()
+
+    async def _renew_all(self) -> None:
+        """Each slice renewed (a new one only for a key used in the period); idle ones dropped."""
+        for name, held in list(self._slices.items()):
+            if held.idle() and held.empty():
+                del self._slices[name]
+        renewals = [self._renewed(held, want=held.used_requests > 0) for held in self._slices.values()]
+        await asyncio.gather(*renewals, return_exceptions=True)
+
     async def aclose(self, timeout_s: float = 5.0) -> None:
-        """Sends the releases still pending (a request's `end` is not waited for, and may linger),
-        then closes the connection: a gateway that stops leaves no slot held and no usage unrecorded."""
+        """Sends the releases still pending (a request's `end` is not waited for, and may linger)
+        and gives the slices back, then closes the connection: a gateway that stops leaves no slot
+        held and no usage unrecorded."""
+        if self._renewer is not None:
+            self._renewer.cancel()
         if self._background:
             await asyncio.wait(set(self._background), timeout=timeout_s)
+        if self._slices:
+            await asyncio.wait_for(self._renew_all_back(), timeout_s)
         self._calls.wire.close()
+
+    async def _renew_all_back(self) -> None:
+        await asyncio.gather(*(self._renewed(held, want=False) for held in self._slices.values()))
 
     async def usage(self, names: list[str] | None, hours: int) -> list[UsageRow]:
         """Usage per key, model and hour over the last `hours` hours (this one included), oldest
@@ -132,7 +211,7 @@ class Quotas:
         records = [(name, hour) for hour in wanted for name in names]
         pipe = self.redis.pipeline(transaction=False)
         for name, hour in records:
-            pipe.hgetall(keys(name, hour)[2])
+            pipe.hgetall(keys(name, hour)[3])
         rows = []
         for (name, hour), fields in zip(records, await pipe.execute(), strict=True):
             start = datetime.strptime(hour, HOUR_FORMAT).replace(tzinfo=UTC)
@@ -225,6 +304,32 @@ class Metered:
             )
         except Exception as e:  # noqa: BLE001 - runs in a finally; the lease frees the slot in the end
             log.warning("releasing request %s of key %r failed: %s", self.request_id, self.key.name, e)
+
+
+class LeasedMetered:
+    """A request admitted from a leased slice: its tokens and its end are counted in the slice."""
+
+    def __init__(self, quotas: Quotas, held: Slice, prompt_tokens: int):
+        self.quotas = quotas
+        self.held = held
+        self.prompt_tokens = prompt_tokens
+        self.headers = _ratelimit_headers(held.key, held.headers_figures())
+        self.charged = 0
+        self._ended = False
+
+    def completed(self, n: int) -> None:
+        self.charged += n
+        self.held.charge(n)
+
+    async def finish(self, model: str, prompt_tokens: int, cached_tokens: int, completion_tokens: int) -> None:
+        self.end(model, prompt_tokens, cached_tokens, completion_tokens)
+
+    def end(self, model: str, prompt_tokens: int, cached_tokens: int, completion_tokens: int) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self.held.charge(max(completion_tokens - self.charged, 0) + max(prompt_tokens - self.prompt_tokens, 0))
+        self.held.release(model, hour_of(self.quotas.clock()), prompt_tokens, cached_tokens, completion_tokens)
 
 
 @functools.lru_cache(maxsize=4)

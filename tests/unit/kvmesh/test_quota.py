@@ -163,7 +163,7 @@ async def test_two_gateways_share_one_quota(client, clock):
 
 
 async def test_usage_per_key_model_and_hour(quotas, clock):
-    a, b = ApiKey(name="team-a"), ApiKey(name="team-b", rpm=100)
+    a, b = ApiKey(name="team-a"), ApiKey(name="team-b", rpm=10)
     await (await quotas.admit(a, "1", 10)).finish("m1", 10, 4, 5)
     await (await quotas.admit(a, "2", 20)).finish("m1", 20, 0, 7)
     await (await quotas.admit(a, "3", 1)).finish("m2", 1, 0, 2)

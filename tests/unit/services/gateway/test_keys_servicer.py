@@ -16,14 +16,14 @@ def servicer(client, auth_on: bool) -> KeysServicer:
 
 async def test_a_key_made_listed_metered_and_revoked(client):
     keys = servicer(client, auth_on=True)
-    info = keys_pb2.KeyInfo(name="team-a", rpm=600, priority=keys_pb2.PRIORITY_HIGH, models=["m1"])
+    info = keys_pb2.KeyInfo(name="team-a", rpm=60, priority=keys_pb2.PRIORITY_HIGH, models=["m1"])
     made = await keys.Create(keys_pb2.KeysCreateRequest(key=info), None)
     assert made.secret.startswith("kvm-") and made.key.role == keys_pb2.KEY_ROLE_USER and made.key.created_unix > 0
     metered = await keys.quotas.admit(await keys.keys.lookup(made.secret), "r1", 7)
     await metered.finish("m1", 7, 2, 3)
     listed = await keys.List(keys_pb2.KeysListRequest(), None)
     assert [(k.name, k.rpm, k.priority, list(k.models)) for k in listed.keys] == [
-        ("team-a", 600, keys_pb2.PRIORITY_HIGH, ["m1"])
+        ("team-a", 60, keys_pb2.PRIORITY_HIGH, ["m1"])
     ]
     usage = await keys.Usage(keys_pb2.KeysUsageRequest(names=["team-a"]), None)
     row = usage.rows[0]
