@@ -224,6 +224,42 @@ def test_two_gateways_enforce_one_quota(mesh, second_gateway):
     assert statuses == [200, 200, 200, 200, 429, 429]
 
 
+def fcalls_for(mesh: LocalMesh, key: str, n: int) -> int:
+    """Redis function calls made by the mesh while `key` sends `n` requests one after another."""
+    client = redis.Redis.from_url(mesh.redis_url)
+    before = client.info("commandstats")["cmdstat_fcall"]["calls"]
+    for _ in range(n):
+        assert chat(mesh, key).status_code == 200
+    return client.info("commandstats")["cmdstat_fcall"]["calls"] - before
+
+
+def test_a_busy_keys_requests_make_no_quota_call_each(mesh):
+    busy = make_key(mesh, "busy", "--rpm", "6400", "--tpm", "10000000", "--max-concurrency", "640")
+    small = make_key(mesh, "small", "--rpm", "63")  # under 64: each request admitted and released in Redis
+    fcalls_for(mesh, busy, 2)  # the first slice
+    # Routing makes the same calls for both; the small key's quota adds two a request.
+    assert fcalls_for(mesh, busy, 10) <= fcalls_for(mesh, small, 10) - 10
+
+
+def test_two_gateways_leasing_slices_never_pass_a_limit(mesh, second_gateway):
+    # 64 a minute: slices of one request, granted until a quarter is left; then each asks Redis.
+    key = make_key(mesh, "sliced", "--rpm", "64")
+    headers = {"Authorization": f"Bearer {key}"}
+    body = {"model": mesh.model, "messages": HELLO, "max_tokens": 2}
+    statuses = []
+    start = time.monotonic()
+    for url in (mesh.http, second_gateway) * 40:
+        statuses.append(httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=60).status_code)
+    refilled = int((time.monotonic() - start) * 64 / 60) + 1
+    # Each gateway's slice holds at most one request when the other is refused.
+    assert 64 - 2 <= statuses.count(200) <= 64 + refilled, statuses
+    assert statuses[-2:] == [429, 429]
+    time.sleep(2.5)  # slices' usage is recorded at their next renewal, within a second
+    shown = kvmesh_keys(mesh, "usage", "--name", "sliced")
+    row = next(line for line in shown.stdout.splitlines() if "sliced" in line)
+    assert [int(x) for x in row.replace("│", " ").split() if x.isdigit()][0] == statuses.count(200)
+
+
 def test_usage_is_recorded_per_key_and_model_and_counted_in_metrics(mesh):
     key = make_key(mesh, "metered")
     answers = [chat(mesh, key, max_tokens=3, ignore_eos=True).json()["usage"] for _ in range(2)]
