@@ -133,6 +133,7 @@ class Quotas:
             held = self._slices[key.name] = Slice(key)
             if self._renewer is None:
                 self._renewer = asyncio.ensure_future(self._renew_every_period())
+        held.key = key  # a key revoked and made again under its name has the new one's limits
         if not held.take(prompt_tokens):
             if self.clock() < held.refused_until:
                 return None
@@ -194,7 +195,12 @@ class Quotas:
         self._calls.wire.close()
 
     async def _renew_all_back(self) -> None:
-        await asyncio.gather(*(self._renewed(held, want=False) for held in self._slices.values()))
+        async def give_back(held: Slice) -> None:
+            if held.renewal is not None:  # it may lease a slice: give that back too
+                await asyncio.shield(held.renewal)
+            await self._renewed(held, want=False)
+
+        await asyncio.gather(*(give_back(held) for held in self._slices.values()))
 
     async def usage(self, names: list[str] | None, hours: int) -> list[UsageRow]:
         """Usage per key, model and hour over the last `hours` hours (this one included), oldest
