@@ -67,7 +67,7 @@ class CandidateSource:
             loads = loads.loads(table.load_fields)
         block_size = request.block_size
         return [
-            Candidate(record, load, overlaps.get(worker_id, 0) if size == block_size else 0)
+            Candidate(record, load, overlaps.get(worker_id, 0) if size == block_size else 0, worker_id)
             for worker_id, record, size, load in zip(table.ids, table.records, table.block_sizes, loads, strict=True)
         ]
 

@@ -23,11 +23,13 @@ class Candidate:
     load: WorkerLoad = field(default_factory=WorkerLoad)
     # Prompt blocks the worker already holds (from the KV index).
     overlap_blocks: int = 0
-    # The record's id, read once: every filter, scorer and picker asks for it.
-    id: str = field(init=False)
+    # The record's id, read once (protobuf builds a new string at each read): every filter, scorer
+    # and picker asks for it. The router passes the one it keeps per worker.
+    id: str = ""
 
     def __post_init__(self) -> None:
-        self.id = self.record.id
+        if not self.id:
+            self.id = self.record.id
 
 
 @dataclass(frozen=True)
