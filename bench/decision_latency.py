@@ -9,8 +9,9 @@ Prints p50/p99 of `Router.Route` as a client sees it (gRPC round trip included),
 the gateway's Router.Session stream, of the decision alone (the router's code in process, Redis
 included, no RPC), of the router's Redis read alone (the match + load read in one round trip,
 over the router's own wire and, for reference, redis-py's pipeline) and of an empty gRPC call to
-the same server (the floor of any RPC from Python here), in one run; and each route's ratio to
-the bare read.
+the same server (the floor of any RPC from Python here), in one run, the in-process decision, the
+Session route and the bare reads alternating request by request; and each route's ratio to the
+bare read.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from services.router.config import RouterSettings
 
 BLOCK = 64
 REQUEST_BLOCKS = 128
+WARM_UP = 200  # rounds untimed
 
 
 async def fill(url: str, workers: list[str], total_blocks: int, rng: random.Random) -> list[list[int]]:
@@ -69,26 +71,75 @@ async def register(url: str, workers: list[str]) -> None:
     await client.aclose()
 
 
-async def redis_alone(url: str, prefixes: list[list[int]], n: int, rng: random.Random, wire: bool) -> list[float]:
-    """The decision's Redis read and nothing else: the match and the load in one round trip, over
-    the router's own wire (kvmesh/redis_wire.py, the floor) or redis-py's pipeline."""
-    client = aioredis.Redis.from_url(url)
-    own = RedisWire(client)
-    times = []
-    for _ in range(n):
-        keys = block_index.match_keys(rng.choice(prefixes))
+class Timed:
+    """One request of each kind timed in turn (the order rotating), so that the machine's drift
+    and the other processes on its cores touch every kind alike: the decision in the router's
+    process (its servicer here, its Redis read included, no RPC: what a router inside the gateway
+    would pay), a Route over the gateway's Router.Session stream to the router process, and the
+    decision's Redis read alone (the match and the load in one round trip) over the router's own
+    wire (kvmesh/redis_wire.py, the floor) and, for reference, redis-py's pipeline."""
+
+    def __init__(self, url: str, address: str):
+        self.url, self.address = url, address
+
+    async def run(self, prefixes: list[list[int]], n: int, rng: random.Random) -> dict[str, list[float]]:
+        servicer, stop_background = await router_main.assemble(RouterSettings(redis_url=self.url))
+        client = aioredis.Redis.from_url(self.url)
+        wire, session = RedisWire(client), RouterClient(self.address)
+        kinds = {
+            "decision_in_process": lambda i, seqs: self.decision(servicer, f"d{i}", seqs),
+            "route_over_session": lambda i, seqs: self.session_route(session, f"s{i}", seqs),
+            "redis_read_alone": lambda i, seqs: self.read(wire.exchange, seqs),
+            "redis_read_alone_redis_py": lambda i, seqs: self.read(self.pipeline(client), seqs),
+        }
+        times: dict[str, list[float]] = {name: [] for name in kinds}
+        try:
+            for i in range(-WARM_UP, n):
+                order = list(kinds)
+                order = order[i % len(order) :] + order[: i % len(order)]
+                for name in order:
+                    took = await kinds[name](i, rng.choice(prefixes))
+                    if i >= 0:
+                        times[name].append(took)
+        finally:
+            await session.close()
+            wire.close()
+            await client.aclose()
+            await stop_background()
+        return times
+
+    @staticmethod
+    async def decision(servicer, request_id: str, seqs: list[int]) -> float:
         start = time.perf_counter()
-        if wire:
-            await own.exchange([("FCALL_RO", "kvmesh_match", len(keys), *keys), ("HGETALL", load_keys.KEYS[0])])
-        else:
+        await servicer.Route(route_request(request_id, seqs), None)
+        took = time.perf_counter() - start
+        await servicer.Release(router_pb2.ReleaseRequest(request_id=request_id), None)
+        return took
+
+    @staticmethod
+    async def session_route(session: RouterClient, request_id: str, seqs: list[int]) -> float:
+        start = time.perf_counter()
+        await session.route("m", request_id, REQUEST_BLOCKS * BLOCK, seqs, BLOCK, {})
+        took = time.perf_counter() - start
+        session.release(request_id)
+        return took
+
+    @staticmethod
+    async def read(exchange, seqs: list[int]) -> float:
+        keys = block_index.match_keys(seqs)
+        start = time.perf_counter()
+        await exchange([("FCALL_RO", "kvmesh_match", len(keys), *keys), ("HGETALL", load_keys.KEYS[0])])
+        return time.perf_counter() - start
+
+    @staticmethod
+    def pipeline(client: aioredis.Redis):
+        async def exchange(commands: list[tuple]) -> list:
             pipe = client.pipeline(transaction=False)
-            pipe.fcall_ro("kvmesh_match", len(keys), *keys)
-            pipe.hgetall(load_keys.KEYS[0])
-            await pipe.execute()
-        times.append(time.perf_counter() - start)
-    own.close()
-    await client.aclose()
-    return times
+            for command in commands:
+                pipe.execute_command(*command)
+            return await pipe.execute()
+
+        return exchange
 
 
 def route_request(request_id: str, seqs: list[int]) -> router_pb2.RouteRequest:
@@ -107,38 +158,6 @@ def route_calls(address: str, prefixes: list[list[int]], n: int, rng: random.Ran
             stub.Route(request)
             times.append(time.perf_counter() - start)
             stub.Release(router_pb2.ReleaseRequest(request_id=f"r{i}"))
-    return times
-
-
-async def decisions(url: str, prefixes: list[list[int]], n: int, rng: random.Random) -> list[float]:
-    """The decision alone: the router's own servicer in this process, its Redis read included,
-    no RPC (what a router inside the gateway would pay)."""
-    servicer, stop_background = await router_main.assemble(RouterSettings(redis_url=url))
-    times = []
-    try:
-        for i in range(-200, n):  # the first 200 warm up
-            request = route_request(f"d{i}", rng.choice(prefixes))
-            start = time.perf_counter()
-            await servicer.Route(request, None)
-            if i >= 0:
-                times.append(time.perf_counter() - start)
-            await servicer.Release(router_pb2.ReleaseRequest(request_id=f"d{i}"), None)
-    finally:
-        await stop_background()
-    return times
-
-
-async def session_routes(address: str, prefixes: list[list[int]], n: int, rng: random.Random) -> list[float]:
-    """The gateway's way: Route and Release as messages on one Router.Session stream."""
-    client, times = RouterClient(address), []
-    try:
-        for i in range(n):
-            start = time.perf_counter()
-            await client.route("m", f"s{i}", REQUEST_BLOCKS * BLOCK, rng.choice(prefixes), BLOCK, {})
-            times.append(time.perf_counter() - start)
-            client.release(f"s{i}")
-    finally:
-        await client.close()
     return times
 
 
@@ -179,18 +198,14 @@ def main() -> None:
         router = start_service("router", router_port, server.url)
         address = f"127.0.0.1:{router_port}"
         time.sleep(1.0)  # the router's first registry read
-        route_calls(address, prefixes, 200, rng)  # warm-up
+        route_calls(address, prefixes, WARM_UP, rng)
+        alternating = asyncio.run(Timed(server.url, address).run(prefixes, args.requests, rng))
         result = {
             "workers": args.workers,
             "block_keys": len(prefixes) * REQUEST_BLOCKS,
             "request_blocks": REQUEST_BLOCKS,
             "route_at_client": figures(route_calls(address, prefixes, args.requests, rng)),
-            "route_over_session": figures(asyncio.run(session_routes(address, prefixes, args.requests, rng))),
-            "decision_in_process": figures(asyncio.run(decisions(server.url, prefixes, args.requests, rng))),
-            "redis_read_alone": figures(asyncio.run(redis_alone(server.url, prefixes, args.requests, rng, True))),
-            "redis_read_alone_redis_py": figures(
-                asyncio.run(redis_alone(server.url, prefixes, args.requests, rng, False))
-            ),
+            **{name: figures(times) for name, times in alternating.items()},
             "empty_grpc_call": figures(health_calls(address, args.requests)),
         }
         floor = result["redis_read_alone"]
