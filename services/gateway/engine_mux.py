@@ -140,9 +140,13 @@ class EngineMux:
             async for result, error in responses:
                 if self._ended:
                     continue
-                if error is not None:  # the mux's own request, or one that came after it ended
+                if error is not None:  # a request refused: its model is unloading, or dropped the mux
                     self._end(Unavailable(f"mux on {self.address}: {error.message()}"))
-                    continue
+                    # The model has not ended the mux: it would serve the requests just failed here
+                    # (moving to other workers) to their end, then idle, holding its unload past
+                    # Triton's exit timeout. Cancelled, it aborts them and ends the mux at once.
+                    responses.cancel()
+                    return
                 batch = batch_of(result.get_response())
                 if batch is None:
                     # Every request the model took ended before this: the rest never reached it.

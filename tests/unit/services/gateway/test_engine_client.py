@@ -1,8 +1,8 @@
 """The gateway's per-request inbox: deltas in the order they came, then the first error that
 ended the request, raised to its reader; the pool failing the requests of a worker gone or
 unresponsive, of a worker silent for the stall timeout, and of a request at its deadline (which
-cancels its stream); and a mux sending the requests submitted together as one Triton request, over
-fake Tritons."""
+cancels its stream); a mux sending the requests submitted together as one Triton request; and a mux
+whose stream carries an error failing its requests and cancelling that stream, over fake Tritons."""
 
 import asyncio
 import contextlib
@@ -150,13 +150,35 @@ async def test_requests_submitted_while_one_is_sent_go_as_one_triton_request_and
         await client.close()
 
 
+async def test_a_mux_whose_stream_carries_an_error_fails_its_requests_and_cancels_its_stream():
+    """The model, still serving them, then aborts them and ends the mux at once (an unloading
+    model is not held until they finish and the mux idles out)."""
+    async with fake_triton(refused={"b"}) as (triton, address):
+        client = triton_aio.InferenceServerClient(address)
+        mux = EngineMux(client, "sim", address)
+        await mux.start(5.0)
+        inboxes = [Inbox(WORKER), Inbox(WORKER)]
+        mux.submit(encoded_request("a", [1], SamplingParams(max_tokens=4), None, {}), inboxes[0])
+        await wait_until(lambda: len(triton.requests) == 2)  # alone: b comes as a request of its own
+        mux.submit(encoded_request("b", [1], SamplingParams(max_tokens=4), None, {}), inboxes[1])
+        await asyncio.wait_for(triton.cancelled.wait(), 5)
+        for inbox in inboxes:
+            with pytest.raises(Unavailable, match="unknown model"):
+                await asyncio.wait_for(inbox.get(), 5)
+        assert not mux.open and mux.finished()
+        await mux.close()
+        await client.close()
+
+
 class _FakeTriton(grpc.GenericRpcHandler):
     """Takes each stream's request: opens a mux when asked, records the requests sent on one and
-    answers none of them; answers those named in `talkers` with token 7 every 50 ms and never a
-    final response, the others never."""
+    answers none of them but those named in `refused` (an error, as Triton refuses a request for
+    a model it is unloading); answers those named in `talkers` with token 7 every 50 ms and never
+    a final response, the others never."""
 
-    def __init__(self, talkers: set[str]) -> None:
+    def __init__(self, talkers: set[str], refused: set[str]) -> None:
         self.talkers = talkers
+        self.refused = refused
         self.arrived = asyncio.Event()
         self.cancelled = asyncio.Event()
         self.requests: list[service_pb2.ModelInferRequest] = []
@@ -172,6 +194,8 @@ class _FakeTriton(grpc.GenericRpcHandler):
                         yield _mux_opened()
                         continue
                     if wire.MUX in request.parameters:
+                        if request.id in self.refused:
+                            yield _refused(request.id)
                         continue
                     while request.id in self.talkers:
                         yield _token_response(7)
@@ -191,6 +215,12 @@ def _token_response(token: int) -> bytes:
     return service_pb2.ModelStreamInferResponse(infer_response=response).SerializeToString()
 
 
+def _refused(request_id: str) -> bytes:
+    message = "Request for unknown model: 'sim' has no available versions"
+    response = service_pb2.ModelInferResponse(id=request_id)
+    return service_pb2.ModelStreamInferResponse(error_message=message, infer_response=response).SerializeToString()
+
+
 def _mux_opened() -> bytes:
     response = service_pb2.ModelInferResponse(outputs=[service_pb2.ModelInferResponse.InferOutputTensor(
         name=wire.MUX_DELTAS, datatype="BYTES", shape=[1])])  # fmt: skip
@@ -199,9 +229,9 @@ def _mux_opened() -> bytes:
 
 
 @contextlib.asynccontextmanager
-async def fake_triton(talkers: set[str] = frozenset()):
+async def fake_triton(talkers: set[str] = frozenset(), refused: set[str] = frozenset()):
     """(the fake, its address)."""
-    server, triton = grpc.aio.server(), _FakeTriton(set(talkers))
+    server, triton = grpc.aio.server(), _FakeTriton(set(talkers), set(refused))
     server.add_generic_rpc_handlers([triton])
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
