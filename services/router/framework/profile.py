@@ -64,10 +64,10 @@ class SchedulingProfile:
             alive = kept
         if not alive:
             return decision
-        totals = decision.totals = dict.fromkeys([c.id for c in alive], 0.0)
+        totals = dict.fromkeys([c.id for c in alive], 0.0)
         for scorer, weight in self.scorers:
             scores = decision.scores[scorer.name] = scorer.score(request, alive)
-            for worker_id, value in scores.items():
-                totals[worker_id] += weight * value
-        decision.chosen = self.picker.pick([(c, totals[c.id]) for c in alive], dry_run)
+            totals = {worker_id: total + weight * scores[worker_id] for worker_id, total in totals.items()}
+        decision.totals = totals
+        decision.chosen = self.picker.pick(list(zip(alive, totals.values(), strict=True)), dry_run)
         return decision

@@ -62,8 +62,9 @@ class Filter(Protocol):
 
 
 class Scorer(Protocol):
-    """Higher is better; the profile multiplies by the scorer's weight and sums. Load scorers
-    return negative costs (in KV blocks) so that weighted sums are Dynamo's cost function."""
+    """A value for every candidate, higher is better; the profile multiplies by the scorer's weight
+    and sums. Load scorers return negative costs (in KV blocks) so that weighted sums are Dynamo's
+    cost function."""
 
     name: str
 
