@@ -11,7 +11,8 @@ included, no RPC), of the router's Redis read alone (the match + load read in on
 over the router's own wire and, for reference, redis-py's pipeline) and of an empty gRPC call to
 the same server (the floor of any RPC from Python here), in one run, the in-process decision, the
 Session route and the bare reads alternating request by request; and each route's ratio to the
-bare read.
+bare read. For those, the bench process's CPU per call too (in process: the decision's whole
+cost; over the Session: the client's side only).
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ class Timed:
             "redis_read_alone": lambda i, seqs: self.read(wire.exchange, seqs),
             "redis_read_alone_redis_py": lambda i, seqs: self.read(self.pipeline(client), seqs),
         }
-        times: dict[str, list[float]] = {name: [] for name in kinds}
+        times: dict[str, list[tuple[float, float]]] = {name: [] for name in kinds}
         try:
             for i in range(-WARM_UP, n):
                 order = list(kinds)
@@ -109,27 +110,27 @@ class Timed:
         return times
 
     @staticmethod
-    async def decision(servicer, request_id: str, seqs: list[int]) -> float:
-        start = time.perf_counter()
+    async def decision(servicer, request_id: str, seqs: list[int]) -> tuple[float, float]:
+        start, cpu = time.perf_counter(), time.thread_time()
         await servicer.Route(route_request(request_id, seqs), None)
-        took = time.perf_counter() - start
+        took = time.perf_counter() - start, time.thread_time() - cpu
         await servicer.Release(router_pb2.ReleaseRequest(request_id=request_id), None)
         return took
 
     @staticmethod
-    async def session_route(session: RouterClient, request_id: str, seqs: list[int]) -> float:
-        start = time.perf_counter()
+    async def session_route(session: RouterClient, request_id: str, seqs: list[int]) -> tuple[float, float]:
+        start, cpu = time.perf_counter(), time.thread_time()
         await session.route("m", request_id, REQUEST_BLOCKS * BLOCK, seqs, BLOCK, {})
-        took = time.perf_counter() - start
+        took = time.perf_counter() - start, time.thread_time() - cpu
         session.release(request_id)
         return took
 
     @staticmethod
-    async def read(exchange, seqs: list[int]) -> float:
+    async def read(exchange, seqs: list[int]) -> tuple[float, float]:
         keys = block_index.match_keys(seqs)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         await exchange([("FCALL_RO", "kvmesh_match", len(keys), *keys), ("HGETALL", load_keys.KEYS[0])])
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.thread_time() - cpu
 
     @staticmethod
     def pipeline(client: aioredis.Redis):
@@ -173,9 +174,16 @@ def health_calls(address: str, n: int) -> list[float]:
     return times
 
 
-def figures(times: list[float]) -> dict[str, float]:
+def figures(times: list[float] | list[tuple[float, float]]) -> dict[str, float]:
+    """p50 and p99 of the wall times; with (wall, this thread's CPU) pairs, the CPU's p50 too (the
+    calling process's own work, which the other processes on the cores do not stretch)."""
+    paired = bool(times) and isinstance(times[0], tuple)
     ms = np.array(times) * 1000
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3)}
+    wall = ms[:, 0] if paired else ms
+    out = {"p50_ms": round(float(np.percentile(wall, 50)), 3), "p99_ms": round(float(np.percentile(wall, 99)), 3)}
+    if paired:
+        out["cpu_p50_ms"] = round(float(np.percentile(ms[:, 1], 50)), 3)
+    return out
 
 
 def main() -> None:
