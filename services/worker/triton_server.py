@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 from dataclasses import dataclass, field
 from importlib.util import find_spec
@@ -168,10 +169,15 @@ def shm_regions(pid: int) -> list[Path]:
 
 
 def stop(process: subprocess.Popen) -> None:
-    regions = shm_regions(process.pid)
-    processes.terminate(process, grace_s=30)
     # Triton kills a stub whose model does not unload within its exit timeout, and then leaves
-    # that stub's region behind.
+    # that stub's region behind. Stubs are looked for until Triton is gone: one may be launched
+    # while it stops (a model still loading).
+    regions = set(shm_regions(process.pid))
+    stopping = threading.Thread(target=processes.terminate, args=(process,), kwargs={"grace_s": 30})
+    stopping.start()
+    while stopping.is_alive():
+        regions.update(shm_regions(process.pid))
+        stopping.join(0.2)
     for region in regions:
         if region.exists():
             log.warning("removing %s, left behind by Triton", region.name)
