@@ -2,7 +2,8 @@
 quotas on against one with them off, same run, same mesh, same client, alternating rounds.
 
     flock /tmp/kvmesh-integration.lock .venv/bin/python -m bench.front_door \\
-        [--levels 1 16 64] [--rounds 4] [--wrk-seconds 4] [--requests 200] [--plain-only] [--no-limits]
+        [--levels 1 16 64] [--rounds 4] [--wrk-seconds 4] [--requests 200] [--plain-only | --stream-only]
+        [--no-limits] [--a-a]
 
 The mesh: `kvmesh up` with 2 simulated workers at speed-up 1000 (engine time ≈ 0) on loopback, and
 beside it two more gateways of that mesh (same Redis and router, their own processes and ports),
@@ -23,7 +24,9 @@ engines, its own gateway) plus both bench gateways, split as `gateway` (the one 
 `idle gateways` (the other two: their idle cost falls on both arms alike and cancels in the
 difference), `redis-server`, `router`, …. The front door's cost a request is the `on` arm's CPU-ms
 a request less the `off` arm's, over all of it and over gateway + Redis. The goal (#28): at
-c = 64, ≤ 0.2 CPU-ms a request and ≤ 5% fewer req/s. Writes bench/results/front_door.json.
+c = 64, ≤ 0.2 CPU-ms a request and ≤ 5% fewer req/s. `--a-a` starts the `on` gateway with auth off
+too: what the bench itself tells apart between two identical gateways. Writes
+bench/results/front_door.json (front_door_a_a.json with `--a-a`).
 """
 
 from __future__ import annotations
@@ -66,8 +69,8 @@ class Gateway:
     headers: dict[str, str]
 
 
-def start_arm(mesh: LocalMesh, arm: str, headers: dict[str, str], log_dir: Path) -> Gateway:
-    process, base = start_gateway(mesh, log_dir / f"gateway-auth-{arm}.log", "--auth", arm)
+def start_arm(mesh: LocalMesh, arm: str, auth: str, headers: dict[str, str], log_dir: Path) -> Gateway:
+    process, base = start_gateway(mesh, log_dir / f"gateway-{arm}.log", "--auth", auth)
     return Gateway(arm, process, f"{base}/v1/chat/completions", headers)
 
 
@@ -252,7 +255,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4, help="rounds per level; each runs both arms")
     parser.add_argument("--wrk-seconds", type=int, default=4, help="an arm's wrk run per round (0: none)")
     parser.add_argument("--requests", type=int, default=200, help="an arm's Python load generator requests per round")
-    parser.add_argument("--plain-only", action="store_true", help="no streaming levels")
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--plain-only", action="store_true", help="no streaming levels")
+    only.add_argument("--stream-only", action="store_true", help="streaming levels only")
+    parser.add_argument("--a-a", action="store_true", help="both gateways with auth off: the bench's own spread")
     parser.add_argument("--no-limits", action="store_true",
                         help="a key without limits: no admission FCALL (release, usage, metrics kept)")  # fmt: skip
     args = parser.parse_args()
@@ -272,34 +278,36 @@ def main() -> None:
         mesh.wait_for_workers(2)
         secret = asyncio.run(make_key(mesh.redis_url, key))
         for arm in ARMS:
-            headers = {"Authorization": f"Bearer {secret}"} if arm == "on" else {}
-            gateways[arm] = start_arm(mesh, arm, headers, log_dir)
+            keyed = arm == "on" and not args.a_a
+            headers = {"Authorization": f"Bearer {secret}"} if keyed else {}
+            gateways[arm] = start_arm(mesh, arm, "on" if keyed else "off", headers, log_dir)
         bench = Bench(mesh, gateways, args)
-        check_arms(gateways, bench.take(1, False)[0], limited=not args.no_limits)
+        if not args.a_a:
+            check_arms(gateways, bench.take(1, False)[0], limited=not args.no_limits)
         for gateway in gateways.values():  # warm-up
             asyncio.run(run_level(gateway.url, bench.take(40, False), 4, gateway.headers))
         bench.sent_on = 1 + 40  # the check's and the warm-up's
         results: dict = {"workers": 2, "rounds": args.rounds, "wrk_seconds": args.wrk_seconds,
                          "loadgen_requests": args.requests, "levels": []}  # fmt: skip
-        for stream in (False,) if args.plain_only else (False, True):
+        for stream in (False,) if args.plain_only else (True,) if args.stream_only else (False, True):
             for c in args.levels:
                 level = bench.level(stream, c)
                 results["levels"].append(level)
                 print(json.dumps(level), flush=True)
-        results["on_requests_answered"] = bench.sent_on
-        time.sleep(2 * LEASE_S)  # the usage of requests admitted from a slice is recorded at its renewal
-        results["on_requests_metered"] = asyncio.run(metered_requests(mesh.redis_url))
+        if not args.a_a:
+            results["on_requests_answered"] = bench.sent_on
+            time.sleep(2 * LEASE_S)  # the usage of requests admitted from a slice is recorded at its renewal
+            results["on_requests_metered"] = asyncio.run(metered_requests(mesh.redis_url))
     finally:
         for gateway in gateways.values():
             stop(gateway.process)
         mesh.stop()
     results["minutes"] = round((time.monotonic() - started) / 60, 1)
-    save("front_door", results)
+    save("front_door_a_a" if args.a_a else "front_door", results)
     print_table(results["levels"])
-    # wrk cuts off up to c requests in flight at its end: sent, metered, not counted as answered.
-    print(
-        f"\nquota store: {results['on_requests_metered']} requests metered, {results['on_requests_answered']} answered"
-    )
+    if not args.a_a:  # wrk cuts off up to c requests in flight at its end: sent, metered, not counted as answered
+        metered, answered = results["on_requests_metered"], results["on_requests_answered"]
+        print(f"\nquota store: {metered} requests metered, {answered} answered")
     print_goal(results["levels"])
 
 
