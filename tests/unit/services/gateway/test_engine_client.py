@@ -201,6 +201,8 @@ class _FakeTriton(grpc.GenericRpcHandler):
                         yield _token_response(7)
                         await asyncio.sleep(0.05)
                     await asyncio.Event().wait()
+                # As Triton: a stream whose client is done writing stays open while the requests it took run.
+                await asyncio.Event().wait()
             except asyncio.CancelledError:
                 self.cancelled.set()
                 raise
