@@ -254,10 +254,14 @@ def test_two_gateways_leasing_slices_never_pass_a_limit(mesh, second_gateway):
     # Each gateway's slice holds at most one request when the other is refused.
     assert 64 - 2 <= statuses.count(200) <= 64 + refilled, statuses
     assert statuses[-2:] == [429, 429]
-    time.sleep(2.5)  # slices' usage is recorded at their next renewal, within a second
-    shown = kvmesh_keys(mesh, "usage", "--name", "sliced")
-    row = next(line for line in shown.stdout.splitlines() if "sliced" in line)
-    assert [int(x) for x in row.replace("│", " ").split() if x.isdigit()][0] == statuses.count(200)
+
+    def requests_in_usage() -> int | None:
+        shown = kvmesh_keys(mesh, "usage", "--name", "sliced")
+        row = next((line for line in shown.stdout.splitlines() if "sliced" in line), None)
+        return row and [int(x) for x in row.replace("│", " ").split() if x.isdigit()][0]
+
+    # Slices' usage is recorded at their next renewal, within a second.
+    wait_for(lambda: requests_in_usage() == statuses.count(200), 15, "the slices' usage recorded")
 
 
 def test_usage_is_recorded_per_key_and_model_and_counted_in_metrics(mesh):
