@@ -69,19 +69,14 @@ class UsageRow:
 
 
 class Quotas:
-    def __init__(
-        self, client: aioredis.Redis, lease_s: float = 900.0, clock: Callable[[], float] = time.time,
-        slices: bool = True,
-    ):  # fmt: skip
-        """`lease_s`: how long a request holds its concurrency slot if its gateway never releases it;
-        `slices`: busy keys are admitted from leased slices (False: every request through Redis)."""
+    def __init__(self, client: aioredis.Redis, lease_s: float = 900.0, clock: Callable[[], float] = time.time):
+        """`lease_s`: how long a request holds its concurrency slot if its gateway never releases it."""
         self.redis = client
         self._calls = Coalescer(client, LIBRARIES)
         self.lease_s = lease_s
         self.clock = clock
         # Releases run on after a cancelled caller stops waiting; held here so that none is collected.
         self._background: set[asyncio.Task] = set()
-        self.slices_on = slices
         self.holder = uuid.uuid4().hex  # this gateway, as its blocks of slots are named in Redis
         self._slices: dict[str, Slice] = {}
         self._renewer: asyncio.Task | None = None
@@ -99,7 +94,7 @@ class Quotas:
         """Takes a request, `prompt_tokens` and a slot from `key`'s quota, or raises RateLimited."""
         if not (key.rpm or key.tpm or key.max_concurrency):
             return Metered(self, key, request_id, prompt_tokens, {})
-        if self.slices_on and leasable(key) and (leased := await self._admit_leased(key, prompt_tokens)):
+        if leasable(key) and (leased := await self._admit_leased(key, prompt_tokens)):
             return leased
         now = self.now_ms()
         deadline = now + int(self.lease_s * 1000)
