@@ -1,6 +1,7 @@
 """One long-lived Router.Session stream to one router: Route requests wait for the answer that
-names them; MarkPrefilled and Release are sent and forgotten. One writer task sends everything in
-order, what has queued meanwhile as one message. When the stream breaks (or the router ends it),
+names them; MarkPrefilled and Release are sent and forgotten, with the next Route when one comes
+within BOOKKEEPING_DELAY_S. One writer task sends everything in order, what has queued meanwhile
+as one message. When the stream breaks (or the router ends it),
 the Routes waiting fail as SessionLost and `on_lost` is told, with the bookkeeping sent in the last
 REPLAY_WINDOW_S that the router may not have applied: router_client.py sends both elsewhere."""
 
@@ -22,6 +23,9 @@ log = logging.getLogger(__name__)
 # A router applies bookkeeping within milliseconds (one pipelined Redis write); keepalive finds a
 # hung one within ~2 s. What was sent longer ago than this was applied, or the lease frees it.
 REPLAY_WINDOW_S = 5.0
+# Bookkeeping waits this long for a Route to ride with (one message, one wake-up of the router
+# instead of several); under load a Route comes sooner. The router's counts lag by at most this.
+BOOKKEEPING_DELAY_S = 0.005
 
 
 class SessionLost(Unavailable):
@@ -40,6 +44,8 @@ class RouterSession:
         self._waiting: dict[str, asyncio.Future] = {}
         self._sent: deque[tuple[float, router_pb2.SessionRequest]] = deque()  # bookkeeping, for a replay
         self._on_lost = on_lost
+        self._bookkeeping: list[router_pb2.SessionRequest] = []  # waiting for a Route or the delay
+        self._flush_at: asyncio.TimerHandle | None = None
         self._call = stub.Session(self._messages(), metadata=metadata)
         self._reader = asyncio.ensure_future(self._read())
         self.closed = False
@@ -82,13 +88,25 @@ class RouterSession:
         while self._sent and self._sent[0][0] < now - REPLAY_WINDOW_S:
             self._sent.popleft()
         self._sent.append((now, message))
-        self._outgoing.put_nowait(message)
+        self._bookkeeping.append(message)
+        if self._flush_at is None:
+            self._flush_at = asyncio.get_running_loop().call_later(BOOKKEEPING_DELAY_S, self._flush)
+
+    def _flush(self) -> None:
+        """The bookkeeping waiting goes out, ahead of anything sent after it."""
+        if self._flush_at is not None:
+            self._flush_at.cancel()
+            self._flush_at = None
+        for message in self._bookkeeping:
+            self._outgoing.put_nowait(message)
+        self._bookkeeping.clear()
 
     async def route(self, request: router_pb2.RouteRequest, timeout_s: float) -> router_pb2.RouteResponse:
         if self.closed:  # broke after the caller took it
             raise SessionLost("router session: closed")
         future = asyncio.get_running_loop().create_future()
         self._waiting[request.request_id] = future
+        self._flush()
         self._outgoing.put_nowait(router_pb2.SessionRequest(route=request))
         try:
             return await asyncio.wait_for(future, timeout_s)
@@ -103,12 +121,15 @@ class RouterSession:
 
     async def drain(self, timeout_s: float = 2.0) -> None:
         """Waits (a bounded time) until the messages queued are handed to gRPC."""
+        self._flush()
         deadline = asyncio.get_running_loop().time() + timeout_s
         while not self._outgoing.empty() and not self.closed and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)
 
     async def close(self) -> None:
         self.closed = True
+        if self._flush_at is not None:
+            self._flush_at.cancel()
         self._call.cancel()
         await asyncio.gather(self._reader, return_exceptions=True)
 

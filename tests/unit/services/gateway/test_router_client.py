@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY
 
 from kvmesh.errors import InvalidArgument, Unavailable
 from kvmesh.v1 import router_pb2, router_pb2_grpc, worker_pb2
-from services.gateway import router_client
+from services.gateway import router_client, router_session
 from services.gateway.config import GatewaySettings
 from services.gateway.router_client import RouterClient
 
@@ -34,12 +34,14 @@ class FakeRouter(router_pb2_grpc.RouterServicer):
         self.routed: list[str] = []
         self.sessions = 0
         self.stream_messages = 0
+        self.kinds: list[list[str]] = []  # per stream message, what it carried
 
     async def Session(self, requests, context):
         self.sessions += 1
         held = []
         async for received in requests:
             self.stream_messages += 1
+            self.kinds.append([m.WhichOneof("kind") for m in (received, *received.more) if m.WhichOneof("kind")])
             for message in (received, *received.more):
                 kind = message.WhichOneof("kind")
                 if kind is None:
@@ -161,6 +163,27 @@ async def test_bookkeeping_arrives_in_order_on_the_same_stream(router):
     await route_pair(client, "r3", "r4")  # after the bookkeeping, on one stream
     assert fake.bookkeeping == [("prefilled", "r1"), ("released", "r1"), ("released", "r2")]
     assert fake.sessions == 1
+
+
+async def test_bookkeeping_rides_with_the_next_route_as_one_message(router, monkeypatch):
+    monkeypatch.setattr(router_session, "BOOKKEEPING_DELAY_S", 60.0)  # no flush by time in this test
+    fake, client = router
+    await route_pair(client, "r1", "r2")  # the stream is open
+    client.mark_prefilled("r1")
+    client.release("r1")
+    await asyncio.sleep(0.05)
+    assert fake.bookkeeping == []  # waiting for a Route
+    await route_pair(client, "r3", "r4")
+    assert fake.kinds[-1][:3] == ["prefilled", "released", "route"]
+
+
+async def test_bookkeeping_with_no_route_to_ride_with_goes_out_after_the_delay(router):
+    fake, client = router
+    await route_pair(client, "r1", "r2")
+    released_at = time.monotonic()
+    client.release("r1")
+    await until(lambda: fake.bookkeeping == [("released", "r1")])
+    assert time.monotonic() - released_at >= router_session.BOOKKEEPING_DELAY_S
 
 
 async def test_a_release_with_the_engines_cached_tokens_carries_them(router):
