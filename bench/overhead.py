@@ -105,17 +105,22 @@ class Side:
 
 
 @contextlib.contextmanager
-def kvmesh_side(host: hosts.Host, log_dir: Path, workers: int, engine_args: dict) -> Iterator[Side]:
+def kvmesh_side(
+    host: hosts.Host, log_dir: Path, workers: int, engine_args: dict, checkout: Path = hosts.ROOT
+) -> Iterator[Side]:
     """`kvmesh up` with `workers` simulated engines in `host`, on its default ports, once the router
-    lists every worker; stopped with Ctrl-C as a user would (the namespace's teardown kills what is left)."""
+    lists every worker; stopped with Ctrl-C as a user would (the namespace's teardown kills what is left).
+    `checkout`: the kvmesh source tree it runs (bench.ab's other revision)."""
     # The readiness probe shows the admin key (auth is off on loopback, but the probe needs one).
     env = {ADMIN_KEY_ENV: KEY_PREFIX + secrets.token_urlsafe(32), MESH_TOKEN_ENV: secrets.token_urlsafe(32)}
+    if checkout != hosts.ROOT:  # its services import from there; Triton's stubs start in its directory
+        env["PYTHONPATH"] = str(checkout)
     argv = [sys.executable, "-m", "kvmesh", "up", "--log-dir", str(log_dir), "--engine", "sim", "--workers",
             str(workers), "--engine-args", json.dumps(engine_args)]  # fmt: skip
     log_dir.mkdir(parents=True, exist_ok=True)
     for stale in log_dir.glob("*.log"):  # the services append to their logs
         stale.unlink()
-    up = host.spawn(argv, env, log_dir / "up.log")
+    up = host.spawn(argv, env, log_dir / "up.log", cwd=checkout)
     http, router = f"http://127.0.0.1:{hosts.PORTS['http']}", f"127.0.0.1:{hosts.PORTS['router']}"
     try:
         probe = [sys.executable, "-m", "tests.support.hosts", "ready", "--router", router, "--workers", str(workers),

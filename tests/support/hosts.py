@@ -71,12 +71,12 @@ class Host:
     def argv(self, argv: list[str]) -> list[str]:
         return ["ip", "netns", "exec", self.netns, *argv]
 
-    def spawn(self, argv: list[str], env: dict[str, str] | None, log: Path) -> subprocess.Popen:
+    def spawn(self, argv: list[str], env: dict[str, str] | None, log: Path, cwd: Path = ROOT) -> subprocess.Popen:
         """`argv` inside this host, its output appended to `log`."""
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as out:
             return subprocess.Popen(self.argv(argv), stdout=out, stderr=subprocess.STDOUT,
-                                    env={**os.environ, **(env or {})}, cwd=ROOT)  # fmt: skip
+                                    env={**os.environ, **(env or {})}, cwd=cwd)  # fmt: skip
 
     def run(
         self, argv: list[str], env: dict[str, str] | None = None, timeout_s: float = 120
