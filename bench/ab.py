@@ -41,7 +41,7 @@ def checkout(rev: str, where: Path) -> Iterator[Path]:
 
 def alternate(arms: dict[str, Side], args: argparse.Namespace) -> list[dict]:
     runs, offset = [], 0
-    for name, side in arms.items():  # warm-up
+    for side in arms.values():  # warm-up
         for mode in args.modes:
             offset += 2000
             measure(side, "wrk", mode, 4, 2000, offset, 1)
@@ -62,7 +62,8 @@ def alternate(arms: dict[str, Side], args: argparse.Namespace) -> list[dict]:
 def summarize(runs: list[dict]) -> list[dict]:
     rows = []
     for mode, c in dict.fromkeys((r["mode"], r["concurrency"]) for r in runs):
-        arm = {a: {r["round"]: r for r in runs if (r["mode"], r["concurrency"], r["arm"]) == (mode, c, a)} for a in "AB"}
+        level = [r for r in runs if (r["mode"], r["concurrency"]) == (mode, c)]
+        arm = {a: {r["round"]: r for r in level if r["arm"] == a} for a in "AB"}
         row: dict = {"mode": mode, "concurrency": c}
         for a in "AB":
             row[a] = {m: spread([r[m] for r in arm[a].values()]) for m in METRICS}
