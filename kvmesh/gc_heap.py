@@ -9,7 +9,7 @@ A request allocates thousands of container objects (protobufs, dicts, coroutines
 by reference counting within the request. At Python's default (a young collection every 700 net
 allocations) a request pays several collections that find nothing; every YOUNG_THRESHOLD
 allocations instead: `bench.ab` measured 0.86-1.00x the mesh's CPU a request and 1.01-1.18x its
-req/s at c = 1, 16 and 64 (docs in bench/RESULTS.md). Cyclic garbage then waits longer: at most
+req/s at c = 1, 16 and 64 (figures in bench/RESULTS.md). Cyclic garbage then waits longer: at most
 that many objects, a few MB.
 """
 

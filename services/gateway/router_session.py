@@ -1,9 +1,9 @@
 """One long-lived Router.Session stream to one router: Route requests wait for the answer that
 names them; MarkPrefilled and Release are sent and forgotten, with the next Route when one comes
 within BOOKKEEPING_DELAY_S. One writer task sends everything in order, what has queued meanwhile
-as one message. When the stream breaks (or the router ends it),
-the Routes waiting fail as SessionLost and `on_lost` is told, with the bookkeeping sent in the last
-REPLAY_WINDOW_S that the router may not have applied: router_client.py sends both elsewhere."""
+as one message. When the stream breaks (or the router ends it), the Routes waiting fail as
+SessionLost and `on_lost` is told, with the bookkeeping sent in the last REPLAY_WINDOW_S that the
+router may not have applied: router_client.py sends both elsewhere."""
 
 from __future__ import annotations
 
