@@ -253,7 +253,8 @@ def test_two_gateways_leasing_slices_never_pass_a_limit(mesh, second_gateway):
     refilled = int((time.monotonic() - start) * 64 / 60) + 1
     # Each gateway's slice holds at most one request when the other is refused.
     assert 64 - 2 <= statuses.count(200) <= 64 + refilled, statuses
-    assert statuses[-2:] == [429, 429]
+    # Both gateways refused once the minute's budget was spent (a refill may still let one through later).
+    assert 429 in statuses[0::2] and 429 in statuses[1::2], statuses
 
     def requests_in_usage() -> int | None:
         shown = kvmesh_keys(mesh, "usage", "--name", "sliced")
