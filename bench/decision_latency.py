@@ -32,9 +32,9 @@ from kvmesh.block_index import BlockIndex, BlockRun
 from kvmesh.net import free_ports
 from kvmesh.redis_server import RedisServer
 from kvmesh.redis_wire import RedisWire
+from kvmesh.routing.assemble import assemble
 from kvmesh.v1 import router_pb2, router_pb2_grpc, worker_pb2
 from services.gateway.router_client import RouterClient
-from services.router import main as router_main
 from services.router.config import RouterSettings
 
 BLOCK = 64
@@ -75,8 +75,8 @@ async def register(url: str, workers: list[str]) -> None:
 class Timed:
     """One request of each kind timed in turn (the order rotating), so that the machine's drift
     and the other processes on its cores touch every kind alike: the decision in the router's
-    process (its servicer here, its Redis read included, no RPC: what a router inside the gateway
-    would pay), a Route over the gateway's Router.Session stream to the router process, and the
+    process (kvmesh/routing/router.py here, its Redis read included, no RPC: what a router inside the gateway
+    pays), a Route over the gateway's Router.Session stream to the router process, and the
     decision's Redis read alone (the match and the load in one round trip) over the router's own
     wire (kvmesh/redis_wire.py, the floor) and, for reference, redis-py's pipeline."""
 
@@ -84,11 +84,11 @@ class Timed:
         self.url, self.address = url, address
 
     async def run(self, prefixes: list[list[int]], n: int, rng: random.Random) -> dict[str, list[float]]:
-        servicer, stop_background = await router_main.assemble(RouterSettings(redis_url=self.url))
+        router, stop_background = await assemble(RouterSettings(redis_url=self.url), None)
         client = aioredis.Redis.from_url(self.url)
         wire, session = RedisWire(client), RouterClient(self.address)
         kinds = {
-            "decision_in_process": lambda i, seqs: self.decision(servicer, f"d{i}", seqs),
+            "decision_in_process": lambda i, seqs: self.decision(router, f"d{i}", seqs),
             "route_over_session": lambda i, seqs: self.session_route(session, f"s{i}", seqs),
             "redis_read_alone": lambda i, seqs: self.read(wire.exchange, seqs),
             "redis_read_alone_redis_py": lambda i, seqs: self.read(self.pipeline(client), seqs),
@@ -110,17 +110,17 @@ class Timed:
         return times
 
     @staticmethod
-    async def decision(servicer, request_id: str, seqs: list[int]) -> tuple[float, float]:
+    async def decision(router, request_id: str, seqs: list[int]) -> tuple[float, float]:
         start, cpu = time.perf_counter(), time.thread_time()
-        await servicer.Route(route_request(request_id, seqs), None)
+        await router.route(route_request(request_id, seqs))
         took = time.perf_counter() - start, time.thread_time() - cpu
-        await servicer.Release(router_pb2.ReleaseRequest(request_id=request_id), None)
+        router.released(request_id)
         return took
 
     @staticmethod
     async def session_route(session: RouterClient, request_id: str, seqs: list[int]) -> tuple[float, float]:
         start, cpu = time.perf_counter(), time.thread_time()
-        await session.route("m", request_id, REQUEST_BLOCKS * BLOCK, seqs, BLOCK, {})
+        await session.route(route_request(request_id, seqs))
         took = time.perf_counter() - start, time.thread_time() - cpu
         session.release(request_id)
         return took

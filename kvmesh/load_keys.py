@@ -1,5 +1,5 @@
 """The Redis keys of the in-flight load that every router replica shares (the router keeps it with
-services/router/shared_load.lua) and the one read a worker needs: how many of the requests routed
+kvmesh/routing/shared_load.lua) and the one read a worker needs: how many of the requests routed
 to it are not done yet."""
 
 from __future__ import annotations

@@ -134,9 +134,7 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def connect(
-    url: str, timeout_s: float = 2.0, max_connections: int = 64, tls: MutualTls | None = None
-) -> redis.Redis:
+def connect(url: str, timeout_s: float = 2.0, max_connections: int = 64, tls: MutualTls | None = None) -> redis.Redis:
     """A client whose commands wait (up to `timeout_s`) for one of `max_connections` connections:
     redis-py's default pool fails the 101st concurrent command at once ("Too many connections"),
     which under load looked like Redis being down. The URL's scheme picks the connection (TCP,

@@ -27,6 +27,7 @@ WAITING = "kvmesh_engine_waiting_sequences"
 HIT_TOKENS = "kvmesh_engine_prefix_cache_hit_tokens"
 PROMPT_TOKENS = "kvmesh_engine_prompt_tokens"
 
+
 class RouterUnreachable(Exception):
     pass
 

@@ -30,13 +30,14 @@ from kvmesh.cli.supervisor import Supervisor, http_ok, tail
 from kvmesh.net import is_loopback
 from kvmesh.prometheus_sd import SdSettings
 from kvmesh.redis_server import PASSWORD_ENV, RedisServer, masked
+from kvmesh.routing.config import DEFAULT_POLICIES
 from kvmesh.settings import DEFAULT_REDIS_URL, WILDCARD_HOSTS, CommonSettings
 from kvmesh.tls import CA, MutualTls, blocking_channel, trusting
 from kvmesh.v1 import router_pb2, router_pb2_grpc, worker_pb2
 from services.gateway.config import GatewaySettings
 from services.kvindex.config import KvIndexSettings
 from services.planner.config import PlannerSettings
-from services.router.config import DEFAULT_POLICIES, RouterSettings
+from services.router.config import RouterSettings
 from services.worker.config import WorkerSettings
 
 console = Console()
@@ -80,6 +81,7 @@ def up(
     prefill_workers: int = typer.Option(1, min=1, help="with --disagg: workers in the prefill pool"),
     decode_workers: int = typer.Option(1, min=1, help="with --disagg: workers in the decode pool"),
     disagg_threshold: int = setting(RouterSettings, "disagg_threshold_tokens"),
+    route_in_process_below: int = setting(GatewaySettings, "route_in_process_below"),
     planner: bool = typer.Option(False, help="size the prefill and decode pools (needs --disagg and a profile)"),
     planner_profile: Path = typer.Option(None, help="`kvmesh profile` output; default <cache>/profiles/<engine>.json"),
     planner_args: str = typer.Option("", help="more planner flags, e.g. '--ttft-ms 500 --itl-ms 50 --max-replicas 4'"),
@@ -165,8 +167,9 @@ def up(
         worker_common = [*common, *_flags(tls("worker")), "--reserved-ports", json.dumps(mesh_ports), "--model", model]
         kvindex_args = [*common, *_flags(tls("kvindex")), "--port", str(kvindex_port)]
         supervisor.start("kvindex", "services.kvindex", kvindex_args)
-        router_args = [*common, *_flags(tls("router")), "--policy", policy]
-        router_args += ["--disagg-threshold-tokens", str(disagg_threshold if disagg else 0)]
+        # The gateway decides alike when it routes in process.
+        routing_args = ["--policy", policy, "--disagg-threshold-tokens", str(disagg_threshold if disagg else 0)]
+        router_args = [*common, *_flags(tls("router")), *routing_args]
         for i, port in enumerate(router_ports):  # the first keeps the name (and log) of a single router
             supervisor.start(f"router-{i}" if i else "router", "services.router", [*router_args, "--port", str(port)])
         if prometheus:  # before the workers: it sees each one join
@@ -194,6 +197,9 @@ def up(
                 json.dumps([model]),
                 "--procs",
                 str(gateway_procs),
+                *routing_args,
+                "--route-in-process-below",
+                str(route_in_process_below),
             ],
         )
         if planner:

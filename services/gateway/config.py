@@ -6,12 +6,16 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from kvmesh import models
+from kvmesh.routing.config import RoutingSettings
 from kvmesh.settings import WatcherSettings
 from services.gateway.limits import InputLimits
 from services.gateway.slow_clients import DEFAULT_WRITE_TIMEOUT_S
 
 
-class GatewaySettings(WatcherSettings):
+class GatewaySettings(WatcherSettings, RoutingSettings):
+    """The routing settings (--policy, ...) are the router's: this gateway decides alike when it routes in
+    process (--route-in-process-below)."""
+
     model_config = SettingsConfigDict(env_prefix="KVMESH_GATEWAY_", cli_prog_name="kvmesh gateway")
     # --tls-cert/--tls-key alone: TLS on the client-facing ports; --tls-ca too: mutual TLS inside the mesh.
     tls_ca_optional: ClassVar[bool] = True
@@ -21,6 +25,11 @@ class GatewaySettings(WatcherSettings):
     router_address: str = Field(
         "127.0.0.1:8090", description="the router's host:port, or several routers' comma-separated (failover)"
     )
+    route_in_process_below: int = Field(
+        0, ge=0,
+        description="decide in this process (the router's library, same Redis index and load) while fewer requests "
+        "than this are in flight here, saving the hop to the router at low load; 0: always the router service",
+    )  # fmt: skip
     models: list[str] = Field(
         default_factory=lambda: [models.DEFAULT_MODEL],
         description="catalog names or folders whose tokenizers this gateway serves",

@@ -18,6 +18,7 @@ from kvmesh import auth, grpc_server, registry, telemetry
 from kvmesh.announce import Announcement
 from kvmesh.api_keys import ApiKey, KeyStore
 from kvmesh.quota import Quotas
+from kvmesh.routing.assemble import assemble
 from kvmesh.tls import FrontTls, MutualTls, install_sighup
 from kvmesh.v1 import inference_pb2_grpc, keys_pb2_grpc, models_pb2_grpc
 from services.gateway import request_log
@@ -31,6 +32,7 @@ from services.gateway.keys_servicer import KeysServicer
 from services.gateway.openai.routes import create_app
 from services.gateway.openai.serving import OpenAIServing
 from services.gateway.router_client import RouterClient
+from services.gateway.routing import Routing
 from services.gateway.served import ServedModels
 from services.gateway.servicer import InferenceServicer, ModelsServicer
 
@@ -64,7 +66,9 @@ async def run(settings: GatewaySettings, process: Process) -> None:
         authenticator = auth.Authenticator(keys, auth.mesh_token(required=True))
         if admin_key := os.environ.get(auth.ADMIN_KEY_ENV):
             await keys.ensure(ApiKey(name="admin", role="admin"), admin_key)
-    router = RouterClient(settings.router_address, tls, auth.mesh_token(required=False))
+    remote = RouterClient(settings.router_address, tls, auth.mesh_token(required=False))
+    local, stop_local = await assemble(settings, tls, watcher) if settings.route_in_process_below else (None, None)
+    router = Routing(remote, local, settings.route_in_process_below)
     engines = TritonPool(mux=settings.mux, tls=tls, stall_timeout_s=settings.stall_timeout_s)
     watcher.on_change(lambda: engines.fail_workers_gone(watcher.workers))
     generator = Generator(
@@ -136,6 +140,8 @@ async def run(settings: GatewaySettings, process: Process) -> None:
         if front_tls:
             reloading.cancel()
         await router.close()
+        if stop_local:
+            await stop_local()
         await engines.close()
         await quotas.aclose()  # the last requests' releases and usage, before the connection goes
         await watcher.stop()

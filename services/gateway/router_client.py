@@ -27,6 +27,28 @@ ROUTE_TIMEOUT_S = 5.0
 RETRIES = Counter("kvmesh_gateway_route_retries", "Routes sent to another router after theirs was lost")
 
 
+def route_request(
+    model: str,
+    request_id: str,
+    num_tokens: int,
+    block_hashes: list[int],
+    block_size: int,
+    trace_headers: dict[str, str],
+    exclude: list[str] = (),
+    aggregated_only: bool = False,
+) -> router_pb2.RouteRequest:
+    return router_pb2.RouteRequest(
+        model=model,
+        request_id=request_id,
+        num_tokens=num_tokens,
+        block_hashes=block_hashes,
+        block_size=block_size,
+        exclude_worker_ids=exclude,
+        aggregated_only=aggregated_only,
+        trace_context=trace_headers,
+    )
+
+
 class RouterClient:
     def __init__(self, addresses: str, tls: MutualTls | None = None, mesh_token: str = ""):
         """`addresses`: one router's host:port, or several comma-separated (--router-address).
@@ -39,27 +61,7 @@ class RouterClient:
         self._held: list[router_pb2.SessionRequest] = []  # bookkeeping while no router is healthy
         self._recovery = asyncio.Condition()
 
-    async def route(
-        self,
-        model: str,
-        request_id: str,
-        num_tokens: int,
-        block_hashes: list[int],
-        block_size: int,
-        trace_headers: dict[str, str],
-        exclude: list[str] = (),
-        aggregated_only: bool = False,
-    ) -> router_pb2.RouteResponse:
-        request = router_pb2.RouteRequest(
-            model=model,
-            request_id=request_id,
-            num_tokens=num_tokens,
-            block_hashes=block_hashes,
-            block_size=block_size,
-            exclude_worker_ids=exclude,
-            aggregated_only=aggregated_only,
-            trace_context=trace_headers,
-        )
+    async def route(self, request: router_pb2.RouteRequest) -> router_pb2.RouteResponse:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + ROUTE_TIMEOUT_S
         tried: set[RouterEndpoint] = set()  # each router once, and once more if all were lost (below)
@@ -86,7 +88,7 @@ class RouterClient:
             finally:
                 endpoint.outstanding -= 1
             endpoint.answered()
-            self._owners[request_id] = endpoint
+            self._owners[request.request_id] = endpoint
             return answer
         if lost is not None:
             raise lost

@@ -19,7 +19,7 @@ from kvmesh.errors import InvalidArgument, Unavailable
 from kvmesh.v1 import router_pb2, router_pb2_grpc, worker_pb2
 from services.gateway import router_client, router_session
 from services.gateway.config import GatewaySettings
-from services.gateway.router_client import RouterClient
+from services.gateway.router_client import RouterClient, route_request
 
 
 class FakeRouter(router_pb2_grpc.RouterServicer):
@@ -129,7 +129,7 @@ async def routers():
 
 
 def route(client: RouterClient, request_id: str):
-    return client.route("m", request_id, 4, [], 0, {"traceparent": "00-ab-cd-01"})
+    return client.route(route_request("m", request_id, 4, [], 0, {"traceparent": "00-ab-cd-01"}))
 
 
 def route_pair(client: RouterClient, first: str, second: str):

@@ -14,12 +14,13 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
 
+from kvmesh.routing import predictions
+from kvmesh.routing.config import DEFAULT_POLICIES
+from kvmesh.routing.framework.plugins import build
+from kvmesh.routing.framework.types import Candidate
+from kvmesh.routing.predictions import Predictions, predicted_cached_tokens
+from kvmesh.routing.router import Router
 from kvmesh.v1 import router_pb2, worker_pb2
-from services.router import predictions
-from services.router.config import DEFAULT_POLICIES
-from services.router.framework.plugins import build
-from services.router.framework.types import Candidate
-from services.router.predictions import Predictions, predicted_cached_tokens
 from services.router.servicer import RouterServicer
 
 BLOCK = 16
@@ -124,7 +125,7 @@ def candidate(worker_id: str, role: int, overlap: int) -> Candidate:
 
 def servicer(*candidates: Candidate, threshold: int = 0) -> RouterServicer:
     profiles = {"kv-aware": build("kv-aware", DEFAULT_POLICIES["kv-aware"])}
-    return RouterServicer(FakeCandidates(list(candidates)), NoAccounting(), profiles, "kv-aware", threshold)
+    return RouterServicer(Router(FakeCandidates(list(candidates)), NoAccounting(), profiles, "kv-aware", threshold))
 
 
 def route(request_id: str, num_tokens: int = 100) -> router_pb2.RouteRequest:
