@@ -26,9 +26,10 @@ class GatewaySettings(WatcherSettings, RoutingSettings):
         "127.0.0.1:8090", description="the router's host:port, or several routers' comma-separated (failover)"
     )
     route_in_process_below: int = Field(
-        0, ge=0,
+        1, ge=0,
         description="decide in this process (the router's library, same Redis index and load) while fewer requests "
-        "than this are in flight here, saving the hop to the router at low load; 0: always the router service",
+        "than this are in flight here, saving the hop to the router at low load (1: when none is); 0: always the "
+        "router service",
     )  # fmt: skip
     models: list[str] = Field(
         default_factory=lambda: [models.DEFAULT_MODEL],

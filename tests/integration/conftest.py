@@ -76,7 +76,9 @@ def mesh(real_meshes, tmp_path_factory, traces) -> LocalMesh:
         "OTEL_EXPORTER_OTLP_INSECURE": "true",
         "OTEL_BSP_SCHEDULE_DELAY": "200",
     }
-    args = ("--workers", str(WORKERS), "--rest-internal")  # test_rest and the README call the router over REST
+    # test_rest and the README call the router over REST; test_predictions checks the router service's
+    # own predictions (the gateway's in-process routing runs on the disaggregated and simulated meshes).
+    args = ("--workers", str(WORKERS), "--rest-internal", *meshes.ROUTER_DECIDES)
     return real_meshes.get(
         "aggregated", lambda: meshes.running(tmp_path_factory.mktemp("mesh-logs"), args, WORKERS, env=otel)
     )

@@ -27,6 +27,7 @@ from kvmesh.block_index import BlockIndex, BlockRun
 from kvmesh.v1 import inference_pb2, router_pb2
 from tests.support import meshes
 from tests.support.index_probe import index_probe
+from tests.support.meshes import ROUTER_DECIDES
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(300)
@@ -147,6 +148,7 @@ SIM_ARGS = (
     "sim",
     "--engine-args",
     '{"num_blocks": 24, "max_model_len": 1024, "timing": {"speedup": 1000}}',
+    *ROUTER_DECIDES,
 )
 
 

@@ -25,6 +25,7 @@ from kvmesh.cli.local_mesh import LocalMesh
 from kvmesh.load_keys import KEYS
 from tests.integration.test_kv_routing import generate
 from tests.support.index_probe import index_probe
+from tests.support.meshes import ROUTER_DECIDES
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(300)
@@ -39,7 +40,7 @@ ENGINE_ARGS = {"timing": {"speedup": 4}}
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
-    args = ("--engine", "sim", "--workers", "2", "--engine-args", json.dumps(ENGINE_ARGS))
+    args = ("--engine", "sim", "--workers", "2", "--engine-args", json.dumps(ENGINE_ARGS), *ROUTER_DECIDES)
     mesh = LocalMesh.start(tmp_path_factory.mktemp("failover-logs"), extra_args=args, routers=2, ready_timeout_s=300)
     try:
         mesh.wait_for_workers(2, timeout_s=120)

@@ -11,6 +11,10 @@ from pathlib import Path
 from kvmesh.cli.local_mesh import LocalMesh
 from tests.support.crash import SHM_PREFIX
 
+# For tests of the router service itself (its Explain predictions, its sessions, its failover): the
+# gateway asks the router even when nothing else is in flight (docs/routing.md).
+ROUTER_DECIDES = ("--route-in-process-below", "0")
+
 
 @contextlib.contextmanager
 def running(
