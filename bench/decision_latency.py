@@ -6,13 +6,14 @@ A real redis-server and a real router process; the workers are registry records 
 engines: this measures the decision). The index is filled through the same Redis functions
 kvindex uses: prefixes of 128 blocks, each held by 1–8 workers, the deeper blocks by fewer.
 Prints p50/p99 of `Router.Route` as a client sees it (gRPC round trip included), of a Route over
-the gateway's Router.Session stream, of the decision alone (the router's code in process, Redis
-included, no RPC), of the router's Redis read alone (the match + load read in one round trip,
-over the router's own wire and, for reference, redis-py's pipeline) and of an empty gRPC call to
-the same server (the floor of any RPC from Python here), in one run, the in-process decision, the
-Session route and the bare reads alternating request by request; and each route's ratio to the
-bare read. For those, the bench process's CPU per call too (in process: the decision's whole
-cost; over the Session: the client's side only).
+the gateway's Router.Session stream (its path under load), of the gateway's routing when nothing
+else is in flight there (services/gateway/routing.py: in process), of the decision alone (the
+routing library in process, Redis included, no RPC), of the router's Redis read alone (the match
++ load read in one round trip, over the router's own wire and, for reference, redis-py's
+pipeline) and of an empty gRPC call to the same server (the floor of any RPC from Python here),
+in one run, the in-process decision, the gateway's routes and the bare reads alternating request
+by request; and each route's ratio to the bare read. For those, the bench process's CPU per call
+too (in process: the decision's whole cost; over the Session: the client's side only).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from kvmesh.redis_wire import RedisWire
 from kvmesh.routing.assemble import assemble
 from kvmesh.v1 import router_pb2, router_pb2_grpc, worker_pb2
 from services.gateway.router_client import RouterClient
+from services.gateway.routing import Routing
 from services.router.config import RouterSettings
 
 BLOCK = 64
@@ -74,11 +76,12 @@ async def register(url: str, workers: list[str]) -> None:
 
 class Timed:
     """One request of each kind timed in turn (the order rotating), so that the machine's drift
-    and the other processes on its cores touch every kind alike: the decision in the router's
-    process (kvmesh/routing/router.py here, its Redis read included, no RPC: what a router inside the gateway
-    pays), a Route over the gateway's Router.Session stream to the router process, and the
-    decision's Redis read alone (the match and the load in one round trip) over the router's own
-    wire (kvmesh/redis_wire.py, the floor) and, for reference, redis-py's pipeline."""
+    and the other processes on its cores touch every kind alike: the decision in process
+    (kvmesh/routing/router.py, its Redis read included, no RPC), the gateway's routing when idle
+    (the same, through services/gateway/routing.py), a Route over the gateway's Router.Session
+    stream to the router process, and the decision's Redis read alone (the match and the load in
+    one round trip) over the router's own wire (kvmesh/redis_wire.py, the floor) and, for
+    reference, redis-py's pipeline."""
 
     def __init__(self, url: str, address: str):
         self.url, self.address = url, address
@@ -87,9 +90,11 @@ class Timed:
         router, stop_background = await assemble(RouterSettings(redis_url=self.url), None)
         client = aioredis.Redis.from_url(self.url)
         wire, session = RedisWire(client), RouterClient(self.address)
+        gateway = Routing(session, router, in_process_below=1)  # the gateway's path when nothing else is in flight
         kinds = {
             "decision_in_process": lambda i, seqs: self.decision(router, f"d{i}", seqs),
             "route_over_session": lambda i, seqs: self.session_route(session, f"s{i}", seqs),
+            "route_at_idle_gateway": lambda i, seqs: self.gateway_route(gateway, f"g{i}", seqs),
             "redis_read_alone": lambda i, seqs: self.read(wire.exchange, seqs),
             "redis_read_alone_redis_py": lambda i, seqs: self.read(self.pipeline(client), seqs),
         }
@@ -115,6 +120,14 @@ class Timed:
         await router.route(route_request(request_id, seqs))
         took = time.perf_counter() - start, time.thread_time() - cpu
         router.released(request_id)
+        return took
+
+    @staticmethod
+    async def gateway_route(gateway: Routing, request_id: str, seqs: list[int]) -> tuple[float, float]:
+        start, cpu = time.perf_counter(), time.thread_time()
+        await gateway.route("m", request_id, REQUEST_BLOCKS * BLOCK, seqs, BLOCK, {})
+        took = time.perf_counter() - start, time.thread_time() - cpu
+        gateway.release(request_id)
         return took
 
     @staticmethod
@@ -217,7 +230,7 @@ def main() -> None:
             "empty_grpc_call": figures(health_calls(address, args.requests)),
         }
         floor = result["redis_read_alone"]
-        for name in ("decision_in_process", "route_over_session", "route_at_client"):
+        for name in ("decision_in_process", "route_at_idle_gateway", "route_over_session", "route_at_client"):
             result[f"{name}_over_read"] = {
                 q: round(result[name][f"{q}_ms"] / floor[f"{q}_ms"], 2) for q in ("p50", "p99")
             }  # fmt: skip
