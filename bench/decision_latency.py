@@ -34,10 +34,10 @@ from kvmesh.net import free_ports
 from kvmesh.redis_server import RedisServer
 from kvmesh.redis_wire import RedisWire
 from kvmesh.routing.assemble import assemble
+from kvmesh.routing.config import RoutingConfig
 from kvmesh.v1 import router_pb2, router_pb2_grpc, worker_pb2
 from services.gateway.router_client import RouterClient
 from services.gateway.routing import Routing
-from services.router.config import RouterSettings
 
 BLOCK = 64
 REQUEST_BLOCKS = 128
@@ -87,7 +87,9 @@ class Timed:
         self.url, self.address = url, address
 
     async def run(self, prefixes: list[list[int]], n: int, rng: random.Random) -> dict[str, list[float]]:
-        router, stop_background = await assemble(RouterSettings(redis_url=self.url), None)
+        workers = registry.Watcher(registry.Registry(registry.connect(self.url)), 0.25)
+        await workers.start()
+        router, stop_background = await assemble(RoutingConfig(), self.url, None, workers)
         client = aioredis.Redis.from_url(self.url)
         wire, session = RedisWire(client), RouterClient(self.address)
         gateway = Routing(session, router, in_process_below=1)  # the gateway's path when nothing else is in flight
@@ -112,6 +114,7 @@ class Timed:
             wire.close()
             await client.aclose()
             await stop_background()
+            await workers.stop()
         return times
 
     @staticmethod

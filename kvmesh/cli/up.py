@@ -167,9 +167,8 @@ def up(
         worker_common = [*common, *_flags(tls("worker")), "--reserved-ports", json.dumps(mesh_ports), "--model", model]
         kvindex_args = [*common, *_flags(tls("kvindex")), "--port", str(kvindex_port)]
         supervisor.start("kvindex", "services.kvindex", kvindex_args)
-        # The gateway decides alike when it routes in process.
-        routing_args = ["--policy", policy, "--disagg-threshold-tokens", str(disagg_threshold if disagg else 0)]
-        router_args = [*common, *_flags(tls("router")), *routing_args]
+        router_args = [*common, *_flags(tls("router")), "--policy", policy]
+        router_args += ["--disagg-threshold-tokens", str(disagg_threshold if disagg else 0)]
         for i, port in enumerate(router_ports):  # the first keeps the name (and log) of a single router
             supervisor.start(f"router-{i}" if i else "router", "services.router", [*router_args, "--port", str(port)])
         if prometheus:  # before the workers: it sees each one join
@@ -197,7 +196,6 @@ def up(
                 json.dumps([model]),
                 "--procs",
                 str(gateway_procs),
-                *routing_args,
                 "--route-in-process-below",
                 str(route_in_process_below),
             ],

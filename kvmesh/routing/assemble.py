@@ -1,5 +1,5 @@
-"""A Router from settings, its background work started: the registry watcher, the batched Redis
-calls and the shared-load writer; with what stops them."""
+"""A Router from its config, its background work started (the batched Redis calls and the
+shared-load writer); with what stops that work."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from kvmesh.registry import Watcher
 from kvmesh.routing import shared_load
 from kvmesh.routing.accounting import Accounting
 from kvmesh.routing.candidates import CandidateSource
-from kvmesh.routing.config import RoutingSettings
+from kvmesh.routing.config import RoutingConfig
 from kvmesh.routing.framework.plugins import build
 from kvmesh.routing.inflight import InFlight
 from kvmesh.routing.redis_health import RedisHealth
@@ -20,16 +20,11 @@ from kvmesh.tls import MutualTls
 
 
 async def assemble(
-    settings: RoutingSettings, tls: MutualTls | None, workers: Watcher | None = None
+    config: RoutingConfig, redis_url: str, tls: MutualTls | None, workers: Watcher
 ) -> tuple[Router, Callable[[], Awaitable[None]]]:
-    """`settings`: a service's, with the routing settings and the registry's (redis_url, refresh_ms).
-    `workers`: a registry watcher the caller already runs (then the caller stops it too)."""
-    own_watcher = workers is None
-    if workers is None:
-        workers = Watcher(registry.Registry(registry.connect(settings.redis_url, tls=tls)), settings.refresh_ms / 1000)
-        await workers.start()
-    profiles = {name: build(name, spec) for name, spec in settings.policies.items()}
-    client = registry.connect(settings.redis_url, timeout_s=1.0, tls=tls)
+    """`workers`: the caller's running registry watcher (the caller stops it)."""
+    profiles = {name: build(name, spec) for name, spec in config.policies.items()}
+    client = registry.connect(redis_url, timeout_s=1.0, tls=tls)
     try:
         await redis_functions.load(client, [block_index.LIBRARY, shared_load.LIBRARY])
     except Exception as e:  # noqa: BLE001 - they load on first use once Redis is back
@@ -38,22 +33,20 @@ async def assemble(
     # so that a read never waits behind the load updates on the other.
     reads = Coalescer(client, [block_index.LIBRARY])
     writes = Coalescer(client, [shared_load.LIBRARY])
-    shared = shared_load.SharedLoad(writes, settings.request_lease_s)
-    accounting = Accounting(InFlight(settings.request_lease_s), shared, RedisHealth())
+    shared = shared_load.SharedLoad(writes, config.request_lease_s)
+    accounting = Accounting(InFlight(config.request_lease_s), shared, RedisHealth())
     accounting.start()
     router = Router(
         CandidateSource(workers, reads, accounting),
         accounting,
         profiles,
-        settings.policy,
-        settings.disagg_threshold_tokens,
+        config.policy,
+        config.disagg_threshold_tokens,
     )
 
     async def stop_background() -> None:
         await accounting.stop()
         reads.wire.close()
         writes.wire.close()
-        if own_watcher:
-            await workers.stop()
 
     return router, stop_background

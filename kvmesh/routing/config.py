@@ -1,12 +1,15 @@
-"""The routing settings every process that decides shares: the router service and a gateway that
-routes in its own process must decide alike."""
+"""How a router decides: its policies, the default one, the disaggregation threshold and the lease
+of a request in flight."""
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+import json
+
+from pydantic import BaseModel, Field, model_validator
 
 from kvmesh.routing.framework.plugins import SchedulingProfileSpec, build
 from kvmesh.settings import CommonSettings
+from kvmesh.v1 import router_pb2
 
 DEFAULT_POLICIES = {
     # Dynamo's cost, then the overlap once more: on the Mooncake trace under load it keeps more of
@@ -28,7 +31,10 @@ DEFAULT_POLICIES = {
 }
 
 
-class RoutingSettings(CommonSettings):
+class RoutingConfig(BaseModel):
+    """How a router decides; a gateway that decides in process asks the router for it
+    (Router.Session's `settings`), so that both decide alike."""
+
     policy: str = Field("kv-aware", description="the default policy")
     policies: dict[str, SchedulingProfileSpec] = Field(default_factory=lambda: dict(DEFAULT_POLICIES))
     request_lease_s: float = Field(900.0, gt=0, description="forget a routed request never released after this")
@@ -37,9 +43,34 @@ class RoutingSettings(CommonSettings):
     )
 
     @model_validator(mode="after")
-    def _policies_build(self) -> RoutingSettings:
+    def _policies_build(self) -> RoutingConfig:
         if self.policy not in self.policies:
             raise ValueError(f"policy {self.policy!r} is not one of {', '.join(self.policies)}")
         for name, spec in self.policies.items():
             build(name, spec)  # unknown plugin types fail here, at start
         return self
+
+    def to_proto(self) -> router_pb2.RoutingSettings:
+        return router_pb2.RoutingSettings(
+            policy=self.policy,
+            policies_json=json.dumps({name: spec.model_dump() for name, spec in self.policies.items()}),
+            disagg_threshold_tokens=self.disagg_threshold_tokens,
+            request_lease_s=self.request_lease_s,
+        )
+
+    @classmethod
+    def of_proto(cls, message: router_pb2.RoutingSettings) -> RoutingConfig:
+        return cls(
+            policy=message.policy,
+            policies=json.loads(message.policies_json),
+            disagg_threshold_tokens=message.disagg_threshold_tokens,
+            request_lease_s=message.request_lease_s,
+        )
+
+    def routing(self) -> RoutingConfig:
+        """These fields alone (from a service's settings, which have more)."""
+        return RoutingConfig(**{name: getattr(self, name) for name in RoutingConfig.model_fields})
+
+
+class RoutingSettings(CommonSettings, RoutingConfig):
+    """The router service's: flags and environment (KVMESH_ROUTER_POLICY, ...)."""

@@ -182,32 +182,48 @@ class ReleaseResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class SessionRequest(_message.Message):
-    __slots__ = ("route", "prefilled", "released", "release", "more")
+    __slots__ = ("route", "prefilled", "released", "release", "settings", "more")
     ROUTE_FIELD_NUMBER: _ClassVar[int]
     PREFILLED_FIELD_NUMBER: _ClassVar[int]
     RELEASED_FIELD_NUMBER: _ClassVar[int]
     RELEASE_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
     MORE_FIELD_NUMBER: _ClassVar[int]
     route: RouteRequest
     prefilled: str
     released: str
     release: ReleaseRequest
+    settings: bool
     more: _containers.RepeatedCompositeFieldContainer[SessionRequest]
-    def __init__(self, route: _Optional[_Union[RouteRequest, _Mapping]] = ..., prefilled: _Optional[str] = ..., released: _Optional[str] = ..., release: _Optional[_Union[ReleaseRequest, _Mapping]] = ..., more: _Optional[_Iterable[_Union[SessionRequest, _Mapping]]] = ...) -> None: ...
+    def __init__(self, route: _Optional[_Union[RouteRequest, _Mapping]] = ..., prefilled: _Optional[str] = ..., released: _Optional[str] = ..., release: _Optional[_Union[ReleaseRequest, _Mapping]] = ..., settings: _Optional[bool] = ..., more: _Optional[_Iterable[_Union[SessionRequest, _Mapping]]] = ...) -> None: ...
 
 class SessionResponse(_message.Message):
-    __slots__ = ("request_id", "route", "error", "summary", "more")
+    __slots__ = ("request_id", "route", "error", "summary", "settings", "more")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ROUTE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
     MORE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     route: RouteResponse
     error: RouteError
     summary: SessionSummary
+    settings: RoutingSettings
     more: _containers.RepeatedCompositeFieldContainer[SessionResponse]
-    def __init__(self, request_id: _Optional[str] = ..., route: _Optional[_Union[RouteResponse, _Mapping]] = ..., error: _Optional[_Union[RouteError, _Mapping]] = ..., summary: _Optional[_Union[SessionSummary, _Mapping]] = ..., more: _Optional[_Iterable[_Union[SessionResponse, _Mapping]]] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., route: _Optional[_Union[RouteResponse, _Mapping]] = ..., error: _Optional[_Union[RouteError, _Mapping]] = ..., summary: _Optional[_Union[SessionSummary, _Mapping]] = ..., settings: _Optional[_Union[RoutingSettings, _Mapping]] = ..., more: _Optional[_Iterable[_Union[SessionResponse, _Mapping]]] = ...) -> None: ...
+
+class RoutingSettings(_message.Message):
+    __slots__ = ("policy", "policies_json", "disagg_threshold_tokens", "request_lease_s")
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    POLICIES_JSON_FIELD_NUMBER: _ClassVar[int]
+    DISAGG_THRESHOLD_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_LEASE_S_FIELD_NUMBER: _ClassVar[int]
+    policy: str
+    policies_json: str
+    disagg_threshold_tokens: int
+    request_lease_s: float
+    def __init__(self, policy: _Optional[str] = ..., policies_json: _Optional[str] = ..., disagg_threshold_tokens: _Optional[int] = ..., request_lease_s: _Optional[float] = ...) -> None: ...
 
 class SessionSummary(_message.Message):
     __slots__ = ("routed", "prefilled", "released")

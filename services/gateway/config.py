@@ -6,16 +6,12 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from kvmesh import models
-from kvmesh.routing.config import RoutingSettings
 from kvmesh.settings import WatcherSettings
 from services.gateway.limits import InputLimits
 from services.gateway.slow_clients import DEFAULT_WRITE_TIMEOUT_S
 
 
-class GatewaySettings(WatcherSettings, RoutingSettings):
-    """The routing settings (--policy, ...) are the router's: this gateway decides alike when it routes in
-    process (--route-in-process-below)."""
-
+class GatewaySettings(WatcherSettings):
     model_config = SettingsConfigDict(env_prefix="KVMESH_GATEWAY_", cli_prog_name="kvmesh gateway")
     # --tls-cert/--tls-key alone: TLS on the client-facing ports; --tls-ca too: mutual TLS inside the mesh.
     tls_ca_optional: ClassVar[bool] = True
@@ -27,9 +23,9 @@ class GatewaySettings(WatcherSettings, RoutingSettings):
     )
     route_in_process_below: int = Field(
         1, ge=0,
-        description="decide in this process (the router's library, same Redis index and load) while fewer requests "
-        "than this are in flight here, saving the hop to the router at low load (1: when none is); 0: always the "
-        "router service",
+        description="decide in this process (the router's library and settings, the same Redis index and load) "
+        "while fewer requests than this are in flight here, saving the hop to the router at low load (1: when none "
+        "is); 0: always the router service",
     )  # fmt: skip
     models: list[str] = Field(
         default_factory=lambda: [models.DEFAULT_MODEL],

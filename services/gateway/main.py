@@ -66,9 +66,11 @@ async def run(settings: GatewaySettings, process: Process) -> None:
         authenticator = auth.Authenticator(keys, auth.mesh_token(required=True))
         if admin_key := os.environ.get(auth.ADMIN_KEY_ENV):
             await keys.ensure(ApiKey(name="admin", role="admin"), admin_key)
-    remote = RouterClient(settings.router_address, tls, auth.mesh_token(required=False))
-    local, stop_local = await assemble(settings, tls, watcher) if settings.route_in_process_below else (None, None)
-    router = Routing(remote, local, settings.route_in_process_below)
+    router = Routing(
+        lambda on_settings: RouterClient(settings.router_address, tls, auth.mesh_token(required=False), on_settings),
+        lambda config: assemble(config, settings.redis_url, tls, watcher),
+        settings.route_in_process_below,
+    )
     engines = TritonPool(mux=settings.mux, tls=tls, stall_timeout_s=settings.stall_timeout_s)
     watcher.on_change(lambda: engines.fail_workers_gone(watcher.workers))
     generator = Generator(
@@ -140,8 +142,6 @@ async def run(settings: GatewaySettings, process: Process) -> None:
         if front_tls:
             reloading.cancel()
         await router.close()
-        if stop_local:
-            await stop_local()
         await engines.close()
         await quotas.aclose()  # the last requests' releases and usage, before the connection goes
         await watcher.stop()

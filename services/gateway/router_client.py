@@ -12,6 +12,7 @@ one whose session was lost with no other router left; bookkeeping is held."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from google.protobuf import wrappers_pb2
 from prometheus_client import Counter
@@ -50,12 +51,20 @@ def route_request(
 
 
 class RouterClient:
-    def __init__(self, addresses: str, tls: MutualTls | None = None, mesh_token: str = ""):
+    def __init__(
+        self,
+        addresses: str,
+        tls: MutualTls | None = None,
+        mesh_token: str = "",
+        on_settings: Callable[[router_pb2.RoutingSettings], None] | None = None,
+    ):
         """`addresses`: one router's host:port, or several comma-separated (--router-address).
-        `mesh_token`: shown to routers that check callers (kvmesh/auth.py)."""
+        `mesh_token`: shown to routers that check callers (kvmesh/auth.py). `on_settings`: told how
+        each router decides, when its session opens (services/gateway/routing.py)."""
         metadata = auth.bearer(mesh_token)
         self.endpoints = [
-            RouterEndpoint(a.strip(), self._lost, self._recovered, tls, metadata) for a in addresses.split(",")
+            RouterEndpoint(a.strip(), self._lost, self._recovered, tls, metadata, on_settings)
+            for a in addresses.split(",")
         ]
         self._owners: dict[str, RouterEndpoint] = {}  # request id → the router that routed it, until Release
         self._held: list[router_pb2.SessionRequest] = []  # bookkeeping while no router is healthy

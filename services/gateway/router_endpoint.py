@@ -46,8 +46,11 @@ class RouterEndpoint:
         on_recovered: Callable[[RouterEndpoint], Awaitable[None]],
         tls: MutualTls | None = None,
         metadata: tuple[tuple[str, str], ...] = (),
+        on_settings: Callable[[router_pb2.RoutingSettings], None] | None = None,
     ):
+        """`on_settings`: given, each session asks the router how it decides (router_session.py)."""
         self.address = address
+        self._on_settings = on_settings
         self.channel = grpc_server.channel(address, tls, CHANNEL_OPTIONS)
         self.stub = router_pb2_grpc.RouterStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
@@ -64,7 +67,7 @@ class RouterEndpoint:
 
     def session(self) -> RouterSession:
         if self._session is None or self._session.closed:
-            self._session = RouterSession(self.stub, self.metadata, self._lost)
+            self._session = RouterSession(self.stub, self.metadata, self._lost, self._on_settings)
         return self._session
 
     def answered(self) -> None:

@@ -38,14 +38,19 @@ class RouterSession:
         stub: router_pb2_grpc.RouterStub,
         metadata: tuple[tuple[str, str], ...] = (),
         on_lost: Callable[[str, list[router_pb2.SessionRequest]], None] | None = None,
+        on_settings: Callable[[router_pb2.RoutingSettings], None] | None = None,
     ):
-        """`on_lost(reason, unsettled)`: called once when the stream fails, not on close()."""
+        """`on_lost(reason, unsettled)`: called once when the stream fails, not on close().
+        `on_settings`: given, the session first asks the router how it decides, and is told here."""
         self._outgoing: asyncio.Queue[router_pb2.SessionRequest] = asyncio.Queue()
         self._waiting: dict[str, asyncio.Future] = {}
         self._sent: deque[tuple[float, router_pb2.SessionRequest]] = deque()  # bookkeeping, for a replay
         self._on_lost = on_lost
         self._bookkeeping: list[router_pb2.SessionRequest] = []  # waiting for a Route or the delay
         self._flush_at: asyncio.TimerHandle | None = None
+        self._on_settings = on_settings
+        if on_settings is not None:
+            self._outgoing.put_nowait(router_pb2.SessionRequest(settings=True))
         self._call = stub.Session(self._messages(), metadata=metadata)
         self._reader = asyncio.ensure_future(self._read())
         self.closed = False
@@ -58,6 +63,9 @@ class RouterSession:
         try:
             async for message in self._call:
                 for answer in (message, *message.more):
+                    if answer.HasField("settings") and self._on_settings is not None:
+                        self._on_settings(answer.settings)
+                        continue
                     future = self._waiting.pop(answer.request_id, None)
                     if future is None or future.done():
                         continue  # its caller gave up, or a message that only carries `more`

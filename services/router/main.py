@@ -7,6 +7,7 @@ import uvloop
 
 from kvmesh import auth, grpc_server, registry, telemetry
 from kvmesh.announce import Announcement
+from kvmesh.registry import Watcher
 from kvmesh.routing.assemble import assemble
 from kvmesh.settings import load
 from kvmesh.tls import MutualTls
@@ -20,8 +21,11 @@ async def run(settings: RouterSettings) -> None:
     telemetry.setup_tracing("router")
     metrics_port = telemetry.start_metrics_server(settings.host, settings.metrics_port)
     tls = MutualTls.of(settings)
-    router, stop_background = await assemble(settings, tls)
-    servicer = RouterServicer(router)
+    workers = Watcher(registry.Registry(registry.connect(settings.redis_url, tls=tls)), settings.refresh_ms / 1000)
+    await workers.start()
+    config = settings.routing()
+    router, stop_background = await assemble(config, settings.redis_url, tls, workers)
+    servicer = RouterServicer(router, config.to_proto())
     draining = Draining()
     served = await grpc_server.serve(
         "router",
@@ -38,6 +42,7 @@ async def run(settings: RouterSettings) -> None:
     # The accounting stops last: the Routes answered while draining count their load.
     await grpc_server.drain(served, grace_s=settings.drain_timeout_s, before_stop=draining.begin)
     await stop_background()
+    await workers.stop()
 
 
 def main() -> None:

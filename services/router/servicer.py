@@ -24,8 +24,10 @@ log = logging.getLogger(__name__)
 
 
 class RouterServicer(router_pb2_grpc.RouterServicer):
-    def __init__(self, router: Router):
+    def __init__(self, router: Router, settings: router_pb2.RoutingSettings | None = None):
+        """`settings`: how `router` decides, for a Session that asks."""
         self.router = router
+        self.settings = settings or router_pb2.RoutingSettings()
 
     async def Route(self, message, context):
         return await self.router.route(message)
@@ -112,8 +114,12 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 summary.released += 1
                 cached_tokens = _cached_tokens(message.release)
                 after_route(message.release.request_id, lambda rid: self.router.released(rid, cached_tokens))
+            elif kind == "settings":
+                answers.put_nowait(router_pb2.SessionResponse(settings=self.settings))
             elif not message.more:
-                raise InvalidArgument("SessionRequest: one of route, prefilled, released, release (or more) required")
+                raise InvalidArgument(
+                    "SessionRequest: one of route, prefilled, released, release, settings (or more) required"
+                )
             for further in message.more:
                 handle(further)
 

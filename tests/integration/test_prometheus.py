@@ -16,8 +16,9 @@ INTERVAL_S = 1.0
 ENGINE_ARGS = '{"max_model_len": 512, "timing": {"speedup": 1000}}'
 KINDS = {"gateway", "router", "kvindex", "planner", "worker"}
 # A new target shows up after the service discovery's next read (one interval), Prometheus' next
-# look at the file (it watches it) and its first scrape (one interval); the rest is this test's polling.
-WITHIN_S = 2 * INTERVAL_S + 2.0
+# look at the file (it watches it) and its first scrape (one interval); the rest is this test's polling
+# and a loaded machine (3.7 s measured on an idle one; CI once took over 4).
+WITHIN_S = 2 * INTERVAL_S + 4.0
 
 
 @pytest.fixture(scope="module")

@@ -114,7 +114,9 @@ def test_a_router_session_answers_each_route_and_sums_up(rest, mesh):
     assert by_id["s2"]["error"]["code"] == grpc.StatusCode.UNAVAILABLE.value[0] and "no-such-model" in str(by_id["s2"])
     assert answers[-1]["summary"] == {"routed": 3, "prefilled": 0, "released": 2}
     refused = rest.post("/v1/router/session", json={})
-    assert refused.status_code == 400 and "one of route, prefilled, released, release (or more)" in refused.text
+    assert (
+        refused.status_code == 400 and "one of route, prefilled, released, release, settings (or more)" in refused.text
+    )
     wait_router_idle(mesh, "every routed request released")
 
 

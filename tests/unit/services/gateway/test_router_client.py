@@ -46,6 +46,9 @@ class FakeRouter(router_pb2_grpc.RouterServicer):
                 kind = message.WhichOneof("kind")
                 if kind is None:
                     continue  # only carries `more`
+                if kind == "settings":
+                    yield router_pb2.SessionResponse(settings=router_pb2.RoutingSettings(policy=f"of-{self.name}"))
+                    continue
                 if kind != "route":
                     self.bookkeeping.append((kind, getattr(message, kind)))
                     continue
@@ -358,3 +361,19 @@ def test_router_address_takes_one_or_several(given, kept):
 def test_a_bad_router_address_is_refused_naming_it(given):
     with pytest.raises(ValueError, match="is not host:port"):
         GatewaySettings(router_address=given)
+
+
+async def test_a_session_asks_its_router_how_it_decides_only_when_told_to():
+    fake = FakeRouter(paired=False)
+    server, port = await serve(fake)
+    seen: list[router_pb2.RoutingSettings] = []
+    asking, silent = RouterClient(f"127.0.0.1:{port}", on_settings=seen.append), RouterClient(f"127.0.0.1:{port}")
+    try:
+        await route(asking, "r1")
+        assert [s.policy for s in seen] == ["of-router"]  # before the Route's answer
+        await route(silent, "r2")
+        assert sum(kinds.count("settings") for kinds in fake.kinds) == 1  # the asking client's session
+    finally:
+        await asking.close()
+        await silent.close()
+        await server.stop(0)
