@@ -92,7 +92,7 @@ class Timed:
         router, stop_background = await assemble(RoutingConfig(), self.url, None, workers)
         client = aioredis.Redis.from_url(self.url)
         wire, session = RedisWire(client), RouterClient(self.address)
-        gateway = Routing(session, router, in_process_below=1)  # the gateway's path when nothing else is in flight
+        gateway = await idle_gateway(session, router)
         kinds = {
             "decision_in_process": lambda i, seqs: self.decision(router, f"d{i}", seqs),
             "route_over_session": lambda i, seqs: self.session_route(session, f"s{i}", seqs),
@@ -157,6 +157,29 @@ class Timed:
             return await pipe.execute()
 
         return exchange
+
+
+async def idle_gateway(session: RouterClient, router) -> Routing:
+    """The gateway's routing when nothing else is in flight there: in process, once a router's
+    session has told it the settings (here, at once), with `router` as the one it builds."""
+
+    async def built(config: RoutingConfig):
+        async def nothing_to_stop() -> None:
+            pass
+
+        return router, nothing_to_stop
+
+    told = []
+
+    def remote_of(on_settings):
+        told.append(on_settings)
+        return session
+
+    gateway = Routing(remote_of, built, in_process_below=1)
+    told[0](RoutingConfig().to_proto())  # as a router's session would
+    await asyncio.sleep(0)  # the router is "built"
+    assert gateway.local is router
+    return gateway
 
 
 def route_request(request_id: str, seqs: list[int]) -> router_pb2.RouteRequest:
